@@ -1,0 +1,306 @@
+"""Freezing rules -> freezing plan, as pure functions over a model's *names*.
+
+Nothing here touches a tensor. A model is described once by :func:`describe`
+(module names in registration order, their classes and their direct
+parameters); rules and presets are resolved against that description into a
+:class:`FreezePlan`. Applying a plan to a live model is ``freezetune.apply``.
+
+Rule forms (a list of one-key mappings, the last matching rule wins):
+
+* ``{freeze: P}`` / ``{unfreeze: P}``: P is a parameter name, a module name
+  (the module and everything under it) or a glob over parameter names.
+* ``{freeze_type: T}`` / ``{unfreeze_type: T}``: every module whose class, or a
+  base class, is named T (``BatchNorm2d``, ``_BatchNorm``, ``Linear``).
+* ``{until: M}``: freeze every parameter registered before module M, i.e.
+  before M's first parameter in ``model.named_parameters()`` order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import torch.nn as nn
+
+__all__ = [
+    "FreezeError",
+    "FreezePlan",
+    "ModelTree",
+    "ModuleInfo",
+    "ParamDecision",
+    "PRESETS",
+    "RULE_KINDS",
+    "Rule",
+    "build_plan",
+    "describe",
+    "find_head",
+    "parse_rules",
+    "plan_from_config",
+    "preset_rules",
+]
+
+RULE_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type", "until")
+PRESETS = ("full", "linear_probe", "bitfit", "until:<module>")
+_GLOB_CHARS = set("*?[")
+
+
+class FreezeError(ValueError):
+    """The rules cannot produce a usable plan; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("freezing plan rejected:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str  # "" is the root module
+    type_names: tuple[str, ...]  # the class name, then its bases (MRO order)
+    params: tuple[str, ...]  # full names of the parameters it owns directly
+
+    @property
+    def type_name(self) -> str:
+        return self.type_names[0]
+
+    @property
+    def is_batchnorm(self) -> bool:
+        return "_BatchNorm" in self.type_names  # BatchNorm1d/2d/3d, SyncBatchNorm
+
+
+@dataclass(frozen=True)
+class ModelTree:
+    """Names only: modules in ``named_modules()`` order, parameters with sizes."""
+
+    modules: tuple[ModuleInfo, ...]
+    numel: dict[str, int] = field(hash=False)
+
+    @property
+    def param_names(self) -> list[str]:
+        # named_parameters() walks modules in this same pre-order, own params first.
+        return [p for m in self.modules for p in m.params]
+
+    def module(self, name: str) -> ModuleInfo | None:
+        return next((m for m in self.modules if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Literal["freeze", "unfreeze", "freeze_type", "unfreeze_type", "until"]
+    target: str
+    origin: str  # where it came from: "freeze.rules[2]" or "preset linear_probe"
+    optional: bool = False  # preset helpers that may legitimately match nothing
+
+    @property
+    def freezes(self) -> bool:
+        return self.kind in ("freeze", "freeze_type", "until")
+
+    def __str__(self) -> str:
+        return f"{{{self.kind}: {self.target}}}"
+
+
+@dataclass(frozen=True)
+class ParamDecision:
+    name: str
+    numel: int
+    trainable: bool
+    decided_by: str | None  # the last matching rule, None when no rule matched
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    params: tuple[ParamDecision, ...]
+    bn_eval: tuple[str, ...]  # BatchNorm modules to keep in eval mode
+    batchnorm: str
+    rules: tuple[Rule, ...]
+
+    @property
+    def trainable(self) -> list[str]:
+        return [p.name for p in self.params if p.trainable]
+
+    @property
+    def frozen(self) -> list[str]:
+        return [p.name for p in self.params if not p.trainable]
+
+    @property
+    def numel_trainable(self) -> int:
+        return sum(p.numel for p in self.params if p.trainable)
+
+    @property
+    def numel_total(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    def is_trainable(self, name: str) -> bool:
+        return next(p.trainable for p in self.params if p.name == name)
+
+    def to_json(self) -> dict:
+        return {
+            "batchnorm": self.batchnorm,
+            "rules": [{"rule": str(r), "origin": r.origin} for r in self.rules],
+            "parameters": [
+                {"name": p.name, "numel": p.numel, "trainable": p.trainable, "decided_by": p.decided_by}
+                for p in self.params
+            ],
+            "batchnorm_eval": list(self.bn_eval),
+        }
+
+
+# --------------------------------------------------------------------------- model -> names
+
+
+def describe(model: nn.Module) -> ModelTree:
+    """The names-only view of ``model`` that every planning function works on."""
+    modules = []
+    numel: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        owned = []
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # tied weights: named_parameters() reports the first owner only
+                continue
+            seen.add(id(p))
+            full = f"{name}.{pname}" if name else pname
+            owned.append(full)
+            numel[full] = p.numel()
+        types_ = tuple(c.__name__ for c in type(module).__mro__ if c not in (nn.Module, object))
+        modules.append(ModuleInfo(name, types_ or ("Module",), tuple(owned)))
+    return ModelTree(tuple(modules), numel)
+
+
+def find_head(tree: ModelTree) -> str:
+    """The classification head: the last ``Linear`` that owns parameters (``fc``,
+    ``classifier.3``, ``heads.head``), else the last ``Conv2d`` (squeezenet)."""
+    for wanted in ("Linear", "Conv2d"):
+        for m in reversed(tree.modules):
+            if m.type_name == wanted and m.params:
+                return m.name
+    raise FreezeError(["no Linear or Conv2d layer with parameters: cannot tell which module is the head"])
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def parse_rules(raw: Iterable[object], origin: str = "freeze.rules") -> tuple[list[Rule], list[str]]:
+    """Turn YAML rule mappings into :class:`Rule` objects; returns (rules, problems)."""
+    rules, problems = [], []
+    for i, item in enumerate(raw):
+        where = f"{origin}[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            problems.append(f"{where}: a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}; got {item!r}")
+            continue
+        ((kind, target),) = item.items()
+        if kind not in RULE_KINDS:
+            near = difflib.get_close_matches(str(kind), RULE_KINDS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(f"{where}: unknown rule kind {kind!r}; valid: {', '.join(RULE_KINDS)}{hint}")
+            continue
+        if not isinstance(target, str) or not target:
+            problems.append(f"{where}.{kind}: expected a non-empty name or pattern, got {target!r}")
+            continue
+        rules.append(Rule(kind, target, where))
+    return rules, problems
+
+
+def preset_rules(preset: str | None, tree: ModelTree) -> list[Rule]:
+    """The rules a preset stands for; they run before the user's own rules."""
+    if preset in (None, "full"):
+        return []
+    origin = f"preset {preset}"
+    if preset == "linear_probe":
+        return [Rule("freeze", "*", origin), Rule("unfreeze", find_head(tree), origin)]
+    if preset == "bitfit":
+        # BitFit (Ben Zaken et al. 2021): biases only; we also train the norm
+        # layers' affine parameters and the new head, as practitioners do.
+        return [
+            Rule("freeze", "*", origin),
+            Rule("unfreeze", "*bias", origin, optional=True),
+            Rule("unfreeze_type", "_BatchNorm", origin, optional=True),
+            Rule("unfreeze_type", "LayerNorm", origin, optional=True),
+            Rule("unfreeze", find_head(tree), origin),
+        ]
+    if preset.startswith("until:") and preset[len("until:"):]:
+        return [Rule("until", preset[len("until:"):], origin)]
+    raise FreezeError([f"freeze.preset: unknown preset {preset!r}; valid: {', '.join(PRESETS)}"])
+
+
+def _under(name: str, module: str) -> bool:
+    return module == "" or name == module or name.startswith(module + ".")
+
+
+def match_rule(rule: Rule, tree: ModelTree) -> list[str]:
+    """The parameter names a rule selects (in model order)."""
+    names = tree.param_names
+    if rule.kind in ("freeze", "unfreeze"):
+        t = rule.target
+        is_module = tree.module(t) is not None
+        is_glob = bool(_GLOB_CHARS & set(t))
+        return [n for n in names if (is_module and _under(n, t)) or n == t or (is_glob and fnmatch.fnmatchcase(n, t))]
+    if rule.kind in ("freeze_type", "unfreeze_type"):
+        roots = [m.name for m in tree.modules if rule.target in m.type_names]
+        return [n for n in names if any(_under(n, r) for r in roots)]
+    # until: everything owned by modules that come before M in pre-order.
+    before: list[str] = []
+    for m in tree.modules:
+        if m.name == rule.target:
+            return before
+        before.extend(m.params)
+    return []
+
+
+def _suggest(rule: Rule, tree: ModelTree) -> str:
+    if rule.kind.endswith("_type"):
+        pool = sorted({t for m in tree.modules for t in m.type_names})
+    elif rule.kind == "until":
+        pool = [m.name for m in tree.modules if m.name]
+    else:
+        pool = [m.name for m in tree.modules if m.name] + tree.param_names
+    near = difflib.get_close_matches(rule.target, pool, n=3, cutoff=0.5)
+    return f"; nearest names: {', '.join(near)}" if near else ""
+
+
+def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> FreezePlan:
+    """Resolve ordered rules into a plan. Every parameter starts trainable."""
+    problems = []
+    decided: dict[str, tuple[bool, str | None]] = {n: (True, None) for n in tree.param_names}
+    for rule in rules:
+        hits = match_rule(rule, tree)
+        if not hits and not rule.optional:
+            if rule.kind == "until" and tree.module(rule.target) is not None:
+                problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")
+            else:
+                problems.append(f"{rule.origin} {rule}: matches no parameter{_suggest(rule, tree)}")
+        for n in hits:
+            decided[n] = (not rule.freezes, f"{rule.origin} {rule}")
+    if not problems and not any(trainable for trainable, _ in decided.values()):
+        problems.append(
+            "the plan leaves no parameter trainable, so backward() would fail with "
+            "'element 0 of tensors does not require grad and does not have a grad_fn'. "
+            f"HINT: unfreeze the head, e.g. add {{unfreeze: {_head_or_last(tree)}}}"
+        )
+    if problems:
+        raise FreezeError(problems)
+    params = tuple(ParamDecision(n, tree.numel[n], *decided[n]) for n in tree.param_names)
+    bn_eval: tuple[str, ...] = ()
+    if batchnorm == "eval":
+        # A BatchNorm whose affine parameters are all frozen must not update its
+        # running statistics either: they are part of what "frozen" promises.
+        bn_eval = tuple(
+            m.name for m in tree.modules if m.is_batchnorm and m.params and not any(decided[p][0] for p in m.params)
+        )
+    return FreezePlan(params, bn_eval, batchnorm, tuple(rules))
+
+
+def _head_or_last(tree: ModelTree) -> str:
+    try:
+        return find_head(tree)
+    except FreezeError:
+        return tree.param_names[-1] if tree.param_names else "<module>"
+
+
+def plan_from_config(tree: ModelTree, preset: str | None, raw_rules: list, batchnorm: str) -> FreezePlan:
+    """Preset rules, then the config's rules, resolved into a plan."""
+    rules, problems = parse_rules(raw_rules)
+    if problems:
+        raise FreezeError(problems)
+    return build_plan(tree, preset_rules(preset, tree) + rules, batchnorm)

@@ -1,0 +1,164 @@
+"""One run, end to end: config -> model -> plan -> data -> train -> run record.
+
+Everything that can be wrong with a config is found in :func:`prepare`, before
+a single file is written."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+
+from freezetune.apply import apply_plan, trainable_parameters
+from freezetune.config import Config, ConfigError, to_dict
+from freezetune.data import Loaders, build_loaders, num_classes_of
+from freezetune.freezing import FreezePlan, describe, plan_from_config
+from freezetune.integrity import fingerprint, verify_frozen
+from freezetune.models import LoadReport, build_model
+from freezetune.record import RunDir
+from freezetune.training import EpochResult, Progress, fit_epoch, make_optimizer, no_progress
+
+__all__ = ["Prepared", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    model: nn.Module
+    plan: FreezePlan
+    load: LoadReport
+    device: torch.device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["train.device: 'cuda' asked for, but torch.cuda.is_available() is False"])
+    return torch.device(name)
+
+
+def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
+    """Build the model, load its weights and apply the freezing plan (no data, no files)."""
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
+    k = num_classes or cfg.model.num_classes or num_classes_of(cfg.data)
+    model, load = build_model(cfg.model, k)
+    plan = plan_from_config(describe(model), cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm)
+    apply_plan(model, plan)
+    return Prepared(cfg, model.to(device), plan, load, device)
+
+
+def prepare(cfg: Config) -> tuple[Prepared, Loaders]:
+    k = cfg.model.num_classes or num_classes_of(cfg.data)
+    prepared = prepare_model(cfg, k)
+    loaders = build_loaders(cfg.data, cfg.seed, k)
+    return prepared, loaders
+
+
+def run(
+    cfg: Config,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` and write its run record; returns the summary."""
+    out = RunDir(cfg.output_dir)
+    RunDir.check_free(out.path, overwrite)
+    p, loaders = prepare(cfg)
+    model, plan, device = p.model, p.plan, p.device
+
+    optimizer = make_optimizer(model, cfg.train.optimizer)
+    in_optimizer = {id(q) for g in optimizer.param_groups for q in g["params"]}
+    # Identity, not value: two tensors can be equal and still be different parameters.
+    assert in_optimizer == {id(q) for q in trainable_parameters(model)}, "optimizer holds a frozen parameter"
+    log.info(
+        "%s: %d / %d parameters trainable (%d tensors in the optimizer), %d BatchNorm kept in eval, device %s",
+        cfg.name, plan.numel_trainable, plan.numel_total, len(in_optimizer), len(plan.bn_eval), device,
+    )
+
+    out.create(overwrite)
+    resolved = to_dict(cfg)
+    out.write_yaml("config.yaml", resolved)
+    out.write_json("freeze_plan.json", plan.to_json())
+    before = fingerprint(model, plan)
+
+    started = time.perf_counter()
+    epochs: list[EpochResult] = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        result = fit_epoch(
+            epoch, model, optimizer, loaders.train, loaders.val, device, cfg.train.max_steps_per_epoch, progress
+        )
+        epochs.append(result)
+        out.append_jsonl("metrics.jsonl", _epoch_row(result))
+        if on_epoch:
+            on_epoch(result)
+
+    check = verify_frozen(model, plan, before)
+    if not check.unchanged or not check.grads_none:
+        log.error("frozen tensors changed: %s", check.changed[:10])
+    out.save_checkpoint("model.pt", {"model": model.state_dict(), "config": resolved, "epoch": cfg.train.epochs})
+    summary = _summary(cfg, p, epochs, check.to_json(), time.perf_counter() - started, len(loaders.train.dataset))
+    out.write_json("summary.json", summary)
+    return summary
+
+
+def _epoch_row(r: EpochResult) -> dict[str, Any]:
+    return {
+        "epoch": r.epoch,
+        "train_loss": r.train_loss,
+        "val_loss": r.val_loss,
+        "val_acc": r.val_acc,
+        "epoch_time_s": r.epoch_time_s,
+        "samples_per_s": r.samples_per_s,
+        "steps": r.steps,
+    }
+
+
+def _summary(cfg: Config, p: Prepared, epochs: list[EpochResult], check: dict, wall: float, n_train: int) -> dict:
+    plan = p.plan
+    last = epochs[-1]
+    return {
+        "name": cfg.name,
+        "arch": cfg.model.arch,
+        "freeze_preset": cfg.freeze.preset,
+        "params_total": plan.numel_total,
+        "params_trainable": plan.numel_trainable,
+        "params_frozen": plan.numel_total - plan.numel_trainable,
+        "trainable_pct": 100.0 * plan.numel_trainable / plan.numel_total,
+        "tensors_trainable": len(plan.trainable),
+        "tensors_frozen": len(plan.frozen),
+        "batchnorm_eval": len(plan.bn_eval),
+        "final_val_acc": last.val_acc,
+        "final_val_loss": last.val_loss,
+        "best_val_acc": max(e.val_acc for e in epochs),
+        "epochs": len(epochs),
+        "train_samples": n_train,
+        "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
+        "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
+        "wall_time_s": wall,
+        "frozen_unchanged": bool(check["unchanged"] and check["grads_none"]),
+        "frozen_check": check,
+        "weights_source": p.load.source,
+        "head": p.load.head,
+        "loaded_tensors": p.load.loaded,
+        "new_tensors": p.load.new,
+        "device": str(p.device),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }

@@ -1,0 +1,89 @@
+"""Checks of a typed config that need more than types: names of models, weights,
+presets and the shape of freezing rules. Anything that needs the built model
+(does a pattern match?) is checked when the plan is built."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import torchvision.models as tvm
+
+from freezetune.config import Config
+from freezetune.freezing import PRESETS, parse_rules
+
+__all__ = ["classification_models", "semantic_problems", "weights_kind"]
+
+
+def classification_models() -> list[str]:
+    # list_models(module=torchvision.models) excludes detection, segmentation,
+    # video, optical-flow and quantized models: the ones a class head fits.
+    return tvm.list_models(module=tvm)
+
+
+def weights_kind(arch: str, weights: str | None) -> str:
+    """``none``, ``torchvision`` (a weights enum name) or ``file`` (anything path-like)."""
+    if weights is None:
+        return "none"
+    name = weights.split(".")[-1] if re.fullmatch(r"\w+_Weights\.\w+", weights) else weights
+    if name == "DEFAULT" or name in _weight_names(arch):
+        return "torchvision"
+    return "file"
+
+
+def _weight_names(arch: str) -> list[str]:
+    try:
+        return [w.name for w in tvm.get_model_weights(arch)]
+    except (KeyError, ValueError):
+        return []
+
+
+def semantic_problems(cfg: Config) -> list[str]:
+    problems = []
+    if not cfg.name or not re.fullmatch(r"[\w.\-]+", cfg.name):
+        problems.append(f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-', '.'")
+    models = classification_models()
+    if cfg.model.arch not in models:
+        near = difflib.get_close_matches(cfg.model.arch, models, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        problems.append(f"model.arch: {cfg.model.arch!r} is not a torchvision classification model{hint}")
+    elif cfg.model.weights is not None:
+        w = cfg.model.weights
+        if weights_kind(cfg.model.arch, w) == "file" and re.fullmatch(r"[A-Z][A-Z0-9_]*", w):
+            # Looks like an enum name, not a path: say which names exist.
+            names = ["DEFAULT", *_weight_names(cfg.model.arch)]
+            problems.append(f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}")
+    problems.extend(_data_problems(cfg))
+    problems.extend(_freeze_problems(cfg))
+    return problems
+
+
+def _data_problems(cfg: Config) -> list[str]:
+    problems = []
+    classes = cfg.data.classes
+    if classes is not None:
+        if not classes:
+            problems.append("data.classes: must list at least one class (or be null for all)")
+        if len(set(classes)) != len(classes):
+            problems.append(f"data.classes: {classes} has duplicates")
+        if any(c < 0 for c in classes):
+            problems.append(f"data.classes: {classes} has negative class indices")
+        if cfg.data.dataset == "fashion_mnist" and any(c > 9 for c in classes):
+            problems.append(f"data.classes: {classes}: Fashion-MNIST has classes 0..9")
+        if cfg.model.num_classes is not None and cfg.model.num_classes < len(classes):
+            problems.append(
+                f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in data.classes"
+            )
+    return problems
+
+
+def _freeze_problems(cfg: Config) -> list[str]:
+    _, problems = parse_rules(cfg.freeze.rules)
+    preset = cfg.freeze.preset
+    if preset is not None and preset not in ("full", "linear_probe", "bitfit") and not (
+        preset.startswith("until:") and len(preset) > len("until:")
+    ):
+        near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit"], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        problems.append(f"freeze.preset: {preset!r} is not one of {', '.join(PRESETS)}{hint}")
+    return problems

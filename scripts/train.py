@@ -1,0 +1,44 @@
+"""Train one config: python scripts/train.py --config configs/X.yaml [key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from freezetune import cli
+from freezetune.run import run
+from freezetune.training import EpochResult
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    cli.add_config_args(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+
+    def body() -> int:
+        cfg = cli.config_from_args(args)
+
+        def report(r: EpochResult) -> None:
+            print(
+                f"epoch {r.epoch}: train_loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}  "
+                f"val_acc {r.val_acc:.4f}  {r.epoch_time_s:.1f}s  {r.samples_per_s:.0f} samples/s",
+                flush=True,
+            )
+
+        progress = cli.tqdm_progress(cli.progress_enabled(not args.no_progress))
+        summary = run(cfg, overwrite=args.overwrite, progress=progress, on_epoch=report)
+        ok = "yes" if summary["frozen_unchanged"] else "NO"
+        print(
+            f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "
+            f"{summary['params_total']:,}, frozen tensors bitwise unchanged: {ok} -> {cfg.output_dir}"
+        )
+        return 0 if summary["frozen_unchanged"] else 1
+
+    return cli.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
