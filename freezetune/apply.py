@@ -6,7 +6,7 @@ tested without touching tensors.
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch.nn as nn
 
@@ -25,7 +25,8 @@ def _train_pinned(self: nn.Module, mode: bool = True) -> nn.Module:
 
 def pin_eval(module: nn.Module) -> None:
     """Put ``module`` in eval mode and keep it there through every ``train()`` call."""
-    module.train = types.MethodType(_train_pinned, module)  # type: ignore[method-assign]
+    # A partial of a module-level function, not a bound method: it pickles and deep-copies.
+    module.train = functools.partial(_train_pinned, module)  # type: ignore[method-assign]
     setattr(module, _PIN, True)
     nn.Module.train(module, False)
 
@@ -44,15 +45,15 @@ def is_pinned_eval(module: nn.Module) -> bool:
 def apply_plan(model: nn.Module, plan: FreezePlan) -> None:
     """Set ``requires_grad`` per the plan and pin the plan's BatchNorm modules in eval."""
     wanted = {p.name: p.trainable for p in plan.params}
-    seen = set()
-    for name, p in model.named_parameters():
-        if name not in wanted:
-            raise ValueError(f"parameter {name!r} is not in the plan: the plan was made for another model")
+    params = dict(model.named_parameters())
+    # Check before touching anything: a mismatched plan must not leave the model half-applied.
+    extra, missing = sorted(set(params) - set(wanted)), sorted(set(wanted) - set(params))
+    if extra or missing:
+        raise ValueError(
+            f"the plan was made for another model: not in the plan {extra[:5]}, not in the model {missing[:5]}"
+        )
+    for name, p in params.items():
         p.requires_grad_(wanted[name])
-        seen.add(name)
-    missing = set(wanted) - seen
-    if missing:
-        raise ValueError(f"the plan names parameters the model lacks: {sorted(missing)[:5]}")
     pinned = set(plan.bn_eval)
     for name, module in model.named_modules():
         if name in pinned:

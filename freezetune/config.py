@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -203,12 +204,16 @@ def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
     """Convert a merged mapping into a validated :class:`Config`."""
     problems: list[str] = []
     cfg = _convert(Config, tree, "", problems)
-    if not problems:
-        # Imported here: the semantic checks need torchvision and the rule parser,
-        # while the type checks above need neither.
-        from freezetune.validation import semantic_problems
+    # Imported here: the semantic checks need torchvision and the rule parser,
+    # while the type checks above need neither.
+    from freezetune.validation import semantic_problems
 
+    try:
+        # Run even after type problems, so one error lists everything; fields
+        # that failed their type check hold None or their default here.
         problems.extend(semantic_problems(cfg))
+    except (TypeError, AttributeError):
+        pass  # a value too broken to check further is already reported above
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -305,6 +310,10 @@ def _number(value: Any) -> float | None:
 
 
 def _check_bounds(value: Any, path: str, meta: Any, problems: list[str]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN compares False with everything: it would slip past every bound below.
+        problems.append(f"{path}: {value!r} must be a finite number")
+        return
     choices = meta.get("choices") if meta else None
     if choices and value not in choices:
         near = difflib.get_close_matches(str(value), list(choices), n=1)

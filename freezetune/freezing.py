@@ -132,7 +132,10 @@ class FreezePlan:
         return sum(p.numel for p in self.params)
 
     def is_trainable(self, name: str) -> bool:
-        return next(p.trainable for p in self.params if p.name == name)
+        for p in self.params:
+            if p.name == name:
+                return p.trainable
+        raise KeyError(f"{name!r} is not a parameter of this plan")
 
     def to_json(self) -> dict:
         return {
@@ -173,7 +176,7 @@ def find_head(tree: ModelTree) -> str:
     ``classifier.3``, ``heads.head``), else the last ``Conv2d`` (squeezenet)."""
     for wanted in ("Linear", "Conv2d"):
         for m in reversed(tree.modules):
-            if m.type_name == wanted and m.params:
+            if wanted in m.type_names and m.params:  # subclasses of Linear count too
                 return m.name
     raise FreezeError(["no Linear or Conv2d layer with parameters: cannot tell which module is the head"])
 
@@ -281,14 +284,35 @@ def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> F
     if problems:
         raise FreezeError(problems)
     params = tuple(ParamDecision(n, tree.numel[n], *decided[n]) for n in tree.param_names)
-    bn_eval: tuple[str, ...] = ()
-    if batchnorm == "eval":
-        # A BatchNorm whose affine parameters are all frozen must not update its
-        # running statistics either: they are part of what "frozen" promises.
-        bn_eval = tuple(
-            m.name for m in tree.modules if m.is_batchnorm and m.params and not any(decided[p][0] for p in m.params)
-        )
+    trainable = {n: t for n, (t, _) in decided.items()}
+    bn_eval = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
     return FreezePlan(params, bn_eval, batchnorm, tuple(rules))
+
+
+def _batchnorm_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:
+    """BatchNorm modules whose running statistics must stay fixed.
+
+    A BatchNorm with affine parameters is pinned when all of them are frozen:
+    its statistics are part of what "frozen" promises. One without parameters
+    (affine=False) follows the nearest enclosing module that has any: pinned
+    when everything in it is frozen."""
+    names = tree.param_names
+    pinned = []
+    for m in tree.modules:
+        if not m.is_batchnorm:
+            continue
+        if m.params:
+            if not any(trainable[p] for p in m.params):
+                pinned.append(m.name)
+            continue
+        parts = m.name.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            under = [n for n in names if _under(n, ".".join(parts[:depth]))]
+            if under:
+                if not any(trainable[n] for n in under):
+                    pinned.append(m.name)
+                break
+    return tuple(pinned)
 
 
 def _head_or_last(tree: ModelTree) -> str:

@@ -40,14 +40,16 @@ def _weight_names(arch: str) -> list[str]:
 
 def semantic_problems(cfg: Config) -> list[str]:
     problems = []
-    if not cfg.name or not re.fullmatch(r"[\w.\-]+", cfg.name):
+    if not isinstance(cfg.name, str) or not re.fullmatch(r"[\w.\-]+", cfg.name):
         problems.append(f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-', '.'")
     models = classification_models()
-    if cfg.model.arch not in models:
+    if not isinstance(cfg.model.arch, str):
+        pass  # its type problem is already reported
+    elif cfg.model.arch not in models:
         near = difflib.get_close_matches(cfg.model.arch, models, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         problems.append(f"model.arch: {cfg.model.arch!r} is not a torchvision classification model{hint}")
-    elif cfg.model.weights is not None:
+    elif isinstance(cfg.model.weights, str):
         w = cfg.model.weights
         if weights_kind(cfg.model.arch, w) == "file" and re.fullmatch(r"[A-Z][A-Z0-9_]*", w):
             # Looks like an enum name, not a path: say which names exist.
@@ -61,7 +63,7 @@ def semantic_problems(cfg: Config) -> list[str]:
 def _data_problems(cfg: Config) -> list[str]:
     problems = []
     classes = cfg.data.classes
-    if classes is not None:
+    if isinstance(classes, list) and all(isinstance(c, int) for c in classes):
         if not classes:
             problems.append("data.classes: must list at least one class (or be null for all)")
         if len(set(classes)) != len(classes):
@@ -70,7 +72,7 @@ def _data_problems(cfg: Config) -> list[str]:
             problems.append(f"data.classes: {classes} has negative class indices")
         if cfg.data.dataset == "fashion_mnist" and any(c > 9 for c in classes):
             problems.append(f"data.classes: {classes}: Fashion-MNIST has classes 0..9")
-        if cfg.model.num_classes is not None and cfg.model.num_classes < len(classes):
+        if isinstance(cfg.model.num_classes, int) and cfg.model.num_classes < len(classes):
             problems.append(
                 f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in data.classes"
             )
@@ -78,9 +80,10 @@ def _data_problems(cfg: Config) -> list[str]:
 
 
 def _freeze_problems(cfg: Config) -> list[str]:
-    _, problems = parse_rules(cfg.freeze.rules)
+    rules = cfg.freeze.rules if isinstance(cfg.freeze.rules, list) else []
+    _, problems = parse_rules(r for r in rules if r is not None)
     preset = cfg.freeze.preset
-    if preset is not None and preset not in ("full", "linear_probe", "bitfit") and not (
+    if isinstance(preset, str) and preset not in ("full", "linear_probe", "bitfit") and not (
         preset.startswith("until:") and len(preset) > len("until:")
     ):
         near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit"], n=1)

@@ -1,0 +1,36 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv
+# on first use; torch/torchvision resolve from this machine's local wheels.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.freezetune-installed
+DATA_ROOT ?= data
+FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,report]'
+	@touch $@
+
+# Debian's dataset-fashion-mnist when we are root with apt; otherwise
+# scripts/fetch_data.py falls back to torchvision's download.
+data: $(STAMP)
+	@if [ ! -f $(DATA_ROOT)/FashionMNIST/raw/t10k-labels-idx1-ubyte ] && [ ! -d $(FMNIST_SYSTEM) ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "apt-get could not install dataset-fashion-mnist; trying torchvision's download"; \
+	fi
+	$(PY) scripts/fetch_data.py --root $(DATA_ROOT)
+
+demo: data
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

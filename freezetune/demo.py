@@ -1,0 +1,83 @@
+"""The demo experiment: pretrain on Fashion-MNIST classes 0-4, fine-tune on 5-9
+under several freezing configs, and tabulate what each cost and achieved."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from freezetune.config import Config, load_config, to_dict
+from freezetune.explain import format_table
+from freezetune.run import run
+from freezetune.training import EpochResult, Progress, no_progress
+
+__all__ = ["FINETUNE_CONFIGS", "PRETRAIN_CONFIG", "pretrain_is_current", "results_table", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_CONFIG = "configs/fmnist/pretrain_a.yaml"
+FINETUNE_CONFIGS = (
+    "configs/fmnist/full.yaml",
+    "configs/fmnist/linear_probe.yaml",
+    "configs/fmnist/freeze_until_layer3.yaml",
+    "configs/fmnist/bitfit.yaml",
+)
+
+
+def pretrain_is_current(cfg: Config) -> bool:
+    """True when the run folder already holds a checkpoint trained from exactly this config."""
+    ckpt = cfg.output_dir / "model.pt"
+    if not ckpt.is_file() or not (cfg.output_dir / "summary.json").is_file():
+        return False
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("config")
+    except Exception:  # a truncated or foreign file: retrain rather than trust it
+        return False
+    return saved == to_dict(cfg)
+
+
+def run_demo(
+    root: str | Path = ".",
+    overrides: list[str] | None = None,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[str, EpochResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) the pretraining, then every fine-tune; returns their summaries."""
+    root = Path(root)
+    overrides = overrides or []
+    pre = load_config(root / PRETRAIN_CONFIG, overrides)
+    if pretrain_is_current(pre):
+        log.info("pretraining: %s is current for %s, reusing it", pre.output_dir / "model.pt", PRETRAIN_CONFIG)
+    else:
+        log.info("pretraining %s on classes %s", pre.name, pre.data.classes)
+        run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch))
+    summaries = []
+    for path in FINETUNE_CONFIGS:
+        cfg = load_config(root / path, overrides)
+        log.info("fine-tuning %s (%s)", cfg.name, path)
+        summaries.append(run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(cfg.name, on_epoch)))
+    return summaries
+
+
+def _tagged(name: str, cb: Callable[[str, EpochResult], None] | None) -> Callable[[EpochResult], None] | None:
+    return (lambda r: cb(name, r)) if cb else None
+
+
+def results_table(summaries: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            s["name"],
+            f"{s['params_trainable']:,}",
+            f"{s['trainable_pct']:.2f}%",
+            f"{s['final_val_acc']:.4f}",
+            f"{s['epoch_time_s']:.1f}",
+            f"{s['samples_per_s']:.0f}",
+            "yes" if s["frozen_unchanged"] else "NO",
+        ]
+        for s in summaries
+    ]
+    headers = ["config", "trainable params", "trainable", "val acc", "epoch s", "samples/s", "frozen unchanged"]
+    return format_table(headers, rows, right={1, 2, 3, 4, 5})
