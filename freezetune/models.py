@@ -9,6 +9,7 @@ report says so. Any other mismatch is an error, never a silent skip.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,15 @@ class LoadReport:
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A raw state_dict, or the ``model`` entry of a freezetune checkpoint."""
     # weights_only=True: a checkpoint is data, never code to run.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch's message is long; the line naming the refused class says the most.
+        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")[:200]
+        raise ConfigError(
+            [f"model.weights: {path} cannot be loaded with weights_only=True (tensors and plain data only): {reason}"]
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
