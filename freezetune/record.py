@@ -24,11 +24,14 @@ class RunExistsError(FileExistsError):
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when the write failed
 
 
 class RunDir:
@@ -39,7 +42,9 @@ class RunDir:
 
     @staticmethod
     def check_free(path: str | Path, overwrite: bool) -> None:
-        """Raise :class:`RunExistsError` if ``path`` already holds a run record."""
+        """Raise :class:`RunExistsError` if ``path`` already holds a run record (or is a file)."""
+        if Path(path).exists() and not Path(path).is_dir():
+            raise RunExistsError(f"{path} exists and is not a folder. HINT: set train.output_dir to a folder path")
         existing = [f for f in RECORD_FILES if (Path(path) / f).exists()]
         if existing and not overwrite:
             raise RunExistsError(
@@ -66,8 +71,11 @@ class RunDir:
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         tmp = self.path / f".{name}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.path / name)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
