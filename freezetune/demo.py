@@ -9,16 +9,19 @@ from typing import Any, Callable
 
 import torch
 
+from freezetune.compare import estimate_config
 from freezetune.config import Config, load_config, to_dict
 from freezetune.explain import format_table
+from freezetune.report import build_report, write_report
 from freezetune.run import run
 from freezetune.training import EpochResult, Progress, no_progress
 
-__all__ = ["FINETUNE_CONFIGS", "PRETRAIN_CONFIG", "pretrain_is_current", "results_table", "run_demo"]
+__all__ = ["FINETUNE_CONFIGS", "PRETRAIN_CONFIG", "REPORT_DIR", "demo_report", "pretrain_is_current", "results_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 PRETRAIN_CONFIG = "configs/fmnist/pretrain_a.yaml"
+REPORT_DIR = "runs/report"
 FINETUNE_CONFIGS = (
     "configs/fmnist/full.yaml",
     "configs/fmnist/linear_probe.yaml",
@@ -58,8 +61,22 @@ def run_demo(
     for path in FINETUNE_CONFIGS:
         cfg = load_config(root / path, overrides)
         log.info("fine-tuning %s (%s)", cfg.name, path)
+        # In-process: run() resets the peak-memory mark, so each run still gets its own peak.
         summaries.append(run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(cfg.name, on_epoch)))
     return summaries
+
+
+def demo_report(summaries: list[dict[str, Any]], root: str | Path = ".", overrides: list[str] | None = None,
+                out_dir: str | Path = REPORT_DIR) -> tuple[dict[str, Any], list[Path]]:
+    """Predict each fine-tune's cost, then write the comparison report."""
+    cache: dict = {}
+    estimates = {}
+    for path in FINETUNE_CONFIGS:
+        cfg = load_config(Path(root) / path, overrides or [])
+        estimates[cfg.name] = estimate_config(cfg, cache=cache)
+    runs = [s | {"run_dir": s.get("run_dir", f"runs/{s['name']}")} for s in summaries]
+    report = build_report(runs, estimates)
+    return report, write_report(report, out_dir)
 
 
 def _tagged(name: str, cb: Callable[[str, EpochResult], None] | None) -> Callable[[EpochResult], None] | None:

@@ -4,13 +4,17 @@ starts, read off one real forward pass."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from freezetune.freezing import FreezePlan, ModelTree
 
-__all__ = ["ModuleRow", "ProbeRow", "format_table", "module_rows", "probe_autograd", "render_plan"]
+if TYPE_CHECKING:
+    from freezetune.estimate import Estimate
+
+__all__ = ["ModuleRow", "ProbeRow", "format_table", "module_rows", "probe_autograd", "render_estimate", "render_plan"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +146,33 @@ def render_plan(tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None,
         if first is not None:
             parts.append(f"the autograd graph starts at '{first}'; backward() does no work before it.")
     return "\n".join(parts)
+
+
+def render_estimate(est: Estimate, batch: int) -> str:
+    """The per-module profile behind a prediction, and the prediction itself."""
+    rows = [
+        [
+            m.name,
+            m.state,
+            f"{1000 * m.forward_s:.2f}",
+            f"{1000 * m.backward_s:.2f}",
+            f"{m.saved_bytes / 1024:.0f}",
+            f"{1000 * (f.forward_s + f.backward_s):.2f}",
+            f"{f.saved_bytes / 1024:.0f}",
+        ]
+        for m, f in zip(est.modules, est.full)
+    ]
+    table = format_table(
+        ["module", "state", "fwd ms", "bwd ms", "saved KiB", "full: fwd+bwd ms", "full: saved KiB"], rows, right={2, 3, 4, 5, 6}
+    )
+    return "\n".join(
+        [
+            f"predicted cost, from a per-module profile on one batch of {batch} (compute only, no data loading):",
+            table,
+            f"optimizer step: {1000 * est.optimizer_s:.2f} ms (full fine-tuning: {1000 * est.full_optimizer_s:.2f} ms)",
+            f"predicted step time: {1000 * est.step_s:.1f} ms vs {1000 * est.full_step_s:.1f} ms for full fine-tuning"
+            f" (×{est.step_ratio:.2f})",
+            f"predicted activations saved for backward: {est.saved_bytes / 2**20:.2f} MiB vs "
+            f"{est.full_saved_bytes / 2**20:.2f} MiB (×{est.saved_ratio:.3f})",
+        ]
+    )

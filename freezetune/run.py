@@ -5,6 +5,7 @@ a single file is written."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -21,13 +22,18 @@ from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.freezing import FreezePlan, describe, plan_from_config
 from freezetune.integrity import fingerprint, verify_frozen
+from freezetune.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes, peak_memory, reset_peak_memory
 from freezetune.models import LoadReport, build_model
 from freezetune.record import RunDir
+from freezetune.timing import eval_speed, medians
 from freezetune.training import EpochResult, Progress, fit_epoch, make_optimizer, no_progress
 
 __all__ = ["Prepared", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
 
 log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
+EVAL_SPEED_BATCHES = 3
 
 
 @dataclass
@@ -99,23 +105,64 @@ def run(
     before = fingerprint(model, plan)
 
     started = time.perf_counter()
+    reset_peak_memory(device)
     epochs: list[EpochResult] = []
+    durations: list[tuple[float, ...]] = []
+    saved = None
     for epoch in range(1, cfg.train.epochs + 1):
-        result = fit_epoch(
-            epoch, model, optimizer, loaders.train, loaders.val, device, cfg.train.max_steps_per_epoch, progress
+        result, stats = fit_epoch(
+            epoch, model, optimizer, loaders.train, loaders.val, device, cfg.train.max_steps_per_epoch, progress,
+            count_saved=epoch == 1,
         )
         epochs.append(result)
+        durations.extend(stats.durations)
+        saved = saved or stats.saved
         out.append_jsonl("metrics.jsonl", _epoch_row(result))
         if on_epoch:
             on_epoch(result)
+    wall = time.perf_counter() - started
 
     check = verify_frozen(model, plan, before)
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
+    measured = _measurements(model, optimizer, loaders, device, durations, saved, cfg.data.batch_size)
     out.save_checkpoint("model.pt", {"model": model.state_dict(), "config": resolved, "epoch": cfg.train.epochs})
-    summary = _summary(cfg, p, epochs, check.to_json(), time.perf_counter() - started, len(loaders.train.dataset))
+    summary = _summary(cfg, p, epochs, check.to_json(), wall, len(loaders.train.dataset))
+    summary.update(measured)
+    summary["run_dir"] = str(out.path)
     out.write_json("summary.json", summary)
     return summary
+
+
+def _measurements(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loaders: Loaders,
+    device: torch.device,
+    durations: list[tuple[float, ...]],
+    saved: SavedBytes | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The `speed` and `memory` sections of summary.json (read after training)."""
+    phases = medians(durations, WARMUP_STEPS)
+    speed: dict[str, Any] = {"warmup_steps": WARMUP_STEPS, "batch_size": batch_size}
+    if phases is not None:
+        speed.update(phases.to_json())
+        speed["train_samples_per_s"] = batch_size / phases.step
+    batches = [x.to(device) for x, _ in itertools.islice(loaders.val, EVAL_SPEED_BATCHES)]
+    speed.update(eval_speed(model, batches, device, rounds=2))
+    trainable, frozen = param_bytes(model)
+    peak, peak_kind = peak_memory(device)
+    memory = {
+        "param_bytes_trainable": trainable,
+        "param_bytes_frozen": frozen,
+        "grad_bytes": grad_bytes(model),  # the last step's gradients are still held
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        **(saved or SavedBytes()).to_json(),
+        "peak_bytes": peak,
+        "peak_kind": peak_kind,
+    }
+    return {"speed": speed, "memory": memory}
 
 
 def _epoch_row(r: EpochResult) -> dict[str, Any]:

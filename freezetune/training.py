@@ -4,6 +4,7 @@ under ``inference_mode``. Read it top to bottom; nothing here knows about files.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
@@ -14,8 +15,10 @@ from torch.utils.data import DataLoader
 
 from freezetune.apply import trainable_parameters
 from freezetune.config import OptimizerConfig
+from freezetune.memory import SavedBytes, count_saved_tensors
+from freezetune.timing import StepClock
 
-__all__ = ["EpochResult", "Progress", "evaluate", "fit_epoch", "make_optimizer", "no_progress", "train_one_epoch"]
+__all__ = ["EpochResult", "EpochStats", "Progress", "evaluate", "fit_epoch", "make_optimizer", "no_progress", "train_one_epoch"]
 
 T = TypeVar("T")
 # A progress wrapper (the scripts pass tqdm; the library stays silent).
@@ -50,6 +53,15 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+@dataclass
+class EpochStats:
+    loss: float  # mean training loss
+    samples: int
+    steps: int
+    durations: list[tuple[float, ...]]  # per step: data, forward, backward, optimizer (s)
+    saved: SavedBytes | None = None  # bytes saved for backward in the first step, when asked
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -58,27 +70,42 @@ def train_one_epoch(
     max_steps: int | None = None,
     progress: Progress = no_progress,
     desc: str = "train",
-) -> tuple[float, int, int]:
-    """One pass over ``loader``; returns (mean loss, samples seen, steps)."""
+    count_saved: bool = False,
+) -> EpochStats:
+    """One pass over ``loader``, each step timed by phase."""
     model.train()  # frozen BatchNorm stays in eval: freezetune.apply pins it
+    clock = StepClock(device)
     total_loss = torch.zeros((), device=device)
     seen = steps = 0
+    saved = None
     n_batches = len(loader) if max_steps is None else min(len(loader), max_steps)
-    for x, y in progress(loader, desc, n_batches):
-        if steps == n_batches:
+    batches = iter(progress(loader, desc, n_batches))
+    while steps < n_batches:
+        clock.start()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            clock.drop_last()
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        clock.lap()
         # set_to_none: frozen parameters keep .grad None, trainable ones skip a memset.
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        # Counting saved tensors costs a hook call per saved tensor: one step is enough.
+        with count_saved_tensors(model) if (count_saved and steps == 0) else nullcontext() as counted:
+            loss = F.cross_entropy(model(x), y)
+            clock.lap()
+            loss.backward()
+        clock.lap()
         optimizer.step()
+        clock.lap()
+        saved = counted or saved
         # Accumulate a detached tensor: no graph is kept alive, and on CUDA no
         # per-step host sync (one .item() at the end).
         total_loss += loss.detach() * x.shape[0]
         seen += x.shape[0]
         steps += 1
-    return (total_loss / max(seen, 1)).item(), seen, steps
+    return EpochStats((total_loss / max(seen, 1)).item(), seen, steps, clock.durations(), saved)
 
 
 @torch.inference_mode()
@@ -110,15 +137,18 @@ def fit_epoch(
     device: torch.device,
     max_steps: int | None = None,
     progress: Progress = no_progress,
-) -> EpochResult:
+    count_saved: bool = False,
+) -> tuple[EpochResult, EpochStats]:
     """Train one epoch, then evaluate; the epoch time covers the training pass only."""
     start = time.perf_counter()
-    train_loss, seen, steps = train_one_epoch(
-        model, optimizer, train_loader, device, max_steps, progress, f"epoch {epoch}"
+    stats = train_one_epoch(
+        model, optimizer, train_loader, device, max_steps, progress, f"epoch {epoch}", count_saved
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     val_loss, val_acc = evaluate(model, val_loader, device)
-    return EpochResult(epoch, train_loss, val_loss, val_acc, elapsed, seen / elapsed if elapsed else 0.0, steps)
-
+    result = EpochResult(
+        epoch, stats.loss, val_loss, val_acc, elapsed, stats.samples / elapsed if elapsed else 0.0, stats.steps
+    )
+    return result, stats

@@ -10,7 +10,8 @@ import sys
 import time
 
 from freezetune import cli
-from freezetune.demo import results_table, run_demo
+from freezetune.demo import demo_report, results_table, run_demo
+from freezetune.report import text_table
 from freezetune.training import EpochResult
 
 
@@ -31,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         summaries = run_demo(".", args.overrides, progress, report)
         print()
         print(results_table(summaries))
-        print(f"\ndemo finished in {time.perf_counter() - start:.0f}s; run records under runs/")
+        print("\npredicting each config's cost from a per-module profile, then writing the report ...", flush=True)
+        comparison, paths = demo_report(summaries, ".", args.overrides)
+        print()
+        print(text_table(comparison))
+        print(f"\nreport: {', '.join(str(p) for p in paths)}")
+        print(f"demo finished in {time.perf_counter() - start:.0f}s; run records under runs/")
         return 0 if all(s["frozen_unchanged"] for s in summaries) else 1
 
     return cli.guarded(body)

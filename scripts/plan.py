@@ -8,7 +8,8 @@ import sys
 import torch
 
 from freezetune import cli
-from freezetune.explain import probe_autograd, render_plan
+from freezetune.estimate import estimate
+from freezetune.explain import probe_autograd, render_estimate, render_plan
 from freezetune.freezing import describe
 from freezetune.run import prepare_model
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_config_args(parser)
     parser.add_argument("--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)")
     parser.add_argument("--no-probe", action="store_true", help="skip the forward pass that shows grad_fn per module")
+    parser.add_argument("--no-estimate", action="store_true", help="skip the predicted step time and memory")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -31,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             probe = probe_autograd(p.model, x)
         print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
         print(render_plan(describe(p.model), p.plan, probe, args.depth))
+        if not args.no_estimate:
+            n, size = cfg.data.batch_size, cfg.data.image_size
+            est = estimate(p.model, torch.randn(n, 3, size, size, device=p.device), cfg.train.optimizer)
+            print()
+            print(render_estimate(est, n))
         return 0
 
     return cli.guarded(body)

@@ -89,7 +89,8 @@ def test_optimizer_refuses_a_model_with_nothing_trainable() -> None:
 
 def test_train_one_epoch_returns_plain_numbers_and_respects_max_steps() -> None:
     model = tiny_cnn()
-    loss, seen, steps = train_one_epoch(model, make_optimizer(model, OptimizerConfig()), loader(n=40), CPU, max_steps=2)
+    stats = train_one_epoch(model, make_optimizer(model, OptimizerConfig()), loader(n=40), CPU, max_steps=2)
+    loss, seen, steps = stats.loss, stats.samples, stats.steps
     assert type(loss) is float and loss > 0
     assert (seen, steps) == (16, 2)
 

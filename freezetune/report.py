@@ -1,0 +1,171 @@
+"""Compare finished runs: a Markdown table, a JSON file and a plot.
+
+Ratios are taken against the reference run: the one that trains every
+parameter (full fine-tuning), else the first run given."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freezetune.explain import format_table
+
+__all__ = ["MEMORY_KINDS", "build_report", "load_run", "write_report"]
+
+MiB = 1024 * 1024
+# (summary.json key, label): the memory a training step holds, by kind.
+MEMORY_KINDS = (
+    ("param_bytes_trainable", "trainable params"),
+    ("param_bytes_frozen", "frozen params"),
+    ("grad_bytes", "gradients"),
+    ("optimizer_state_bytes", "optimizer state"),
+    ("saved_activation_bytes", "saved activations"),
+)
+# Memory that freezing can remove: everything but the weights themselves.
+_TRAINING_KINDS = ("grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """A run folder's summary.json, with its folder added."""
+    path = Path(path)
+    summary = json.loads((path / "summary.json").read_text())
+    summary["run_dir"] = str(path)
+    return summary
+
+
+def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((r for r in runs if r["params_trainable"] == r["params_total"]), runs[0])
+
+
+def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Rows of derived numbers, one per run, ratios against the reference run."""
+    estimates = estimates or {}
+    ref = _reference(runs)
+    rs, rm = ref["speed"], ref["memory"]
+    ref_training = sum(rm[k] for k in _TRAINING_KINDS)
+    rows = []
+    for r in runs:
+        s, m = r["speed"], r["memory"]
+        training = sum(m[k] for k in _TRAINING_KINDS)
+        row = {
+            "config": r["name"],
+            "run_dir": r["run_dir"],
+            "params_trainable": r["params_trainable"],
+            "trainable_pct": r["trainable_pct"],
+            "val_acc": r["final_val_acc"],
+            "step_time_s": s["step_time_s"],
+            "step_ratio": s["step_time_s"] / rs["step_time_s"],
+            "compute_time_s": s["compute_time_s"],
+            "compute_ratio": s["compute_time_s"] / rs["compute_time_s"],
+            "phases_s": {k: s[f"{k}_s"] for k in ("data", "forward", "backward", "optimizer")},
+            "train_samples_per_s": s["train_samples_per_s"],
+            "eval_samples_per_s": s["eval_samples_per_s"],
+            "eval_speedup_no_grad": s["eval_speedup_no_grad"],
+            "memory_bytes": {k: m[k] for k, _ in MEMORY_KINDS},
+            "training_memory_bytes": training,
+            "training_memory_ratio": training / ref_training if ref_training else 1.0,
+            "saved_ratio": m["saved_activation_bytes"] / rm["saved_activation_bytes"] if rm["saved_activation_bytes"] else 1.0,
+            "peak_bytes": m["peak_bytes"],
+            "peak_kind": m["peak_kind"],
+            "peak_ratio": m["peak_bytes"] / rm["peak_bytes"],
+            "frozen_unchanged": r["frozen_unchanged"],
+            "device": r["device"],
+        }
+        est = estimates.get(r["name"])
+        if est:
+            row["predicted_step_ratio"] = est["predicted_step_ratio"]
+            row["predicted_step_error"] = est["predicted_step_ratio"] / row["compute_ratio"] - 1.0
+            row["predicted_saved_ratio"] = est["predicted_saved_ratio"]
+        rows.append(row)
+    return {"reference": ref["name"], "device": _device_name(ref["device"]), "rows": rows}
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name()})"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:.1f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    predicted = any("predicted_step_ratio" in r for r in rows)
+    headers = ["config", "trainable", "val acc", "step ms", "× full", "samples/s", "eval no-grad ×"]
+    if predicted:
+        headers += ["predicted ×", "error"]
+    headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
+    body = []
+    for r in rows:
+        line = [
+            r["config"],
+            f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
+            f"{r['val_acc']:.4f}",
+            f"{1000 * r['step_time_s']:.1f}",
+            f"{r['compute_ratio']:.2f}",
+            f"{r['train_samples_per_s']:.0f}",
+            f"{r['eval_speedup_no_grad']:.2f}",
+        ]
+        if predicted:
+            has = "predicted_step_ratio" in r
+            line += [f"{r['predicted_step_ratio']:.2f}" if has else "-", f"{100 * r['predicted_step_error']:+.1f}%" if has else "-"]
+        line += [_mib(r["memory_bytes"][k]) for k, _ in MEMORY_KINDS]
+        line += [f"{r['training_memory_ratio']:.2f}", _mib(r["peak_bytes"])]
+        body.append(line)
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
+    return "\n".join(out)
+
+
+def text_table(report: dict[str, Any]) -> str:
+    """A compact terminal version of the table."""
+    rows = []
+    for r in report["rows"]:
+        pred = f"{r['predicted_step_ratio']:.2f} ({100 * r['predicted_step_error']:+.0f}%)" if "predicted_step_ratio" in r else "-"
+        rows.append(
+            [
+                r["config"],
+                f"{r['trainable_pct']:.2f}%",
+                f"{r['val_acc']:.4f}",
+                f"{1000 * r['step_time_s']:.0f}",
+                f"{r['compute_ratio']:.2f}",
+                pred,
+                f"{r['training_memory_ratio']:.2f}",
+                _mib(r["peak_bytes"]),
+            ]
+        )
+    headers = ["config", "trainable", "val acc", "step ms", "compute × full", "predicted ×", "train mem × full", "peak MiB"]
+    return format_table(headers, rows, right={1, 2, 3, 4, 6, 7})
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """report.md, report.json and report.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peak_kind = report["rows"][0]["peak_kind"]
+    md = [
+        f"# freezetune comparison ({len(report['rows'])} runs)",
+        "",
+        f"Device: {report['device']}. Ratios (×) are against `{report['reference']}`. "
+        "Step time is the median over steps after warm-up; `× full` compares compute "
+        "(forward + backward + optimizer), which is also what `predicted ×` estimates. "
+        "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
+        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}.",
+        "",
+        markdown_table(report),
+        "",
+        "![report](report.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from freezetune.plot import plot_report
+
+    plot_report(report, out / "report.png")
+    return [out / "report.md", out / "report.json", out / "report.png"]

@@ -1,0 +1,55 @@
+"""Time freezetune's training step against a minimal hand-written PyTorch loop.
+
+  python scripts/benchmark.py [--config C.yaml] [--presets full linear_probe until:layer3] [--sizes 32 64] [key=value ...]
+
+Prints, per preset and image size, the median ms/step of both and the median
+of the interleaved per-round ratios (framework / hand-written)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from freezetune import cli
+from freezetune.benchmark import benchmark_config
+from freezetune.config import load_config
+from freezetune.explain import format_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/bench/resnet18_fake.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--presets", nargs="+", default=["full", "linear_probe", "until:layer3"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default="runs/benchmark.json")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+
+    def body() -> int:
+        results = []
+        for size in args.sizes:
+            for preset in args.presets:
+                edits = [*args.overrides, f"freeze.preset={preset}", f"data.image_size={size}"]
+                cfg = load_config(args.config, edits)
+                r = benchmark_config(cfg, args.steps, args.rounds)
+                r.name = preset
+                results.append(r)
+                print(f"{preset} @ {size}px: framework {r.framework_ms:.2f} ms, hand {r.hand_ms:.2f} ms, ratio {r.ratio:.3f}", flush=True)
+        rows = [[r.name, r.image_size, r.device, f"{r.framework_ms:.2f}", f"{r.hand_ms:.2f}", f"{r.ratio:.3f}"] for r in results]
+        print()
+        print(format_table(["preset", "px", "device", "framework ms/step", "hand ms/step", "ratio"], rows, right={1, 3, 4, 5}))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        print(f"\nworst ratio {max(r.ratio for r in results):.3f}; written to {args.out}")
+        return 0
+
+    return cli.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
