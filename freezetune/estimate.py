@@ -1,18 +1,26 @@
 """Predict what a freezing plan saves, before training, from a per-module profile.
 
-Each top-level module is run on its real input (captured from one forward pass)
-in the state the plan puts it in, and in the state full fine-tuning would:
+The profile times real training steps of the model (forward, loss, backward) and
+attributes time and saved bytes to each top-level module with hooks, in three
+states that bracket every freezing choice:
 
-* in a frozen prefix (no trainable parameter before or in it) it pays only its
-  forward: autograd records nothing, there is no backward;
-* frozen, but after a trainable module, it still pays the backward for its
-  *input* gradient (the chain rule must pass through it), not for its weights;
-* partly trainable (BitFit: biases and BatchNorm) it keeps most of the backward.
+* ``full``:  every parameter trainable (what full fine-tuning pays);
+* ``input``: every parameter frozen but the input requiring grad, so each module
+  pays only the backward for its *input* gradient;
+* ``none``:  no autograd at all (a frozen prefix: forward only).
 
-Timing each module in exactly that state, rather than applying rule-of-thumb
-factors, is what makes the prediction hold across architectures. The optimizer
-step is timed on the trainable parameters. Data loading is not predicted: the
-ratios compare compute (forward + backward + optimizer)."""
+A config's cost is then arithmetic over its modules, in forward order:
+
+* in a frozen prefix (nothing trainable before or in it): forward only;
+* frozen, or partly trainable (BitFit's biases and norms), after the graph has
+  started: the input-gradient backward (a partly trainable module keeps most of it);
+* trainable after the graph has started: the full backward;
+* the first trainable module (its input needs no gradient): full minus input backward.
+
+The optimizer step is timed on the config's own trainable parameters. Data
+loading is not predicted: ratios compare compute (forward + backward + optimizer).
+Timing inside real steps, not modules in isolation, keeps cache and allocator
+effects in the numbers, so the parts add up to what training measures."""
 
 from __future__ import annotations
 
@@ -20,43 +28,63 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from freezetune.apply import is_pinned_eval, unpin_eval
+from freezetune.apply import pin_eval, unpin_eval
 from freezetune.config import OptimizerConfig
 from freezetune.memory import count_saved_tensors
 from freezetune.training import make_optimizer
 
-__all__ = ["Estimate", "FullProfile", "ModuleCost", "estimate", "profile_full", "profile_modules"]
+__all__ = ["Estimate", "ModuleCost", "ModuleProfile", "Profile", "estimate", "predict", "profile_model"]
+
+
+@dataclass(frozen=True)
+class ModuleProfile:
+    """One top-level module, measured in the three reference states."""
+
+    name: str
+    has_params: bool
+    forward_s: float  # recording a graph (state full)
+    forward_nograd_s: float  # state none
+    backward_full_s: float
+    backward_input_s: float
+    saved_full: int  # activation bytes saved for backward (parameters not counted)
+    saved_input: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    modules: tuple[ModuleProfile, ...]
+    full_optimizer_s: float
+    batch: int
+
+    @property
+    def full_step_s(self) -> float:
+        return sum(m.forward_s + m.backward_full_s for m in self.modules) + self.full_optimizer_s
+
+    @property
+    def full_saved_bytes(self) -> int:
+        return sum(m.saved_full for m in self.modules)
 
 
 @dataclass(frozen=True)
 class ModuleCost:
     name: str
-    state: str  # "no graph", "input grad only", "trainable", "partial", "no params"
+    state: str  # "no graph", "no params", "input grad only", "partial", "weights only", "trainable"
     forward_s: float
     backward_s: float
-    saved_bytes: int  # activations saved for backward (parameters not counted)
-
-
-@dataclass(frozen=True)
-class FullProfile:
-    modules: tuple[ModuleCost, ...]
-    optimizer_s: float
-    signatures: tuple[tuple, ...]
-
-    def known(self) -> dict[str, tuple[tuple, ModuleCost]]:
-        return {m.name: (sig, m) for sig, m in zip(self.signatures, self.modules)}
+    saved_bytes: int
 
 
 @dataclass(frozen=True)
 class Estimate:
     modules: tuple[ModuleCost, ...]
-    full: tuple[ModuleCost, ...]
     optimizer_s: float
-    full_optimizer_s: float
+    profile: Profile
 
     @property
     def step_s(self) -> float:
@@ -64,7 +92,7 @@ class Estimate:
 
     @property
     def full_step_s(self) -> float:
-        return sum(m.forward_s + m.backward_s for m in self.full) + self.full_optimizer_s
+        return self.profile.full_step_s
 
     @property
     def step_ratio(self) -> float:
@@ -76,7 +104,7 @@ class Estimate:
 
     @property
     def full_saved_bytes(self) -> int:
-        return sum(m.saved_bytes for m in self.full)
+        return self.profile.full_saved_bytes
 
     @property
     def saved_ratio(self) -> float:
@@ -90,13 +118,32 @@ class Estimate:
             "predicted_saved_activation_bytes": self.saved_bytes,
             "predicted_full_saved_activation_bytes": self.full_saved_bytes,
             "predicted_saved_ratio": self.saved_ratio,
-            "modules": [m.__dict__ | {"full": f.__dict__} for m, f in zip(self.modules, self.full)],
+            "modules": [m.__dict__ for m in self.modules],
         }
 
 
-def _sync(x: torch.Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+# --------------------------------------------------------------------------- profiling
+
+
+class _Mark(torch.autograd.Function):
+    """Identity whose backward notes when the gradient reached a module's input:
+    the moment that module's backward is done."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, note: Callable[[], None]) -> torch.Tensor:  # type: ignore[override]
+        ctx.note = note
+        return x.clone()  # a new tensor, so in-place modules (ReLU(inplace=True)) stay legal
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        ctx.note()
+        return grad, None
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _first_tensor(obj: object) -> torch.Tensor | None:
@@ -107,145 +154,208 @@ def _first_tensor(obj: object) -> torch.Tensor | None:
     return _first_tensor(getattr(obj, "logits", None)) if hasattr(obj, "logits") else None
 
 
-def _capture_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, tuple]]:
-    """Each top-level module with the arguments it received, in call order."""
-    calls: list[tuple[str, nn.Module, tuple]] = []
-    handles = [
-        child.register_forward_pre_hook(
-            lambda m, args, name=name: calls.append((name, m, tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)))
-        )
-        for name, child in model.named_children()
-    ]
+def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool) -> dict[str, list]:
+    """One instrumented step; per module: [forward_s, backward_s, saved_bytes]."""
+    device = x.device
+    order: list[str] = []
+    times: dict[str, list] = {}
+    start: dict[str, float] = {}
+    marks: dict[str, float] = {}
+    current: list[str] = []
+    counter_box: list = []
+
+    def pre(name: str):
+        def hook(module: nn.Module, args: tuple):
+            order.append(name)
+            current.append(name)
+            counter_box[0].activations = 0
+            args = tuple(
+                _Mark.apply(a, lambda n=name: marks.setdefault(n, _clock(device)))
+                if isinstance(a, torch.Tensor) and a.requires_grad
+                else a
+                for a in args
+            )
+            start[name] = _clock(device)
+            return args
+
+        return hook
+
+    def post(name: str):
+        def hook(module: nn.Module, args: tuple, output: object):
+            out = _first_tensor(output)
+            in_graph = out is not None and out.requires_grad
+            times[name] = [_clock(device) - start[name], 0.0, counter_box[0].activations, in_graph]
+            current.pop()
+
+        return hook
+
+    handles = []
+    for name, child in model.named_children():
+        handles.append(child.register_forward_pre_hook(pre(name)))
+        handles.append(child.register_forward_hook(post(name)))
     try:
-        with torch.no_grad():
-            model(x)
+        with count_saved_tensors(model) as counter:
+            counter_box.append(counter)
+            out = _first_tensor(model(x))
+            loss = F.cross_entropy(out, y)
+        if backward and loss.requires_grad:
+            previous = _clock(device)
+            loss.backward()
+            end = _clock(device)
+            # Backward visits the modules in reverse; each one is done when the
+            # gradient reaches its input, or at the very end for the module where
+            # the graph starts (its input needs no gradient).
+            for name in reversed(order):
+                if name in marks:
+                    finished = marks[name]
+                elif times[name][3]:
+                    finished = end
+                else:
+                    continue  # outside the graph: no backward
+                times[name][1] = max(finished - previous, 0.0)
+                previous = finished
     finally:
         for h in handles:
             h.remove()
-    return calls
+    return times
 
 
-def _as_input(a: object, requires_grad: bool) -> object:
-    """A fresh copy of a captured argument; when it must carry gradient, a non-leaf
-    (as inside a real graph), so that in-place modules such as ReLU(inplace=True) work."""
-    if not isinstance(a, torch.Tensor) or not a.is_floating_point():
-        return a
-    if requires_grad:
-        return a.detach().requires_grad_(True).clone()
-    return a.clone()
+def _run_states(
+    states: dict[str, tuple[nn.Module, torch.Tensor, bool]],
+    y: torch.Tensor,
+    reps: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[dict, float]:
+    """Medians per state and module over ``reps`` rounds after a warm-up round,
+    and the median time of ``optimizer.step()`` after each ``full`` step.
 
-
-def _state(module: nn.Module, input_grad: bool) -> str:
-    flags = [p.requires_grad for p in module.parameters()]
-    if not flags:
-        return "no params"
-    if all(flags):
-        return "trainable"
-    if any(flags):
-        return "partial"
-    return "input grad only" if input_grad else "no graph"
-
-
-def _signature(module: nn.Module, input_grad: bool) -> tuple:
-    """Everything that decides a module's cost besides its input's shape."""
-    return (
-        input_grad,
-        tuple(p.requires_grad for p in module.parameters()),
-        tuple(m.training for m in module.modules()),
-    )
-
-
-def profile_modules(
-    model: nn.Module, x: torch.Tensor, reps: int = 3, known: dict[str, tuple[tuple, ModuleCost]] | None = None
-) -> list[tuple[tuple, ModuleCost]]:
-    """Forward/backward time and saved bytes of every top-level module, each in the
-    state ``model``'s ``requires_grad`` flags put it in, with its state signature.
-
-    A module whose signature matches one in ``known`` (the full profile) reuses
-    that measurement: same state, same cost, and one timing less to be noisy.
-    ``model`` is used as is: pass a copy (BatchNorm statistics move)."""
-    model.train()
-    known = known or {}
-    costs = []
-    graph_started = False
-    for name, module, args in _capture_inputs(model, x):
-        input_grad = graph_started
-        graph_started = graph_started or any(p.requires_grad for p in module.parameters())
-        sig = _signature(module, input_grad)
-        if name in known and known[name][0] == sig:
-            costs.append((sig, known[name][1]))
-            continue
-        fwd, bwd, saved = [], [], 0
-        for rep in range(reps + 1):  # the first is a warm-up
-            inputs = tuple(_as_input(a, input_grad) for a in args)
-            _sync(x)
-            t0 = time.perf_counter()
-            with count_saved_tensors(model) as counted:
-                out = _first_tensor(module(*inputs))
-            _sync(x)
-            t1 = time.perf_counter()
-            t2 = t1  # a module outside the graph has no backward at all
-            if out is not None and out.requires_grad:
-                out.backward(torch.ones_like(out))
-                _sync(x)
-                t2 = time.perf_counter()
+    The states take turns within each round, so a slow spell of the machine
+    (another process, frequency scaling) lands on all of them alike. The full
+    state takes real optimizer steps, as training does: sweeping the weights and
+    momentum buffers through the caches is part of what the next step costs."""
+    runs: dict[str, list] = {name: [] for name in states}
+    opt_times = []
+    for rep in range(reps + 1):
+        for state, (model, x, backward) in states.items():
+            for p in model.parameters():
+                p.grad = None
+            with torch.enable_grad() if backward else torch.no_grad():
+                step = _one_step(model, x, y, backward)
+            if state == "full" and optimizer is not None:
+                t0 = _clock(x.device)
+                optimizer.step()
+                if rep:
+                    opt_times.append(_clock(x.device) - t0)
             if rep:
-                fwd.append(t1 - t0)
-                bwd.append(t2 - t1)
-            saved = counted.activations
-        for p in module.parameters():
-            p.grad = None
-        cost = ModuleCost(name, _state(module, input_grad), statistics.median(fwd), statistics.median(bwd), saved)
-        costs.append((sig, cost))
-    return costs
+                runs[state].append(step)
+    medians = {
+        state: {
+            name: (
+                statistics.median(r[name][0] for r in steps),
+                statistics.median(r[name][1] for r in steps),
+                steps[0][name][2],
+            )
+            for name in steps[0]
+        }
+        for state, steps in runs.items()
+    }
+    return medians, statistics.median(opt_times) if opt_times else 0.0
 
 
-def _optimizer_time(model: nn.Module, cfg: OptimizerConfig, reps: int = 3) -> float:
+def _optimizer_time(model: nn.Module, cfg: OptimizerConfig, reps: int = 5) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)
     optimizer = make_optimizer(model, cfg)
     times = []
     for rep in range(reps + 1):
-        _sync(params[0])
-        t0 = time.perf_counter()
+        t0 = _clock(params[0].device)
         optimizer.step()
-        _sync(params[0])
         if rep:
-            times.append(time.perf_counter() - t0)
+            times.append(_clock(params[0].device) - t0)
     for p in params:
         p.grad = None
     return statistics.median(times)
 
 
-def _fully_trainable(model: nn.Module) -> nn.Module:
-    full = copy.deepcopy(model).requires_grad_(True)
-    for m in full.modules():
-        if is_pinned_eval(m):
-            unpin_eval(m)
-    return full
+def _reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool) -> nn.Module:
+    m = copy.deepcopy(model).requires_grad_(trainable)
+    for module in m.modules():
+        unpin_eval(module)
+        if pin_frozen_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            pin_eval(module)  # as freezing puts a frozen prefix's BatchNorm (the default policy)
+    return m.train()
 
 
-def profile_full(model: nn.Module, x: torch.Tensor, optimizer: OptimizerConfig, reps: int = 3) -> FullProfile:
-    """The reference: ``model`` with every parameter trainable and no BatchNorm pinned.
-    It depends only on the architecture, the batch shape and the optimizer, so one
-    profile serves every config that shares them."""
+def profile_model(
+    model: nn.Module, x: torch.Tensor, num_classes: int, optimizer: OptimizerConfig, reps: int = 7
+) -> Profile:
+    """Time ``reps`` instrumented steps of ``model`` in each reference state (on copies)."""
+    y = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        full = _fully_trainable(model)
-        profiled = profile_modules(full, x, reps)
-        return FullProfile(
-            tuple(c for _, c in profiled), _optimizer_time(full, optimizer, reps), tuple(s for s, _ in profiled)
+        full_model = _reference_copy(model, trainable=True, pin_frozen_bn=False)
+        states = {
+            "full": (full_model, x, True),
+            "input": (_reference_copy(model, trainable=False, pin_frozen_bn=False), x.detach().requires_grad_(True), True),
+            "none": (_reference_copy(model, trainable=False, pin_frozen_bn=True), x, False),
+        }
+        # lr 0: the copy's weights stay put, while the step does all of its memory traffic.
+        opt = make_optimizer(full_model, OptimizerConfig(optimizer.name, 1e-30, optimizer.momentum, optimizer.weight_decay))
+        measured, full_opt = _run_states(states, y, reps, opt)
+        full, inp, none = measured["full"], measured["input"], measured["none"]
+    children = dict(model.named_children())
+    modules = tuple(
+        ModuleProfile(
+            name,
+            any(True for _ in children[name].parameters()),
+            full[name][0],
+            none[name][0],
+            full[name][1],
+            inp[name][1],
+            full[name][2],
+            inp[name][2],
         )
+        for name in full
+    )
+    return Profile(modules, full_opt, x.shape[0])
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def predict(profile: Profile, model: nn.Module, optimizer_s: float) -> Estimate:
+    """Arithmetic over the profile for ``model``'s ``requires_grad`` flags."""
+    children = dict(model.named_children())
+    costs = []
+    started = False
+    for m in profile.modules:
+        flags = [p.requires_grad for p in children[m.name].parameters()]
+        if not started and not any(flags):
+            state = "no graph" if flags else "no params"
+            costs.append(ModuleCost(m.name, state, m.forward_nograd_s, 0.0, 0))
+            continue
+        if flags and all(flags):
+            if started:
+                cost = ModuleCost(m.name, "trainable", m.forward_s, m.backward_full_s, m.saved_full)
+            else:  # the graph starts here: weight gradients, no input gradient
+                bwd = max(m.backward_full_s - m.backward_input_s, 0.0)
+                cost = ModuleCost(m.name, "weights only", m.forward_s, bwd, m.saved_full)
+        else:
+            state = "partial" if any(flags) else ("input grad only" if flags else "no params")
+            cost = ModuleCost(m.name, state, m.forward_s, m.backward_input_s, m.saved_input)
+        costs.append(cost)
+        started = True
+    return Estimate(tuple(costs), optimizer_s, profile)
 
 
 def estimate(
-    model: nn.Module, x: torch.Tensor, optimizer: OptimizerConfig, reps: int = 3, full: FullProfile | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    optimizer: OptimizerConfig,
+    reps: int = 5,
+    profile: Profile | None = None,
 ) -> Estimate:
-    """Profile ``model`` (with its plan applied) against full fine-tuning of it."""
-    full = full or profile_full(model, x, optimizer, reps)
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        planned = copy.deepcopy(model)
-        costs = [c for _, c in profile_modules(planned, x, reps, full.known())]
-        everything = all(p.requires_grad for p in planned.parameters())
-        opt_s = full.optimizer_s if everything else _optimizer_time(planned, optimizer, reps)
-        return Estimate(tuple(costs), full.modules, opt_s, full.optimizer_s)
+    """Profile (unless given) and predict for ``model`` with its plan applied."""
+    profile = profile or profile_model(model, x, num_classes, optimizer, reps)
+    return predict(profile, model, _optimizer_time(copy.deepcopy(model), optimizer, reps))

@@ -148,8 +148,9 @@ def render_plan(tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None,
     return "\n".join(parts)
 
 
-def render_estimate(est: Estimate, batch: int) -> str:
+def render_estimate(est: Estimate) -> str:
     """The per-module profile behind a prediction, and the prediction itself."""
+    ref = {m.name: m for m in est.profile.modules}
     rows = [
         [
             m.name,
@@ -157,19 +158,20 @@ def render_estimate(est: Estimate, batch: int) -> str:
             f"{1000 * m.forward_s:.2f}",
             f"{1000 * m.backward_s:.2f}",
             f"{m.saved_bytes / 1024:.0f}",
-            f"{1000 * (f.forward_s + f.backward_s):.2f}",
-            f"{f.saved_bytes / 1024:.0f}",
+            f"{1000 * (ref[m.name].forward_s + ref[m.name].backward_full_s):.2f}",
+            f"{ref[m.name].saved_full / 1024:.0f}",
         ]
-        for m, f in zip(est.modules, est.full)
+        for m in est.modules
     ]
     table = format_table(
         ["module", "state", "fwd ms", "bwd ms", "saved KiB", "full: fwd+bwd ms", "full: saved KiB"], rows, right={2, 3, 4, 5, 6}
     )
     return "\n".join(
         [
-            f"predicted cost, from a per-module profile on one batch of {batch} (compute only, no data loading):",
+            f"predicted cost per step, from a per-module profile of real steps on a batch of {est.profile.batch}"
+            " (compute only, no data loading):",
             table,
-            f"optimizer step: {1000 * est.optimizer_s:.2f} ms (full fine-tuning: {1000 * est.full_optimizer_s:.2f} ms)",
+            f"optimizer step: {1000 * est.optimizer_s:.2f} ms (full fine-tuning: {1000 * est.profile.full_optimizer_s:.2f} ms)",
             f"predicted step time: {1000 * est.step_s:.1f} ms vs {1000 * est.full_step_s:.1f} ms for full fine-tuning"
             f" (×{est.step_ratio:.2f})",
             f"predicted activations saved for backward: {est.saved_bytes / 2**20:.2f} MiB vs "

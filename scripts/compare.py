@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.configs:
-            overrides = args.items
-            run_dirs = [train_in_subprocess(c, overrides) for c in args.configs]
-            configs = [load_config(c, overrides) for c in args.configs]
+            # `--configs a.yaml b.yaml key=value`: argparse hands the edits to --configs too.
+            files = [c for c in args.configs if "=" not in c]
+            overrides = [c for c in args.configs if "=" in c] + args.items
+            configs = [load_config(c, overrides) for c in files]  # every error before any training
+            run_dirs = [train_in_subprocess(c, overrides) for c in files]
         else:
             if not args.items:
                 parser.error("give run folders, or --configs")

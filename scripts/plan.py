@@ -8,6 +8,7 @@ import sys
 import torch
 
 from freezetune import cli
+from freezetune.data import num_classes_of
 from freezetune.estimate import estimate
 from freezetune.explain import probe_autograd, render_estimate, render_plan
 from freezetune.freezing import describe
@@ -35,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         print(render_plan(describe(p.model), p.plan, probe, args.depth))
         if not args.no_estimate:
             n, size = cfg.data.batch_size, cfg.data.image_size
-            est = estimate(p.model, torch.randn(n, 3, size, size, device=p.device), cfg.train.optimizer)
+            k = cfg.model.num_classes or num_classes_of(cfg.data)
+            est = estimate(p.model, torch.randn(n, 3, size, size, device=p.device), k, cfg.train.optimizer)
             print()
-            print(render_estimate(est, n))
+            print(render_estimate(est))
         return 0
 
     return cli.guarded(body)
