@@ -35,9 +35,10 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         if "predicted_step_ratio" in r:
             label += f"\npred ×{r['predicted_step_ratio']:.2f}"
         ax.annotate(label, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.4 * max(bottom))  # headroom for the ratio labels and the legend
     ax.set_ylabel("median step time (ms)")
-    ax.set_title("step time by phase")
-    ax.legend(fontsize=8)
+    ax.set_title("step time by phase (× = compute vs full)")
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
 
     ax = axes[1]
     bottom = [0.0] * len(rows)
@@ -45,9 +46,10 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         values = [r["memory_bytes"][key] / MiB for r in rows]
         ax.bar(x, values, bottom=bottom, color=colour, label=label)
         bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylim(0, 1.45 * max(bottom))
     ax.set_ylabel("MiB")
     ax.set_title("memory by kind (one training step)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
 
     ax = axes[2]
     accs = [100 * r["val_acc"] for r in rows]

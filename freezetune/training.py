@@ -102,7 +102,7 @@ def train_one_epoch(
         saved = counted or saved
         # Accumulate a detached tensor: no graph is kept alive, and on CUDA no
         # per-step host sync (one .item() at the end).
-        total_loss += loss.detach() * x.shape[0]
+        total_loss.add_(loss.detach(), alpha=x.shape[0])  # one kernel, no temporary
         seen += x.shape[0]
         steps += 1
     return EpochStats((total_loss / max(seen, 1)).item(), seen, steps, clock.durations(), saved)
