@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from freezetune.apply import pin_eval, unpin_eval
 from freezetune.config import OptimizerConfig
+from freezetune.explain import first_tensor as _first_tensor
 from freezetune.memory import count_saved_tensors
 from freezetune.training import make_optimizer
 
@@ -146,14 +147,6 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _first_tensor(obj: object) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, (tuple, list)):
-        return next((t for t in map(_first_tensor, obj) if t is not None), None)
-    return _first_tensor(getattr(obj, "logits", None)) if hasattr(obj, "logits") else None
-
-
 def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool) -> dict[str, list]:
     """One instrumented step; per module: [forward_s, backward_s, saved_bytes]."""
     device = x.device
@@ -199,25 +192,31 @@ def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool
             out = _first_tensor(model(x))
             loss = F.cross_entropy(out, y)
         if backward and loss.requires_grad:
-            previous = _clock(device)
+            begin = _clock(device)
             loss.backward()
-            end = _clock(device)
-            # Backward visits the modules in reverse; each one is done when the
-            # gradient reaches its input, or at the very end for the module where
-            # the graph starts (its input needs no gradient).
-            for name in reversed(order):
-                if name in marks:
-                    finished = marks[name]
-                elif times[name][3]:
-                    finished = end
-                else:
-                    continue  # outside the graph: no backward
-                times[name][1] = max(finished - previous, 0.0)
-                previous = finished
+            _attribute_backward(order, times, marks, begin, _clock(device))
     finally:
         for h in handles:
             h.remove()
     return times
+
+
+def _attribute_backward(
+    order: list[str], times: dict[str, list], marks: dict[str, float], begin: float, end: float
+) -> None:
+    """Backward visits the modules in reverse; each one is done when the gradient
+    reaches its input, or at the very end for the module where the graph starts
+    (its input needs no gradient). Modules outside the graph get no backward."""
+    previous = begin
+    for name in reversed(order):
+        if name in marks:
+            finished = marks[name]
+        elif times[name][3]:
+            finished = end
+        else:
+            continue
+        times[name][1] = max(finished - previous, 0.0)
+        previous = finished
 
 
 def _run_states(

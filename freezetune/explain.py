@@ -76,7 +76,7 @@ def probe_autograd(model: nn.Module, x: torch.Tensor) -> list[ProbeRow]:
 
     def hook(name: str):
         def record(module: nn.Module, args: object, output: object) -> None:
-            t = _first_tensor(output)
+            t = first_tensor(output)
             if t is not None:
                 fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
                 rows.append(ProbeRow(name, type(module).__name__, t.requires_grad, fn))
@@ -97,13 +97,14 @@ def probe_autograd(model: nn.Module, x: torch.Tensor) -> list[ProbeRow]:
     return rows
 
 
-def _first_tensor(obj: object) -> torch.Tensor | None:
+def first_tensor(obj: object) -> torch.Tensor | None:
+    """The tensor a module returned, or the first one in a tuple or torchvision output."""
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, (tuple, list)):
-        return next((t for t in map(_first_tensor, obj) if t is not None), None)
+        return next((t for t in map(first_tensor, obj) if t is not None), None)
     if hasattr(obj, "logits"):  # torchvision's InceptionOutputs / GoogLeNetOutputs
-        return _first_tensor(obj.logits)
+        return first_tensor(obj.logits)
     return None
 
 

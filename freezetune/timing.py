@@ -17,11 +17,19 @@ PHASES = ("data", "forward", "backward", "optimizer")
 
 
 class StepClock:
-    """Call ``start()`` before fetching a batch and ``lap()`` after each phase."""
+    """Call ``start()`` before fetching a batch and ``lap()`` after each phase.
 
-    def __init__(self, device: torch.device) -> None:
+    On CUDA, creating and recording five events costs a launch-bound step
+    (3-4 ms for resnet18 at 32 px on an H100) several percent, so only every
+    ``cuda_every``-th step is timed there; medians need no more. On CPU every
+    step is timed: ``perf_counter`` costs well under a microsecond."""
+
+    def __init__(self, device: torch.device, cuda_every: int = 8) -> None:
         self.cuda = device.type == "cuda"
+        self.every = cuda_every if self.cuda else 1
         self._marks: list[list] = []
+        self._steps = 0
+        self._on = False
 
     def _now(self) -> object:
         if self.cuda:
@@ -31,17 +39,23 @@ class StepClock:
         return time.perf_counter()
 
     def start(self) -> None:
-        self._marks.append([self._now()])
+        self._on = self._steps % self.every == 0
+        self._steps += 1
+        if self._on:
+            self._marks.append([self._now()])
 
     def lap(self) -> None:
-        self._marks[-1].append(self._now())
+        if self._on:
+            self._marks[-1].append(self._now())
 
     def drop_last(self) -> None:
         """Forget a step that did not complete (the loader ran out)."""
-        self._marks.pop()
+        if self._on:
+            self._marks.pop()
+        self._steps -= 1
 
     def durations(self) -> list[tuple[float, ...]]:
-        """Seconds per phase for every completed step."""
+        """Seconds per phase for every timed, completed step."""
         if self.cuda:
             torch.cuda.synchronize()
             return [tuple(a.elapsed_time(b) / 1000.0 for a, b in zip(m, m[1:])) for m in self._marks]

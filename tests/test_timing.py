@@ -43,3 +43,14 @@ def test_eval_speed_compares_inference_mode_with_autograd_on_and_restores_mode()
         result["eval_samples_per_s"] / result["eval_grad_samples_per_s"]
     )
     assert model.training
+
+
+def test_cuda_clock_times_only_every_nth_step() -> None:
+    # Constructed for CUDA but never asked for an event: the sampling logic alone.
+    clock = StepClock(torch.device("cpu"))
+    clock.cuda, clock.every = False, 3  # sampling rule, CPU timer
+    for _ in range(7):
+        clock.start()
+        for _ in PHASES:
+            clock.lap()
+    assert len(clock.durations()) == 3  # steps 0, 3 and 6
