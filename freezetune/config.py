@@ -74,6 +74,8 @@ class DataConfig:
     train_samples: Union[int, None] = field(default=None, metadata={"min": 1})
     val_samples: Union[int, None] = field(default=None, metadata={"min": 1})
     num_workers: int = field(default=0, metadata={"min": 0})
+    # Random horizontal flip and padded random crop on training images.
+    augment: bool = False
 
 
 @dataclass
@@ -101,6 +103,10 @@ class TrainConfig:
     output_dir: Union[str, None] = None
     # Cap on optimizer steps per epoch (null = the whole loader); for smoke runs.
     max_steps_per_epoch: Union[int, None] = field(default=None, metadata={"min": 1})
+    # Compute a frozen prefix once and train on its cached output (freezetune/cache.py).
+    cache_features: str = field(default="auto", metadata=_choice("auto", "on", "off"))
+    # In memory up to this many bytes, beyond that a memory-mapped file in the run folder.
+    cache_max_bytes: int = field(default=4 * 1024**3, metadata={"min": 0})
 
 
 @dataclass
@@ -262,6 +268,8 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
             return []
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_value(item_tp, v, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
+    if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):
+        value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare on/off as a boolean
     converted = _scalar(tp, value)
     if converted is _BAD:
         problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")

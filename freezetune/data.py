@@ -139,11 +139,20 @@ def _select(ds: Dataset, classes: list[int] | None, cap: int | None, seed: int) 
     return _Relabel(ds, indices, mapping) if (mapping or len(indices) != len(ds)) else ds  # type: ignore[arg-type]
 
 
-def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset]:
+def _train_transform(cfg: DataConfig) -> transforms.Compose:
     tf = _transform(cfg)
+    if not cfg.augment:
+        return tf
+    size = cfg.image_size
+    # On the tensor, after resizing and normalising: the same for every dataset.
+    return transforms.Compose([tf, transforms.RandomHorizontalFlip(), transforms.RandomCrop(size, padding=size // 8)])
+
+
+def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset]:
+    tf, train_tf = _transform(cfg), _train_transform(cfg)
     if cfg.dataset == "fashion_mnist":
         try:
-            train = datasets.FashionMNIST(cfg.root, train=True, transform=tf)
+            train = datasets.FashionMNIST(cfg.root, train=True, transform=train_tf)
             val = datasets.FashionMNIST(cfg.root, train=False, transform=tf)
         except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True"
             raise ConfigError([f"data.root: no Fashion-MNIST under {cfg.root}/FashionMNIST/raw ({exc}); run `make data`"]) from None
@@ -153,11 +162,11 @@ def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
-        return datasets.ImageFolder(str(root / "train"), transform=tf), datasets.ImageFolder(str(root / "val"), transform=tf)
+        return datasets.ImageFolder(str(root / "train"), transform=train_tf), datasets.ImageFolder(str(root / "val"), transform=tf)
     shape = (3, cfg.image_size, cfg.image_size)
     n_train, n_val = cfg.train_samples or 256, cfg.val_samples or 64
     # random_offset keeps the fake validation images distinct from the training ones.
-    train = datasets.FakeData(n_train, shape, num_classes, transform=tf, random_offset=seed)
+    train = datasets.FakeData(n_train, shape, num_classes, transform=train_tf, random_offset=seed)
     val = datasets.FakeData(n_val, shape, num_classes, transform=tf, random_offset=seed + 1_000_003)
     return train, val
 

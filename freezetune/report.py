@@ -75,13 +75,27 @@ def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None =
             "frozen_unchanged": r["frozen_unchanged"],
             "device": r["device"],
         }
+        cache = r.get("cache") or {}
+        row["cached"] = bool(cache.get("used"))
+        row["cache_bytes"] = cache.get("bytes", 0) if row["cached"] else 0
+        row["cache_build_s"] = cache.get("build_s", 0.0) if row["cached"] else 0.0
         est = estimates.get(r["name"])
         if est:
-            row["predicted_step_ratio"] = est["predicted_step_ratio"]
+            row["predicted_step_ratio"] = _cached_ratio(est) if row["cached"] else est["predicted_step_ratio"]
             row["predicted_step_error"] = est["predicted_step_ratio"] / row["compute_ratio"] - 1.0
             row["predicted_saved_ratio"] = est["predicted_saved_ratio"]
         rows.append(row)
     return {"reference": ref["name"], "device": _device_name(ref["device"]), "rows": rows}
+
+
+def _cached_ratio(est: dict) -> float:
+    """With the feature cache a step no longer runs the frozen prefix at all."""
+    prefix = 0.0
+    for m in est["modules"]:
+        if m["state"] not in ("no graph", "no params"):
+            break
+        prefix += m["forward_s"]
+    return (est["predicted_step_s"] - prefix) / est["predicted_full_step_s"]
 
 
 def _device_name(device: str) -> str:
@@ -97,7 +111,7 @@ def _mib(n: float) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     rows = report["rows"]
     predicted = any("predicted_step_ratio" in r for r in rows)
-    headers = ["config", "trainable", "val acc", "step ms", "× full", "samples/s", "eval no-grad ×"]
+    headers = ["config", "trainable", "cache", "val acc", "step ms", "× full", "samples/s", "eval no-grad ×"]
     if predicted:
         headers += ["predicted ×", "error"]
     headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
@@ -106,6 +120,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         line = [
             r["config"],
             f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
+            f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
             f"{r['val_acc']:.4f}",
             f"{1000 * r['step_time_s']:.1f}",
             f"{r['compute_ratio']:.2f}",
@@ -130,7 +145,7 @@ def text_table(report: dict[str, Any]) -> str:
         pred = f"{r['predicted_step_ratio']:.2f} ({100 * r['predicted_step_error']:+.0f}%)" if "predicted_step_ratio" in r else "-"
         rows.append(
             [
-                r["config"],
+                r["config"] + (" (cached)" if r["cached"] else ""),
                 f"{r['trainable_pct']:.2f}%",
                 f"{r['val_acc']:.4f}",
                 f"{1000 * r['step_time_s']:.0f}",
@@ -156,7 +171,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "Step time is the median over steps after warm-up; `× full` compares compute "
         "(forward + backward + optimizer), which is also what `predicted ×` estimates. "
         "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
-        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}.",
+        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}. "
+        "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only.",
         "",
         markdown_table(report),
         "",

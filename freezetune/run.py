@@ -16,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
+from torch.utils.data import DataLoader
 
 from freezetune.apply import apply_plan, trainable_parameters
+from freezetune.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
 from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.freezing import FreezePlan, describe, plan_from_config
@@ -89,10 +91,13 @@ def run(
     p, loaders = prepare(cfg)
     model, plan, device = p.model, p.plan, p.device
 
+    split, cache_info = _plan_cache(cfg, p, loaders)  # may refuse the config: still nothing written
+
     optimizer = make_optimizer(model, cfg.train.optimizer)
     in_optimizer = {id(q) for g in optimizer.param_groups for q in g["params"]}
     # Identity, not value: two tensors can be equal and still be different parameters.
-    assert in_optimizer == {id(q) for q in trainable_parameters(model)}, "optimizer holds a frozen parameter"
+    if in_optimizer != {id(q) for q in trainable_parameters(model)}:
+        raise RuntimeError("the optimizer does not hold exactly the trainable parameters")
     log.info(
         "%s: %d / %d parameters trainable (%d tensors in the optimizer), %d BatchNorm kept in eval, device %s",
         cfg.name, plan.numel_trainable, plan.numel_total, len(in_optimizer), len(plan.bn_eval), device,
@@ -106,12 +111,24 @@ def run(
 
     started = time.perf_counter()
     reset_peak_memory(device)
+    net, train_loader, val_loader = model, loaders.train, loaders.val
+    if split is not None:
+        cache = build_cache(
+            model, split, loaders.train.dataset, loaders.val.dataset, cfg.data.batch_size, device,
+            cfg.train.cache_max_bytes, out.path,
+        )
+        cache_info.update(cache.to_json())
+        log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
+                 cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
+        # The suffix is made of the model's own modules: training it trains the model.
+        net = split.suffix
+        train_loader, val_loader = cached_loaders(cache, cfg.data.batch_size, cfg.seed)
     epochs: list[EpochResult] = []
     durations: list[tuple[float, ...]] = []
     saved = None
     for epoch in range(1, cfg.train.epochs + 1):
         result, stats = fit_epoch(
-            epoch, model, optimizer, loaders.train, loaders.val, device, cfg.train.max_steps_per_epoch, progress,
+            epoch, net, optimizer, train_loader, val_loader, device, cfg.train.max_steps_per_epoch, progress,
             count_saved=epoch == 1,
         )
         epochs.append(result)
@@ -125,19 +142,43 @@ def run(
     check = verify_frozen(model, plan, before)
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
-    measured = _measurements(model, optimizer, loaders, device, durations, saved, cfg.data.batch_size)
+    measured = _measurements(net, optimizer, val_loader, device, durations, saved, cfg.data.batch_size)
     out.save_checkpoint("model.pt", {"model": model.state_dict(), "config": resolved, "epoch": cfg.train.epochs})
     summary = _summary(cfg, p, epochs, check.to_json(), wall, len(loaders.train.dataset))
     summary.update(measured)
+    summary["cache"] = cache_info
     summary["run_dir"] = str(out.path)
     out.write_json("summary.json", summary)
     return summary
 
 
+def _plan_cache(cfg: Config, p: Prepared, loaders: Loaders) -> tuple[Split | None, dict[str, Any]]:
+    """Decide whether to cache the frozen prefix's output, and why (not)."""
+    info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
+    if cfg.train.cache_features == "off":
+        info["reason"] = "train.cache_features: off"
+        return None, info
+    try:
+        split = split_model(p.model)
+        problem = prefix_problem(p.model, split, cfg.data.augment)
+        if problem:
+            raise CacheRefused(problem)
+        x, _ = next(iter(loaders.val))
+        info["check_max_abs_diff"] = check_split(p.model, split, x.to(p.device))
+    except CacheRefused as exc:
+        if cfg.train.cache_features == "on":
+            raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]) from None
+        log.info("%s: feature cache not used: %s", cfg.name, exc)
+        info["reason"] = str(exc)
+        return None, info
+    info.update(used=True, frontier=split.frontier, first_trainable=split.first_trainable)
+    return split, info
+
+
 def _measurements(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loaders: Loaders,
+    val_loader: DataLoader,
     device: torch.device,
     durations: list[tuple[float, ...]],
     saved: SavedBytes | None,
@@ -149,7 +190,7 @@ def _measurements(
     if phases is not None:
         speed.update(phases.to_json())
         speed["train_samples_per_s"] = batch_size / phases.step
-    batches = [x.to(device) for x, _ in itertools.islice(loaders.val, EVAL_SPEED_BATCHES)]
+    batches = [x.to(device) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
     speed.update(eval_speed(model, batches, device, rounds=2))
     trainable, frozen = param_bytes(model)
     peak, peak_kind = peak_memory(device)

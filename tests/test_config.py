@@ -559,3 +559,11 @@ def test_round_trip_through_from_dict(tmp_path: Path) -> None:
 def test_round_trip_with_explicit_output_dir_is_exact() -> None:
     cfg = from_dict({"name": "exp", "data": {"classes": [2, 0]}, "train": {"output_dir": "out/exp"}})
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_bare_on_and_off_mean_the_choices_not_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: exp\ntrain:\n  cache_features: on\n")
+    assert load_config(path).train.cache_features == "on"
+    assert load_config(path, ["train.cache_features=off"]).train.cache_features == "off"
+    assert load_config(path, ["train.cache_features=auto"]).train.cache_features == "auto"

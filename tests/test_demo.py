@@ -126,16 +126,18 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     table = results_table(
         [
             summary("fmnist_full", 11_179_077, 100.0, 0.91234, 12.345, 1234.4, True),
-            summary("fmnist_linear_probe", 2_565, 0.022946, 0.5, 3.04, 4321.6, False),
+            summary("fmnist_linear_probe", 2_565, 0.022946, 0.5, 3.04, 4321.6, False)
+            | {"cache": {"used": True, "build_s": 1.46}},
         ]
     )
     lines = table.splitlines()
     assert len(lines) == 2 + 2  # header, rule, one line per summary
-    headers = ["config", "trainable params", "trainable", "val acc", "epoch s", "samples/s", "frozen unchanged"]
+    headers = ["config", "trainable params", "trainable", "val acc", "epoch s", "cache build s", "samples/s",
+               "frozen unchanged"]
     assert re.split(r"\s{2,}", lines[0]) == headers
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["fmnist_full", "11,179,077", "100.00%", "0.9123", "12.3", "1234", "yes"]
-    assert lines[3].split() == ["fmnist_linear_probe", "2,565", "0.02%", "0.5000", "3.0", "4322", "NO"]
+    assert lines[2].split() == ["fmnist_full", "11,179,077", "100.00%", "0.9123", "12.3", "-", "1234", "yes"]
+    assert lines[3].split() == ["fmnist_linear_probe", "2,565", "0.02%", "0.5000", "3.0", "1.5", "4322", "NO"]
 
 
 def test_results_table_right_aligns_the_numbers() -> None:
