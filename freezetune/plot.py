@@ -31,9 +31,9 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.bar(x, values, bottom=bottom, color=colour, label=phase)
         bottom = [b + v for b, v in zip(bottom, values)]
     for i, r in enumerate(rows):
-        label = f"×{r['compute_ratio']:.2f}"
+        label = f"×{r['compute_ratio']:.3f}"
         if "predicted_step_ratio" in r:
-            label += f"\npred ×{r['predicted_step_ratio']:.2f}"
+            label += f"\npred ×{r['predicted_step_ratio']:.3f}"
         ax.annotate(label, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.4 * max(bottom))  # headroom for the ratio labels and the legend
     ax.set_ylabel("median step time (ms)")

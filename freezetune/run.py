@@ -142,7 +142,7 @@ def run(
     check = verify_frozen(model, plan, before)
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
-    measured = _measurements(net, optimizer, val_loader, device, durations, saved, cfg.data.batch_size)
+    measured = _measurements(net, model, optimizer, val_loader, device, durations, saved, cfg.data.batch_size)
     out.save_checkpoint("model.pt", {"model": model.state_dict(), "config": resolved, "epoch": cfg.train.epochs})
     summary = _summary(cfg, p, epochs, check.to_json(), wall, len(loaders.train.dataset))
     summary.update(measured)
@@ -176,6 +176,7 @@ def _plan_cache(cfg: Config, p: Prepared, loaders: Loaders) -> tuple[Split | Non
 
 
 def _measurements(
+    net: nn.Module,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     val_loader: DataLoader,
@@ -184,14 +185,17 @@ def _measurements(
     saved: SavedBytes | None,
     batch_size: int,
 ) -> dict[str, Any]:
-    """The `speed` and `memory` sections of summary.json (read after training)."""
+    """The `speed` and `memory` sections of summary.json (read after training).
+
+    ``net`` is what trained (the model, or its suffix when the cache was used);
+    parameter bytes are counted on the whole ``model``, whose prefix stays in memory."""
     phases = medians(durations, WARMUP_STEPS)
     speed: dict[str, Any] = {"warmup_steps": WARMUP_STEPS, "batch_size": batch_size}
     if phases is not None:
         speed.update(phases.to_json())
         speed["train_samples_per_s"] = batch_size / phases.step
     batches = [x.to(device) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
-    speed.update(eval_speed(model, batches, device, rounds=2))
+    speed.update(eval_speed(net, batches, device, rounds=2))
     trainable, frozen = param_bytes(model)
     peak, peak_kind = peak_memory(device)
     memory = {

@@ -56,6 +56,9 @@ def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> N
     for key in w_on:
         torch.testing.assert_close(w_on[key], w_off[key], atol=1e-5, rtol=1e-4)
     assert on["frozen_unchanged"] and off["frozen_unchanged"]
+    # The prefix's weights stay in memory with the cache: counted all the same.
+    for key in ("param_bytes_trainable", "param_bytes_frozen", "optimizer_state_bytes"):
+        assert on["memory"][key] == off["memory"][key], key
 
 
 def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) -> None:
