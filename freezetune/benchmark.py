@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 
 from freezetune.apply import unpin_eval
 from freezetune.config import Config, load_config
-from freezetune.data import num_classes_of
-from freezetune.run import prepare, prepare_model, run
+from freezetune.run import num_outputs, prepare, prepare_model, run
+from freezetune.timing import device_clock
 from freezetune.training import make_optimizer, train_one_epoch
 
 __all__ = ["BenchResult", "CacheBenchResult", "benchmark_cache", "benchmark_config", "hand_written_loop"]
@@ -64,11 +63,6 @@ def _hand_model(reference: nn.Module, bn_eval: set[str]) -> tuple[nn.Module, lis
     return model, [m for n, m in model.named_modules() if n in bn_eval]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResult:
     prepared = prepare_model(cfg)
     device = prepared.device
@@ -79,7 +73,7 @@ def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResu
     g = torch.Generator().manual_seed(cfg.seed)
     n, s = cfg.data.batch_size, cfg.data.image_size
     x = torch.randn(n, 3, s, s, generator=g).to(device)
-    y = torch.randint(0, cfg.model.num_classes or num_classes_of(cfg.data), (n,), generator=g)
+    y = torch.randint(0, num_outputs(cfg), (n,), generator=g)
     batch = (x, y.to(device))
     batches = [batch] * steps
 
@@ -90,11 +84,9 @@ def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResu
         hand_written_loop(hand_model, hand_opt, batches, frozen_bn)
 
     def timed(fn) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
+        t0 = device_clock(device)
         fn()
-        _sync(device)
-        return time.perf_counter() - t0
+        return device_clock(device) - t0
 
     timed(framework), timed(hand)  # warm-up: allocator, kernel choice, optimizer state
     fw_times, hand_times, ratios = [], [], []
@@ -161,16 +153,15 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
         batches = ((x.to(device), y.to(device)) for x, y in loaders.train)
         hand_written_loop(hand_model, optimizer, batches, frozen_bn)  # type: ignore[arg-type]
 
-    _sync(device)
-    t0 = time.perf_counter()
+    t0 = device_clock(device)
     epoch()
-    _sync(device)
+    hand_s = device_clock(device) - t0
     return CacheBenchResult(
         cfg.name,
         summaries["on"]["cache"]["build_s"],
         _later_epochs(summaries["on"]["run_dir"]),
         _later_epochs(summaries["off"]["run_dir"]),
-        time.perf_counter() - t0,
+        hand_s,
         summaries["on"]["final_val_acc"],
         summaries["off"]["final_val_acc"],
     )

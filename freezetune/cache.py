@@ -15,7 +15,6 @@ mode, exactly as freezing already puts it."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from torchvision.ops import stochastic_depth
 
 from freezetune.apply import is_pinned_eval
 from freezetune.explain import first_tensor
+from freezetune.timing import device_clock
 
 __all__ = ["CacheRefused", "FeatureCache", "Split", "build_cache", "cached_loaders", "check_split", "prefix_problem", "split_model"]
 
@@ -179,7 +179,7 @@ def build_cache(
     max_bytes: int, folder: Path,
 ) -> FeatureCache:
     """Run the prefix once over both datasets, in eval mode, with no autograd state."""
-    start = time.perf_counter()
+    start = device_clock(device)
     was_training = model.training
     model.eval()
     try:
@@ -188,11 +188,10 @@ def build_cache(
         vx, vy, v_mapped = _features(split.prefix, val_ds, batch, device, left, folder / "cache_val.npy")
     finally:
         model.train(was_training)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    build_s = device_clock(device) - start
     total = sum(t.numel() * t.element_size() for t in (tx, ty, vx, vy))
     storage = "memmap" if t_mapped or v_mapped else "memory"
-    return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, time.perf_counter() - start)
+    return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, build_s)
 
 
 def cached_loaders(cache: FeatureCache, batch: int, seed: int) -> tuple[DataLoader, DataLoader]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from freezetune.config import Config, load_config
-from freezetune.data import num_classes_of
-from freezetune.estimate import estimate, profile_model
-from freezetune.run import prepare_model
+from freezetune.estimate import Estimate, estimate, profile_model
+from freezetune.run import Prepared, num_outputs, prepare_model
 
 __all__ = ["estimate_config", "train_in_subprocess"]
 
@@ -33,14 +32,16 @@ def train_in_subprocess(config: str | Path, overrides: list[str]) -> Path:
     return cfg.output_dir
 
 
-def estimate_config(cfg: Config, reps: int = 7, cache: dict | None = None) -> dict:
+def estimate_config(
+    cfg: Config, reps: int = 7, cache: dict | None = None, prepared: Prepared | None = None
+) -> Estimate:
     """The prediction for ``cfg`` on one batch of its shape (weights do not change timing).
 
     ``cache`` shares the profile between configs of the same architecture,
-    batch shape, class count and optimizer."""
-    prepared = prepare_model(cfg)
+    batch shape, class count and optimizer; ``prepared`` reuses a model already built."""
+    prepared = prepared or prepare_model(cfg)
     size, n = cfg.data.image_size, cfg.data.batch_size
-    k = cfg.model.num_classes or num_classes_of(cfg.data)
+    k = num_outputs(cfg)
     x = torch.randn(n, 3, size, size, device=prepared.device)
     key = (cfg.model.arch, size, n, k, cfg.train.optimizer.name, str(prepared.device))
     profile = cache.get(key) if cache is not None else None
@@ -48,4 +49,4 @@ def estimate_config(cfg: Config, reps: int = 7, cache: dict | None = None) -> di
         profile = profile_model(prepared.model, x, k, cfg.train.optimizer, reps)
         if cache is not None:
             cache[key] = profile
-    return estimate(prepared.model, x, k, cfg.train.optimizer, reps, profile).to_json()
+    return estimate(prepared.model, x, k, cfg.train.optimizer, reps, profile)

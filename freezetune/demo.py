@@ -76,7 +76,7 @@ def demo_report(summaries: list[dict[str, Any]], root: str | Path = ".", overrid
     estimates = {}
     for path in FINETUNE_CONFIGS:
         cfg = load_config(Path(root) / path, overrides or [])
-        estimates[cfg.name] = estimate_config(cfg, cache=cache)
+        estimates[cfg.name] = estimate_config(cfg, cache=cache).to_json()
     runs = [s | {"run_dir": s.get("run_dir", f"runs/{s['name']}")} for s in summaries]
     report = build_report(runs, estimates)
     return report, write_report(report, out_dir)

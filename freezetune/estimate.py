@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +37,7 @@ from freezetune.apply import pin_eval, unpin_eval
 from freezetune.config import OptimizerConfig
 from freezetune.explain import first_tensor as _first_tensor
 from freezetune.memory import count_saved_tensors
+from freezetune.timing import device_clock as _clock
 from freezetune.training import make_optimizer
 
 __all__ = ["Estimate", "ModuleCost", "ModuleProfile", "Profile", "estimate", "predict", "profile_model"]
@@ -139,12 +139,6 @@ class _Mark(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         ctx.note()
         return grad, None
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool) -> dict[str, list]:

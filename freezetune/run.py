@@ -30,7 +30,7 @@ from freezetune.record import RunDir
 from freezetune.timing import eval_speed, medians
 from freezetune.training import EpochResult, Progress, fit_epoch, make_optimizer, no_progress
 
-__all__ = ["Prepared", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
+__all__ = ["Prepared", "num_outputs", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def num_outputs(cfg: Config) -> int:
+    """The head's size: ``model.num_classes``, else the data's class count."""
+    return cfg.model.num_classes or num_classes_of(cfg.data)
+
+
 def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
     """Build the model, load its weights and apply the freezing plan (no data, no files)."""
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
-    k = num_classes or cfg.model.num_classes or num_classes_of(cfg.data)
+    k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
     plan = plan_from_config(describe(model), cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm)
     apply_plan(model, plan)
@@ -73,7 +78,7 @@ def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
 
 
 def prepare(cfg: Config) -> tuple[Prepared, Loaders]:
-    k = cfg.model.num_classes or num_classes_of(cfg.data)
+    k = num_outputs(cfg)
     prepared = prepare_model(cfg, k)
     loaders = build_loaders(cfg.data, cfg.seed, k)
     return prepared, loaders

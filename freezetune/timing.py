@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PHASES", "PhaseMedians", "StepClock", "eval_speed", "medians"]
+__all__ = ["PHASES", "PhaseMedians", "StepClock", "device_clock", "eval_speed", "medians"]
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -102,9 +102,11 @@ def medians(durations: list[tuple[float, ...]], warmup: int) -> PhaseMedians | N
     )
 
 
-def _sync(device: torch.device) -> None:
+def device_clock(device: torch.device) -> float:
+    """``perf_counter`` once ``device`` has finished its queued work (CUDA runs asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def eval_speed(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, rounds: int = 3) -> dict:
@@ -117,13 +119,11 @@ def eval_speed(model: torch.nn.Module, batches: list[torch.Tensor], device: torc
     model.eval()
 
     def timed(mode: type) -> float:
-        _sync(device)
-        start = time.perf_counter()
+        start = device_clock(device)
         with mode():
             for x in batches:
                 model(x)
-        _sync(device)
-        return time.perf_counter() - start
+        return device_clock(device) - start
 
     try:
         timed(torch.inference_mode)  # warm-up: allocator, kernels, caches

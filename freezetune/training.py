@@ -3,7 +3,6 @@ under ``inference_mode``. Read it top to bottom; nothing here knows about files.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader
 from freezetune.apply import trainable_parameters
 from freezetune.config import OptimizerConfig
 from freezetune.memory import SavedBytes, count_saved_tensors
-from freezetune.timing import StepClock
+from freezetune.timing import StepClock, device_clock
 
 __all__ = ["EpochResult", "EpochStats", "Progress", "evaluate", "fit_epoch", "make_optimizer", "no_progress", "train_one_epoch"]
 
@@ -140,13 +139,11 @@ def fit_epoch(
     count_saved: bool = False,
 ) -> tuple[EpochResult, EpochStats]:
     """Train one epoch, then evaluate; the epoch time covers the training pass only."""
-    start = time.perf_counter()
+    start = device_clock(device)
     stats = train_one_epoch(
         model, optimizer, train_loader, device, max_steps, progress, f"epoch {epoch}", count_saved
     )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = device_clock(device) - start
     val_loss, val_acc = evaluate(model, val_loader, device)
     result = EpochResult(
         epoch, stats.loss, val_loss, val_acc, elapsed, stats.samples / elapsed if elapsed else 0.0, stats.steps

@@ -8,8 +8,7 @@ import sys
 import torch
 
 from freezetune import cli
-from freezetune.data import num_classes_of
-from freezetune.estimate import estimate
+from freezetune.compare import estimate_config
 from freezetune.explain import probe_autograd, render_estimate, render_plan
 from freezetune.freezing import describe
 from freezetune.run import prepare_model
@@ -35,11 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
         print(render_plan(describe(p.model), p.plan, probe, args.depth))
         if not args.no_estimate:
-            n, size = cfg.data.batch_size, cfg.data.image_size
-            k = cfg.model.num_classes or num_classes_of(cfg.data)
-            est = estimate(p.model, torch.randn(n, 3, size, size, device=p.device), k, cfg.train.optimizer)
             print()
-            print(render_estimate(est))
+            print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
         return 0
 
     return cli.guarded(body)

@@ -401,13 +401,18 @@ def line_with(text: str, *parts: str) -> bool:
     return any(all(p in line for p in parts) for line in text.splitlines())
 
 
-def test_config_errors_exit_2_naming_each_dotted_key(cli: Cli) -> None:
-    done = cli.config_error.done()
+def assert_one_clean_error(done) -> None:
+    """Exit 2, nothing on stdout, one "error:" message on stderr and no traceback."""
     assert done.rc == 2
     assert done.stdout == ""
     assert done.stderr.startswith("error: ")
     assert "Traceback" not in done.stderr
     assert done.stderr.count("error:") == 1
+
+
+def test_config_errors_exit_2_naming_each_dotted_key(cli: Cli) -> None:
+    done = cli.config_error.done()
+    assert_one_clean_error(done)
     # Both problems in the one message, each on its own line naming its dotted key.
     assert line_with(done.stderr, "train.epoch:", "unknown key", "epochs")
     assert line_with(done.stderr, "freeze.preset:", "'linear_prob'", "'linear_probe'")
@@ -416,11 +421,7 @@ def test_config_errors_exit_2_naming_each_dotted_key(cli: Cli) -> None:
 
 def test_a_rule_matching_nothing_exits_2_with_the_nearest_names(cli: Cli) -> None:
     done = cli.freeze_error.done()
-    assert done.rc == 2
-    assert done.stdout == ""
-    assert done.stderr.startswith("error: ")
-    assert "Traceback" not in done.stderr
-    assert done.stderr.count("error:") == 1
+    assert_one_clean_error(done)
     assert line_with(done.stderr, "freeze.rules[0]", "layer9", "matches no parameter")
     nearest = re.search(r"nearest names: (.*)", done.stderr)
     assert nearest is not None
