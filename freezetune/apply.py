@@ -54,6 +54,8 @@ def apply_plan(model: nn.Module, plan: FreezePlan) -> None:
         )
     for name, p in params.items():
         p.requires_grad_(wanted[name])
+        if not wanted[name]:
+            p.grad = None  # frozen mid-run: a stale gradient must not linger (nor be stepped on)
     pinned = set(plan.bn_eval)
     for name, module in model.named_modules():
         if name in pinned:

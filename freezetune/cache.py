@@ -194,11 +194,10 @@ def build_cache(
     return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, build_s)
 
 
-def cached_loaders(cache: FeatureCache, batch: int, seed: int) -> tuple[DataLoader, DataLoader]:
+def cached_loaders(cache: FeatureCache, batch: int, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
     """Loaders over the cached features, shuffled exactly as build_loaders shuffles the images:
-    same dataset length, same batch size, a generator seeded the same way."""
-    g = torch.Generator().manual_seed(seed)
+    same dataset length, same batch size, and the image loader's own generator."""
     return (
-        DataLoader(cache.train, batch_size=batch, shuffle=True, generator=g),
+        DataLoader(cache.train, batch_size=batch, shuffle=True, generator=generator),
         DataLoader(cache.val, batch_size=batch, shuffle=False),
     )

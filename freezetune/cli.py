@@ -11,9 +11,10 @@ from typing import Callable, Iterable, TypeVar
 
 from freezetune.config import Config, ConfigError, load_config
 
-__all__ = ["EXIT_CONFIG", "add_config_args", "config_from_args", "guarded", "setup_logging", "tqdm_progress"]
+__all__ = ["EXIT_CONFIG", "EXIT_INTERRUPTED", "add_config_args", "config_from_args", "guarded", "setup_logging", "tqdm_progress"]
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 T = TypeVar("T")
 
 
@@ -48,14 +49,15 @@ def tqdm_progress(enabled: bool) -> Callable[[Iterable[T], str, int], Iterable[T
 
 def guarded(main: Callable[[], int]) -> int:
     """Run ``main``; a config, freezing or run-folder problem exits 2 with one message."""
+    from freezetune.checkpoint import BaseMismatch
     from freezetune.freezing import FreezeError
     from freezetune.record import RunExistsError
 
     try:
         return main()
-    except (ConfigError, FreezeError, RunExistsError) as exc:
+    except (ConfigError, FreezeError, RunExistsError, BaseMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
@@ -28,6 +28,7 @@ __all__ = [
     "FreezeConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "SchedulerConfig",
     "TrainConfig",
     "apply_overrides",
     "from_dict",
@@ -84,6 +85,12 @@ class FreezeConfig:
     preset: Union[str, None] = None
     rules: list[dict] = field(default_factory=list)
     batchnorm: str = field(default="eval", metadata=_choice("eval", "train"))
+    # Events at the start of an epoch: {epoch: N, unfreeze: P, lr_scale: F} or {epoch: N, freeze: P}
+    # (freezetune/schedule.py). P is a module name, parameter name or glob, as in `rules`.
+    schedule: list[dict] = field(default_factory=list)
+    # preset gradual (ULMFiT): the head trains alone in epoch 1, then one entry of this list
+    # is unfrozen at the start of each following epoch, e.g. [layer4, layer3, layer2].
+    gradual: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +99,27 @@ class OptimizerConfig:
     lr: float = field(default=0.01, metadata={"min_exclusive": 0.0})
     momentum: float = field(default=0.9, metadata={"min": 0.0})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+
+
+@dataclass
+class SchedulerConfig:
+    # `train.scheduler: cosine` is short for `train.scheduler: {name: cosine}`.
+    SHORTHAND: ClassVar[str] = "name"
+    # The LR multiplier is set before every optimizer step, on every param group,
+    # including groups that join later (freezetune/lr_schedule.py).
+    name: str = field(default="none", metadata=_choice("none", "cosine", "step", "onecycle"))
+    # Linear warm-up over the first epochs (fractions allowed); not for onecycle, which has pct_start.
+    warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
+    # step: multiply by gamma every step_epochs epochs.
+    step_epochs: int = field(default=1, metadata={"min": 1})
+    gamma: float = field(default=0.1, metadata={"min_exclusive": 0.0})
+    # cosine: the floor, as a fraction of each group's LR.
+    min_lr_scale: float = field(default=0.0, metadata={"min": 0.0})
+    # onecycle (as torch.optim.lr_scheduler.OneCycleLR, LR only): rise over pct_start of the
+    # steps from lr/div_factor to lr, then cosine down to lr/(div_factor*final_div_factor).
+    pct_start: float = field(default=0.3, metadata={"min_exclusive": 0.0})
+    div_factor: float = field(default=25.0, metadata={"min_exclusive": 0.0})
+    final_div_factor: float = field(default=1e4, metadata={"min_exclusive": 0.0})
 
 
 @dataclass
@@ -107,6 +135,14 @@ class TrainConfig:
     cache_features: str = field(default="auto", metadata=_choice("auto", "on", "off"))
     # In memory up to this many bytes, beyond that a memory-mapped file in the run folder.
     cache_max_bytes: int = field(default=4 * 1024**3, metadata={"min": 0})
+    # Optimizer groups: {match: P, lr_scale: F, weight_decay: W}; scales multiply.
+    param_groups: list[dict] = field(default_factory=list)
+    # Each top-level module gets lr * layer_decay ** (its distance from the head's module).
+    layer_decay: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0, "max": 1.0})
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Checkpoints hold every tensor (full), or only those that were ever trainable plus
+    # a hash of the base weights they apply to (delta).
+    save: str = field(default="full", metadata=_choice("full", "delta"))
 
 
 @dataclass
@@ -260,6 +296,9 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
             problems.append(f"{path}: must not be null")
         return None
     if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "SHORTHAND", None)
+        if shorthand and isinstance(value, str):
+            value = {shorthand: value}
         return _convert(tp, value, path, problems)
     origin = typing.get_origin(tp)
     if origin is list:
@@ -331,6 +370,8 @@ def _check_bounds(value: Any, path: str, meta: Any, problems: list[str]) -> None
         problems.append(f"{path}: {value!r} must be >= {meta['min']}")
     if meta and "min_exclusive" in meta and value <= meta["min_exclusive"]:
         problems.append(f"{path}: {value!r} must be > {meta['min_exclusive']}")
+    if meta and "max" in meta and value > meta["max"]:
+        problems.append(f"{path}: {value!r} must be <= {meta['max']}")
 
 
 def _unwrap_optional(tp: Any) -> tuple[bool, Any]:

@@ -39,10 +39,11 @@ __all__ = [
     "parse_rules",
     "plan_from_config",
     "preset_rules",
+    "suggest_names",
 ]
 
 RULE_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type", "until")
-PRESETS = ("full", "linear_probe", "bitfit", "until:<module>")
+PRESETS = ("full", "linear_probe", "bitfit", "gradual", "until:<module>")
 _GLOB_CHARS = set("*?[")
 
 
@@ -210,7 +211,8 @@ def preset_rules(preset: str | None, tree: ModelTree) -> list[Rule]:
     if preset in (None, "full"):
         return []
     origin = f"preset {preset}"
-    if preset == "linear_probe":
+    if preset in ("linear_probe", "gradual"):
+        # gradual starts as a linear probe; freezetune.schedule unfreezes the rest epoch by epoch.
         return [Rule("freeze", "*", origin), Rule("unfreeze", find_head(tree), origin)]
     if preset == "bitfit":
         # BitFit (Ben Zaken et al. 2021): biases only; we also train the norm
@@ -251,7 +253,7 @@ def match_rule(rule: Rule, tree: ModelTree) -> list[str]:
     return []
 
 
-def _suggest(rule: Rule, tree: ModelTree) -> str:
+def suggest_names(rule: Rule, tree: ModelTree) -> str:
     if rule.kind.endswith("_type"):
         pool = sorted({t for m in tree.modules for t in m.type_names})
     elif rule.kind == "until":
@@ -272,7 +274,7 @@ def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> F
             if rule.kind == "until" and tree.module(rule.target) is not None:
                 problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")
             else:
-                problems.append(f"{rule.origin} {rule}: matches no parameter{_suggest(rule, tree)}")
+                problems.append(f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}")
         for n in hits:
             decided[n] = (not rule.freezes, f"{rule.origin} {rule}")
     if not problems and not any(trainable for trainable, _ in decided.values()):

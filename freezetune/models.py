@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
+from freezetune.checkpoint import is_delta, load_payload
 from freezetune.config import ConfigError, ModelConfig
 from freezetune.freezing import describe, find_head
 from freezetune.validation import weights_kind
@@ -33,7 +34,8 @@ class LoadReport:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A raw state_dict, or the ``model`` entry of a freezetune checkpoint."""
+    """A raw state_dict, the ``model`` entry of a freezetune checkpoint, or a delta
+    checkpoint applied to the base weights it names (their hash checked)."""
     # weights_only=True: a checkpoint is data, never code to run.
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -44,11 +46,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             [f"model.weights: {path} cannot be loaded with weights_only=True (tensors and plain data only): {reason}"]
         ) from None
+    if is_delta(obj):
+        return _materialize(obj, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError([f"model.weights: {path} holds neither a state_dict nor a checkpoint with key 'model'"])
     return obj
+
+
+def _materialize(obj: dict, where: str) -> dict[str, torch.Tensor]:
+    base = obj["delta"]["base"]
+    model, _ = build_model(ModelConfig(**base["model"]), base["num_classes"])
+    load_payload(model, obj, where)  # raises BaseMismatch when the base is not the one trained from
+    return model.state_dict()
 
 
 def _source_state_dict(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str | None]:

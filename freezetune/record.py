@@ -5,17 +5,20 @@ killed mid-write leaves the previous version of a file, never half of one."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 
 __all__ = ["RECORD_FILES", "RunDir", "RunExistsError", "atomic_write_bytes"]
 
-RECORD_FILES = ("config.yaml", "freeze_plan.json", "metrics.jsonl", "summary.json", "model.pt")
+RECORD_FILES = (
+    "config.yaml", "freeze_plan.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.pt", "checkpoint.pt",
+)
 
 
 class RunExistsError(FileExistsError):
@@ -65,17 +68,26 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
-    def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
+    def append_jsonl(self, name: str, row: dict[str, Any] | None) -> None:
+        """Append one row (None: only make sure the file exists)."""
         with open(self.path / name, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            if row is not None:
+                f.write(json.dumps(row) + "\n")
 
-    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def keep_jsonl_rows(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite ``name`` with only the rows ``keep`` accepts (resume drops rows past the checkpoint)."""
+        path = self.path / name
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)).encode())
+
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> int:
+        """``torch.save`` through a temporary file and ``os.replace``: a crash mid-save
+        leaves the previous checkpoint whole. Returns the file's size in bytes."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.path / name, buf.getvalue())
+        return buf.tell()
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())

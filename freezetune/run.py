@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -18,24 +19,29 @@ import torch.nn as nn
 import torchvision
 from torch.utils.data import DataLoader
 
-from freezetune.apply import apply_plan, trainable_parameters
-from freezetune.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
+from freezetune.apply import apply_plan
+from freezetune.checkpoint import model_payload, serialized_bytes
 from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
-from freezetune.freezing import FreezePlan, describe, plan_from_config
-from freezetune.integrity import fingerprint, verify_frozen
+from freezetune.freezing import FreezePlan, describe
+from freezetune.groups import Setting, assign_settings
+from freezetune.integrity import verify_frozen
+from freezetune.interrupt import StopRequest
 from freezetune.memory import SavedBytes, grad_bytes, optimizer_state_bytes, param_bytes, peak_memory, reset_peak_memory
 from freezetune.models import LoadReport, build_model
 from freezetune.record import RunDir
+from freezetune.schedule import Schedule, build_schedule
 from freezetune.timing import eval_speed, medians
-from freezetune.training import EpochResult, Progress, fit_epoch, make_optimizer, no_progress
+from freezetune.trainer import STATE_FORMAT, Trainer
+from freezetune.training import EpochResult, Progress, no_progress
 
-__all__ = ["Prepared", "num_outputs", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
+__all__ = ["CHECKPOINT", "Prepared", "load_resume_state", "num_outputs", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
 EVAL_SPEED_BATCHES = 3
+CHECKPOINT = "checkpoint.pt"  # the training state after the last epoch (or the interrupt), for --resume
 
 
 @dataclass
@@ -45,6 +51,9 @@ class Prepared:
     plan: FreezePlan
     load: LoadReport
     device: torch.device
+    schedule: Schedule
+    settings: dict[str, Setting]
+    num_classes: int
 
 
 def seed_everything(seed: int) -> None:
@@ -72,9 +81,14 @@ def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
-    plan = plan_from_config(describe(model), cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm)
-    apply_plan(model, plan)
-    return Prepared(cfg, model.to(device), plan, load, device)
+    tree = describe(model)
+    schedule = build_schedule(tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm, cfg.freeze.schedule,
+                              cfg.freeze.gradual)
+    settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
+    if problems:
+        raise ConfigError(problems)
+    apply_plan(model, schedule.initial)
+    return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
 
 
 def prepare(cfg: Config) -> tuple[Prepared, Loaders]:
@@ -89,95 +103,125 @@ def run(
     overwrite: bool = False,
     progress: Progress = no_progress,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    resume: str | Path | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` and write its run record; returns the summary."""
-    out = RunDir(cfg.output_dir)
-    RunDir.check_free(out.path, overwrite)
-    p, loaders = prepare(cfg)
-    model, plan, device = p.model, p.plan, p.device
+    """Train ``cfg`` and write its run record; returns the summary.
 
-    split, cache_info = _plan_cache(cfg, p, loaders)  # may refuse the config: still nothing written
-
-    optimizer = make_optimizer(model, cfg.train.optimizer)
-    in_optimizer = {id(q) for g in optimizer.param_groups for q in g["params"]}
-    # Identity, not value: two tensors can be equal and still be different parameters.
-    if in_optimizer != {id(q) for q in trainable_parameters(model)}:
-        raise RuntimeError("the optimizer does not hold exactly the trainable parameters")
-    log.info(
-        "%s: %d / %d parameters trainable (%d tensors in the optimizer), %d BatchNorm kept in eval, device %s",
-        cfg.name, plan.numel_trainable, plan.numel_total, len(in_optimizer), len(plan.bn_eval), device,
-    )
-
-    out.create(overwrite)
+    ``resume``: a run folder to continue from its last checkpoint. ``stop``: read
+    between steps (Ctrl-C sets it); once set, a checkpoint is saved and the
+    returned summary says ``interrupted``."""
+    out = RunDir(resume if resume is not None else cfg.output_dir)
     resolved = to_dict(cfg)
-    out.write_yaml("config.yaml", resolved)
-    out.write_json("freeze_plan.json", plan.to_json())
-    before = fingerprint(model, plan)
+    state = load_resume_state(out.path, resolved) if resume is not None else None
+    if state is None:
+        RunDir.check_free(out.path, overwrite)
+    p, loaders = prepare(cfg)
+    trainer = Trainer(cfg, p, loaders, out.path)
+    trainer.check_cache_plan()  # may refuse the config: still nothing written
+    log.info(
+        "%s: %d / %d parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
+        cfg.name, p.plan.numel_trainable, p.plan.numel_total, len(p.plan.trainable),
+        len(trainer.optimizer.param_groups), len(p.plan.bn_eval), p.device,
+    )
+    partial = None
+    if state is None:
+        out.create(overwrite)
+        out.write_yaml("config.yaml", resolved)
+        out.write_json("freeze_plan.json", p.plan.to_json() | {"schedule": p.schedule.to_json()})
+        out.append_jsonl("events.jsonl", None)  # created empty: a run without events has none
+        first = 1
+    else:
+        partial = trainer.load_state_dict(state, str(out.path / CHECKPOINT))
+        first = state["epoch"] if partial else state["epoch"] + 1
+        # Rows written after the checkpoint (a kill between the two writes) are redone.
+        out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
+        out.keep_jsonl_rows("events.jsonl", lambda row: row["epoch"] <= state["epoch"])
+        log.info("%s: resuming at epoch %d%s from %s", cfg.name, first,
+                 f", step {partial.steps}" if partial else "", out.path / CHECKPOINT)
 
     started = time.perf_counter()
-    reset_peak_memory(device)
-    net, train_loader, val_loader = model, loaders.train, loaders.val
-    if split is not None:
-        cache = build_cache(
-            model, split, loaders.train.dataset, loaders.val.dataset, cfg.data.batch_size, device,
-            cfg.train.cache_max_bytes, out.path,
-        )
-        cache_info.update(cache.to_json())
-        log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
-                 cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
-        # The suffix is made of the model's own modules: training it trains the model.
-        net = split.suffix
-        train_loader, val_loader = cached_loaders(cache, cfg.data.batch_size, cfg.seed)
-    epochs: list[EpochResult] = []
+    reset_peak_memory(p.device)
     durations: list[tuple[float, ...]] = []
     saved = None
-    for epoch in range(1, cfg.train.epochs + 1):
-        result, stats = fit_epoch(
-            epoch, net, optimizer, train_loader, val_loader, device, cfg.train.max_steps_per_epoch, progress,
-            count_saved=epoch == 1,
-        )
-        epochs.append(result)
-        durations.extend(stats.durations)
-        saved = saved or stats.saved
-        out.append_jsonl("metrics.jsonl", _epoch_row(result))
-        if on_epoch:
-            on_epoch(result)
+    stop = stop or StopRequest()
+    with stop:
+        for epoch in range(first, cfg.train.epochs + 1):
+            for row in trainer.enter_phase(epoch):
+                out.append_jsonl("events.jsonl", row)
+            result, stats, start_state = trainer.fit(epoch, progress, stop, count_saved=saved is None, partial=partial)
+            partial = None
+            durations.extend(stats.durations)
+            saved = saved or stats.saved
+            if result is not None:
+                out.append_jsonl("metrics.jsonl", _epoch_row(result, trainer))
+                if on_epoch:
+                    on_epoch(result)
+            out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
+            if stop() and (result is None or epoch < cfg.train.epochs):
+                log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
+                            cfg.name, epoch, stats.steps, out.path)
+                return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps,
+                        "run_dir": str(out.path)}
     wall = time.perf_counter() - started
+    return _finish(cfg, p, trainer, out, resolved, durations, saved, wall, len(loaders.train.dataset))
 
-    check = verify_frozen(model, plan, before)
+
+def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint to resume from; refused unless this same config made it."""
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch)"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError([f"resume: {path} is not a freezetune training state ({STATE_FORMAT})"])
+    diffs = _differences(state["config"], resolved)
+    if diffs:
+        raise ConfigError([f"resume: the config differs from the one {folder} was trained with: {d}" for d in diffs])
+    if state["partial"] is None and state["epoch"] >= resolved["train"]["epochs"]:
+        raise ConfigError([f"resume: {folder} already finished all {state['epoch']} epochs"])
+    return state
+
+
+def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = dict.fromkeys([*saved, *now])
+        return [d for k in keys for d in _differences(saved.get(k), now.get(k), f"{path}.{k}" if path else k)]
+    return [] if saved == now else [f"{path} was {saved!r}, is now {now!r}"]
+
+
+def _finish(
+    cfg: Config, p: Prepared, trainer: Trainer, out: RunDir, resolved: dict[str, Any],
+    durations: list[tuple[float, ...]], saved: SavedBytes | None, wall: float, n_train: int,
+) -> dict[str, Any]:
+    """Verify, measure, save the model and write summary.json."""
+    model, plan = p.model, trainer.plan
+    check = verify_frozen(model, plan, trainer.protected)
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
-    measured = _measurements(net, model, optimizer, val_loader, device, durations, saved, cfg.data.batch_size)
-    out.save_checkpoint("model.pt", {"model": model.state_dict(), "config": resolved, "epoch": cfg.train.epochs})
-    summary = _summary(cfg, p, epochs, check.to_json(), wall, len(loaders.train.dataset))
+    measured = _measurements(trainer.net, model, trainer.optimizer, trainer.val_loader, p.device, durations, saved,
+                             cfg.data.batch_size)
+    last = cfg.train.epochs
+    frozen, pinned = trainer.schedule.frozen_throughout(last), trainer.schedule.pinned_throughout(last)
+    sizes = {}
+    for mode in ("full", "delta"):
+        payload = model_payload(model, mode, frozen, pinned, trainer.base_spec())
+        if mode == cfg.train.save:
+            sizes[mode] = out.save_checkpoint("model.pt", {**payload, "config": resolved, "epoch": last})
+        else:
+            sizes[mode] = serialized_bytes(payload)  # what the other choice would have written
+    summary = _summary(cfg, p, plan, trainer.epochs, check.to_json(), wall, n_train)
     summary.update(measured)
-    summary["cache"] = cache_info
+    summary["cache"] = trainer.cache_info
+    events = [e for e in trainer.events if e["event"] != "optimizer"]
+    summary["schedule"] = events
+    summary["frozen_until_event_unchanged"] = all(e.get("unchanged_until_event", True) for e in events)
+    summary["frozen_unchanged"] = summary["frozen_unchanged"] and summary["frozen_until_event_unchanged"]
+    summary["optimizer_groups"] = trainer.groups()
+    summary["checkpoint"] = {"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]}
     summary["run_dir"] = str(out.path)
     out.write_json("summary.json", summary)
     return summary
-
-
-def _plan_cache(cfg: Config, p: Prepared, loaders: Loaders) -> tuple[Split | None, dict[str, Any]]:
-    """Decide whether to cache the frozen prefix's output, and why (not)."""
-    info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
-    if cfg.train.cache_features == "off":
-        info["reason"] = "train.cache_features: off"
-        return None, info
-    try:
-        split = split_model(p.model)
-        problem = prefix_problem(p.model, split, cfg.data.augment)
-        if problem:
-            raise CacheRefused(problem)
-        x, _ = next(iter(loaders.val))
-        info["check_max_abs_diff"] = check_split(p.model, split, x.to(p.device))
-    except CacheRefused as exc:
-        if cfg.train.cache_features == "on":
-            raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]) from None
-        log.info("%s: feature cache not used: %s", cfg.name, exc)
-        info["reason"] = str(exc)
-        return None, info
-    info.update(used=True, frontier=split.frontier, first_trainable=split.first_trainable)
-    return split, info
 
 
 def _measurements(
@@ -215,7 +259,7 @@ def _measurements(
     return {"speed": speed, "memory": memory}
 
 
-def _epoch_row(r: EpochResult) -> dict[str, Any]:
+def _epoch_row(r: EpochResult, trainer: Trainer) -> dict[str, Any]:
     return {
         "epoch": r.epoch,
         "train_loss": r.train_loss,
@@ -224,11 +268,15 @@ def _epoch_row(r: EpochResult) -> dict[str, Any]:
         "epoch_time_s": r.epoch_time_s,
         "samples_per_s": r.samples_per_s,
         "steps": r.steps,
+        "trainable_params": trainer.plan.numel_trainable,
+        "trainable_tensors": len(trainer.plan.trainable),
+        "optimizer_groups": len(trainer.optimizer.param_groups),
+        "lr": {g["name"]: g["lr"] for g in trainer.optimizer.param_groups},  # at the epoch's last step
     }
 
 
-def _summary(cfg: Config, p: Prepared, epochs: list[EpochResult], check: dict, wall: float, n_train: int) -> dict:
-    plan = p.plan
+def _summary(cfg: Config, p: Prepared, plan: FreezePlan, epochs: list[EpochResult], check: dict, wall: float,
+             n_train: int) -> dict:
     last = epochs[-1]
     return {
         "name": cfg.name,

@@ -12,12 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from freezetune.apply import trainable_parameters
-from freezetune.config import OptimizerConfig
 from freezetune.memory import SavedBytes, count_saved_tensors
+from freezetune.optim import make_optimizer  # re-exported: the loop and its optimizer go together
 from freezetune.timing import StepClock, device_clock
 
-__all__ = ["EpochResult", "EpochStats", "Progress", "evaluate", "fit_epoch", "make_optimizer", "no_progress", "train_one_epoch"]
+__all__ = ["EpochResult", "EpochStats", "Progress", "Resume", "evaluate", "fit_epoch", "make_optimizer", "no_progress", "train_one_epoch"]
 
 T = TypeVar("T")
 # A progress wrapper (the scripts pass tqdm; the library stays silent).
@@ -39,19 +38,6 @@ class EpochResult:
     steps: int
 
 
-def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """An optimizer over exactly the parameters that require grad.
-
-    Frozen parameters never enter it, so neither momentum nor weight decay can
-    move them (weight decay alone would, if they were in it with a zero grad)."""
-    params = trainable_parameters(model)
-    if not params:
-        raise ValueError("no parameter requires grad: nothing to optimize")
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 @dataclass
 class EpochStats:
     loss: float  # mean training loss
@@ -59,6 +45,18 @@ class EpochStats:
     steps: int
     durations: list[tuple[float, ...]]  # per step: data, forward, backward, optimizer (s)
     saved: SavedBytes | None = None  # bytes saved for backward in the first step, when asked
+    loss_sum: float = 0.0  # sum of per-sample losses, float32 as accumulated (to resume a partial epoch)
+    interrupted: bool = False  # stopped early by `stop`; `steps` counts the skipped ones too
+
+
+@dataclass
+class Resume:
+    """Where a partial epoch stopped: skip this many batches, then go on with these sums."""
+
+    steps: int
+    loss_sum: float
+    samples: int
+    after_skip: Callable[[], None] | None = None  # e.g. restore the RNG states saved at the interrupt
 
 
 def train_one_epoch(
@@ -70,15 +68,32 @@ def train_one_epoch(
     progress: Progress = no_progress,
     desc: str = "train",
     count_saved: bool = False,
+    before_step: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: Resume | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``, each step timed by phase."""
+    """One pass over ``loader``, each step timed by phase.
+
+    ``before_step(i)`` runs before step i (the LR schedule); ``stop()`` is asked after
+    each step and ends the epoch early (Ctrl-C); ``resume`` continues a partial epoch."""
     model.train()  # frozen BatchNorm stays in eval: freezetune.apply pins it
     clock = StepClock(device)
     total_loss = torch.zeros((), device=device)
     seen = steps = 0
     saved = None
+    interrupted = False
     n_batches = len(loader) if max_steps is None else min(len(loader), max_steps)
     batches = iter(progress(loader, desc, n_batches))
+    if resume is not None:
+        # The same shuffle (the caller restored the loader's generator), minus the
+        # batches already trained on. Fetching them replays their augmentation draws;
+        # after_skip then puts back the RNG states saved at the interrupt.
+        for _ in range(resume.steps):
+            next(batches)
+        total_loss.fill_(resume.loss_sum)
+        seen, steps = resume.samples, resume.steps
+        if resume.after_skip:
+            resume.after_skip()
     while steps < n_batches:
         clock.start()
         try:
@@ -88,6 +103,8 @@ def train_one_epoch(
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         clock.lap()
+        if before_step:
+            before_step(steps)
         # set_to_none: frozen parameters keep .grad None, trainable ones skip a memset.
         optimizer.zero_grad(set_to_none=True)
         # Counting saved tensors costs a hook call per saved tensor: one step is enough.
@@ -104,7 +121,11 @@ def train_one_epoch(
         total_loss.add_(loss.detach(), alpha=x.shape[0])  # one kernel, no temporary
         seen += x.shape[0]
         steps += 1
-    return EpochStats((total_loss / max(seen, 1)).item(), seen, steps, clock.durations(), saved)
+        if stop and steps < n_batches and stop():
+            interrupted = True
+            break
+    loss_sum = total_loss.item()
+    return EpochStats(loss_sum / max(seen, 1), seen, steps, clock.durations(), saved, loss_sum, interrupted)
 
 
 @torch.inference_mode()
@@ -137,13 +158,20 @@ def fit_epoch(
     max_steps: int | None = None,
     progress: Progress = no_progress,
     count_saved: bool = False,
-) -> tuple[EpochResult, EpochStats]:
-    """Train one epoch, then evaluate; the epoch time covers the training pass only."""
+    before_step: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: Resume | None = None,
+) -> tuple[EpochResult | None, EpochStats]:
+    """Train one epoch, then evaluate; the epoch time covers the training pass only.
+    An interrupted epoch is not evaluated (its result is None)."""
     start = device_clock(device)
     stats = train_one_epoch(
-        model, optimizer, train_loader, device, max_steps, progress, f"epoch {epoch}", count_saved
+        model, optimizer, train_loader, device, max_steps, progress, f"epoch {epoch}", count_saved,
+        before_step, stop, resume,
     )
     elapsed = device_clock(device) - start
+    if stats.interrupted:
+        return None, stats
     val_loss, val_acc = evaluate(model, val_loader, device)
     result = EpochResult(
         epoch, stats.loss, val_loss, val_acc, elapsed, stats.samples / elapsed if elapsed else 0.0, stats.steps

@@ -11,6 +11,8 @@ import torchvision.models as tvm
 
 from freezetune.config import Config
 from freezetune.freezing import PRESETS, parse_rules
+from freezetune.groups import parse_param_groups
+from freezetune.schedule import event_problems
 
 __all__ = ["classification_models", "semantic_problems", "weights_kind"]
 
@@ -57,6 +59,7 @@ def semantic_problems(cfg: Config) -> list[str]:
             problems.append(f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}")
     problems.extend(_data_problems(cfg))
     problems.extend(_freeze_problems(cfg))
+    problems.extend(_train_problems(cfg))
     return problems
 
 
@@ -83,10 +86,26 @@ def _freeze_problems(cfg: Config) -> list[str]:
     rules = cfg.freeze.rules if isinstance(cfg.freeze.rules, list) else []
     _, problems = parse_rules(r for r in rules if r is not None)
     preset = cfg.freeze.preset
-    if isinstance(preset, str) and preset not in ("full", "linear_probe", "bitfit") and not (
+    problems.extend(event_problems(preset, cfg.freeze.schedule, cfg.freeze.gradual, cfg.train.epochs))
+    if isinstance(preset, str) and preset not in ("full", "linear_probe", "bitfit", "gradual") and not (
         preset.startswith("until:") and len(preset) > len("until:")
     ):
-        near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit"], n=1)
+        near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit", "gradual"], n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         problems.append(f"freeze.preset: {preset!r} is not one of {', '.join(PRESETS)}{hint}")
+    return problems
+
+
+def _train_problems(cfg: Config) -> list[str]:
+    groups = cfg.train.param_groups if isinstance(cfg.train.param_groups, list) else []
+    _, problems = parse_param_groups(g for g in groups if g is not None)
+    sched = cfg.train.scheduler
+    if sched.name == "onecycle" and isinstance(sched.warmup_epochs, float) and sched.warmup_epochs > 0:
+        problems.append("train.scheduler.warmup_epochs: onecycle warms up by itself (train.scheduler.pct_start)")
+    if sched.name == "onecycle" and isinstance(sched.pct_start, float) and sched.pct_start >= 1:
+        problems.append(f"train.scheduler.pct_start: {sched.pct_start} must be < 1 (the share of steps spent rising)")
+    if isinstance(cfg.train.epochs, int) and isinstance(sched.warmup_epochs, float) and sched.warmup_epochs > cfg.train.epochs:
+        problems.append(f"train.scheduler.warmup_epochs: {sched.warmup_epochs} is longer than the run ({cfg.train.epochs} epochs)")
+    if sched.name == "cosine" and isinstance(sched.min_lr_scale, float) and sched.min_lr_scale > 1:
+        problems.append(f"train.scheduler.min_lr_scale: {sched.min_lr_scale} must be <= 1 (a fraction of each group's LR)")
     return problems

@@ -1,4 +1,7 @@
-"""Train one config: python scripts/train.py --config configs/X.yaml [key=value ...]"""
+"""Train one config: python scripts/train.py --config configs/X.yaml [key=value ...]
+
+Ctrl-C finishes the current step, saves a checkpoint and exits (130); continue with
+python scripts/train.py --config configs/X.yaml --resume runs/NAME"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_config_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
     args = parser.parse_args(argv)
     cli.setup_logging()
 
@@ -29,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         progress = cli.tqdm_progress(cli.progress_enabled(not args.no_progress))
-        summary = run(cfg, overwrite=args.overwrite, progress=progress, on_epoch=report)
+        summary = run(cfg, overwrite=args.overwrite, progress=progress, on_epoch=report, resume=args.resume)
+        if summary.get("interrupted"):
+            print(f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
+                  f"Continue with: python scripts/train.py --config {args.config} --resume {summary['run_dir']}")
+            return cli.EXIT_INTERRUPTED
         ok = "yes" if summary["frozen_unchanged"] else "NO"
         print(
             f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "

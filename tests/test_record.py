@@ -22,8 +22,10 @@ def listing(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- check_free
 
 
-def test_record_files_are_the_documented_five() -> None:
-    assert set(RECORD_FILES) == {"config.yaml", "freeze_plan.json", "metrics.jsonl", "summary.json", "model.pt"}
+def test_record_files_are_the_documented_seven() -> None:
+    assert set(RECORD_FILES) == {
+        "config.yaml", "freeze_plan.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.pt", "checkpoint.pt"
+    }
 
 
 @pytest.mark.parametrize("name", RECORD_FILES)

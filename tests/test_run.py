@@ -33,6 +33,7 @@ import yaml
 
 from freezetune.config import Config, from_dict, load_config, to_dict
 from freezetune.freezing import FreezeError
+from freezetune.record import RECORD_FILES
 from freezetune.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,8 +310,8 @@ def test_cli_train_succeeds_and_reports_each_epoch(cli: Cli, record: Record) -> 
     assert "epoch 1: train_loss" in done.stdout and "epoch 2: train_loss" in done.stdout
     assert "frozen tensors bitwise unchanged: yes" in done.stdout
     assert "Traceback" not in done.stderr
-    # Exactly the five record files: no temporary files or extras left behind.
-    assert record.files == sorted(["config.yaml", "freeze_plan.json", "metrics.jsonl", "summary.json", "model.pt"])
+    # Exactly the record files: no temporary files or extras left behind.
+    assert record.files == sorted(RECORD_FILES)
 
 
 def test_config_yaml_is_the_fully_resolved_config_with_overrides(cli: Cli, record: Record) -> None:

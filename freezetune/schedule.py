@@ -1,0 +1,253 @@
+"""Freezing that changes during training, as pure functions over names.
+
+A schedule is a list of events applied at the start of an epoch
+(``{epoch: 3, unfreeze: layer3, lr_scale: 0.1}``). Each event is a freezing
+rule appended after the config's rules, so the plan of every *phase* (a run of
+epochs with the same trainable set) is just :func:`build_plan` over more rules:
+last rule wins, BatchNorm policy re-derived, every error named by its origin.
+
+``freeze.preset: gradual`` is ULMFiT's gradual unfreezing: the head trains
+alone in epoch 1, then each entry of ``freeze.gradual`` is unfrozen at the
+start of the next epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from freezetune.freezing import (
+    FreezeError, FreezePlan, ModelTree, Rule, suggest_names, build_plan, match_rule, parse_rules, preset_rules,
+)
+
+__all__ = ["Event", "EventSpec", "Phase", "Schedule", "build_schedule", "event_problems", "parse_events"]
+
+EVENT_KINDS = ("freeze", "unfreeze")
+_EVENT_KEYS = ("epoch", *EVENT_KINDS, "lr_scale")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An event as configured, before it is resolved against a model."""
+
+    epoch: int
+    kind: str  # "freeze" or "unfreeze"
+    target: str
+    lr_scale: float  # multiplies the LR of the parameters it unfreezes
+    origin: str  # "freeze.schedule[0]" or "freeze.gradual[1]"
+
+    @property
+    def rule(self) -> Rule:
+        return Rule(self.kind, self.target, self.origin)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Event:
+    spec: EventSpec
+    params: tuple[str, ...]  # the parameters whose state it changes, in model order
+    numel: int
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.spec
+        scale = {"lr_scale": s.lr_scale} if s.kind == "unfreeze" else {}
+        return {"epoch": s.epoch, "event": s.kind, "target": s.target, **scale, "origin": s.origin,
+                "tensors": len(self.params), "params": self.numel}
+
+
+@dataclass(frozen=True)
+class Phase:
+    start: int  # its first epoch
+    plan: FreezePlan
+    events: tuple[Event, ...]  # applied at the start of `start` (none for the first phase)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    phases: tuple[Phase, ...]  # in epoch order; phases[0].start == 1
+
+    def phase_at(self, epoch: int) -> Phase:
+        return [p for p in self.phases if p.start <= epoch][-1]
+
+    def plan_at(self, epoch: int) -> FreezePlan:
+        return self.phase_at(epoch).plan
+
+    def events_at(self, epoch: int) -> tuple[Event, ...]:
+        return next((p.events for p in self.phases if p.start == epoch and epoch > 1), ())
+
+    @property
+    def initial(self) -> FreezePlan:
+        return self.phases[0].plan
+
+    @property
+    def changes(self) -> bool:
+        return len(self.phases) > 1
+
+    def lr_scales(self, epoch: int) -> dict[str, float]:
+        """Each parameter's event scale at ``epoch``: the ``lr_scale`` of the event that
+        last unfroze it, 1.0 for one trainable from the start."""
+        scales: dict[str, float] = {}
+        for phase in self.phases:
+            if phase.start > epoch:
+                break
+            for ev in phase.events:
+                if ev.spec.kind == "unfreeze":
+                    scales.update(dict.fromkeys(ev.params, ev.spec.lr_scale))
+        return scales
+
+    def trainable_from(self) -> dict[str, int]:
+        """The first epoch each parameter trains in (absent: never trainable)."""
+        first: dict[str, int] = {}
+        for phase in self.phases:
+            for name in phase.plan.trainable:
+                first.setdefault(name, phase.start)
+        return first
+
+    def frozen_throughout(self, epoch: int) -> set[str]:
+        """Parameters frozen in every phase up to and including ``epoch``."""
+        names = set(self.initial.frozen)
+        for phase in self.phases:
+            if phase.start <= epoch:
+                names &= set(phase.plan.frozen)
+        return names
+
+    def pinned_throughout(self, epoch: int) -> set[str]:
+        """BatchNorm modules pinned in eval in every phase up to ``epoch``."""
+        names = set(self.initial.bn_eval)
+        for phase in self.phases:
+            if phase.start <= epoch:
+                names &= set(phase.plan.bn_eval)
+        return names
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [ev.to_json() for p in self.phases for ev in p.events]
+
+
+# --------------------------------------------------------------------------- config -> events
+
+
+def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tuple[list[EventSpec], list[str]]:
+    """Turn YAML event mappings into :class:`EventSpec`; returns (events, problems)."""
+    events, problems = [], []
+    for i, item in enumerate(raw):
+        where = f"{origin}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: an event is a mapping like {{epoch: 3, unfreeze: layer3}}; got {item!r}")
+            continue
+        unknown = [k for k in item if k not in _EVENT_KEYS]
+        kinds = [k for k in EVENT_KINDS if k in item]
+        bad = []
+        if unknown:
+            bad.append(f"unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(_EVENT_KEYS)}")
+        if len(kinds) != 1:
+            bad.append("needs exactly one of 'freeze' or 'unfreeze'")
+        epoch = item.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            bad.append(f"epoch: expected an integer, got {epoch!r}")
+        elif epoch < 2:
+            bad.append(f"epoch: {epoch}: events start at epoch 2 (what holds from epoch 1 is freeze.rules)")
+        target = item[kinds[0]] if len(kinds) == 1 else None
+        if len(kinds) == 1 and (not isinstance(target, str) or not target):
+            bad.append(f"{kinds[0]}: expected a non-empty name or pattern, got {target!r}")
+        scale = _number(item.get("lr_scale", 1.0))
+        if scale is None or not scale > 0 or scale == float("inf"):
+            bad.append(f"lr_scale: expected a finite number > 0, got {item.get('lr_scale')!r}")
+        elif "lr_scale" in item and kinds == ["freeze"]:
+            bad.append("lr_scale: only an 'unfreeze' event sets a learning rate")
+        if bad:
+            problems.extend(f"{where}: {b}" for b in bad)
+            continue
+        events.append(EventSpec(epoch, kinds[0], target, scale, where))  # type: ignore[arg-type]
+    return events, problems
+
+
+def gradual_events(groups: Iterable[str]) -> list[EventSpec]:
+    """ULMFiT: one group unfrozen per epoch after the first."""
+    return [EventSpec(i + 2, "unfreeze", g, 1.0, f"freeze.gradual[{i}]") for i, g in enumerate(groups)]
+
+
+def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> list[str]:
+    """What can be wrong with a schedule without looking at a model."""
+    events, problems = parse_events(raw_events if isinstance(raw_events, list) else [])
+    gradual = gradual if isinstance(gradual, list) else []
+    if preset == "gradual" and not gradual:
+        problems.append("freeze.gradual: preset 'gradual' needs the groups to unfreeze, e.g. [layer4, layer3, layer2]")
+    if gradual and preset != "gradual":
+        problems.append(f"freeze.gradual: only used with freeze.preset: gradual (the preset is {preset!r})")
+    if isinstance(epochs, int):
+        for ev in events:
+            if ev.epoch > epochs:
+                problems.append(
+                    f"{ev.origin}: epoch {ev.epoch} is past the last epoch (train.epochs is {epochs}): it would never happen"
+                )
+        if preset == "gradual" and gradual and len(gradual) + 1 > epochs:
+            problems.append(
+                f"freeze.gradual: {len(gradual)} groups need {len(gradual) + 1} epochs (the head alone, then one group "
+                f"per epoch); train.epochs is {epochs}"
+            )
+    return problems
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)  # PyYAML reads 1e-3 as a string
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- events -> phases
+
+
+def build_schedule(
+    tree: ModelTree,
+    preset: str | None,
+    raw_rules: list,
+    batchnorm: str,
+    raw_events: list | None = None,
+    gradual: list[str] | None = None,
+) -> Schedule:
+    """Resolve preset, rules and events into one plan per phase; raise FreezeError listing
+    every event that matches nothing or changes nothing."""
+    rules, problems = parse_rules(raw_rules)
+    events, event_probs = parse_events(raw_events or [])
+    problems += event_probs
+    if problems:
+        raise FreezeError(problems)
+    base = preset_rules(preset, tree) + rules
+    # Gradual events first: an explicit schedule event in the same epoch can refine them.
+    specs = sorted(gradual_events(gradual or []) + events, key=lambda e: e.epoch)  # stable sort
+    plan = build_plan(tree, base, batchnorm)
+    phases = [Phase(1, plan, ())]
+    trainable = {p.name: p.trainable for p in plan.params}
+    rules_so_far = list(base)
+    for epoch in sorted({e.epoch for e in specs}):
+        resolved = []
+        for spec in (e for e in specs if e.epoch == epoch):
+            hits = match_rule(spec.rule, tree)
+            if not hits:
+                problems.append(f"{spec.origin} {spec.rule}: matches no parameter{suggest_names(spec.rule, tree)}")
+                continue
+            wanted = spec.kind == "unfreeze"
+            changed = tuple(n for n in hits if trainable[n] != wanted)
+            if not changed:
+                state = "trainable" if wanted else "frozen"
+                problems.append(
+                    f"{spec.origin} {spec.rule} at epoch {epoch}: {spec.kind}s nothing new, all {len(hits)} "
+                    f"parameter tensors it matches are already {state}"
+                )
+            trainable.update(dict.fromkeys(changed, wanted))
+            rules_so_far.append(spec.rule)
+            resolved.append(Event(spec, changed, sum(tree.numel[n] for n in changed)))
+        try:
+            # build_plan reports a pattern that matches nothing, with the nearest names.
+            plan = build_plan(tree, rules_so_far, batchnorm)
+        except FreezeError as exc:
+            problems.extend(f"{p} (at epoch {epoch})" for p in exc.problems)
+            continue
+        phases.append(Phase(epoch, plan, tuple(resolved)))
+    if problems:
+        raise FreezeError(list(dict.fromkeys(problems)))
+    return Schedule(tuple(phases))

@@ -1,0 +1,264 @@
+"""A fine-tuning session across phases: the model, its optimizer, the LR schedule,
+the feature cache and the proof that frozen tensors stayed frozen, all kept in
+step when a schedule event changes the trainable set; and the state that
+resumes it exactly.
+
+freezetune/run.py turns a config into a :class:`Trainer` and a run record;
+freezetune/training.py is the loop of one epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from freezetune.apply import apply_plan
+from freezetune.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
+from freezetune.checkpoint import get_rng_state, load_payload, model_payload, set_rng_state
+from freezetune.config import Config, ConfigError
+from freezetune.data import Loaders
+from freezetune.freezing import FreezePlan
+from freezetune.integrity import fingerprint, protected_tensors
+from freezetune.lr_schedule import LRSchedule, set_lr
+from freezetune.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
+from freezetune.training import EpochResult, EpochStats, Progress, Resume, fit_epoch
+
+if TYPE_CHECKING:  # run.py imports this module
+    from freezetune.run import Prepared
+
+__all__ = ["STATE_FORMAT", "Trainer"]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "freezetune-train-state/1"
+
+
+@dataclass
+class Partial:
+    """A stopped epoch: how far it got, and the loader generator state it started from."""
+
+    epoch: int
+    steps: int
+    loss_sum: float
+    samples: int
+    generator: torch.Tensor
+
+
+class Trainer:
+    def __init__(self, cfg: Config, p: Prepared, loaders: Loaders, folder: Path) -> None:
+        self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
+        self.schedule, self.settings = p.schedule, p.settings
+        self.loaders, self.folder = loaders, folder
+        # One generator shuffles every epoch, cached or not: the order does not
+        # depend on when a cache was (re)built, and its state is saved with the rest.
+        self.generator: torch.Generator = loaders.train.generator  # type: ignore[assignment]
+        cap = cfg.train.max_steps_per_epoch
+        self.steps_per_epoch = len(loaders.train) if cap is None else min(len(loaders.train), cap)
+        self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
+        self.global_step = 0
+        self.plan: FreezePlan = self.schedule.initial
+        self.optimizer = make_optimizer(self.model, cfg.train.optimizer, self.settings, {}, 1, self.lr.factor(0))
+        check_optimizer(self.optimizer, self.model)
+        self.protected = fingerprint(self.model, self.plan)  # digests at the moment each became frozen
+        self.events: list[dict[str, Any]] = []
+        self.epochs: list[EpochResult] = []
+        self.net: nn.Module = self.model
+        self.train_loader: DataLoader = loaders.train
+        self.val_loader: DataLoader = loaders.val
+        self.cache_info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
+        self._cached_for: FreezePlan | None = None  # the plan the current loaders were made for
+
+    # ------------------------------------------------------------------ phases
+
+    def enter_phase(self, epoch: int) -> list[dict[str, Any]]:
+        """Apply the events that start at ``epoch``: requires_grad and BatchNorm modes,
+        optimizer groups, the protected-tensor ledger; returns what was applied."""
+        phase = self.schedule.phase_at(epoch)
+        if phase.plan is self.plan:
+            return []
+        # Tensors about to leave protection must still be bitwise what they were.
+        now = fingerprint(self.model, self.plan)
+        new_plan = phase.plan
+        after_names = set(protected_tensors(self.model, new_plan))
+        leaving = {n: now[n] == self.protected[n] for n in self.protected if n not in after_names}
+        apply_plan(self.model, new_plan)
+        removed = remove_frozen(self.optimizer)
+        groups = add_trainable(
+            self.optimizer, self.model, self.cfg.train.optimizer, self.settings, self.schedule.lr_scales(epoch), epoch,
+            self.lr.factor(self.global_step),
+        )
+        check_optimizer(self.optimizer, self.model)
+        current = fingerprint(self.model, new_plan)
+        self.protected = {n: self.protected.get(n, d) for n, d in current.items()}
+        self.plan = new_plan
+        rows = []
+        for ev in phase.events:
+            row = ev.to_json()
+            if ev.spec.kind == "unfreeze":
+                mine = [ok for n, ok in leaving.items() if _owned_by(n, ev.params)]
+                row |= {"unchanged_until_event": all(mine), "tensors_checked": len(mine)}
+            rows.append(row)
+        rows.append({"epoch": epoch, "event": "optimizer", "removed_tensors": removed,
+                     "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
+                     "trainable_params": new_plan.numel_trainable})
+        self.events.extend(rows)
+        for row in rows[:-1]:
+            check = {True: ", frozen until now: bitwise unchanged", False: ", frozen until now: CHANGED", None: ""}
+            log.info("%s: epoch %d: %s %s (%d tensors, %d params%s)%s", self.cfg.name, epoch, row["event"],
+                     row["target"], row["tensors"], row["params"],
+                     f", lr_scale {row['lr_scale']:g}" if "lr_scale" in row else "", check[row.get("unchanged_until_event")])
+        return rows
+
+    def replay_phases(self, through: int) -> None:
+        """Re-enter every phase that starts by epoch ``through`` (resume): same groups, same order."""
+        for phase in self.schedule.phases[1:]:
+            if phase.start <= through:
+                self.enter_phase(phase.start)
+
+    # ------------------------------------------------------------------ cache
+
+    def check_cache_plan(self) -> None:
+        """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
+        if self.cfg.train.cache_features != "on":
+            return
+        try:
+            for phase in self.schedule.phases:
+                apply_plan(self.model, phase.plan)
+                self._split()
+        except CacheRefused as exc:
+            at = f" (from epoch {phase.start})" if self.schedule.changes else ""
+            raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {exc}"]) from None
+        finally:
+            apply_plan(self.model, self.plan)
+
+    def _split(self) -> Split:
+        split = split_model(self.model)
+        problem = prefix_problem(self.model, split, self.cfg.data.augment)
+        if problem:
+            raise CacheRefused(problem)
+        x, _ = next(iter(self.loaders.val))
+        self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x.to(self.device))
+        return split
+
+    def ensure_cache(self) -> None:
+        """(Re)build the feature cache for the current plan: an unfreeze moves the frontier."""
+        if self._cached_for is self.plan or self.cfg.train.cache_features == "off":
+            if self.cfg.train.cache_features == "off":
+                self.cache_info["reason"] = "train.cache_features: off"
+            return
+        self._cached_for = self.plan
+        self.net, self.train_loader, self.val_loader = self.model, self.loaders.train, self.loaders.val
+        try:
+            split = self._split()
+        except CacheRefused as exc:
+            if self.cfg.train.cache_features == "on":
+                raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]) from None
+            log.info("%s: feature cache not used: %s", self.cfg.name, exc)
+            self.cache_info.update(used=False, reason=str(exc))
+            return
+        cache = build_cache(self.model, split, self.loaders.train.dataset, self.loaders.val.dataset,
+                            self.cfg.data.batch_size, self.device, self.cfg.train.cache_max_bytes, self.folder)
+        builds = self.cache_info.get("builds", []) + [{"frontier": split.frontier, **cache.to_json()}]
+        self.cache_info.update(cache.to_json(), used=True, reason=None, frontier=split.frontier,
+                               first_trainable=split.first_trainable, builds=builds)
+        self.cache_info["build_s"] = sum(b["build_s"] for b in builds)
+        log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
+                 self.cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
+        # The suffix is made of the model's own modules: training it trains the model.
+        self.net = split.suffix
+        self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def fit(
+        self, epoch: int, progress: Progress, stop: Callable[[], bool] | None, count_saved: bool,
+        partial: Partial | None = None,
+    ) -> tuple[EpochResult | None, EpochStats, torch.Tensor]:
+        """Train and evaluate one epoch; returns (result or None if stopped, stats, the
+        generator state the epoch started from)."""
+        self.ensure_cache()
+        resume = None
+        if partial is not None:
+            self.generator.set_state(partial.generator)
+            rng = self._saved_rng
+            resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(rng))
+        start_state = self.generator.get_state()
+        first = (epoch - 1) * self.steps_per_epoch
+
+        def before_step(i: int) -> None:
+            self.global_step = first + i
+            set_lr(self.optimizer, self.lr.factor(self.global_step))
+
+        result, stats = fit_epoch(
+            epoch, self.net, self.optimizer, self.train_loader, self.val_loader, self.device,
+            self.cfg.train.max_steps_per_epoch, progress, count_saved, before_step, stop, resume,
+        )
+        self.global_step = first + stats.steps
+        if result is not None:
+            self.epochs.append(result)
+        return result, stats, start_state
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict) -> dict:
+        """Everything a resume needs. ``stats`` set: epoch ``epoch`` stopped part-way."""
+        frozen = self.schedule.frozen_throughout(epoch)
+        pinned = self.schedule.pinned_throughout(epoch)
+        partial = None
+        if stats is not None and stats.interrupted:
+            partial = {"steps": stats.steps, "loss_sum": stats.loss_sum, "samples": stats.samples}
+        return {
+            "format": STATE_FORMAT,
+            "config": resolved,
+            "epoch": epoch,
+            "partial": partial,
+            "global_step": self.global_step,
+            **model_payload(self.model, self.cfg.train.save, frozen, pinned, self.base_spec()),
+            "optimizer": self.optimizer.state_dict(),
+            "group_names": [g.get("name") for g in self.optimizer.param_groups],
+            "rng": get_rng_state(),
+            # A stopped epoch restarts its shuffle from where that epoch began.
+            "generator": start_state if partial else self.generator.get_state(),
+            "protected": self.protected,
+            "events": self.events,
+            "epochs": [vars(e) for e in self.epochs],
+        }
+
+    def base_spec(self) -> dict[str, Any]:
+        return {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
+        """Restore a saved state into this freshly prepared trainer."""
+        epoch, partial = state["epoch"], state["partial"]
+        self.replay_phases(epoch)  # a stopped epoch has entered its phase too
+        names = [g.get("name") for g in self.optimizer.param_groups]
+        if names != state["group_names"]:
+            raise ConfigError([f"resume: {where} has optimizer groups {state['group_names']}, this config makes {names}"])
+        load_payload(self.model, state, where)
+        self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer(self.optimizer, self.model)
+        self.global_step = state["global_step"]
+        self.protected = state["protected"]
+        self.events = list(state["events"])
+        self.epochs = [EpochResult(**e) for e in state["epochs"]]
+        self._saved_rng = state["rng"]
+        if partial:
+            return Partial(epoch, partial["steps"], partial["loss_sum"], partial["samples"], state["generator"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        return None
+
+    def groups(self) -> list[dict[str, Any]]:
+        return group_table(self.optimizer)
+
+
+def _owned_by(tensor: str, params: tuple[str, ...]) -> bool:
+    """Whether a protected tensor (parameter or BatchNorm buffer) belongs to one of ``params``' modules."""
+    module = tensor.rsplit(".", 1)[0]
+    return tensor in params or any(p.rsplit(".", 1)[0] == module for p in params)
