@@ -12,9 +12,15 @@ import torch.nn as nn
 from freezetune.freezing import FreezePlan, ModelTree
 
 if TYPE_CHECKING:
+    from freezetune.config import Config
     from freezetune.estimate import Estimate
+    from freezetune.groups import Setting
+    from freezetune.schedule import Schedule
 
-__all__ = ["ModuleRow", "ProbeRow", "format_table", "module_rows", "probe_autograd", "render_estimate", "render_plan"]
+__all__ = [
+    "ModuleRow", "ParamRow", "ProbeRow", "format_table", "module_rows", "param_rows", "probe_autograd", "render_estimate",
+    "render_groups", "render_params", "render_plan", "render_schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,75 @@ class ProbeRow:
     type_name: str
     requires_grad: bool
     grad_fn: str | None
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    name: str
+    numel: int
+    trainable_from: int | None  # the first epoch it trains in; None: never
+    group: str  # the optimizer group it joins (freezetune.optim.group_label)
+    lr: float | None  # its LR before the schedule's multiplier; None when never trainable
+    weight_decay: float
+
+
+def param_rows(tree: ModelTree, schedule: Schedule, settings: dict[str, Setting], cfg: Config) -> list[ParamRow]:
+    """Each parameter's fate: when it starts training, in which group, at what LR."""
+    from freezetune.optim import group_label
+
+    first = schedule.trainable_from()
+    rows = []
+    for name in tree.param_names:
+        s, epoch = settings[name], first.get(name)
+        wd = cfg.train.optimizer.weight_decay if s.weight_decay is None else s.weight_decay
+        if epoch is None:
+            rows.append(ParamRow(name, tree.numel[name], None, "-", None, wd))
+            continue
+        event = schedule.lr_scales(epoch).get(name, 1.0)
+        rows.append(ParamRow(name, tree.numel[name], epoch, group_label(epoch, s, event),
+                             cfg.train.optimizer.lr * s.lr_scale * event, wd))
+    return rows
+
+
+def render_params(rows: list[ParamRow]) -> str:
+    return format_table(
+        ["parameter", "params", "trains from", "effective lr", "weight decay", "optimizer group"],
+        [[r.name, f"{r.numel:,}", f"epoch {r.trainable_from}" if r.trainable_from else "never (frozen)",
+          f"{r.lr:.4g}" if r.lr is not None else "-", f"{r.weight_decay:g}", r.group] for r in rows],
+        right={1, 3, 4},
+    )
+
+
+def render_groups(rows: list[ParamRow]) -> str:
+    """The optimizer groups the parameters will form, with their effective LR."""
+    groups: dict[tuple[str, float], list[ParamRow]] = {}
+    for r in rows:
+        if r.lr is not None:
+            groups.setdefault((r.group, r.weight_decay), []).append(r)
+    return format_table(
+        ["optimizer group", "tensors", "params", "effective lr", "weight decay", "first tensor"],
+        [[g, len(rs), f"{sum(r.numel for r in rs):,}", f"{rs[0].lr:.4g}", f"{wd:g}", rs[0].name]
+         for (g, wd), rs in sorted(groups.items(), key=lambda kv: kv[1][0].trainable_from or 0)],
+        right={1, 2, 3, 4},
+    ) + "\n(--params lists every parameter's group and LR)"
+
+
+def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> str:
+    """The events, epoch by epoch, and the LR multiplier the schedule applies."""
+    from freezetune.lr_schedule import LRSchedule
+
+    lines = []
+    for ev in (e for p in schedule.phases for e in p.events):
+        s = ev.spec
+        scale = f", lr x{s.lr_scale:g}" if s.kind == "unfreeze" and s.lr_scale != 1.0 else ""
+        lines.append(f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
+                     f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable")
+    lr = LRSchedule(cfg.train.scheduler, steps_per_epoch, cfg.train.epochs)
+    marks = [(e, (e - 1) * steps_per_epoch) for e in range(1, cfg.train.epochs + 1)]
+    factors = ", ".join(f"epoch {e}: x{lr.factor(step):.3g}" for e, step in marks)
+    lines.append(f"LR schedule '{cfg.train.scheduler.name}' ({steps_per_epoch} steps/epoch), multiplier at each "
+                 f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment")
+    return "\n".join(lines)
 
 
 def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> list[ModuleRow]:
@@ -119,13 +194,20 @@ def format_table(headers: list[str], rows: list[list[object]], right: set[int] |
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
 
-def render_plan(tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None, depth: int | None = None) -> str:
+def render_plan(
+    tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None, depth: int | None = None,
+    schedule: Schedule | None = None,
+) -> str:
     rows = module_rows(tree, plan, depth)
-    table = format_table(
-        ["module", "type", "params", "status", "batchnorm"],
-        [[r.name, r.type_name, f"{r.params:,}", r.status, r.bn_mode] for r in rows],
-        right={2},
-    )
+    headers = ["module", "type", "params", "status", "batchnorm"]
+    cells = [[r.name, r.type_name, f"{r.params:,}", r.status, r.bn_mode] for r in rows]
+    if schedule is not None and schedule.changes:
+        # When each module starts training; "status" above is epoch 1's.
+        first = schedule.trainable_from()
+        headers.append("trains from")
+        for row, r in zip(cells, rows):
+            row.append(_trains_from(tree, "" if r.name == "(root)" else r.name, first, depth))
+    table = format_table(headers, cells, right={2})
     total, train = plan.numel_total, plan.numel_trainable
     parts = [
         table,
@@ -147,6 +229,18 @@ def render_plan(tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None,
         if first is not None:
             parts.append(f"the autograd graph starts at '{first}'; backward() does no work before it.")
     return "\n".join(parts)
+
+
+def _trains_from(tree: ModelTree, module: str, first: dict[str, int], depth: int | None) -> str:
+    if depth is not None and module:
+        owned = [n for n in tree.param_names if n.startswith(module + ".")]
+    else:
+        owned = list(tree.module(module).params)  # type: ignore[union-attr]
+    epochs = sorted({first[n] for n in owned if n in first})
+    if not epochs:
+        return "never"
+    partly = len(epochs) > 1 or any(n not in first for n in owned)
+    return f"epoch {epochs[0]}" + (" (partly)" if partly else "")
 
 
 def render_estimate(est: Estimate) -> str:

@@ -35,7 +35,7 @@ from freezetune.timing import eval_speed, medians
 from freezetune.trainer import STATE_FORMAT, Trainer
 from freezetune.training import EpochResult, Progress, no_progress
 
-__all__ = ["CHECKPOINT", "Prepared", "load_resume_state", "num_outputs", "prepare", "prepare_model", "resolve_device", "run", "seed_everything"]
+__all__ = ["CHECKPOINT", "Prepared", "load_resume_state", "num_outputs", "prepare", "prepare_model", "resolve_device", "run", "seed_everything", "steps_per_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,15 @@ def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
         raise ConfigError(problems)
     apply_plan(model, schedule.initial)
     return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps per epoch (what the LR schedule is laid out over)."""
+    if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
+        return 1  # the multiplier is 1 at every step: no need to read the data
+    n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg)).train)
+    cap = cfg.train.max_steps_per_epoch
+    return n if cap is None else min(n, cap)
 
 
 def prepare(cfg: Config) -> tuple[Prepared, Loaders]:

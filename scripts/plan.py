@@ -9,9 +9,11 @@ import torch
 
 from freezetune import cli
 from freezetune.compare import estimate_config
-from freezetune.explain import probe_autograd, render_estimate, render_plan
+from freezetune.explain import (
+    param_rows, probe_autograd, render_estimate, render_groups, render_params, render_plan, render_schedule,
+)
 from freezetune.freezing import describe
-from freezetune.run import prepare_model
+from freezetune.run import prepare_model, steps_per_epoch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)")
     parser.add_argument("--no-probe", action="store_true", help="skip the forward pass that shows grad_fn per module")
     parser.add_argument("--no-estimate", action="store_true", help="skip the predicted step time and memory")
+    parser.add_argument("--params", action="store_true",
+                        help="one row per parameter: when it trains, its optimizer group and effective LR")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -32,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=p.device)
             probe = probe_autograd(p.model, x)
         print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
-        print(render_plan(describe(p.model), p.plan, probe, args.depth))
+        tree = describe(p.model)
+        print(render_plan(tree, p.plan, probe, args.depth, p.schedule))
+        print()
+        if args.params:
+            print(render_params(param_rows(tree, p.schedule, p.settings, cfg)))
+        else:
+            print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
+        print(render_schedule(p.schedule, cfg, steps_per_epoch(cfg)))
         if not args.no_estimate:
             print()
             print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
