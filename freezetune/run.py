@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
 EVAL_SPEED_BATCHES = 3
-CHECKPOINT = "checkpoint.pt"  # the training state after the last epoch (or the interrupt), for --resume
+CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
 
 
 @dataclass
@@ -156,8 +156,12 @@ def run(
     stop = stop or StopRequest()
     with stop:
         for epoch in range(first, cfg.train.epochs + 1):
-            for row in trainer.enter_phase(epoch):
+            events = trainer.enter_phase(epoch)
+            for row in events:
                 out.append_jsonl("events.jsonl", row)
+            if events:
+                # summary.json's speed and memory describe the last phase: the final trainable set.
+                durations, saved = [], None
             result, stats, start_state = trainer.fit(epoch, progress, stop, count_saved=saved is None, partial=partial)
             partial = None
             durations.extend(stats.durations)
@@ -166,7 +170,8 @@ def run(
                 out.append_jsonl("metrics.jsonl", _epoch_row(result, trainer))
                 if on_epoch:
                     on_epoch(result)
-            out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
+            if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
+                out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
             if stop() and (result is None or epoch < cfg.train.epochs):
                 log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
                             cfg.name, epoch, stats.steps, out.path)
@@ -180,15 +185,15 @@ def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint to resume from; refused unless this same config made it."""
     path = folder / CHECKPOINT
     if not path.is_file():
-        raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch)"])
+        if (folder / "summary.json").is_file():
+            raise ConfigError([f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"])
+        raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch but the last)"])
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError([f"resume: {path} is not a freezetune training state ({STATE_FORMAT})"])
     diffs = _differences(state["config"], resolved)
     if diffs:
         raise ConfigError([f"resume: the config differs from the one {folder} was trained with: {d}" for d in diffs])
-    if state["partial"] is None and state["epoch"] >= resolved["train"]["epochs"]:
-        raise ConfigError([f"resume: {folder} already finished all {state['epoch']} epochs"])
     return state
 
 
@@ -214,11 +219,11 @@ def _finish(
     frozen, pinned = trainer.schedule.frozen_throughout(last), trainer.schedule.pinned_throughout(last)
     sizes = {}
     for mode in ("full", "delta"):
-        payload = model_payload(model, mode, frozen, pinned, trainer.base_spec())
+        content = {**model_payload(model, mode, frozen, pinned, trainer.base_spec()), "config": resolved, "epoch": last}
         if mode == cfg.train.save:
-            sizes[mode] = out.save_checkpoint("model.pt", {**payload, "config": resolved, "epoch": last})
+            sizes[mode] = out.save_checkpoint("model.pt", content)
         else:
-            sizes[mode] = serialized_bytes(payload)  # what the other choice would have written
+            sizes[mode] = serialized_bytes(content)  # what the other choice would have written
     summary = _summary(cfg, p, plan, trainer.epochs, check.to_json(), wall, n_train)
     summary.update(measured)
     summary["cache"] = trainer.cache_info
@@ -230,6 +235,8 @@ def _finish(
     summary["checkpoint"] = {"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]}
     summary["run_dir"] = str(out.path)
     out.write_json("summary.json", summary)
+    # A finished run needs no resume state; its 2x-model-size file would only take disk.
+    (out.path / CHECKPOINT).unlink(missing_ok=True)
     return summary
 
 

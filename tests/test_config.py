@@ -567,3 +567,40 @@ def test_bare_on_and_off_mean_the_choices_not_booleans(tmp_path: Path) -> None:
     assert load_config(path).train.cache_features == "on"
     assert load_config(path, ["train.cache_features=off"]).train.cache_features == "off"
     assert load_config(path, ["train.cache_features=auto"]).train.cache_features == "auto"
+
+
+# --------------------------------------------------------------------------- schedules, groups, scheduler
+
+
+def test_scheduler_shorthand_and_mapping_are_the_same() -> None:
+    short = from_dict({"name": "s", "train": {"scheduler": "cosine"}})
+    full = from_dict({"name": "s", "train": {"scheduler": {"name": "cosine"}}})
+    assert short.train.scheduler == full.train.scheduler
+    assert short.train.scheduler.name == "cosine" and short.train.scheduler.warmup_epochs == 0.0
+    assert to_dict(short)["train"]["scheduler"]["name"] == "cosine"
+
+
+def test_scheduler_problems_are_named() -> None:
+    problems = problems_of({"name": "s", "train": {"epochs": 2, "layer_decay": 1.5, "save": "half",
+                                                  "scheduler": {"name": "onecycle", "warmup_epochs": 1}}})
+    found = one_problem_per_key(problems, ["train.layer_decay", "train.save", "train.scheduler.warmup_epochs"])
+    assert "must be <= 1.0" in found["train.layer_decay"]
+    assert "'half' is not one of full, delta" in found["train.save"]
+    assert "onecycle warms up by itself" in found["train.scheduler.warmup_epochs"]
+    assert problems_of({"name": "s", "train": {"epochs": 2, "scheduler": {"name": "cosine", "warmup_epochs": 3}}}) == [
+        "train.scheduler.warmup_epochs: 3.0 is longer than the run (2 epochs)"
+    ]
+    assert problems_of({"name": "s", "train": {"scheduler": "cosin"}}) == [
+        "train.scheduler.name: 'cosin' is not one of none, cosine, step, onecycle; did you mean 'cosine'?"
+    ]
+
+
+def test_schedule_and_group_problems_need_no_model() -> None:
+    problems = problems_of({
+        "name": "s",
+        "freeze": {"schedule": [{"epoch": 5, "unfreeze": "layer4"}, {"epoch": 2, "freez": "layer3"}]},
+        "train": {"epochs": 3, "param_groups": [{"match": "layer4", "lr_scale": "-1"}]},
+    })
+    assert "freeze.schedule[0]: epoch 5 is past the last epoch (train.epochs is 3): it would never happen" in problems
+    assert any(p.startswith("freeze.schedule[1]: unknown key(s) freez") for p in problems)
+    assert any(p.startswith("train.param_groups[0]: lr_scale: expected a finite number > 0") for p in problems)

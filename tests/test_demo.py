@@ -110,14 +110,16 @@ def test_a_real_run_is_current_for_its_own_config_only(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- results_table
 
 
-def summary(name: str, trainable: int, pct: float, acc: float, epoch_s: float, sps: float, unchanged: bool) -> dict:
+def summary(name: str, trainable: int, pct: float, acc: float, epoch_s: float, wall_s: float, unchanged: bool) -> dict:
     return {
         "name": name,
         "params_trainable": trainable,
         "trainable_pct": pct,
         "final_val_acc": acc,
+        "epochs": 2,
         "epoch_time_s": epoch_s,
-        "samples_per_s": sps,
+        "wall_time_s": wall_s,
+        "checkpoint": {"full_bytes": 44_790_539, "delta_bytes": 11_264},
         "frozen_unchanged": unchanged,
     }
 
@@ -132,12 +134,14 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     )
     lines = table.splitlines()
     assert len(lines) == 2 + 2  # header, rule, one line per summary
-    headers = ["config", "trainable params", "trainable", "val acc", "epoch s", "cache build s", "samples/s",
-               "frozen unchanged"]
+    headers = ["config", "trainable params", "trainable", "val acc", "epochs", "epoch s", "cache build s", "train s",
+               "model.pt MiB full / delta", "frozen unchanged"]
     assert re.split(r"\s{2,}", lines[0]) == headers
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["fmnist_full", "11,179,077", "100.00%", "0.9123", "12.3", "-", "1234", "yes"]
-    assert lines[3].split() == ["fmnist_linear_probe", "2,565", "0.02%", "0.5000", "3.0", "1.5", "4322", "NO"]
+    assert lines[2].split() == ["fmnist_full", "11,179,077", "100.00%", "0.9123", "2", "12.3", "-", "1234.4",
+                                "42.7", "/", "0.011", "yes"]
+    assert lines[3].split() == ["fmnist_linear_probe", "2,565", "0.02%", "0.5000", "2", "3.0", "1.5", "4321.6",
+                                "42.7", "/", "0.011", "NO"]
 
 
 def test_results_table_right_aligns_the_numbers() -> None:
