@@ -23,7 +23,7 @@ from freezetune.apply import apply_plan
 from freezetune.checkpoint import model_payload, serialized_bytes
 from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
-from freezetune.freezing import FreezePlan, describe
+from freezetune.freezing import FreezeError, FreezePlan, describe
 from freezetune.groups import Setting, assign_settings
 from freezetune.integrity import verify_frozen
 from freezetune.interrupt import StopRequest
@@ -82,9 +82,14 @@ def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
     tree = describe(model)
-    schedule = build_schedule(tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm, cfg.freeze.schedule,
-                              cfg.freeze.gradual)
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
+    try:
+        schedule = build_schedule(tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm,
+                                  cfg.freeze.schedule, cfg.freeze.gradual)
+    except FreezeError as exc:
+        if problems:  # report the groups' problems with the plan's, in one error
+            raise ConfigError(exc.problems + problems) from None
+        raise
     if problems:
         raise ConfigError(problems)
     apply_plan(model, schedule.initial)

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(render_schedule(p.schedule, cfg, steps_per_epoch(cfg)))
         if not args.no_estimate:
             print()
+            if p.schedule.changes:
+                print(f"(predicted for epoch 1's plan; the plan changes at epochs "
+                      f"{', '.join(str(ph.start) for ph in p.schedule.phases[1:])})")
             print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
         return 0
 
