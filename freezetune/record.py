@@ -40,8 +40,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 class RunDir:
     """A run's output folder. Creating one never silently replaces an earlier run."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
+        # False on every rank but 0 of a multi-process run: one writer per folder.
+        self.write = write
 
     @staticmethod
     def check_free(path: str | Path, overwrite: bool) -> None:
@@ -56,6 +58,8 @@ class RunDir:
             )
 
     def create(self, overwrite: bool) -> None:
+        if not self.write:
+            return
         self.check_free(self.path, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         # Remove only our own files: output_dir may point at a folder holding other things.
@@ -63,13 +67,19 @@ class RunDir:
             (self.path / f).unlink(missing_ok=True)
 
     def write_yaml(self, name: str, data: dict[str, Any]) -> None:
+        if not self.write:
+            return
         atomic_write_bytes(self.path / name, yaml.safe_dump(data, sort_keys=False).encode())
 
     def write_json(self, name: str, data: Any) -> None:
+        if not self.write:
+            return
         atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
     def append_jsonl(self, name: str, row: dict[str, Any] | None) -> None:
         """Append one row (None: only make sure the file exists)."""
+        if not self.write:
+            return
         with open(self.path / name, "a") as f:
             if row is not None:
                 f.write(json.dumps(row) + "\n")
@@ -77,7 +87,7 @@ class RunDir:
     def keep_jsonl_rows(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrite ``name`` with only the rows ``keep`` accepts (resume drops rows past the checkpoint)."""
         path = self.path / name
-        if path.exists():
+        if self.write and path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)).encode())
 
@@ -86,7 +96,8 @@ class RunDir:
         leaves the previous checkpoint whole. Returns the file's size in bytes."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path / name, buf.getvalue())
+        if self.write:
+            atomic_write_bytes(self.path / name, buf.getvalue())
         return buf.tell()
 
     def read_json(self, name: str) -> Any:

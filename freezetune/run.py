@@ -23,6 +23,7 @@ from freezetune.apply import apply_plan
 from freezetune.checkpoint import model_payload, serialized_bytes
 from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
+from freezetune.distributed import Dist, parameter_digest
 from freezetune.freezing import FreezeError, FreezePlan, describe
 from freezetune.groups import Setting, assign_settings
 from freezetune.integrity import verify_frozen
@@ -75,9 +76,9 @@ def num_outputs(cfg: Config) -> int:
     return cfg.model.num_classes or num_classes_of(cfg.data)
 
 
-def prepare_model(cfg: Config, num_classes: int | None = None) -> Prepared:
+def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.device | None = None) -> Prepared:
     """Build the model, load its weights and apply the freezing plan (no data, no files)."""
-    device = resolve_device(cfg.train.device)
+    device = device or resolve_device(cfg.train.device)
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
@@ -105,9 +106,9 @@ def steps_per_epoch(cfg: Config) -> int:
     return n if cap is None else min(n, cap)
 
 
-def prepare(cfg: Config) -> tuple[Prepared, Loaders]:
+def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
     k = num_outputs(cfg)
-    prepared = prepare_model(cfg, k)
+    prepared = prepare_model(cfg, k, device)
     loaders = build_loaders(cfg.data, cfg.seed, k)
     return prepared, loaders
 
@@ -119,19 +120,24 @@ def run(
     on_epoch: Callable[[EpochResult], None] | None = None,
     resume: str | Path | None = None,
     stop: StopRequest | None = None,
+    dist: Dist | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` and write its run record; returns the summary.
 
     ``resume``: a run folder to continue from its last checkpoint. ``stop``: read
     between steps (Ctrl-C sets it); once set, a checkpoint is saved and the
-    returned summary says ``interrupted``."""
-    out = RunDir(resume if resume is not None else cfg.output_dir)
+    returned summary says ``interrupted``. ``dist``: this process's place in a
+    torchrun launch (freezetune/distributed.py); only rank 0 writes."""
+    out = RunDir(resume if resume is not None else cfg.output_dir, write=dist is None or dist.is_main)
     resolved = to_dict(cfg)
     state = load_resume_state(out.path, resolved) if resume is not None else None
     if state is None:
         RunDir.check_free(out.path, overwrite)
-    p, loaders = prepare(cfg)
-    trainer = Trainer(cfg, p, loaders, out.path)
+    if dist is not None:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+    p, loaders = prepare(cfg, device)
+    trainer = Trainer(cfg, p, loaders, out.path, dist)
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     log.info(
         "%s: %d / %d parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
@@ -159,6 +165,8 @@ def run(
     durations: list[tuple[float, ...]] = []
     saved = None
     stop = stop or StopRequest()
+    # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
+    should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
     with stop:
         for epoch in range(first, cfg.train.epochs + 1):
             events = trainer.enter_phase(epoch)
@@ -167,7 +175,8 @@ def run(
             if events:
                 # summary.json's speed and memory describe the last phase: the final trainable set.
                 durations, saved = [], None
-            result, stats, start_state = trainer.fit(epoch, progress, stop, count_saved=saved is None, partial=partial)
+            result, stats, start_state = trainer.fit(epoch, progress, should_stop, count_saved=saved is None,
+                                                     partial=partial)
             partial = None
             durations.extend(stats.durations)
             saved = saved or stats.saved
@@ -177,13 +186,13 @@ def run(
                     on_epoch(result)
             if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
-            if stop() and (result is None or epoch < cfg.train.epochs):
+            if (result is None or epoch < cfg.train.epochs) and (result is None or should_stop()):
                 log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
                             cfg.name, epoch, stats.steps, out.path)
                 return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps,
                         "run_dir": str(out.path)}
     wall = time.perf_counter() - started
-    return _finish(cfg, p, trainer, out, resolved, durations, saved, wall, len(loaders.train.dataset))
+    return _finish(cfg, p, trainer, out, resolved, durations, saved, wall, len(loaders.train.dataset), dist)
 
 
 def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -211,14 +220,14 @@ def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
 
 def _finish(
     cfg: Config, p: Prepared, trainer: Trainer, out: RunDir, resolved: dict[str, Any],
-    durations: list[tuple[float, ...]], saved: SavedBytes | None, wall: float, n_train: int,
+    durations: list[tuple[float, ...]], saved: SavedBytes | None, wall: float, n_train: int, dist: Dist | None,
 ) -> dict[str, Any]:
     """Verify, measure, save the model and write summary.json."""
     model, plan = p.model, trainer.plan
     check = verify_frozen(model, plan, trainer.protected)
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
-    measured = _measurements(trainer.net, model, trainer.optimizer, trainer.val_loader, p.device, durations, saved,
+    measured = _measurements(trainer.eval_net, model, trainer.optimizer, trainer.val_loader, p.device, durations, saved,
                              cfg.data.batch_size)
     last = cfg.train.epochs
     frozen, pinned = trainer.schedule.frozen_throughout(last), trainer.schedule.pinned_throughout(last)
@@ -239,10 +248,23 @@ def _finish(
     summary["optimizer_groups"] = trainer.groups()
     summary["checkpoint"] = {"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]}
     summary["run_dir"] = str(out.path)
+    if dist is not None:
+        summary["distributed"] = _replicas(dist, model, cfg)
+        summary["frozen_unchanged"] = summary["frozen_unchanged"] and summary["distributed"]["replicas_identical"]
     out.write_json("summary.json", summary)
-    # A finished run needs no resume state; its 2x-model-size file would only take disk.
-    (out.path / CHECKPOINT).unlink(missing_ok=True)
+    if out.write:  # a finished run needs no resume state; its 2x-model-size file would only take disk
+        (out.path / CHECKPOINT).unlink(missing_ok=True)
     return summary
+
+
+def _replicas(dist: Dist, model: nn.Module, cfg: Config) -> dict[str, Any]:
+    """The launch, and proof that every rank ends with the same parameters."""
+    digests = dist.gather(parameter_digest(model))
+    if len(set(digests)) != 1:
+        log.error("replicas diverged: parameter digests per rank %s", digests)
+    return {"world_size": dist.world, "backend": dist.backend, "batch_per_process": cfg.data.batch_size,
+            "global_batch": cfg.data.batch_size * dist.world, "rank_parameter_sha256": digests,
+            "replicas_identical": len(set(digests)) == 1}
 
 
 def _measurements(

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from freezetune.apply import apply_plan
 from freezetune.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
 from freezetune.checkpoint import get_rng_state, load_payload, model_payload, set_rng_state
 from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
+from freezetune.distributed import Dist, shard_loaders
 from freezetune.freezing import FreezePlan
 from freezetune.integrity import fingerprint, protected_tensors
 from freezetune.lr_schedule import LRSchedule, set_lr
@@ -51,13 +53,17 @@ class Partial:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, p: Prepared, loaders: Loaders, folder: Path) -> None:
+    def __init__(self, cfg: Config, p: Prepared, loaders: Loaders, folder: Path, dist: Dist | None = None) -> None:
         self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
         self.schedule, self.settings = p.schedule, p.settings
-        self.loaders, self.folder = loaders, folder
+        self.folder, self.dist = folder, dist
         # One generator shuffles every epoch, cached or not: the order does not
         # depend on when a cache was (re)built, and its state is saved with the rest.
         self.generator: torch.Generator = loaders.train.generator  # type: ignore[assignment]
+        if dist is not None:  # DistributedSampler shuffles from (seed, epoch); batch_size is per process
+            train, val = shard_loaders(loaders.train, loaders.val, dist, cfg.seed)
+            loaders = Loaders(train, val, loaders.num_classes)
+        self.loaders = loaders
         cap = cfg.train.max_steps_per_epoch
         self.steps_per_epoch = len(loaders.train) if cap is None else min(len(loaders.train), cap)
         self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
@@ -68,7 +74,8 @@ class Trainer:
         self.protected = fingerprint(self.model, self.plan)  # digests at the moment each became frozen
         self.events: list[dict[str, Any]] = []
         self.epochs: list[EpochResult] = []
-        self.net: nn.Module = self.model
+        self.net: nn.Module = self.model  # what trains: the model, its cached suffix, or DDP around the model
+        self.eval_net: nn.Module = self.model  # what evaluates: never DDP (its forward is a collective)
         self.train_loader: DataLoader = loaders.train
         self.val_loader: DataLoader = loaders.val
         self.cache_info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
@@ -127,6 +134,8 @@ class Trainer:
         """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
         if self.cfg.train.cache_features != "on":
             return
+        if self.dist is not None:
+            raise ConfigError(["train.cache_features: 'on' is not available under DDP (multi-process); use auto or off"])
         try:
             for phase in self.schedule.phases:
                 apply_plan(self.model, phase.plan)
@@ -146,14 +155,23 @@ class Trainer:
         self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x.to(self.device))
         return split
 
-    def ensure_cache(self) -> None:
-        """(Re)build the feature cache for the current plan: an unfreeze moves the frontier."""
-        if self._cached_for is self.plan or self.cfg.train.cache_features == "off":
-            if self.cfg.train.cache_features == "off":
-                self.cache_info["reason"] = "train.cache_features: off"
+    def ensure_net(self) -> None:
+        """What trains, for the current plan: the model wrapped in DDP anew (it registers the
+        parameters that require grad *now*), or the cache rebuilt at the new frontier."""
+        if self._cached_for is self.plan:
             return
         self._cached_for = self.plan
-        self.net, self.train_loader, self.val_loader = self.model, self.loaders.train, self.loaders.val
+        self.net = self.eval_net = self.model
+        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
+        if self.dist is not None:
+            self.net = self.dist.wrap(self.model, self.device)
+            if self.cfg.train.cache_features != "off":
+                self.cache_info["reason"] = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
+                log.info("%s: feature cache %s", self.cfg.name, self.cache_info["reason"])
+            return
+        if self.cfg.train.cache_features == "off":
+            self.cache_info["reason"] = "train.cache_features: off"
+            return
         try:
             split = self._split()
         except CacheRefused as exc:
@@ -171,7 +189,7 @@ class Trainer:
         log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
                  self.cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
         # The suffix is made of the model's own modules: training it trains the model.
-        self.net = split.suffix
+        self.net = self.eval_net = split.suffix
         self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)
 
     # ------------------------------------------------------------------ one epoch
@@ -182,7 +200,9 @@ class Trainer:
     ) -> tuple[EpochResult | None, EpochStats, torch.Tensor]:
         """Train and evaluate one epoch; returns (result or None if stopped, stats, the
         generator state the epoch started from)."""
-        self.ensure_cache()
+        self.ensure_net()
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         resume = None
         if partial is not None:
             self.generator.set_state(partial.generator)
@@ -198,6 +218,7 @@ class Trainer:
         result, stats = fit_epoch(
             epoch, self.net, self.optimizer, self.train_loader, self.val_loader, self.device,
             self.cfg.train.max_steps_per_epoch, progress, count_saved, before_step, stop, resume,
+            self.eval_net, self.dist.sum_ if self.dist is not None else None,
         )
         self.global_step = first + stats.steps
         if result is not None:
@@ -223,6 +244,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "group_names": [g.get("name") for g in self.optimizer.param_groups],
             "rng": get_rng_state(),
+            # Every rank's own generators (collective: every rank builds the state, rank 0 writes it).
+            "rng_per_rank": self.dist.gather(get_rng_state()) if self.dist is not None else None,
+            "world_size": self.dist.world if self.dist is not None else 1,
             # A stopped epoch restarts its shuffle from where that epoch began.
             "generator": start_state if partial else self.generator.get_state(),
             "protected": self.protected,
@@ -236,6 +260,12 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
         """Restore a saved state into this freshly prepared trainer."""
         epoch, partial = state["epoch"], state["partial"]
+        world = self.dist.world if self.dist is not None else 1
+        if state.get("world_size", 1) != world:
+            raise ConfigError([f"resume: {where} was saved by {state.get('world_size', 1)} process(es); "
+                               f"resume it with the same number (now {world})"])
+        if state.get("rng_per_rank"):
+            state = {**state, "rng": state["rng_per_rank"][self.dist.rank if self.dist is not None else 0]}
         self.replay_phases(epoch)  # a stopped epoch has entered its phase too
         names = [g.get("name") for g in self.optimizer.param_groups]
         if names != state["group_names"]:

@@ -128,9 +128,15 @@ def train_one_epoch(
     return EpochStats(loss_sum / max(seen, 1), seen, steps, clock.durations(), saved, loss_sum, interrupted)
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (freezetune.distributed)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) with no autograd state at all; the model's mode is restored."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, reduce: Reduce | None = None
+) -> tuple[float, float]:
+    """(mean loss, accuracy) with no autograd state at all; the model's mode is restored.
+    With ``reduce``, the sums of every process's shard: the metrics of the whole set."""
     was_training = model.training
     model.eval()
     try:
@@ -143,6 +149,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += y.shape[0]
+        if reduce is not None:
+            sums = reduce(torch.stack([total_loss.float(), correct.float(), torch.tensor(float(n), device=device)]))
+            total_loss, correct, n = sums[0], sums[1], int(sums[2].item())
         return (total_loss / max(n, 1)).item(), (correct.float() / max(n, 1)).item()
     finally:
         model.train(was_training)
@@ -161,6 +170,8 @@ def fit_epoch(
     before_step: Callable[[int], None] | None = None,
     stop: Callable[[], bool] | None = None,
     resume: Resume | None = None,
+    eval_model: nn.Module | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[EpochResult | None, EpochStats]:
     """Train one epoch, then evaluate; the epoch time covers the training pass only.
     An interrupted epoch is not evaluated (its result is None)."""
@@ -172,8 +183,10 @@ def fit_epoch(
     elapsed = device_clock(device) - start
     if stats.interrupted:
         return None, stats
-    val_loss, val_acc = evaluate(model, val_loader, device)
-    result = EpochResult(
-        epoch, stats.loss, val_loss, val_acc, elapsed, stats.samples / elapsed if elapsed else 0.0, stats.steps
-    )
+    val_loss, val_acc = evaluate(eval_model or model, val_loader, device, reduce)
+    loss, samples = stats.loss, stats.samples
+    if reduce is not None:  # the epoch's loss and throughput over every process
+        sums = reduce(torch.tensor([stats.loss_sum, float(stats.samples)], dtype=torch.float64, device=device))
+        loss, samples = (sums[0] / sums[1]).item(), int(sums[1].item())
+    result = EpochResult(epoch, loss, val_loss, val_acc, elapsed, samples / elapsed if elapsed else 0.0, stats.steps)
     return result, stats
