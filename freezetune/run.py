@@ -187,8 +187,9 @@ def run(
             if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
             if (result is None or epoch < cfg.train.epochs) and (result is None or should_stop()):
-                log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
-                            cfg.name, epoch, stats.steps, out.path)
+                if out.write:
+                    log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
+                                cfg.name, epoch, stats.steps, out.path)
                 return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps,
                         "run_dir": str(out.path)}
     wall = time.perf_counter() - started

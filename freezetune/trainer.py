@@ -83,7 +83,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def enter_phase(self, epoch: int) -> list[dict[str, Any]]:
+    def enter_phase(self, epoch: int, quiet: bool = False) -> list[dict[str, Any]]:
         """Apply the events that start at ``epoch``: requires_grad and BatchNorm modes,
         optimizer groups, the protected-tensor ledger; returns what was applied."""
         phase = self.schedule.phase_at(epoch)
@@ -115,7 +115,7 @@ class Trainer:
                      "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
                      "trainable_params": new_plan.numel_trainable})
         self.events.extend(rows)
-        for row in rows[:-1]:
+        for row in [] if quiet else rows[:-1]:
             check = {True: ", frozen until now: bitwise unchanged", False: ", frozen until now: CHANGED", None: ""}
             log.info("%s: epoch %d: %s %s (%d tensors, %d params%s)%s", self.cfg.name, epoch, row["event"],
                      row["target"], row["tensors"], row["params"],
@@ -126,7 +126,7 @@ class Trainer:
         """Re-enter every phase that starts by epoch ``through`` (resume): same groups, same order."""
         for phase in self.schedule.phases[1:]:
             if phase.start <= through:
-                self.enter_phase(phase.start)
+                self.enter_phase(phase.start, quiet=True)  # already logged and recorded by the first run
 
     # ------------------------------------------------------------------ cache
 
@@ -165,7 +165,7 @@ class Trainer:
         self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
         if self.dist is not None:
             self.net = self.dist.wrap(self.model, self.device)
-            if self.cfg.train.cache_features != "off":
+            if self.cfg.train.cache_features != "off" and not self.cache_info["reason"]:  # say it once
                 self.cache_info["reason"] = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
                 log.info("%s: feature cache %s", self.cfg.name, self.cache_info["reason"])
             return
@@ -234,6 +234,8 @@ class Trainer:
         partial = None
         if stats is not None and stats.interrupted:
             partial = {"steps": stats.steps, "loss_sum": stats.loss_sum, "samples": stats.samples}
+            if self.dist is not None:  # each rank's own running sums (collective, like the RNG states)
+                partial["per_rank"] = self.dist.gather((stats.loss_sum, stats.samples))
         return {
             "format": STATE_FORMAT,
             "config": resolved,
@@ -279,7 +281,10 @@ class Trainer:
         self.epochs = [EpochResult(**e) for e in state["epochs"]]
         self._saved_rng = state["rng"]
         if partial:
-            return Partial(epoch, partial["steps"], partial["loss_sum"], partial["samples"], state["generator"])
+            loss_sum, samples = partial["loss_sum"], partial["samples"]
+            if partial.get("per_rank"):
+                loss_sum, samples = partial["per_rank"][self.dist.rank if self.dist is not None else 0]
+            return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"])
         self.generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         return None

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         if not main_rank:
             return 0 if summary.get("interrupted") or summary["frozen_unchanged"] else 1
         if summary.get("interrupted"):
+            launcher = "torchrun <the same launch options>" if launch is not None else "python"
             print(f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
-                  f"Continue with: python scripts/train.py --config {args.config} --resume {summary['run_dir']}")
+                  f"Continue with: {launcher} scripts/train.py --config {args.config} --resume {summary['run_dir']}")
             return cli.EXIT_INTERRUPTED
         ok = "yes" if summary["frozen_unchanged"] else "NO"
         if "distributed" in summary:

@@ -163,7 +163,8 @@ def cli(tmp_path_factory: pytest.TempPathFactory):
             "train.py", "--config", cfg, f"train.output_dir={tmp / 'freeze_error'}",
             "freeze.rules=[{freeze: layer9}]", "--no-progress",
         ),
-        Launched("plan.py", "--config", cfg, "freeze.preset=until:layer3"),
+        # --no-estimate: the estimate has its own tests (test_estimate.py); its profile is seconds of CPU.
+        Launched("plan.py", "--config", cfg, "freeze.preset=until:layer3", "--no-estimate"),
     ]
     try:
         yield Cli(tmp, config, out, ckpt_path, ckpt, overrides, *launched)
