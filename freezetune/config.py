@@ -31,6 +31,7 @@ __all__ = [
     "SchedulerConfig",
     "TrainConfig",
     "apply_overrides",
+    "finite_number",
     "from_dict",
     "load_config",
     "load_yaml_tree",
@@ -354,6 +355,14 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float (text such as PyYAML's ``'1e-3'`` included), else None."""
+    if isinstance(value, bool):
+        return None
+    number = _number(value)
+    return float(number) if number is not None and math.isfinite(number) else None
 
 
 def _check_bounds(value: Any, path: str, meta: Any, problems: list[str]) -> None:

@@ -15,8 +15,9 @@ event.lr_scale``: the factors multiply, so each can be read on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
+from freezetune.config import finite_number
 from freezetune.freezing import ModelTree, Rule, find_head, match_rule, suggest_names
 
 __all__ = ["GroupRule", "Setting", "assign_settings", "parse_param_groups", "stage_depths"]
@@ -39,16 +40,6 @@ class Setting:
     source: str  # why: "layer_decay^2, train.param_groups[0]", or "" for the defaults
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # PyYAML reads 1e-3 as a string
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None
-
-
 def parse_param_groups(raw: Iterable[object], origin: str = "train.param_groups") -> tuple[list[GroupRule], list[str]]:
     rules, problems = [], []
     for i, item in enumerate(raw):
@@ -60,12 +51,12 @@ def parse_param_groups(raw: Iterable[object], origin: str = "train.param_groups"
         target = item.get("match")
         if not isinstance(target, str) or not target:
             bad.append(f"match: expected a module name, parameter name or glob, got {target!r}")
-        scale = _number(item.get("lr_scale", 1.0))
+        scale = finite_number(item.get("lr_scale", 1.0))
         if scale is None or scale <= 0:
             bad.append(f"lr_scale: expected a finite number > 0, got {item.get('lr_scale')!r}")
         wd = item.get("weight_decay")
         if wd is not None:
-            wd = _number(wd)
+            wd = finite_number(wd)
             if wd is None or wd < 0:
                 bad.append(f"weight_decay: expected a finite number >= 0, got {item.get('weight_decay')!r}")
         if "lr_scale" not in item and "weight_decay" not in item:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from freezetune.config import finite_number
 from freezetune.freezing import (
     FreezeError, FreezePlan, ModelTree, Rule, suggest_names, build_plan, match_rule, parse_rules, preset_rules,
 )
@@ -148,8 +149,8 @@ def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tupl
         target = item[kinds[0]] if len(kinds) == 1 else None
         if len(kinds) == 1 and (not isinstance(target, str) or not target):
             bad.append(f"{kinds[0]}: expected a non-empty name or pattern, got {target!r}")
-        scale = _number(item.get("lr_scale", 1.0))
-        if scale is None or not scale > 0 or scale == float("inf"):
+        scale = finite_number(item.get("lr_scale", 1.0))
+        if scale is None or scale <= 0:
             bad.append(f"lr_scale: expected a finite number > 0, got {item.get('lr_scale')!r}")
         elif "lr_scale" in item and kinds == ["freeze"]:
             bad.append("lr_scale: only an 'unfreeze' event sets a learning rate")
@@ -185,17 +186,6 @@ def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> l
                 f"per epoch); train.epochs is {epochs}"
             )
     return problems
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(value)  # PyYAML reads 1e-3 as a string
-    except (TypeError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------- events -> phases
