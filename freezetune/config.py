@@ -93,6 +93,11 @@ class FreezeConfig:
     # is unfrozen at the start of each following epoch, e.g. [layer4, layer3, layer2].
     gradual: list[str] = field(default_factory=list)
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether the trainable set changes during the run (one cost prediction does not fit it)."""
+        return bool(self.schedule or self.gradual)
+
 
 @dataclass
 class OptimizerConfig:

@@ -78,7 +78,7 @@ def demo_report(summaries: list[dict[str, Any]], root: str | Path = ".", overrid
     estimates = {}
     for path in FINETUNE_CONFIGS:
         cfg = load_config(Path(root) / path, overrides or [])
-        if cfg.freeze.schedule or cfg.freeze.gradual:
+        if cfg.freeze.scheduled:
             continue  # one prediction per plan: a run whose plan changes has several
         estimates[cfg.name] = estimate_config(cfg, cache=cache).to_json()
     runs = [s | {"run_dir": s.get("run_dir", f"runs/{s['name']}")} for s in summaries]

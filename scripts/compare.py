@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             configs = [load_config(d / "config.yaml") for d in run_dirs]
         runs = [load_run(d) for d in run_dirs]
         cache: dict = {}
-        estimates = {} if args.no_estimate else {c.name: estimate_config(c, cache=cache).to_json() for c in configs}
+        # A scheduled config has one plan per phase: no single prediction fits it.
+        estimates = {} if args.no_estimate else {
+            c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled
+        }
         report = build_report(runs, estimates)
         paths = write_report(report, args.out)
         print(text_table(report))

@@ -604,3 +604,11 @@ def test_schedule_and_group_problems_need_no_model() -> None:
     assert "freeze.schedule[0]: epoch 5 is past the last epoch (train.epochs is 3): it would never happen" in problems
     assert any(p.startswith("freeze.schedule[1]: unknown key(s) freez") for p in problems)
     assert any(p.startswith("train.param_groups[0]: lr_scale: expected a finite number > 0") for p in problems)
+
+
+def test_a_config_knows_whether_its_trainable_set_changes() -> None:
+    assert not from_dict({"name": "s"}).freeze.scheduled
+    assert from_dict({"name": "s", "freeze": {"preset": "gradual", "gradual": ["layer4"]},
+                      "train": {"epochs": 2}}).freeze.scheduled
+    assert from_dict({"name": "s", "freeze": {"schedule": [{"epoch": 2, "unfreeze": "fc"}]},
+                      "train": {"epochs": 2}}).freeze.scheduled
