@@ -269,3 +269,28 @@ def test_delta_checkpoint_refuses_a_changed_base(tmp_path: Path, base_file: Path
     torch.save(state, base_file)
     with pytest.raises(BaseMismatch, match=rf"against base weights '{base_file}'.*HINT"):
         load_state_dict_file(tmp_path / "delta" / "model.pt")
+
+
+def test_a_delta_checkpoint_resumes_exactly_on_its_base(tmp_path: Path) -> None:
+    edits = {"train.save": "delta", "train.epochs": 2, "freeze.gradual": [LAST]}
+    whole = run(config(tmp_path, "whole", **edits))
+    cfg = config(tmp_path, "cut", **edits)
+    assert run(cfg, stop=StopAfter(STEPS + 2))["interrupted"]  # mid-epoch 2: features.12 trains
+    saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    # Only what epochs 1-2 could change: the head, features.12 and its BatchNorm buffers.
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in saved["delta"]["tensors"]} == {"classifier.3", LAST}
+    done = run(cfg, resume=tmp_path / "cut")
+    mine = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["delta"]["tensors"]
+    theirs = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["delta"]["tensors"]
+    assert_same_weights(mine, theirs)
+    assert done["final_val_loss"] == whole["final_val_loss"]
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "procs")
+    run(cfg, stop=StopAfter(2))
+    path = tmp_path / "procs" / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    torch.save(state | {"world_size": 2}, path)
+    with pytest.raises(ConfigError, match=r"saved by 2 process\(es\); resume it with the same number \(now 1\)"):
+        run(cfg, resume=tmp_path / "procs")
