@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from freezetune.integrity import tensor_digest
+from freezetune.integrity import fixed_tensors, tensor_digest
 
 __all__ = [
     "BaseMismatch",
@@ -54,10 +54,7 @@ def serialized_bytes(obj: Any) -> int:
 def delta_keys(model: nn.Module, frozen: set[str], pinned: set[str]) -> list[str]:
     """State keys that may differ from the base: all but frozen parameters and the
     buffers of BatchNorm modules pinned in eval."""
-    fixed = set(frozen)
-    for name, module in model.named_modules():
-        if name in pinned:
-            fixed.update(f"{name}.{b}" if name else b for b, _ in module.named_buffers(recurse=False))
+    fixed = fixed_tensors(model, frozen, pinned)
     return [k for k in model.state_dict() if k not in fixed]
 
 

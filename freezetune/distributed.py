@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -25,6 +24,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+from freezetune.integrity import tensor_bytes
 
 __all__ = ["Dist", "ShardSampler", "from_env", "init", "parameter_digest", "shard_loaders", "shutdown"]
 
@@ -124,14 +125,10 @@ def shard_loaders(train: DataLoader, val: DataLoader, d: Dist, seed: int) -> tup
     )
 
 
-def steps_per_rank(n: int, world: int, batch: int) -> int:
-    return math.ceil(math.ceil(n / world) / batch)
-
-
 def parameter_digest(model: nn.Module) -> str:
     """SHA-256 over every parameter's bytes: equal on all ranks iff the replicas agree."""
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         h.update(name.encode())
-        h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(p))
     return h.hexdigest()

@@ -5,33 +5,43 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from freezetune.freezing import FreezePlan
 
-__all__ = ["FrozenCheck", "fingerprint", "protected_tensors", "tensor_digest", "verify_frozen"]
+__all__ = ["FrozenCheck", "fingerprint", "fixed_tensors", "protected_tensors", "tensor_bytes", "tensor_digest", "verify_frozen"]
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's exact bytes, on the CPU, in row-major order."""
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of the exact bytes (dtype and shape included): bitwise, not allclose."""
-    data = t.detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
-    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
-def protected_tensors(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
-    """Frozen parameters, plus every buffer (running stats, counters) of pinned BatchNorm."""
-    frozen = set(plan.frozen)
+def fixed_tensors(model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The named ``frozen`` parameters, plus every buffer (running stats, counters) of the
+    ``pinned`` BatchNorm modules: the tensors training must leave bitwise unchanged."""
+    frozen, pinned = set(frozen), set(pinned)
     out = {n: p for n, p in model.named_parameters() if n in frozen}
-    pinned = set(plan.bn_eval)
     for name, module in model.named_modules():
         if name in pinned:
             for bname, buf in module.named_buffers(recurse=False):
-                out[f"{name}.{bname}"] = buf
+                out[f"{name}.{bname}" if name else bname] = buf
     return out
+
+
+def protected_tensors(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
+    """What ``plan`` promises not to change: its frozen parameters and its pinned BatchNorm's buffers."""
+    return fixed_tensors(model, plan.frozen, plan.bn_eval)
 
 
 def fingerprint(model: nn.Module, plan: FreezePlan) -> dict[str, str]:

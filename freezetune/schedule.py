@@ -14,7 +14,7 @@ start of the next epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from freezetune.config import finite_number
 from freezetune.freezing import (
@@ -105,19 +105,14 @@ class Schedule:
 
     def frozen_throughout(self, epoch: int) -> set[str]:
         """Parameters frozen in every phase up to and including ``epoch``."""
-        names = set(self.initial.frozen)
-        for phase in self.phases:
-            if phase.start <= epoch:
-                names &= set(phase.plan.frozen)
-        return names
+        return self._in_every_phase(epoch, lambda plan: plan.frozen)
 
     def pinned_throughout(self, epoch: int) -> set[str]:
         """BatchNorm modules pinned in eval in every phase up to ``epoch``."""
-        names = set(self.initial.bn_eval)
-        for phase in self.phases:
-            if phase.start <= epoch:
-                names &= set(phase.plan.bn_eval)
-        return names
+        return self._in_every_phase(epoch, lambda plan: plan.bn_eval)
+
+    def _in_every_phase(self, epoch: int, names: Callable[[FreezePlan], Iterable[str]]) -> set[str]:
+        return set.intersection(*(set(names(p.plan)) for p in self.phases if p.start <= epoch))
 
     def to_json(self) -> list[dict[str, Any]]:
         return [ev.to_json() for p in self.phases for ev in p.events]
