@@ -20,7 +20,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from freezetune.apply import apply_plan
-from freezetune.checkpoint import model_payload, serialized_bytes
+from freezetune.checkpoint import serialized_bytes
 from freezetune.config import Config, ConfigError, to_dict
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.distributed import Dist, parameter_digest
@@ -231,10 +231,9 @@ def _finish(
     measured = _measurements(trainer.eval_net, model, trainer.optimizer, trainer.val_loader, p.device, durations, saved,
                              cfg.data.batch_size)
     last = cfg.train.epochs
-    frozen, pinned = trainer.schedule.frozen_throughout(last), trainer.schedule.pinned_throughout(last)
     sizes = {}
     for mode in ("full", "delta"):
-        content = {**model_payload(model, mode, frozen, pinned, trainer.base_spec()), "config": resolved, "epoch": last}
+        content = {**trainer.payload(mode, last), "config": resolved, "epoch": last}
         if mode == cfg.train.save:
             sizes[mode] = out.save_checkpoint("model.pt", content)
         else:

@@ -26,7 +26,7 @@ from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
 from freezetune.distributed import Dist, shard_loaders
 from freezetune.freezing import FreezePlan
-from freezetune.integrity import fingerprint, protected_tensors
+from freezetune.integrity import fingerprint, protected_tensors, tensor_digest
 from freezetune.lr_schedule import LRSchedule, set_lr
 from freezetune.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
 from freezetune.training import EpochResult, EpochStats, Progress, Resume, fit_epoch
@@ -43,13 +43,15 @@ STATE_FORMAT = "freezetune-train-state/1"
 
 @dataclass
 class Partial:
-    """A stopped epoch: how far it got, and the loader generator state it started from."""
+    """A stopped epoch: how far it got, the loader generator state it started from, and
+    the RNG states at the stop (restored once the batches already seen are skipped)."""
 
     epoch: int
     steps: int
     loss_sum: float
     samples: int
     generator: torch.Tensor
+    rng: dict[str, Any]
 
 
 class Trainer:
@@ -79,7 +81,7 @@ class Trainer:
         self.train_loader: DataLoader = loaders.train
         self.val_loader: DataLoader = loaders.val
         self.cache_info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
-        self._cached_for: FreezePlan | None = None  # the plan the current loaders were made for
+        self._net_for: FreezePlan | None = None  # the plan `net` and the loaders were made for
 
     # ------------------------------------------------------------------ phases
 
@@ -90,10 +92,9 @@ class Trainer:
         if phase.plan is self.plan:
             return []
         # Tensors about to leave protection must still be bitwise what they were.
-        now = fingerprint(self.model, self.plan)
         new_plan = phase.plan
-        after_names = set(protected_tensors(self.model, new_plan))
-        leaving = {n: now[n] == self.protected[n] for n in self.protected if n not in after_names}
+        before, after = protected_tensors(self.model, self.plan), protected_tensors(self.model, new_plan)
+        leaving = {n: tensor_digest(before[n]) == d for n, d in self.protected.items() if n not in after}
         apply_plan(self.model, new_plan)
         removed = remove_frozen(self.optimizer)
         groups = add_trainable(
@@ -101,8 +102,8 @@ class Trainer:
             self.lr.factor(self.global_step),
         )
         check_optimizer(self.optimizer, self.model)
-        current = fingerprint(self.model, new_plan)
-        self.protected = {n: self.protected.get(n, d) for n, d in current.items()}
+        # Newly protected tensors are hashed now; the others keep the digest from when they froze.
+        self.protected = {n: self.protected.get(n) or tensor_digest(t) for n, t in after.items()}
         self.plan = new_plan
         rows = []
         for ev in phase.events:
@@ -158,9 +159,9 @@ class Trainer:
     def ensure_net(self) -> None:
         """What trains, for the current plan: the model wrapped in DDP anew (it registers the
         parameters that require grad *now*), or the cache rebuilt at the new frontier."""
-        if self._cached_for is self.plan:
+        if self._net_for is self.plan:
             return
-        self._cached_for = self.plan
+        self._net_for = self.plan
         self.net = self.eval_net = self.model
         self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
         if self.dist is not None:
@@ -206,8 +207,7 @@ class Trainer:
         resume = None
         if partial is not None:
             self.generator.set_state(partial.generator)
-            rng = self._saved_rng
-            resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(rng))
+            resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(partial.rng))
         start_state = self.generator.get_state()
         first = (epoch - 1) * self.steps_per_epoch
 
@@ -229,8 +229,6 @@ class Trainer:
 
     def state_dict(self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict) -> dict:
         """Everything a resume needs. ``stats`` set: epoch ``epoch`` stopped part-way."""
-        frozen = self.schedule.frozen_throughout(epoch)
-        pinned = self.schedule.pinned_throughout(epoch)
         partial = None
         if stats is not None and stats.interrupted:
             partial = {"steps": stats.steps, "loss_sum": stats.loss_sum, "samples": stats.samples}
@@ -242,7 +240,7 @@ class Trainer:
             "epoch": epoch,
             "partial": partial,
             "global_step": self.global_step,
-            **model_payload(self.model, self.cfg.train.save, frozen, pinned, self.base_spec()),
+            **self.payload(self.cfg.train.save, epoch),
             "optimizer": self.optimizer.state_dict(),
             "group_names": [g.get("name") for g in self.optimizer.param_groups],
             "rng": get_rng_state(),
@@ -256,8 +254,12 @@ class Trainer:
             "epochs": [vars(e) for e in self.epochs],
         }
 
-    def base_spec(self) -> dict[str, Any]:
-        return {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
+    def payload(self, save: str, epoch: int) -> dict[str, Any]:
+        """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
+        what stayed frozen (and pinned) in every phase so far, and records how to rebuild it."""
+        base = {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
+        return model_payload(self.model, save, self.schedule.frozen_throughout(epoch),
+                             self.schedule.pinned_throughout(epoch), base)
 
     def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
         """Restore a saved state into this freshly prepared trainer."""
@@ -266,8 +268,8 @@ class Trainer:
         if state.get("world_size", 1) != world:
             raise ConfigError([f"resume: {where} was saved by {state.get('world_size', 1)} process(es); "
                                f"resume it with the same number (now {world})"])
-        if state.get("rng_per_rank"):
-            state = {**state, "rng": state["rng_per_rank"][self.dist.rank if self.dist is not None else 0]}
+        rank = self.dist.rank if self.dist is not None else 0
+        rng = state["rng_per_rank"][rank] if state.get("rng_per_rank") else state["rng"]
         self.replay_phases(epoch)  # a stopped epoch has entered its phase too
         names = [g.get("name") for g in self.optimizer.param_groups]
         if names != state["group_names"]:
@@ -279,14 +281,12 @@ class Trainer:
         self.protected = state["protected"]
         self.events = list(state["events"])
         self.epochs = [EpochResult(**e) for e in state["epochs"]]
-        self._saved_rng = state["rng"]
         if partial:
-            loss_sum, samples = partial["loss_sum"], partial["samples"]
-            if partial.get("per_rank"):
-                loss_sum, samples = partial["per_rank"][self.dist.rank if self.dist is not None else 0]
-            return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"])
+            loss_sum, samples = partial["per_rank"][rank] if partial.get("per_rank") else (
+                partial["loss_sum"], partial["samples"])
+            return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"], rng)
         self.generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
+        set_rng_state(rng)
         return None
 
     def groups(self) -> list[dict[str, Any]]:
