@@ -61,6 +61,7 @@ def param_rows(tree: ModelTree, schedule: Schedule, settings: dict[str, Setting]
     from freezetune.optim import group_label
 
     first = schedule.trainable_from()
+    scales = {epoch: schedule.lr_scales(epoch) for epoch in set(first.values())}  # once per joining epoch
     rows = []
     for name in tree.param_names:
         s, epoch = settings[name], first.get(name)
@@ -68,7 +69,7 @@ def param_rows(tree: ModelTree, schedule: Schedule, settings: dict[str, Setting]
         if epoch is None:
             rows.append(ParamRow(name, tree.numel[name], None, "-", None, wd))
             continue
-        event = schedule.lr_scales(epoch).get(name, 1.0)
+        event = scales[epoch].get(name, 1.0)
         rows.append(ParamRow(name, tree.numel[name], epoch, group_label(epoch, s, event),
                              cfg.train.optimizer.lr * s.lr_scale * event, wd))
     return rows

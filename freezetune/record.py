@@ -66,15 +66,16 @@ class RunDir:
         for f in RECORD_FILES:
             (self.path / f).unlink(missing_ok=True)
 
+    def _put(self, name: str, data: bytes) -> None:
+        """Every whole-file write goes through here: atomic, and only where this process writes."""
+        if self.write:
+            atomic_write_bytes(self.path / name, data)
+
     def write_yaml(self, name: str, data: dict[str, Any]) -> None:
-        if not self.write:
-            return
-        atomic_write_bytes(self.path / name, yaml.safe_dump(data, sort_keys=False).encode())
+        self._put(name, yaml.safe_dump(data, sort_keys=False).encode())
 
     def write_json(self, name: str, data: Any) -> None:
-        if not self.write:
-            return
-        atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+        self._put(name, (json.dumps(data, indent=2) + "\n").encode())
 
     def append_jsonl(self, name: str, row: dict[str, Any] | None) -> None:
         """Append one row (None: only make sure the file exists)."""
@@ -87,17 +88,16 @@ class RunDir:
     def keep_jsonl_rows(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrite ``name`` with only the rows ``keep`` accepts (resume drops rows past the checkpoint)."""
         path = self.path / name
-        if self.write and path.exists():
+        if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)).encode())
+            self._put(name, "".join(json.dumps(r) + "\n" for r in rows if keep(r)).encode())
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> int:
         """``torch.save`` through a temporary file and ``os.replace``: a crash mid-save
         leaves the previous checkpoint whole. Returns the file's size in bytes."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        if self.write:
-            atomic_write_bytes(self.path / name, buf.getvalue())
+        self._put(name, buf.getvalue())
         return buf.tell()
 
     def read_json(self, name: str) -> Any:

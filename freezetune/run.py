@@ -186,7 +186,7 @@ def run(
                     on_epoch(result)
             if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
-            if (result is None or epoch < cfg.train.epochs) and (result is None or should_stop()):
+            if result is None or (epoch < cfg.train.epochs and should_stop()):  # stopped mid-epoch, or between
                 if out.write:
                     log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
                                 cfg.name, epoch, stats.steps, out.path)
