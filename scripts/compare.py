@@ -1,57 +1,8 @@
-"""Compare freezing configs' speed, memory and accuracy, measured, with a predicted column.
+"""``python scripts/compare.py ...``: the same as ``freezetune compare ...`` (freezetune/cli/compare.py)."""
 
-  python scripts/compare.py --configs A.yaml B.yaml ... [key=value ...]   # train each, then report
-  python scripts/compare.py runs/a runs/b ...                              # report finished runs
-
-Writes report.md, report.json and report.png to --out (default runs/report)."""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from freezetune import cli
-from freezetune.compare import estimate_config, train_in_subprocess
-from freezetune.config import load_config
-from freezetune.report import build_report, load_run, text_table, write_report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=None, help="configs to train and compare")
-    parser.add_argument("items", nargs="*", help="run folders, or key=value edits when --configs is given")
-    parser.add_argument("--out", default="runs/report", help="where the report goes")
-    parser.add_argument("--no-estimate", action="store_true", help="skip the predicted column")
-    args = parser.parse_args(argv)
-    cli.setup_logging()
-
-    def body() -> int:
-        if args.configs:
-            # `--configs a.yaml b.yaml key=value`: argparse hands the edits to --configs too.
-            files = [c for c in args.configs if "=" not in c]
-            overrides = [c for c in args.configs if "=" in c] + args.items
-            configs = [load_config(c, overrides) for c in files]  # every error before any training
-            run_dirs = [train_in_subprocess(c, overrides) for c in files]
-        else:
-            if not args.items:
-                parser.error("give run folders, or --configs")
-            run_dirs = [Path(p) for p in args.items]
-            configs = [load_config(d / "config.yaml") for d in run_dirs]
-        runs = [load_run(d) for d in run_dirs]
-        cache: dict = {}
-        # A scheduled config has one plan per phase: no single prediction fits it.
-        estimates = {} if args.no_estimate else {
-            c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled
-        }
-        report = build_report(runs, estimates)
-        paths = write_report(report, args.out)
-        print(text_table(report))
-        print("\nreport: " + ", ".join(str(p) for p in paths))
-        return 0
-
-    return cli.guarded(body)
-
+from freezetune.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

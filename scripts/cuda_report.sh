@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
 } | tee "$OUT/device.txt"
-"$PY" scripts/benchmark.py --steps 20 --rounds 21 train.device=cuda data.num_workers=0 --out "$OUT/benchmark.json" \
+"$PY" scripts/benchmark.py --config configs/bench/resnet18_fake.yaml --steps 20 --rounds 21 train.device=cuda data.num_workers=0 --out "$OUT/benchmark.json" \
   | tee "$OUT/benchmark.txt"
 "$PY" scripts/compare.py --configs configs/fmnist/full.yaml configs/fmnist/linear_probe.yaml \
   configs/fmnist/freeze_until_layer3.yaml configs/fmnist/bitfit.yaml \

@@ -1,59 +1,8 @@
-"""Show what a config freezes, before training: python scripts/plan.py --config X [key=value ...]"""
+"""``python scripts/plan.py ...``: the same as ``freezetune plan ...`` (freezetune/cli/plan.py)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-import torch
-
-from freezetune import cli
-from freezetune.compare import estimate_config
-from freezetune.explain import (
-    param_rows, probe_autograd, render_estimate, render_groups, render_params, render_plan, render_schedule,
-)
-from freezetune.freezing import describe
-from freezetune.run import prepare_model, steps_per_epoch
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    cli.add_config_args(parser)
-    parser.add_argument("--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)")
-    parser.add_argument("--no-probe", action="store_true", help="skip the forward pass that shows grad_fn per module")
-    parser.add_argument("--no-estimate", action="store_true", help="skip the predicted step time and memory")
-    parser.add_argument("--params", action="store_true",
-                        help="one row per parameter: when it trains, its optimizer group and effective LR")
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        cfg = cli.config_from_args(args)
-        p = prepare_model(cfg)
-        probe = None
-        if not args.no_probe:
-            # A random batch of the configured shape: the probe reads autograd's
-            # bookkeeping, which does not depend on pixel values.
-            x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=p.device)
-            probe = probe_autograd(p.model, x)
-        print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
-        tree = describe(p.model)
-        print(render_plan(tree, p.plan, probe, args.depth, p.schedule))
-        print()
-        if args.params:
-            print(render_params(param_rows(tree, p.schedule, p.settings, cfg)))
-        else:
-            print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
-        print(render_schedule(p.schedule, cfg, steps_per_epoch(cfg)))
-        if not args.no_estimate:
-            print()
-            if p.schedule.changes:
-                print(f"(predicted for epoch 1's plan; the plan changes at epochs "
-                      f"{', '.join(str(ph.start) for ph in p.schedule.phases[1:])})")
-            print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
-        return 0
-
-    return cli.guarded(body)
-
+from freezetune.cli.plan import main
 
 if __name__ == "__main__":
     sys.exit(main())

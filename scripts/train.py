@@ -1,73 +1,8 @@
-"""Train one config: python scripts/train.py --config configs/X.yaml [key=value ...]
+"""``python scripts/train.py ...``: the same as ``freezetune train ...`` (freezetune/cli/train.py)."""
 
-Ctrl-C finishes the current step, saves a checkpoint and exits (130); continue with
-python scripts/train.py --config configs/X.yaml --resume runs/NAME
-
-Several processes: torchrun --nproc_per_node=N scripts/train.py --config configs/X.yaml
-(DDP; gloo on CPU, NCCL on CUDA; data.batch_size is per process; rank 0 writes the record)"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
-from freezetune import cli, distributed
-from freezetune.run import run
-from freezetune.training import EpochResult
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    cli.add_config_args(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
-    args = parser.parse_args(argv)
-    launch = distributed.from_env()  # set by torchrun
-    main_rank = launch is None or launch.rank == 0
-    cli.setup_logging(quiet=not main_rank)  # other ranks log warnings only
-
-    def body() -> int:
-        cfg = cli.config_from_args(args)
-        dist = device = None
-        if launch is not None:
-            dist, device = distributed.init(launch, cfg.train.device)
-
-        def report(r: EpochResult) -> None:
-            if not main_rank:
-                return
-            print(
-                f"epoch {r.epoch}: train_loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}  "
-                f"val_acc {r.val_acc:.4f}  {r.epoch_time_s:.1f}s  {r.samples_per_s:.0f} samples/s",
-                flush=True,
-            )
-
-        progress = cli.tqdm_progress(cli.progress_enabled(main_rank and not args.no_progress))
-        try:
-            summary = run(cfg, overwrite=args.overwrite, progress=progress, on_epoch=report, resume=args.resume,
-                          dist=dist, device=device)
-        finally:
-            distributed.shutdown()
-        if not main_rank:
-            return 0 if summary.get("interrupted") or summary["frozen_unchanged"] else 1
-        if summary.get("interrupted"):
-            launcher = "torchrun <the same launch options>" if launch is not None else "python"
-            print(f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
-                  f"Continue with: {launcher} scripts/train.py --config {args.config} --resume {summary['run_dir']}")
-            return cli.EXIT_INTERRUPTED
-        ok = "yes" if summary["frozen_unchanged"] else "NO"
-        if "distributed" in summary:
-            d = summary["distributed"]
-            print(f"{cfg.name}: {d['world_size']} processes ({d['backend']}), global batch {d['global_batch']}, "
-                  f"replicas bitwise identical: {'yes' if d['replicas_identical'] else 'NO'}")
-        print(
-            f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "
-            f"{summary['params_total']:,}, frozen tensors bitwise unchanged: {ok} -> {cfg.output_dir}"
-        )
-        return 0 if summary["frozen_unchanged"] else 1
-
-    return cli.guarded(body)
-
+from freezetune.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

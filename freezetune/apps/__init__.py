@@ -1,0 +1,24 @@
+"""Applications built on the library: comparing configs (each trained in its own
+process, with predicted costs), benchmarking freezetune's step against a
+hand-written loop, and the Fashion-MNIST transfer demo."""
+
+from freezetune.apps.benchmark import BenchResult, CacheBenchResult, benchmark_cache, benchmark_config, hand_written_loop
+from freezetune.apps.compare import estimate_config, train_in_subprocess
+from freezetune.apps.demo import demo_report, pretrain_is_current, results_table, run_demo
+from freezetune.apps.shipped import shipped_config, shipped_configs_dir
+
+__all__ = [
+    "BenchResult",
+    "CacheBenchResult",
+    "benchmark_cache",
+    "benchmark_config",
+    "demo_report",
+    "estimate_config",
+    "hand_written_loop",
+    "pretrain_is_current",
+    "results_table",
+    "run_demo",
+    "shipped_config",
+    "shipped_configs_dir",
+    "train_in_subprocess",
+]

@@ -1,0 +1,116 @@
+"""The demo experiment: pretrain on Fashion-MNIST classes 0-4, fine-tune on 5-9
+under several freezing configs, and tabulate what each cost and achieved."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from freezetune.apps.compare import estimate_config
+from freezetune.apps.shipped import shipped_config
+from freezetune.config import Config, load_config, to_dict
+from freezetune.record import EpochResult
+from freezetune.report import build_report, write_report
+from freezetune.train import Progress, no_progress, run
+from freezetune.utils import format_table
+
+__all__ = ["FINETUNE_CONFIGS", "PRETRAIN_CONFIG", "REPORT_DIR", "demo_report", "pretrain_is_current", "results_table", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+# Shipped configs (configs/ in the repository, freezetune/configs/ once installed). Their
+# run folders, data root and the pretrained checkpoint they share are relative to the
+# working directory: the demo writes runs/ and reads data/ where it is started.
+PRETRAIN_CONFIG = "fmnist/pretrain_a.yaml"
+REPORT_DIR = "runs/report"
+FINETUNE_CONFIGS = (
+    "fmnist/full.yaml",
+    "fmnist/linear_probe.yaml",
+    "fmnist/freeze_until_layer3.yaml",
+    "fmnist/bitfit.yaml",
+    # ULMFiT: the head, then layer4, then layer3, one epoch each.
+    "fmnist/gradual.yaml",
+    # The same two without the feature cache, for the report to show its effect.
+    "fmnist/linear_probe_uncached.yaml",
+    "fmnist/freeze_until_layer3_uncached.yaml",
+)
+
+
+def pretrain_is_current(cfg: Config) -> bool:
+    """True when the run folder already holds a checkpoint trained from exactly this config."""
+    ckpt = cfg.output_dir / "model.pt"
+    if not ckpt.is_file() or not (cfg.output_dir / "summary.json").is_file():
+        return False
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("config")
+    except Exception:  # a truncated or foreign file: retrain rather than trust it
+        return False
+    return saved == to_dict(cfg)
+
+
+def run_demo(
+    overrides: list[str] | None = None,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[str, EpochResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) the pretraining, then every fine-tune; returns their summaries."""
+    overrides = overrides or []
+    pre = load_config(shipped_config(PRETRAIN_CONFIG), overrides)
+    if pretrain_is_current(pre):
+        log.info("pretraining: %s is current for %s, reusing it", pre.output_dir / "model.pt", PRETRAIN_CONFIG)
+    else:
+        log.info("pretraining %s on classes %s", pre.name, pre.data.classes)
+        run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch))
+    summaries = []
+    for path in FINETUNE_CONFIGS:
+        cfg = load_config(shipped_config(path), overrides)
+        log.info("fine-tuning %s (%s)", cfg.name, path)
+        # In-process: run() resets the peak-memory mark, so each run still gets its own peak.
+        summaries.append(run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(cfg.name, on_epoch)))
+    return summaries
+
+
+def demo_report(summaries: list[dict[str, Any]], overrides: list[str] | None = None,
+                out_dir: str | Path = REPORT_DIR) -> tuple[dict[str, Any], list[Path]]:
+    """Predict each fine-tune's cost, then write the comparison report."""
+    cache: dict = {}
+    estimates = {}
+    for path in FINETUNE_CONFIGS:
+        cfg = load_config(shipped_config(path), overrides or [])
+        if cfg.freeze.scheduled:
+            continue  # one prediction per plan: a run whose plan changes has several
+        estimates[cfg.name] = estimate_config(cfg, cache=cache).to_json()
+    runs = [s | {"run_dir": s.get("run_dir", f"runs/{s['name']}")} for s in summaries]
+    report = build_report(runs, estimates)
+    return report, write_report(report, out_dir)
+
+
+def _tagged(name: str, cb: Callable[[str, EpochResult], None] | None) -> Callable[[EpochResult], None] | None:
+    return (lambda r: cb(name, r)) if cb else None
+
+
+def results_table(summaries: list[dict[str, Any]]) -> str:
+    """The demo's console table: accuracy, time, checkpoint sizes, the frozen check."""
+    rows = []
+    for s in summaries:
+        cache = s.get("cache") or {}
+        rows.append(
+            [
+                s["name"],
+                f"{s['params_trainable']:,}",
+                f"{s['trainable_pct']:.2f}%",
+                f"{s['final_val_acc']:.4f}",
+                str(s["epochs"]),
+                f"{s['epoch_time_s']:.1f}",
+                f"{cache['build_s']:.1f}" if cache.get("used") else "-",
+                f"{s['wall_time_s']:.1f}",
+                f"{s['checkpoint']['full_bytes'] / 2**20:.1f} / {s['checkpoint']['delta_bytes'] / 2**20:.3f}",
+                "yes" if s["frozen_unchanged"] else "NO",
+            ]
+        )
+    headers = ["config", "trainable params", "trainable", "val acc", "epochs", "epoch s", "cache build s", "train s",
+               "model.pt MiB full / delta", "frozen unchanged"]
+    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8})

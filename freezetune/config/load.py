@@ -1,0 +1,245 @@
+"""Config files into a typed :class:`~freezetune.config.schema.Config`.
+
+A config file is plain YAML; it may name a parent with ``extends: other.yaml``
+(resolved relative to the file) and is then edited by ``key=value`` overrides.
+The merged mapping is converted into dataclasses by :func:`from_dict`, which
+collects *every* problem (unknown key, wrong type, bad choice, and the checks of
+freezetune.config.validate) before raising one :class:`ConfigError` that names
+each dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from freezetune.config.schema import Config, ConfigError
+from freezetune.config.validate import semantic_problems
+from freezetune.config.values import number
+
+__all__ = ["apply_overrides", "from_dict", "load_config", "load_yaml_tree", "to_dict"]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read ``path`` and merge it over the files it ``extends`` (depth first)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError([f"extends: cycle {chain}"], str(path))
+    if not path.is_file():
+        raise ConfigError([f"file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"top level must be a mapping, got {type(raw).__name__}"], str(path))
+    parents = raw.pop("extends", None)
+    if parents is None:
+        return raw
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError([f"extends: expected a file name or a list of them, got {parents!r}"], str(path))
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    # Mappings merge key by key; lists and scalars are replaced whole, so a child
+    # config's `freeze.rules` is exactly what it says, never a surprise union.
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` edits; values are parsed as YAML (``2``, ``null``, ``[1, 2]``)."""
+    out = _deep_merge({}, tree)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            problems.append(f"override {item!r}: expected key=value with a dotted key, e.g. train.epochs=2")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+                break
+            else:
+                child = node[part] = dict(child)
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, "command line")
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate a config file; raise ConfigError on any problem."""
+    tree = apply_overrides(load_yaml_tree(path), overrides or [])
+    return from_dict(tree, source=str(path))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
+    """Convert a merged mapping into a validated :class:`Config`."""
+    problems: list[str] = []
+    cfg = _convert(Config, tree, "", problems)
+    try:
+        # Run even after type problems, so one error lists everything; fields
+        # that failed their type check hold None or their default here.
+        problems.extend(semantic_problems(cfg))
+    except (TypeError, AttributeError):
+        pass  # a value too broken to check further is already reported above
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config as plain data (output_dir filled in)."""
+    out = dataclasses.asdict(cfg)
+    out["train"]["output_dir"] = str(cfg.output_dir)
+    return out
+
+
+def _convert(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{path or '<root>'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; valid keys: {', '.join(fields)}"
+            problems.append(f"{_join(path, str(key))}: unknown key{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _value(hints[name], raw[name], _join(path, name), f.metadata, problems)
+    try:
+        return cls(**values)
+    except TypeError:  # only reached after a problem was already recorded
+        return cls()
+
+
+def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> Any:
+    optional, tp = _unwrap_optional(tp)
+    if value is None:
+        if not optional:
+            problems.append(f"{path}: must not be null")
+        return None
+    if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "SHORTHAND", None)
+        if shorthand and isinstance(value, str):
+            value = {shorthand: value}
+        return _convert(tp, value, path, problems)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {value!r}")
+            return []
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_value(item_tp, v, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
+    if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):
+        value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare on/off as a boolean
+    converted = _scalar(tp, value)
+    if converted is _BAD:
+        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    _check_bounds(converted, path, meta, problems)
+    return converted
+
+
+_BAD = object()
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    if tp is bool:
+        return value if isinstance(value, bool) else _BAD
+    if tp is int:
+        if isinstance(value, bool):
+            return _BAD
+        if isinstance(value, int):
+            return value
+        n = number(value)
+        return int(n) if n is not None and float(n).is_integer() else _BAD
+    if tp is float:
+        if isinstance(value, bool):
+            return _BAD
+        n = number(value)
+        # YAML 1.1 (PyYAML) reads `1e-3` as a string: accept any text float() accepts.
+        return float(n) if n is not None else _BAD
+    if tp is str:
+        return value if isinstance(value, str) else _BAD
+    if tp is dict:
+        return value if isinstance(value, dict) else _BAD
+    if tp is Any:
+        return value
+    return _BAD
+
+
+def _check_bounds(value: Any, path: str, meta: Any, problems: list[str]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN compares False with everything: it would slip past every bound below.
+        problems.append(f"{path}: {value!r} must be a finite number")
+        return
+    choices = meta.get("choices") if meta else None
+    if choices and value not in choices:
+        near = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}{hint}")
+    if meta and "min" in meta and value < meta["min"]:
+        problems.append(f"{path}: {value!r} must be >= {meta['min']}")
+    if meta and "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        problems.append(f"{path}: {value!r} must be > {meta['min_exclusive']}")
+    if meta and "max" in meta and value > meta["max"]:
+        problems.append(f"{path}: {value!r} must be <= {meta['max']}")
+
+
+def _unwrap_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return len(args) < len(typing.get_args(tp)), args[0]
+    return False, tp
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
+        tp, str(tp)
+    )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,222 @@
+"""The YAML lists of records in a config: freezing rules (``freeze.rules``), schedule
+events (``freeze.schedule``, ``freeze.gradual``) and optimizer groups
+(``train.param_groups``), read by one loop into typed records.
+
+Only their *syntax* is checked here (shape, keys, types, numbers); whether a name
+matches anything in a model is freezetune.plan's business, once a model exists.
+Every problem names the record by its place (``freeze.schedule[1]``) and, where
+it concerns one key, that key's dotted path: ``freeze.schedule[1].lr_scale: expected ...``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, TypeVar
+
+from freezetune.config.values import finite_number
+
+__all__ = [
+    "EVENT_KINDS",
+    "PRESETS",
+    "RULE_KINDS",
+    "EventSpec",
+    "GroupRule",
+    "Rule",
+    "gradual_events",
+    "parse_events",
+    "parse_param_groups",
+    "parse_records",
+    "parse_rules",
+]
+
+RULE_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type", "until")
+PRESETS = ("full", "linear_probe", "bitfit", "gradual", "until:<module>")
+EVENT_KINDS = ("freeze", "unfreeze")
+_EVENT_KEYS = ("epoch", *EVENT_KINDS, "lr_scale")
+_GROUP_KEYS = ("match", "lr_scale", "weight_decay")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One freezing rule: ``{kind: target}``, e.g. ``{freeze: layer1}``."""
+
+    kind: Literal["freeze", "unfreeze", "freeze_type", "unfreeze_type", "until"]
+    target: str
+    origin: str  # where it came from: "freeze.rules[2]" or "preset linear_probe"
+    optional: bool = False  # preset helpers that may legitimately match nothing
+
+    @property
+    def freezes(self) -> bool:
+        """Whether the parameters it selects end up frozen."""
+        return self.kind in ("freeze", "freeze_type", "until")
+
+    def __str__(self) -> str:
+        return f"{{{self.kind}: {self.target}}}"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A schedule event as configured, before it is resolved against a model."""
+
+    epoch: int
+    kind: str  # "freeze" or "unfreeze"
+    target: str
+    lr_scale: float  # multiplies the LR of the parameters it unfreezes
+    origin: str  # "freeze.schedule[0]" or "freeze.gradual[1]"
+
+    @property
+    def rule(self) -> Rule:
+        """The freezing rule the event appends to the plan when it happens."""
+        return Rule(self.kind, self.target, self.origin)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """One ``train.param_groups`` entry: what it matches and what it sets."""
+
+    match: str
+    lr_scale: float
+    weight_decay: float | None  # None: the optimizer's weight_decay
+    origin: str  # "train.param_groups[0]"
+
+
+class Fields:
+    """One record's mapping, read key by key; each problem is noted, never raised."""
+
+    def __init__(self, item: dict[Any, Any], where: str) -> None:
+        self.item = item
+        self.where = where  # the record's name in problems and in the record itself: "freeze.rules[2]"
+        self.problems: list[str] = []
+
+    def problem(self, text: str, key: str | None = None) -> None:
+        """Note a problem with the record, or with one of its keys (named by its dotted path)."""
+        self.problems.append(f"{self.where}.{key}: {text}" if key else f"{self.where}: {text}")
+
+    def name(self, key: str) -> str | None:
+        """A non-empty string: a module name, parameter name, glob or class name."""
+        value = self.item.get(key)
+        if isinstance(value, str) and value:
+            return value
+        self.problem(f"expected a non-empty name or pattern, got {value!r}", key)
+        return None
+
+    def number(self, key: str, default: float | None, minimum: float, inclusive: bool) -> float | None:
+        """A finite number (YAML text such as '1e-3' included) above ``minimum``; ``default`` when absent."""
+        if key not in self.item:
+            return default
+        value = finite_number(self.item[key])
+        if value is None or value < minimum or (value == minimum and not inclusive):
+            bound = ">=" if inclusive else ">"
+            self.problem(f"expected a finite number {bound} {minimum:g}, got {self.item[key]!r}", key)
+            return None
+        return value
+
+    def lr_scale(self) -> float:
+        """The multiplier every kind of record may set: a finite number > 0, default 1."""
+        return self.number("lr_scale", 1.0, 0.0, inclusive=False) or 1.0
+
+
+def parse_records(
+    raw: Iterable[object],
+    origin: str,
+    read: Callable[[Fields], T | None],
+    example: str,
+    keys: tuple[str, ...] | None = None,
+) -> tuple[list[T], list[str]]:
+    """The loop every list of records shares.
+
+    Args:
+        raw: the YAML list.
+        origin: its dotted key, e.g. ``freeze.schedule``; records are named ``origin[i]``.
+        read: builds one record from its :class:`Fields`, noting problems there.
+        example: shown when an item is not a mapping ("an event is a mapping like ...").
+        keys: the keys a record may have; others are reported with this list.
+
+    Returns:
+        (the records without problems, one line per problem, each starting ``origin[i]``).
+    """
+    records, problems = [], []
+    for i, item in enumerate(raw):
+        where = f"{origin}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: {example}; got {item!r}")
+            continue
+        fields = Fields(item, where)
+        unknown = [str(k) for k in item if keys is not None and k not in keys]
+        if unknown:
+            fields.problem(f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(keys or ())}")
+        record = read(fields)
+        if fields.problems or record is None:
+            problems.extend(fields.problems)
+            continue
+        records.append(record)
+    return records, problems
+
+
+# --------------------------------------------------------------------------- the three kinds
+
+
+def parse_rules(raw: Iterable[object], origin: str = "freeze.rules") -> tuple[list[Rule], list[str]]:
+    """``freeze.rules``: one-key mappings ``{kind: target}``; returns (rules, problems)."""
+
+    def read(f: Fields) -> Rule | None:
+        if len(f.item) != 1:
+            f.problem(f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}; got {f.item!r}")
+            return None
+        ((kind, _),) = f.item.items()
+        if kind not in RULE_KINDS:
+            near = difflib.get_close_matches(str(kind), RULE_KINDS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            f.problem(f"unknown rule kind {kind!r}; valid: {', '.join(RULE_KINDS)}{hint}")
+            return None
+        target = f.name(kind)
+        return Rule(kind, target, f.where) if target else None
+
+    example = f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}"
+    return parse_records(raw, origin, read, example)
+
+
+def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tuple[list[EventSpec], list[str]]:
+    """``freeze.schedule``: ``{epoch: N, unfreeze: P, lr_scale: F}`` or ``{epoch: N, freeze: P}``."""
+
+    def read(f: Fields) -> EventSpec | None:
+        kinds = [k for k in EVENT_KINDS if k in f.item]
+        if len(kinds) != 1:
+            f.problem("needs exactly one of 'freeze' or 'unfreeze'")
+        epoch = f.item.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            f.problem(f"expected an integer, got {epoch!r}", "epoch")
+        elif epoch < 2:
+            f.problem(f"{epoch}: events start at epoch 2 (what holds from epoch 1 is freeze.rules)", "epoch")
+        target = f.name(kinds[0]) if len(kinds) == 1 else None
+        before = len(f.problems)
+        scale = f.lr_scale()
+        if "lr_scale" in f.item and kinds == ["freeze"] and len(f.problems) == before:
+            f.problem("only an 'unfreeze' event sets a learning rate", "lr_scale")
+        if f.problems or target is None:
+            return None
+        return EventSpec(epoch, kinds[0], target, scale, f.where)  # type: ignore[arg-type]
+
+    return parse_records(raw, origin, read, "an event is a mapping like {epoch: 3, unfreeze: layer3}", _EVENT_KEYS)
+
+
+def gradual_events(groups: Iterable[str]) -> list[EventSpec]:
+    """ULMFiT (``freeze.preset: gradual``): one group unfrozen per epoch after the first."""
+    return [EventSpec(i + 2, "unfreeze", g, 1.0, f"freeze.gradual[{i}]") for i, g in enumerate(groups)]
+
+
+def parse_param_groups(raw: Iterable[object], origin: str = "train.param_groups") -> tuple[list[GroupRule], list[str]]:
+    """``train.param_groups``: ``{match: P, lr_scale: F, weight_decay: W}``; returns (groups, problems)."""
+
+    def read(f: Fields) -> GroupRule | None:
+        match = f.name("match")
+        scale = f.lr_scale()
+        wd = f.number("weight_decay", None, 0.0, inclusive=True) if f.item.get("weight_decay") is not None else None
+        if "lr_scale" not in f.item and "weight_decay" not in f.item:
+            f.problem("sets neither lr_scale nor weight_decay")
+        return GroupRule(match, scale, wd, f.where) if match else None
+
+    return parse_records(raw, origin, read, "a group is a mapping like {match: layer4, lr_scale: 0.5}", _GROUP_KEYS)

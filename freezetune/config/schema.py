@@ -1,0 +1,148 @@
+"""The typed run configuration: one dataclass per section, with the bounds and
+choices each field accepts in its ``metadata`` (checked by freezetune.config.load).
+
+Every field's comment says what it is for; the README's key table and
+docs/configs.md say the same for users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FreezeConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TrainConfig",
+]
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        head = f"{len(self.problems)} config problem{'s' if len(self.problems) != 1 else ''}{where}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+def _choice(*choices: str, **extra: Any) -> dict[str, Any]:
+    return {"choices": choices, **extra}
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    # null, a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a file path.
+    weights: Union[str, None] = None
+    # null: take the class count from the data (len(data.classes) or the dataset's).
+    num_classes: Union[int, None] = field(default=None, metadata={"min": 1})
+    # Re-initialise the head even when its shape matches the checkpoint: the
+    # checkpoint's classes are not this task's classes (transfer A -> B).
+    reset_head: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="fake", metadata=_choice("fashion_mnist", "fake", "imagefolder"))
+    root: str = "data"
+    classes: Union[list[int], None] = None
+    image_size: int = field(default=32, metadata={"min": 8})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    train_samples: Union[int, None] = field(default=None, metadata={"min": 1})
+    val_samples: Union[int, None] = field(default=None, metadata={"min": 1})
+    num_workers: int = field(default=0, metadata={"min": 0})
+    # Random horizontal flip and padded random crop on training images.
+    augment: bool = False
+
+
+@dataclass
+class FreezeConfig:
+    # full | linear_probe | bitfit | until:<module>; applied before `rules`.
+    preset: Union[str, None] = None
+    rules: list[dict] = field(default_factory=list)
+    batchnorm: str = field(default="eval", metadata=_choice("eval", "train"))
+    # Events at the start of an epoch: {epoch: N, unfreeze: P, lr_scale: F} or {epoch: N, freeze: P}
+    # (freezetune/schedule.py). P is a module name, parameter name or glob, as in `rules`.
+    schedule: list[dict] = field(default_factory=list)
+    # preset gradual (ULMFiT): the head trains alone in epoch 1, then one entry of this list
+    # is unfrozen at the start of each following epoch, e.g. [layer4, layer3, layer2].
+    gradual: list[str] = field(default_factory=list)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the trainable set changes during the run (one cost prediction does not fit it)."""
+        return bool(self.schedule or self.gradual)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
+    lr: float = field(default=0.01, metadata={"min_exclusive": 0.0})
+    momentum: float = field(default=0.9, metadata={"min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+
+
+@dataclass
+class SchedulerConfig:
+    # `train.scheduler: cosine` is short for `train.scheduler: {name: cosine}`.
+    SHORTHAND: ClassVar[str] = "name"
+    # The LR multiplier is set before every optimizer step, on every param group,
+    # including groups that join later (freezetune/lr_schedule.py).
+    name: str = field(default="none", metadata=_choice("none", "cosine", "step", "onecycle"))
+    # Linear warm-up over the first epochs (fractions allowed); not for onecycle, which has pct_start.
+    warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
+    # step: multiply by gamma every step_epochs epochs.
+    step_epochs: int = field(default=1, metadata={"min": 1})
+    gamma: float = field(default=0.1, metadata={"min_exclusive": 0.0})
+    # cosine: the floor, as a fraction of each group's LR.
+    min_lr_scale: float = field(default=0.0, metadata={"min": 0.0})
+    # onecycle (as torch.optim.lr_scheduler.OneCycleLR, LR only): rise over pct_start of the
+    # steps from lr/div_factor to lr, then cosine down to lr/(div_factor*final_div_factor).
+    pct_start: float = field(default=0.3, metadata={"min_exclusive": 0.0})
+    div_factor: float = field(default=25.0, metadata={"min_exclusive": 0.0})
+    final_div_factor: float = field(default=1e4, metadata={"min_exclusive": 0.0})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=1, metadata={"min": 1})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    # null: runs/<name>
+    output_dir: Union[str, None] = None
+    # Cap on optimizer steps per epoch (null = the whole loader); for smoke runs.
+    max_steps_per_epoch: Union[int, None] = field(default=None, metadata={"min": 1})
+    # Compute a frozen prefix once and train on its cached output (freezetune/cache.py).
+    cache_features: str = field(default="auto", metadata=_choice("auto", "on", "off"))
+    # In memory up to this many bytes, beyond that a memory-mapped file in the run folder.
+    cache_max_bytes: int = field(default=4 * 1024**3, metadata={"min": 0})
+    # Optimizer groups: {match: P, lr_scale: F, weight_decay: W}; scales multiply.
+    param_groups: list[dict] = field(default_factory=list)
+    # Each top-level module gets lr * layer_decay ** (its distance from the head's module).
+    layer_decay: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0, "max": 1.0})
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Checkpoints hold every tensor (full), or only those that were ever trainable plus
+    # a hash of the base weights they apply to (delta).
+    save: str = field(default="full", metadata=_choice("full", "delta"))
+
+
+@dataclass
+class Config:
+    name: str = ""
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir or f"runs/{self.name}")

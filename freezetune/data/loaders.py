@@ -1,0 +1,148 @@
+"""Datasets and loaders: Fashion-MNIST, FakeData and ImageFolder from torchvision.
+
+Every dataset yields 3-channel float images of ``data.image_size`` so that any
+torchvision classifier takes them unchanged. A class subset is relabelled to
+0..k-1 in the order given; sample caps pick a seeded random subset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets, transforms
+
+from freezetune.config import ConfigError, DataConfig
+
+__all__ = ["Loaders", "build_loaders", "num_classes_of"]
+
+_FAKE_CLASSES = 10
+_FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Loaders:
+    """The training and validation loaders of a run, and the class count they carry."""
+
+    train: DataLoader
+    val: DataLoader
+    num_classes: int
+
+
+def num_classes_of(cfg: DataConfig) -> int:
+    """How many outputs the model needs for this data."""
+    if cfg.classes is not None:
+        return len(cfg.classes)
+    if cfg.dataset == "fashion_mnist":
+        return 10
+    if cfg.dataset == "imagefolder":
+        return len(datasets.ImageFolder(str(Path(cfg.root) / "train")).classes)
+    return _FAKE_CLASSES
+
+
+def _transform(cfg: DataConfig) -> transforms.Compose:
+    size = cfg.image_size
+    if cfg.dataset == "fashion_mnist":
+        steps = [transforms.Resize(size)] if size != 28 else []
+        # Grey images become 3 identical channels: every torchvision stem expects RGB.
+        return transforms.Compose(
+            [*steps, transforms.Grayscale(3), transforms.ToTensor(), transforms.Normalize([_FMNIST_MEAN] * 3, [_FMNIST_STD] * 3)]
+        )
+    if cfg.dataset == "imagefolder":
+        return transforms.Compose(
+            [
+                transforms.Resize(size),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+                transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
+            ]
+        )
+    return transforms.Compose([transforms.ToTensor()])
+
+
+class _Relabel(Dataset):
+    """A subset of a dataset whose labels are mapped to 0..k-1."""
+
+    def __init__(self, base: Dataset, indices: list[int], mapping: dict[int, int] | None) -> None:
+        self.base, self.indices, self.mapping = base, indices, mapping
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[self.indices[i]]
+        return x, (self.mapping[int(y)] if self.mapping else int(y))
+
+
+def _targets(ds: Dataset) -> list[int]:
+    if hasattr(ds, "targets"):
+        return [int(t) for t in ds.targets]
+    # FakeData draws each label from a per-index seed; reading them is cheap at our sizes.
+    return [int(ds[i][1]) for i in range(len(ds))]  # type: ignore[arg-type]
+
+
+def _select(ds: Dataset, classes: list[int] | None, cap: int | None, seed: int) -> Dataset:
+    targets = _targets(ds) if classes is not None else None
+    indices = list(range(len(ds)))  # type: ignore[arg-type]
+    mapping = None
+    if classes is not None:
+        wanted = set(classes)
+        indices = [i for i in indices if targets[i] in wanted]  # type: ignore[index]
+        mapping = {c: k for k, c in enumerate(classes)}
+    if cap is not None and cap < len(indices):
+        # A seeded random subset keeps class balance on average and is reproducible.
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(indices), generator=g)[:cap].sort().values.tolist()
+        indices = [indices[i] for i in order]
+    return _Relabel(ds, indices, mapping) if (mapping or len(indices) != len(ds)) else ds  # type: ignore[arg-type]
+
+
+def _train_transform(cfg: DataConfig) -> transforms.Compose:
+    tf = _transform(cfg)
+    if not cfg.augment:
+        return tf
+    size = cfg.image_size
+    # On the tensor, after resizing and normalising: the same for every dataset.
+    return transforms.Compose([tf, transforms.RandomHorizontalFlip(), transforms.RandomCrop(size, padding=size // 8)])
+
+
+def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset]:
+    tf, train_tf = _transform(cfg), _train_transform(cfg)
+    if cfg.dataset == "fashion_mnist":
+        try:
+            train = datasets.FashionMNIST(cfg.root, train=True, transform=train_tf)
+            val = datasets.FashionMNIST(cfg.root, train=False, transform=tf)
+        except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True"
+            raise ConfigError([f"data.root: no Fashion-MNIST under {cfg.root}/FashionMNIST/raw ({exc}); run `make data`"]) from None
+        return train, val
+    if cfg.dataset == "imagefolder":
+        root = Path(cfg.root)
+        missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
+        if missing:
+            raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
+        return datasets.ImageFolder(str(root / "train"), transform=train_tf), datasets.ImageFolder(str(root / "val"), transform=tf)
+    shape = (3, cfg.image_size, cfg.image_size)
+    n_train, n_val = cfg.train_samples or 256, cfg.val_samples or 64
+    # random_offset keeps the fake validation images distinct from the training ones.
+    train = datasets.FakeData(n_train, shape, num_classes, transform=train_tf, random_offset=seed)
+    val = datasets.FakeData(n_val, shape, num_classes, transform=tf, random_offset=seed + 1_000_003)
+    return train, val
+
+
+def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Loaders:
+    """Train and validation loaders; training order is shuffled from ``seed``."""
+    k = num_classes or num_classes_of(cfg)
+    fake_k = k if cfg.classes is None else max(cfg.classes) + 1
+    train, val = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k)
+    train = _select(train, cfg.classes, cfg.train_samples, seed)
+    val = _select(val, cfg.classes, cfg.val_samples, seed + 1)
+    if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+        raise ConfigError([f"data.classes: {cfg.classes} leaves no training or validation samples"])
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.num_workers)
+    val_loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    return Loaders(train_loader, val_loader, k)
+

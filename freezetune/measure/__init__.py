@@ -1,0 +1,51 @@
+"""Measuring what training costs: per-phase step time, evaluation speed with and
+without autograd, memory by kind (parameters, gradients, optimizer state, tensors
+saved for backward, process peak), and the per-module profile that predicts a
+plan's cost before training."""
+
+from freezetune.measure.estimate import (
+    Estimate,
+    ModuleCost,
+    ModuleProfile,
+    OptimizerFactory,
+    Profile,
+    estimate,
+    predict,
+    profile_model,
+)
+from freezetune.measure.memory import (
+    SavedBytes,
+    count_saved_tensors,
+    grad_bytes,
+    optimizer_state_bytes,
+    param_bytes,
+    peak_memory,
+    reset_peak_memory,
+    storage_bytes,
+)
+from freezetune.measure.timing import PHASES, PhaseMedians, StepClock, device_clock, eval_speed, medians
+
+__all__ = [
+    "PHASES",
+    "Estimate",
+    "ModuleCost",
+    "ModuleProfile",
+    "OptimizerFactory",
+    "PhaseMedians",
+    "Profile",
+    "SavedBytes",
+    "StepClock",
+    "count_saved_tensors",
+    "device_clock",
+    "estimate",
+    "eval_speed",
+    "grad_bytes",
+    "medians",
+    "optimizer_state_bytes",
+    "param_bytes",
+    "peak_memory",
+    "predict",
+    "profile_model",
+    "reset_peak_memory",
+    "storage_bytes",
+]

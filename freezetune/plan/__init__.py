@@ -1,0 +1,51 @@
+"""Freezing plans: rules and presets resolved against a model's names into a
+:class:`FreezePlan`, schedules of plans over epochs, per-parameter learning-rate
+settings, and the one small step that applies a plan to a live model.
+
+Everything but :mod:`freezetune.plan.apply` works on names only (a
+:class:`ModelTree`) and is tested without training."""
+
+from freezetune.plan.apply import apply_plan, is_pinned_eval, pin_eval, trainable_parameters, unpin_eval
+from freezetune.plan.groups import Setting, assign_settings, stage_depths
+from freezetune.plan.rules import (
+    FreezeError,
+    FreezePlan,
+    ModelTree,
+    ModuleInfo,
+    ParamDecision,
+    build_plan,
+    describe,
+    find_head,
+    match_rule,
+    plan_from_config,
+    preset_rules,
+    suggest_names,
+)
+from freezetune.plan.schedule import Event, Phase, Schedule, build_schedule
+
+__all__ = [
+    "Event",
+    "FreezeError",
+    "FreezePlan",
+    "ModelTree",
+    "ModuleInfo",
+    "ParamDecision",
+    "Phase",
+    "Schedule",
+    "Setting",
+    "apply_plan",
+    "assign_settings",
+    "build_plan",
+    "build_schedule",
+    "describe",
+    "find_head",
+    "is_pinned_eval",
+    "match_rule",
+    "pin_eval",
+    "plan_from_config",
+    "preset_rules",
+    "stage_depths",
+    "suggest_names",
+    "trainable_parameters",
+    "unpin_eval",
+]

@@ -1,0 +1,303 @@
+"""Freezing rules -> freezing plan, as pure functions over a model's *names*.
+
+Nothing here touches a tensor. A model is described once by :func:`describe`
+(module names in registration order, their classes and their direct
+parameters); rules (parsed by freezetune.config.records) and presets are
+resolved against that description into a :class:`FreezePlan`. Applying a plan
+to a live model is freezetune.plan.apply.
+
+Rule forms (a list of one-key mappings, the last matching rule wins):
+
+* ``{freeze: P}`` / ``{unfreeze: P}``: P is a parameter name, a module name
+  (the module and everything under it) or a glob over parameter names.
+* ``{freeze_type: T}`` / ``{unfreeze_type: T}``: every module whose class, or a
+  base class, is named T (``BatchNorm2d``, ``_BatchNorm``, ``Linear``).
+* ``{until: M}``: freeze every parameter registered before module M, i.e.
+  before M's first parameter in ``model.named_parameters()`` order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from freezetune.config.records import PRESETS, Rule, parse_rules
+
+__all__ = [
+    "FreezeError",
+    "FreezePlan",
+    "ModelTree",
+    "ModuleInfo",
+    "ParamDecision",
+    "build_plan",
+    "describe",
+    "find_head",
+    "match_rule",
+    "plan_from_config",
+    "preset_rules",
+    "suggest_names",
+]
+
+_GLOB_CHARS = set("*?[")
+
+
+class FreezeError(ValueError):
+    """The rules cannot produce a usable plan; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("freezing plan rejected:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module of a model, by name: its class (with bases) and the parameters it owns."""
+
+    name: str  # "" is the root module
+    type_names: tuple[str, ...]  # the class name, then its bases (MRO order)
+    params: tuple[str, ...]  # full names of the parameters it owns directly
+
+    @property
+    def type_name(self) -> str:
+        return self.type_names[0]
+
+    @property
+    def is_batchnorm(self) -> bool:
+        return "_BatchNorm" in self.type_names  # BatchNorm1d/2d/3d, SyncBatchNorm
+
+
+@dataclass(frozen=True)
+class ModelTree:
+    """Names only: modules in ``named_modules()`` order, parameters with sizes."""
+
+    modules: tuple[ModuleInfo, ...]
+    numel: dict[str, int] = field(hash=False)
+
+    @property
+    def param_names(self) -> list[str]:
+        # named_parameters() walks modules in this same pre-order, own params first.
+        return [p for m in self.modules for p in m.params]
+
+    def module(self, name: str) -> ModuleInfo | None:
+        return next((m for m in self.modules if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class ParamDecision:
+    """One parameter's fate in a plan, and the rule that decided it."""
+
+    name: str
+    numel: int
+    trainable: bool
+    decided_by: str | None  # the last matching rule, None when no rule matched
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """Which parameters train and which BatchNorm modules stay in eval: the whole decision."""
+
+    params: tuple[ParamDecision, ...]
+    bn_eval: tuple[str, ...]  # BatchNorm modules to keep in eval mode
+    batchnorm: str
+    rules: tuple[Rule, ...]
+
+    @property
+    def trainable(self) -> list[str]:
+        """Names of the parameters that train, in model order."""
+        return [p.name for p in self.params if p.trainable]
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the frozen parameters (``requires_grad=False``), in model order."""
+        return [p.name for p in self.params if not p.trainable]
+
+    @property
+    def numel_trainable(self) -> int:
+        return sum(p.numel for p in self.params if p.trainable)
+
+    @property
+    def numel_total(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    def is_trainable(self, name: str) -> bool:
+        for p in self.params:
+            if p.name == name:
+                return p.trainable
+        raise KeyError(f"{name!r} is not a parameter of this plan")
+
+    def to_json(self) -> dict:
+        """The plan as ``freeze_plan.json`` stores it."""
+        return {
+            "batchnorm": self.batchnorm,
+            "rules": [{"rule": str(r), "origin": r.origin} for r in self.rules],
+            "parameters": [
+                {"name": p.name, "numel": p.numel, "trainable": p.trainable, "decided_by": p.decided_by}
+                for p in self.params
+            ],
+            "batchnorm_eval": list(self.bn_eval),
+        }
+
+
+# --------------------------------------------------------------------------- model -> names
+
+
+def describe(model: nn.Module) -> ModelTree:
+    """The names-only view of ``model`` that every planning function works on."""
+    modules = []
+    numel: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        owned = []
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # tied weights: named_parameters() reports the first owner only
+                continue
+            seen.add(id(p))
+            full = f"{name}.{pname}" if name else pname
+            owned.append(full)
+            numel[full] = p.numel()
+        types_ = tuple(c.__name__ for c in type(module).__mro__ if c not in (nn.Module, object))
+        modules.append(ModuleInfo(name, types_ or ("Module",), tuple(owned)))
+    return ModelTree(tuple(modules), numel)
+
+
+def find_head(tree: ModelTree) -> str:
+    """The classification head: the last ``Linear`` that owns parameters (``fc``,
+    ``classifier.3``, ``heads.head``), else the last ``Conv2d`` (squeezenet)."""
+    for wanted in ("Linear", "Conv2d"):
+        for m in reversed(tree.modules):
+            if wanted in m.type_names and m.params:  # subclasses of Linear count too
+                return m.name
+    raise FreezeError(["no Linear or Conv2d layer with parameters: cannot tell which module is the head"])
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def preset_rules(preset: str | None, tree: ModelTree) -> list[Rule]:
+    """The rules a preset stands for; they run before the user's own rules."""
+    if preset in (None, "full"):
+        return []
+    origin = f"preset {preset}"
+    if preset in ("linear_probe", "gradual"):
+        # gradual starts as a linear probe; freezetune.schedule unfreezes the rest epoch by epoch.
+        return [Rule("freeze", "*", origin), Rule("unfreeze", find_head(tree), origin)]
+    if preset == "bitfit":
+        # BitFit (Ben Zaken et al. 2021): biases only; we also train the norm
+        # layers' affine parameters and the new head, as practitioners do.
+        return [
+            Rule("freeze", "*", origin),
+            Rule("unfreeze", "*bias", origin, optional=True),
+            Rule("unfreeze_type", "_BatchNorm", origin, optional=True),
+            Rule("unfreeze_type", "LayerNorm", origin, optional=True),
+            Rule("unfreeze", find_head(tree), origin),
+        ]
+    if preset.startswith("until:") and preset[len("until:"):]:
+        return [Rule("until", preset[len("until:"):], origin)]
+    raise FreezeError([f"freeze.preset: unknown preset {preset!r}; valid: {', '.join(PRESETS)}"])
+
+
+def _under(name: str, module: str) -> bool:
+    return module == "" or name == module or name.startswith(module + ".")
+
+
+def match_rule(rule: Rule, tree: ModelTree) -> list[str]:
+    """The parameter names a rule selects (in model order)."""
+    names = tree.param_names
+    if rule.kind in ("freeze", "unfreeze"):
+        t = rule.target
+        is_module = tree.module(t) is not None
+        is_glob = bool(_GLOB_CHARS & set(t))
+        return [n for n in names if (is_module and _under(n, t)) or n == t or (is_glob and fnmatch.fnmatchcase(n, t))]
+    if rule.kind in ("freeze_type", "unfreeze_type"):
+        roots = [m.name for m in tree.modules if rule.target in m.type_names]
+        return [n for n in names if any(_under(n, r) for r in roots)]
+    # until: everything owned by modules that come before M in pre-order.
+    before: list[str] = []
+    for m in tree.modules:
+        if m.name == rule.target:
+            return before
+        before.extend(m.params)
+    return []
+
+
+def suggest_names(rule: Rule, tree: ModelTree) -> str:
+    """``; nearest names: a, b`` for a rule that matched nothing (empty when none is near)."""
+    if rule.kind.endswith("_type"):
+        pool = sorted({t for m in tree.modules for t in m.type_names})
+    elif rule.kind == "until":
+        pool = [m.name for m in tree.modules if m.name]
+    else:
+        pool = [m.name for m in tree.modules if m.name] + tree.param_names
+    near = difflib.get_close_matches(rule.target, pool, n=3, cutoff=0.5)
+    return f"; nearest names: {', '.join(near)}" if near else ""
+
+
+def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> FreezePlan:
+    """Resolve ordered rules into a plan. Every parameter starts trainable."""
+    problems = []
+    decided: dict[str, tuple[bool, str | None]] = {n: (True, None) for n in tree.param_names}
+    for rule in rules:
+        hits = match_rule(rule, tree)
+        if not hits and not rule.optional:
+            if rule.kind == "until" and tree.module(rule.target) is not None:
+                problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")
+            else:
+                problems.append(f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}")
+        for n in hits:
+            decided[n] = (not rule.freezes, f"{rule.origin} {rule}")
+    if not problems and not any(trainable for trainable, _ in decided.values()):
+        problems.append(
+            "the plan leaves no parameter trainable, so backward() would fail with "
+            "'element 0 of tensors does not require grad and does not have a grad_fn'. "
+            f"HINT: unfreeze the head, e.g. add {{unfreeze: {_head_or_last(tree)}}}"
+        )
+    if problems:
+        raise FreezeError(problems)
+    params = tuple(ParamDecision(n, tree.numel[n], *decided[n]) for n in tree.param_names)
+    trainable = {n: t for n, (t, _) in decided.items()}
+    bn_eval = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
+    return FreezePlan(params, bn_eval, batchnorm, tuple(rules))
+
+
+def _batchnorm_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:
+    """BatchNorm modules whose running statistics must stay fixed.
+
+    A BatchNorm with affine parameters is pinned when all of them are frozen:
+    its statistics are part of what "frozen" promises. One without parameters
+    (affine=False) follows the nearest enclosing module that has any: pinned
+    when everything in it is frozen."""
+    names = tree.param_names
+    pinned = []
+    for m in tree.modules:
+        if not m.is_batchnorm:
+            continue
+        if m.params:
+            if not any(trainable[p] for p in m.params):
+                pinned.append(m.name)
+            continue
+        parts = m.name.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            under = [n for n in names if _under(n, ".".join(parts[:depth]))]
+            if under:
+                if not any(trainable[n] for n in under):
+                    pinned.append(m.name)
+                break
+    return tuple(pinned)
+
+
+def _head_or_last(tree: ModelTree) -> str:
+    try:
+        return find_head(tree)
+    except FreezeError:
+        return tree.param_names[-1] if tree.param_names else "<module>"
+
+
+def plan_from_config(tree: ModelTree, preset: str | None, raw_rules: list, batchnorm: str) -> FreezePlan:
+    """Preset rules, then the config's rules, resolved into a plan."""
+    rules, problems = parse_rules(raw_rules)
+    if problems:
+        raise FreezeError(problems)
+    return build_plan(tree, preset_rules(preset, tree) + rules, batchnorm)

@@ -1,0 +1,162 @@
+"""Freezing that changes during training, as pure functions over names.
+
+A schedule is a list of events applied at the start of an epoch
+(``{epoch: 3, unfreeze: layer3, lr_scale: 0.1}``). Each event is a freezing
+rule appended after the config's rules, so the plan of every *phase* (a run of
+epochs with the same trainable set) is just :func:`build_plan` over more rules:
+last rule wins, BatchNorm policy re-derived, every error named by its origin.
+
+``freeze.preset: gradual`` is ULMFiT's gradual unfreezing: the head trains
+alone in epoch 1, then each entry of ``freeze.gradual`` is unfrozen at the
+start of the next epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from freezetune.config.records import EventSpec, gradual_events, parse_events, parse_rules
+from freezetune.plan.rules import FreezeError, FreezePlan, ModelTree, build_plan, match_rule, preset_rules, suggest_names
+
+__all__ = ["Event", "Phase", "Schedule", "build_schedule"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A schedule event resolved against a model: the parameters it changes."""
+
+    spec: EventSpec
+    params: tuple[str, ...]  # the parameters whose state it changes, in model order
+    numel: int
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.spec
+        scale = {"lr_scale": s.lr_scale} if s.kind == "unfreeze" else {}
+        return {"epoch": s.epoch, "event": s.kind, "target": s.target, **scale, "origin": s.origin,
+                "tensors": len(self.params), "params": self.numel}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of epochs with one trainable set."""
+
+    start: int  # its first epoch
+    plan: FreezePlan
+    events: tuple[Event, ...]  # applied at the start of `start` (none for the first phase)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Every phase of a run, from epoch 1 on."""
+
+    phases: tuple[Phase, ...]  # in epoch order; phases[0].start == 1
+
+    def phase_at(self, epoch: int) -> Phase:
+        return [p for p in self.phases if p.start <= epoch][-1]
+
+    def plan_at(self, epoch: int) -> FreezePlan:
+        return self.phase_at(epoch).plan
+
+    def events_at(self, epoch: int) -> tuple[Event, ...]:
+        return next((p.events for p in self.phases if p.start == epoch and epoch > 1), ())
+
+    @property
+    def initial(self) -> FreezePlan:
+        return self.phases[0].plan
+
+    @property
+    def changes(self) -> bool:
+        return len(self.phases) > 1
+
+    def lr_scales(self, epoch: int) -> dict[str, float]:
+        """Each parameter's event scale at ``epoch``: the ``lr_scale`` of the event that
+        last unfroze it, 1.0 for one trainable from the start."""
+        scales: dict[str, float] = {}
+        for phase in self.phases:
+            if phase.start > epoch:
+                break
+            for ev in phase.events:
+                if ev.spec.kind == "unfreeze":
+                    scales.update(dict.fromkeys(ev.params, ev.spec.lr_scale))
+        return scales
+
+    def trainable_from(self) -> dict[str, int]:
+        """The first epoch each parameter trains in (absent: never trainable)."""
+        first: dict[str, int] = {}
+        for phase in self.phases:
+            for name in phase.plan.trainable:
+                first.setdefault(name, phase.start)
+        return first
+
+    def frozen_throughout(self, epoch: int) -> set[str]:
+        """Parameters frozen in every phase up to and including ``epoch``."""
+        return self._in_every_phase(epoch, lambda plan: plan.frozen)
+
+    def pinned_throughout(self, epoch: int) -> set[str]:
+        """BatchNorm modules pinned in eval in every phase up to ``epoch``."""
+        return self._in_every_phase(epoch, lambda plan: plan.bn_eval)
+
+    def _in_every_phase(self, epoch: int, names: Callable[[FreezePlan], Iterable[str]]) -> set[str]:
+        return set.intersection(*(set(names(p.plan)) for p in self.phases if p.start <= epoch))
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [ev.to_json() for p in self.phases for ev in p.events]
+
+
+# --------------------------------------------------------------------------- config -> events
+
+
+# --------------------------------------------------------------------------- events -> phases
+
+
+def build_schedule(
+    tree: ModelTree,
+    preset: str | None,
+    raw_rules: list,
+    batchnorm: str,
+    raw_events: list | None = None,
+    gradual: list[str] | None = None,
+) -> Schedule:
+    """Resolve preset, rules and events into one plan per phase; raise FreezeError listing
+    every event that matches nothing or changes nothing."""
+    rules, problems = parse_rules(raw_rules)
+    events, event_probs = parse_events(raw_events or [])
+    problems += event_probs
+    if problems:
+        raise FreezeError(problems)
+    base = preset_rules(preset, tree) + rules
+    # Gradual events first: an explicit schedule event in the same epoch can refine them.
+    specs = sorted(gradual_events(gradual or []) + events, key=lambda e: e.epoch)  # stable sort
+    plan = build_plan(tree, base, batchnorm)
+    phases = [Phase(1, plan, ())]
+    trainable = {p.name: p.trainable for p in plan.params}
+    rules_so_far = list(base)
+    for epoch in sorted({e.epoch for e in specs}):
+        resolved = []
+        for spec in (e for e in specs if e.epoch == epoch):
+            hits = match_rule(spec.rule, tree)
+            if not hits:
+                problems.append(f"{spec.origin} {spec.rule}: matches no parameter{suggest_names(spec.rule, tree)}")
+                continue
+            wanted = spec.kind == "unfreeze"
+            changed = tuple(n for n in hits if trainable[n] != wanted)
+            if not changed:
+                state = "trainable" if wanted else "frozen"
+                problems.append(
+                    f"{spec.origin} {spec.rule} at epoch {epoch}: {spec.kind}s nothing new, all {len(hits)} "
+                    f"parameter tensors it matches are already {state}"
+                )
+            trainable.update(dict.fromkeys(changed, wanted))
+            rules_so_far.append(spec.rule)
+            resolved.append(Event(spec, changed, sum(tree.numel[n] for n in changed)))
+        try:
+            # build_plan reports a pattern that matches nothing, with the nearest names.
+            plan = build_plan(tree, rules_so_far, batchnorm)
+        except FreezeError as exc:
+            problems.extend(f"{p} (at epoch {epoch})" for p in exc.problems)
+            continue
+        phases.append(Phase(epoch, plan, tuple(resolved)))
+    if problems:
+        raise FreezeError(list(dict.fromkeys(problems)))
+    return Schedule(tuple(phases))

@@ -1,0 +1,131 @@
+"""Checkpoints: the model as full or delta weights, and the whole training state for resume.
+
+A *delta* stores only the tensors that may have changed (every parameter that
+was ever trainable, every buffer not pinned throughout) plus where the base
+weights came from and a hash of every tensor it leaves out. Frozen tensors are
+bitwise unchanged by training (freezetune.record.integrity checks it), so base plus
+delta is the trained model exactly; a different base is refused by the hash.
+
+Everything is plain tensors and Python data, so ``torch.load(weights_only=True)``
+reads it; freezetune.record.rundir writes it through a temporary file and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from freezetune.record.integrity import fixed_tensors, tensor_digest
+
+__all__ = [
+    "BaseMismatch",
+    "base_hash",
+    "delta_keys",
+    "get_rng_state",
+    "is_delta",
+    "load_payload",
+    "model_payload",
+    "serialized_bytes",
+    "set_rng_state",
+]
+
+DELTA_FORMAT = "freezetune-delta/1"
+
+
+class BaseMismatch(ValueError):
+    """A delta checkpoint was applied to base weights other than the ones it was trained from."""
+
+
+def serialized_bytes(obj: Any) -> int:
+    """The size ``torch.save`` would write for ``obj``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.tell()
+
+
+# --------------------------------------------------------------------------- delta
+
+
+def delta_keys(model: nn.Module, frozen: set[str], pinned: set[str]) -> list[str]:
+    """State keys that may differ from the base: all but frozen parameters and the
+    buffers of BatchNorm modules pinned in eval."""
+    fixed = fixed_tensors(model, frozen, pinned)
+    return [k for k in model.state_dict() if k not in fixed]
+
+
+def base_hash(state: dict[str, torch.Tensor], excluded: list[str] | set[str]) -> str:
+    """SHA-256 over the names and bytes of every tensor of ``state`` not in ``excluded``."""
+    skip = set(excluded)
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k not in skip):
+        h.update(f"{key}={tensor_digest(state[key])};".encode())
+    return h.hexdigest()
+
+
+def model_payload(model: nn.Module, save: str, frozen: set[str], pinned: set[str], base: dict[str, Any]) -> dict[str, Any]:
+    """``{"model": state_dict}`` (full) or ``{"delta": ...}``; ``base`` says how to rebuild the
+    base model (its model config and class count) for a delta."""
+    state = model.state_dict()
+    if save == "full":
+        return {"model": state}
+    keys = delta_keys(model, frozen, pinned)
+    return {"delta": {"format": DELTA_FORMAT, "tensors": {k: state[k] for k in keys}, "base": {**base, "hash": base_hash(state, keys), "tensors": len(state) - len(keys)}}}
+
+
+def is_delta(obj: Any) -> bool:
+    """Whether a loaded checkpoint holds a delta rather than full weights."""
+    return isinstance(obj, dict) and isinstance(obj.get("delta"), dict) and obj["delta"].get("format") == DELTA_FORMAT
+
+
+def load_payload(model: nn.Module, obj: dict[str, Any], where: str = "checkpoint") -> None:
+    """Load a full or delta payload into ``model``, which holds the base weights for a delta."""
+    if not is_delta(obj):
+        model.load_state_dict(obj["model"])
+        return
+    delta = obj["delta"]
+    state = model.state_dict()
+    unknown = sorted(set(delta["tensors"]) - set(state))
+    if unknown:
+        raise BaseMismatch(f"{where}: the delta holds tensors this model does not have: {unknown[:5]}")
+    now = base_hash(state, list(delta["tensors"]))
+    if now != delta["base"]["hash"]:
+        src = delta["base"].get("model", {}).get("weights")
+        raise BaseMismatch(
+            f"{where} is a delta against base weights {src!r} with hash {delta['base']['hash'][:12]}, but the base "
+            f"built now hashes to {now[:12]}: the base weights changed since training, so base + delta would not be "
+            "the trained model. HINT: restore the original base weights file, or use a checkpoint saved with "
+            "train.save: full"
+        )
+    model.load_state_dict(delta["tensors"], strict=False)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generators, as weights_only-loadable data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` saved."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,111 @@
+"""Proof that frozen means frozen: fingerprints of every tensor the plan promises
+not to change (frozen parameters and the buffers of BatchNorm kept in eval)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from freezetune.plan.rules import FreezePlan
+
+__all__ = [
+    "FrozenCheck",
+    "FrozenLedger",
+    "fingerprint",
+    "fixed_tensors",
+    "protected_tensors",
+    "tensor_bytes",
+    "tensor_digest",
+    "verify_frozen",
+]
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's exact bytes, on the CPU, in row-major order."""
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of the exact bytes (dtype and shape included): bitwise, not allclose."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def fixed_tensors(model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The named ``frozen`` parameters, plus every buffer (running stats, counters) of the
+    ``pinned`` BatchNorm modules: the tensors training must leave bitwise unchanged."""
+    frozen, pinned = set(frozen), set(pinned)
+    out = {n: p for n, p in model.named_parameters() if n in frozen}
+    for name, module in model.named_modules():
+        if name in pinned:
+            for bname, buf in module.named_buffers(recurse=False):
+                out[f"{name}.{bname}" if name else bname] = buf
+    return out
+
+
+def protected_tensors(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
+    """What ``plan`` promises not to change: its frozen parameters and its pinned BatchNorm's buffers."""
+    return fixed_tensors(model, plan.frozen, plan.bn_eval)
+
+
+def fingerprint(model: nn.Module, plan: FreezePlan) -> dict[str, str]:
+    """The digest of every tensor ``plan`` protects, by name."""
+    return {n: tensor_digest(t) for n, t in protected_tensors(model, plan).items()}
+
+
+@dataclass
+class FrozenCheck:
+    """The end-of-run proof: did every protected tensor keep its bytes, and its ``.grad`` None?"""
+
+    unchanged: bool
+    checked: int  # tensors compared
+    changed: list[str]  # names whose bytes differ
+    grads_none: bool  # every frozen parameter still has .grad None
+
+    def to_json(self) -> dict:
+        """As summary.json's ``frozen_check``."""
+        return {"unchanged": self.unchanged, "checked": self.checked, "changed": self.changed, "grads_none": self.grads_none}
+
+
+def verify_frozen(model: nn.Module, plan: FreezePlan, before: dict[str, str]) -> FrozenCheck:
+    """Compare the tensors ``plan`` protects with the digests ``before`` took of them."""
+    after = fingerprint(model, plan)
+    changed = sorted(n for n in before if after.get(n) != before[n])
+    frozen = set(plan.frozen)
+    grads_none = all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+    return FrozenCheck(not changed, len(before), changed, grads_none)
+
+
+class FrozenLedger:
+    """The digest of every tensor training must not change, taken when it became frozen.
+
+    A schedule moves the ledger from plan to plan: tensors that become frozen are
+    hashed then; tensors that an event unfreezes are checked against the digest
+    from when they froze, so "unchanged until its event" is proven per tensor."""
+
+    def __init__(self, model: nn.Module, plan: FreezePlan) -> None:
+        self.model, self.plan = model, plan
+        self.digests = fingerprint(model, plan)
+
+    def move_to(self, plan: FreezePlan) -> dict[str, bool]:
+        """Follow the trainable set to ``plan``.
+
+        Returns:
+            For each tensor ``plan`` no longer protects: whether it is still bitwise
+            what it was when it froze.
+        """
+        before, after = protected_tensors(self.model, self.plan), protected_tensors(self.model, plan)
+        released = {n: tensor_digest(before[n]) == d for n, d in self.digests.items() if n not in after}
+        # Newly protected tensors are hashed now; the others keep the digest from when they froze.
+        self.digests = {n: self.digests.get(n) or tensor_digest(t) for n, t in after.items()}
+        self.plan = plan
+        return released
+
+    def verify(self) -> FrozenCheck:
+        """The end-of-run check of every tensor the current plan protects."""
+        return verify_frozen(self.model, self.plan, self.digests)

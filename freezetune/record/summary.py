@@ -1,0 +1,127 @@
+"""The rows of ``metrics.jsonl`` and the layout of ``summary.json``: the run record's
+two formats, each written by exactly one function here.
+
+freezetune.report and anyone else reading a run folder rely on these keys; a
+change here is a change of the record's format."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchvision
+
+from freezetune.config.schema import Config
+from freezetune.plan.rules import FreezePlan
+from freezetune.record.integrity import FrozenCheck
+
+__all__ = ["MEMORY_KINDS", "EpochResult", "RunFacts", "build_summary", "epoch_row"]
+
+# (summary.json key, label): the memory a training step holds, by kind.
+MEMORY_KINDS = (
+    ("param_bytes_trainable", "trainable params"),
+    ("param_bytes_frozen", "frozen params"),
+    ("grad_bytes", "gradients"),
+    ("optimizer_state_bytes", "optimizer state"),
+    ("saved_activation_bytes", "saved activations"),
+)
+
+
+@dataclass
+class EpochResult:
+    """One finished epoch, as the training loop reports it."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    epoch_time_s: float
+    samples_per_s: float
+    steps: int
+
+
+def epoch_row(result: EpochResult, plan: FreezePlan, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: the epoch's result, what was trainable, and each
+    optimizer group's LR at the epoch's last step (``groups``: ``optimizer.param_groups``)."""
+    return {
+        **dataclasses.asdict(result),
+        "trainable_params": plan.numel_trainable,
+        "trainable_tensors": len(plan.trainable),
+        "optimizer_groups": len(groups),
+        "lr": {g["name"]: g["lr"] for g in groups},
+    }
+
+
+@dataclass
+class RunFacts:
+    """What a finished run knows; :func:`build_summary` lays it out as ``summary.json``."""
+
+    cfg: Config
+    plan: FreezePlan  # the last phase's
+    epochs: list[EpochResult]
+    check: FrozenCheck
+    wall_s: float
+    train_samples: int
+    weights: dict[str, Any]  # source, head, loaded and new tensors (freezetune.models.LoadReport)
+    device: str
+    speed: dict[str, Any]
+    memory: dict[str, Any]
+    cache: dict[str, Any]
+    events: list[dict[str, Any]]  # the schedule's events, as events.jsonl has them
+    optimizer_groups: list[dict[str, Any]]
+    checkpoint: dict[str, Any]  # what train.save chose, and both sizes
+    run_dir: str
+    distributed: dict[str, Any] | None = None  # the launch and the replicas' digests, under torchrun
+
+
+def build_summary(f: RunFacts) -> dict[str, Any]:
+    """``summary.json``: one flat mapping a report can read without the config."""
+    plan, epochs, last = f.plan, f.epochs, f.epochs[-1]
+    until_event = all(e.get("unchanged_until_event", True) for e in f.events)
+    unchanged = f.check.unchanged and f.check.grads_none and until_event
+    if f.distributed is not None:
+        unchanged = unchanged and f.distributed["replicas_identical"]
+    summary = {
+        "name": f.cfg.name,
+        "arch": f.cfg.model.arch,
+        "freeze_preset": f.cfg.freeze.preset,
+        "params_total": plan.numel_total,
+        "params_trainable": plan.numel_trainable,
+        "params_frozen": plan.numel_total - plan.numel_trainable,
+        "trainable_pct": 100.0 * plan.numel_trainable / plan.numel_total,
+        "tensors_trainable": len(plan.trainable),
+        "tensors_frozen": len(plan.frozen),
+        "batchnorm_eval": len(plan.bn_eval),
+        "final_val_acc": last.val_acc,
+        "final_val_loss": last.val_loss,
+        "best_val_acc": max(e.val_acc for e in epochs),
+        "epochs": len(epochs),
+        "train_samples": f.train_samples,
+        "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
+        "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
+        "wall_time_s": f.wall_s,
+        # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event
+        # released unchanged until then, and (torchrun) every rank with the same parameters.
+        "frozen_unchanged": bool(unchanged),
+        "frozen_check": f.check.to_json(),
+        "weights_source": f.weights["source"],
+        "head": f.weights["head"],
+        "loaded_tensors": f.weights["loaded"],
+        "new_tensors": f.weights["new"],
+        "device": f.device,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "speed": f.speed,
+        "memory": f.memory,
+        "cache": f.cache,
+        "schedule": f.events,
+        "frozen_until_event_unchanged": until_event,
+        "optimizer_groups": f.optimizer_groups,
+        "checkpoint": f.checkpoint,
+        "run_dir": f.run_dir,
+    }
+    if f.distributed is not None:
+        summary["distributed"] = f.distributed
+    return summary

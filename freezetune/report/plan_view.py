@@ -1,0 +1,264 @@
+"""What ``plan.py`` prints: the per-module plan, where autograd's graph starts (read
+off one real forward pass), each parameter's optimizer group and LR, the schedule
+of events and LR multipliers, and the predicted cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from freezetune.config import Config
+from freezetune.measure import Estimate
+from freezetune.plan import FreezePlan, ModelTree, Schedule, Setting
+from freezetune.train.lr_schedule import LRSchedule
+from freezetune.train.optim import group_label
+from freezetune.utils import first_tensor, format_table, train_mode
+
+__all__ = [
+    "ModuleRow",
+    "ParamRow",
+    "ProbeRow",
+    "module_rows",
+    "param_rows",
+    "probe_autograd",
+    "render_estimate",
+    "render_groups",
+    "render_params",
+    "render_plan",
+    "render_schedule",
+]
+
+
+@dataclass(frozen=True)
+class ModuleRow:
+    """One line of the plan table."""
+
+    name: str
+    type_name: str
+    params: int
+    trainable: int
+    bn_mode: str  # "eval (pinned)", "train" or "" for non-BatchNorm
+
+    @property
+    def status(self) -> str:
+        """trainable, frozen, or partial (how many trainable)."""
+        if self.trainable == self.params:
+            return "trainable"
+        return "frozen" if self.trainable == 0 else f"partial ({self.trainable:,} trainable)"
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One top-level module's output in the autograd probe."""
+
+    name: str
+    type_name: str
+    requires_grad: bool
+    grad_fn: str | None
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter's line in ``plan.py --params``."""
+
+    name: str
+    numel: int
+    trainable_from: int | None  # the first epoch it trains in; None: never
+    group: str  # the optimizer group it joins (freezetune.train.optim.group_label)
+    lr: float | None  # its LR before the schedule's multiplier; None when never trainable
+    weight_decay: float
+
+
+def param_rows(tree: ModelTree, schedule: Schedule, settings: dict[str, Setting], cfg: Config) -> list[ParamRow]:
+    """Each parameter's fate: when it starts training, in which group, at what LR."""
+    first = schedule.trainable_from()
+    scales = {epoch: schedule.lr_scales(epoch) for epoch in set(first.values())}  # once per joining epoch
+    rows = []
+    for name in tree.param_names:
+        s, epoch = settings[name], first.get(name)
+        wd = cfg.train.optimizer.weight_decay if s.weight_decay is None else s.weight_decay
+        if epoch is None:
+            rows.append(ParamRow(name, tree.numel[name], None, "-", None, wd))
+            continue
+        event = scales[epoch].get(name, 1.0)
+        rows.append(ParamRow(name, tree.numel[name], epoch, group_label(epoch, s, event),
+                             cfg.train.optimizer.lr * s.lr_scale * event, wd))
+    return rows
+
+
+def render_params(rows: list[ParamRow]) -> str:
+    """The ``--params`` table: one row per parameter."""
+    return format_table(
+        ["parameter", "params", "trains from", "effective lr", "weight decay", "optimizer group"],
+        [[r.name, f"{r.numel:,}", f"epoch {r.trainable_from}" if r.trainable_from else "never (frozen)",
+          f"{r.lr:.4g}" if r.lr is not None else "-", f"{r.weight_decay:g}", r.group] for r in rows],
+        right={1, 3, 4},
+    )
+
+
+def render_groups(rows: list[ParamRow]) -> str:
+    """The optimizer groups the parameters will form, with their effective LR."""
+    groups: dict[tuple[str, float], list[ParamRow]] = {}
+    for r in rows:
+        if r.lr is not None:
+            groups.setdefault((r.group, r.weight_decay), []).append(r)
+    return format_table(
+        ["optimizer group", "tensors", "params", "effective lr", "weight decay", "first tensor"],
+        [[g, len(rs), f"{sum(r.numel for r in rs):,}", f"{rs[0].lr:.4g}", f"{wd:g}", rs[0].name]
+         for (g, wd), rs in sorted(groups.items(), key=lambda kv: kv[1][0].trainable_from or 0)],
+        right={1, 2, 3, 4},
+    ) + "\n(--params lists every parameter's group and LR)"
+
+
+def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> str:
+    """The events, epoch by epoch, and the LR multiplier the schedule applies."""
+    lines = []
+    for ev in (e for p in schedule.phases for e in p.events):
+        s = ev.spec
+        scale = f", lr x{s.lr_scale:g}" if s.kind == "unfreeze" and s.lr_scale != 1.0 else ""
+        lines.append(f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
+                     f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable")
+    lr = LRSchedule(cfg.train.scheduler, steps_per_epoch, cfg.train.epochs)
+    marks = [(e, (e - 1) * steps_per_epoch) for e in range(1, cfg.train.epochs + 1)]
+    factors = ", ".join(f"epoch {e}: x{lr.factor(step):.3g}" for e, step in marks)
+    lines.append(f"LR schedule '{cfg.train.scheduler.name}' ({steps_per_epoch} steps/epoch), multiplier at each "
+                 f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment")
+    return "\n".join(lines)
+
+
+def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> list[ModuleRow]:
+    """One row per module that owns parameters, or per module at ``depth`` (1 = top level)
+    with the parameters under it added up."""
+    trainable = {p.name: p.trainable for p in plan.params}
+    pinned = set(plan.bn_eval)
+    rows = []
+    for m in tree.modules:
+        level = m.name.count(".") + 1 if m.name else 0
+        if depth is not None and level == depth:
+            owned = [n for n in tree.param_names if n.startswith(m.name + ".")]
+        elif depth is None or level < depth:
+            owned = list(m.params)  # only what it owns itself (ViT's class_token on the root)
+        else:
+            continue
+        if not owned:
+            continue
+        bn = ("eval (pinned)" if m.name in pinned else "train") if m.is_batchnorm else ""
+        rows.append(
+            ModuleRow(
+                m.name or "(root)", m.type_name, sum(tree.numel[n] for n in owned), sum(tree.numel[n] for n in owned if trainable[n]), bn
+            )
+        )
+    return rows
+
+
+def probe_autograd(model: nn.Module, x: torch.Tensor) -> list[ProbeRow]:
+    """Run one forward pass in train mode and record, for every top-level module,
+    whether its output requires grad and which backward node produced it.
+
+    A module whose output has ``grad_fn is None`` lies in the frozen prefix:
+    autograd records nothing there, so backward never reaches it."""
+    rows: list[ProbeRow] = []
+    handles = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: object, output: object) -> None:
+            t = first_tensor(output)
+            if t is not None:
+                fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
+                rows.append(ProbeRow(name, type(module).__name__, t.requires_grad, fn))
+
+        return record
+
+    for name, child in model.named_children():
+        handles.append(child.register_forward_hook(hook(name)))
+    try:
+        with train_mode(model), torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def render_plan(
+    tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None, depth: int | None = None,
+    schedule: Schedule | None = None,
+) -> str:
+    """The plan table, its totals and, given a probe, the autograd table under it."""
+    rows = module_rows(tree, plan, depth)
+    headers = ["module", "type", "params", "status", "batchnorm"]
+    cells = [[r.name, r.type_name, f"{r.params:,}", r.status, r.bn_mode] for r in rows]
+    if schedule is not None and schedule.changes:
+        # When each module starts training; "status" above is epoch 1's.
+        first = schedule.trainable_from()
+        headers.append("trains from")
+        for row, r in zip(cells, rows):
+            row.append(_trains_from(tree, "" if r.name == "(root)" else r.name, first, depth))
+    table = format_table(headers, cells, right={2})
+    total, train = plan.numel_total, plan.numel_trainable
+    parts = [
+        table,
+        "",
+        f"parameters: {total:,} total, {train:,} trainable ({100.0 * train / total:.2f}%), {total - train:,} frozen",
+        f"tensors:    {len(plan.trainable)} trainable, {len(plan.frozen)} frozen (requires_grad=False; never in the optimizer)",
+        f"batchnorm:  policy '{plan.batchnorm}', {len(plan.bn_eval)} module(s) pinned in eval (running stats frozen)",
+    ]
+    if probe is not None:
+        parts += [
+            "",
+            "autograd, from one forward pass in train mode (output of each top-level module):",
+            format_table(
+                ["module", "type", "requires_grad", "grad_fn"],
+                [[r.name, r.type_name, r.requires_grad, r.grad_fn or "None (no graph recorded)"] for r in probe],
+            ),
+        ]
+        first = next((r.name for r in probe if r.requires_grad), None)
+        if first is not None:
+            parts.append(f"the autograd graph starts at '{first}'; backward() does no work before it.")
+    return "\n".join(parts)
+
+
+def _trains_from(tree: ModelTree, module: str, first: dict[str, int], depth: int | None) -> str:
+    if depth is not None and module:
+        owned = [n for n in tree.param_names if n.startswith(module + ".")]
+    else:
+        owned = list(tree.module(module).params)  # type: ignore[union-attr]
+    epochs = sorted({first[n] for n in owned if n in first})
+    if not epochs:
+        return "never"
+    partly = len(epochs) > 1 or any(n not in first for n in owned)
+    return f"epoch {epochs[0]}" + (" (partly)" if partly else "")
+
+
+def render_estimate(est: Estimate) -> str:
+    """The per-module profile behind a prediction, and the prediction itself."""
+    ref = {m.name: m for m in est.profile.modules}
+    rows = [
+        [
+            m.name,
+            m.state,
+            f"{1000 * m.forward_s:.2f}",
+            f"{1000 * m.backward_s:.2f}",
+            f"{m.saved_bytes / 1024:.0f}",
+            f"{1000 * (ref[m.name].forward_s + ref[m.name].backward_full_s):.2f}",
+            f"{ref[m.name].saved_full / 1024:.0f}",
+        ]
+        for m in est.modules
+    ]
+    table = format_table(
+        ["module", "state", "fwd ms", "bwd ms", "saved KiB", "full: fwd+bwd ms", "full: saved KiB"], rows, right={2, 3, 4, 5, 6}
+    )
+    return "\n".join(
+        [
+            f"predicted cost per step, from a per-module profile of real steps on a batch of {est.profile.batch}"
+            " (compute only, no data loading):",
+            table,
+            f"optimizer step: {1000 * est.optimizer_s:.2f} ms (full fine-tuning: {1000 * est.profile.full_optimizer_s:.2f} ms)",
+            f"predicted step time: {1000 * est.step_s:.1f} ms vs {1000 * est.full_step_s:.1f} ms for full fine-tuning"
+            f" (×{est.step_ratio:.2f})",
+            f"predicted activations saved for backward: {est.saved_bytes / 2**20:.2f} MiB vs "
+            f"{est.full_saved_bytes / 2**20:.2f} MiB (×{est.saved_ratio:.3f})",
+        ]
+    )

@@ -1,0 +1,82 @@
+"""Training: the step loop and inference-mode evaluation, the optimizer kept equal to
+the trainable set, LR schedules, the frozen-prefix feature cache, torchrun/DDP,
+Ctrl-C handling, the trainer across schedule phases, and one run end to end."""
+
+from freezetune.train.cache import (
+    CacheRefused,
+    FeatureCache,
+    Split,
+    build_cache,
+    cached_loaders,
+    check_split,
+    prefix_problem,
+    split_model,
+)
+from freezetune.train.distributed import Dist
+from freezetune.train.interrupt import StopRequest
+from freezetune.train.loop import (
+    EpochStats,
+    LoopOptions,
+    Progress,
+    Resume,
+    evaluate,
+    fit_epoch,
+    no_progress,
+    train_one_epoch,
+)
+from freezetune.train.lr_schedule import LRSchedule, set_lr
+from freezetune.train.nets import TrainTarget
+from freezetune.train.optim import add_trainable, check_optimizer, group_label, group_table, make_optimizer, remove_frozen
+from freezetune.train.run import CHECKPOINT, load_resume_state, run
+from freezetune.train.setup import (
+    Prepared,
+    num_outputs,
+    prepare,
+    prepare_model,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+)
+from freezetune.train.trainer import STATE_FORMAT, Trainer
+
+__all__ = [
+    "CHECKPOINT",
+    "STATE_FORMAT",
+    "CacheRefused",
+    "Dist",
+    "EpochStats",
+    "FeatureCache",
+    "LRSchedule",
+    "LoopOptions",
+    "Prepared",
+    "Progress",
+    "Resume",
+    "Split",
+    "StopRequest",
+    "TrainTarget",
+    "Trainer",
+    "add_trainable",
+    "build_cache",
+    "cached_loaders",
+    "check_optimizer",
+    "check_split",
+    "evaluate",
+    "fit_epoch",
+    "group_label",
+    "group_table",
+    "load_resume_state",
+    "make_optimizer",
+    "no_progress",
+    "num_outputs",
+    "prefix_problem",
+    "prepare",
+    "prepare_model",
+    "remove_frozen",
+    "resolve_device",
+    "run",
+    "seed_everything",
+    "set_lr",
+    "split_model",
+    "steps_per_epoch",
+    "train_one_epoch",
+]

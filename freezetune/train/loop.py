@@ -1,0 +1,186 @@
+"""The training loop: backward through the trainable parameters only, evaluation
+under ``inference_mode``. Read it top to bottom; nothing here knows about files."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from freezetune.measure.memory import SavedBytes, count_saved_tensors
+from freezetune.measure.timing import StepClock, device_clock
+from freezetune.record.summary import EpochResult
+from freezetune.utils.modules import eval_mode
+
+__all__ = ["EpochStats", "LoopOptions", "Progress", "Reduce", "Resume", "evaluate", "fit_epoch", "no_progress", "train_one_epoch"]
+
+T = TypeVar("T")
+# A progress wrapper (the scripts pass tqdm; the library stays silent).
+Progress = Callable[[Iterable[T], str, int], Iterable[T]]
+
+
+def no_progress(items: Iterable[T], desc: str, total: int) -> Iterable[T]:
+    """The silent :data:`Progress`: the items unchanged."""
+    return items
+
+
+@dataclass
+class EpochStats:
+    """What one training pass measured, interrupted or not."""
+
+    loss: float  # mean training loss
+    samples: int
+    steps: int
+    durations: list[tuple[float, ...]]  # per step: data, forward, backward, optimizer (s)
+    saved: SavedBytes | None = None  # bytes saved for backward in the first step, when asked
+    loss_sum: float = 0.0  # sum of per-sample losses, float32 as accumulated (to resume a partial epoch)
+    interrupted: bool = False  # stopped early by `stop`; `steps` counts the skipped ones too
+
+
+@dataclass
+class Resume:
+    """Where a partial epoch stopped: skip this many batches, then go on with these sums."""
+
+    steps: int
+    loss_sum: float
+    samples: int
+    after_skip: Callable[[], None] | None = None  # e.g. restore the RNG states saved at the interrupt
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How a training pass runs, beyond the model, optimizer, loader and device."""
+
+    max_steps: int | None = None  # cap on steps (None: the whole loader)
+    progress: Progress = no_progress
+    count_saved: bool = False  # count the bytes saved for backward in the first step
+    before_step: Callable[[int], None] | None = None  # runs before step i (the LR schedule)
+    stop: Callable[[], bool] | None = None  # asked after each step; True ends the pass (Ctrl-C)
+    resume: Resume | None = None  # continue a partial epoch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    options: LoopOptions = LoopOptions(),
+    desc: str = "train",
+) -> EpochStats:
+    """One pass over ``loader``, each step timed by phase (see :class:`LoopOptions`)."""
+    max_steps, progress, count_saved = options.max_steps, options.progress, options.count_saved
+    before_step, stop, resume = options.before_step, options.stop, options.resume
+    model.train()  # frozen BatchNorm stays in eval: freezetune.plan.apply pins it
+    clock = StepClock(device)
+    total_loss = torch.zeros((), device=device)
+    seen = steps = 0
+    saved = None
+    interrupted = False
+    n_batches = len(loader) if max_steps is None else min(len(loader), max_steps)
+    batches = iter(progress(loader, desc, n_batches))
+    if resume is not None:
+        # The same shuffle (the caller restored the loader's generator), minus the
+        # batches already trained on. Fetching them replays their augmentation draws;
+        # after_skip then puts back the RNG states saved at the interrupt.
+        for _ in range(resume.steps):
+            next(batches)
+        total_loss.fill_(resume.loss_sum)
+        seen, steps = resume.samples, resume.steps
+        if resume.after_skip:
+            resume.after_skip()
+    while steps < n_batches:
+        clock.start()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            clock.drop_last()
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        clock.lap()
+        if before_step:
+            before_step(steps)
+        # set_to_none: frozen parameters keep .grad None, trainable ones skip a memset.
+        optimizer.zero_grad(set_to_none=True)
+        # Counting saved tensors costs a hook call per saved tensor: one step is enough.
+        with count_saved_tensors(model) if (count_saved and steps == 0) else nullcontext() as counted:
+            loss = F.cross_entropy(model(x), y)
+            clock.lap()
+            loss.backward()
+        clock.lap()
+        optimizer.step()
+        clock.lap()
+        saved = counted or saved
+        # Accumulate a detached tensor: no graph is kept alive, and on CUDA no
+        # per-step host sync (one .item() at the end).
+        total_loss.add_(loss.detach(), alpha=x.shape[0])  # one kernel, no temporary
+        seen += x.shape[0]
+        steps += 1
+        if stop and steps < n_batches and stop():
+            interrupted = True
+            break
+    loss_sum = total_loss.item()
+    return EpochStats(loss_sum / max(seen, 1), seen, steps, clock.durations(), saved, loss_sum, interrupted)
+
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (freezetune.distributed)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, reduce: Reduce | None = None
+) -> tuple[float, float]:
+    """(mean loss, accuracy) with no autograd state at all; the model's mode is restored.
+    With ``reduce``, the sums of every process's shard: the metrics of the whole set."""
+    with eval_mode(model):
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        n = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += y.shape[0]
+        if reduce is not None:
+            sums = reduce(torch.stack([total_loss.float(), correct.float(), torch.tensor(float(n), device=device)]))
+            total_loss, correct, n = sums[0], sums[1], int(sums[2].item())
+        return (total_loss / max(n, 1)).item(), (correct.float() / max(n, 1)).item()
+
+
+def fit_epoch(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    device: torch.device,
+    options: LoopOptions = LoopOptions(),
+    *,
+    eval_model: nn.Module | None = None,
+    reduce: Reduce | None = None,
+) -> tuple[EpochResult | None, EpochStats]:
+    """Train one epoch, then evaluate; the epoch time covers the training pass only.
+    An interrupted epoch is not evaluated (its result is None).
+
+    Args:
+        eval_model: what evaluates, when it differs from what trains (DDP's wrapper trains,
+            the bare model evaluates: DDP's forward is a collective).
+        reduce: sums a tensor over processes (torchrun); the metrics are then the whole set's.
+    """
+    start = device_clock(device)
+    stats = train_one_epoch(model, optimizer, train_loader, device, options, f"epoch {epoch}")
+    elapsed = device_clock(device) - start
+    if stats.interrupted:
+        return None, stats
+    val_loss, val_acc = evaluate(eval_model or model, val_loader, device, reduce)
+    loss, samples = stats.loss, stats.samples
+    if reduce is not None:  # the epoch's loss and throughput over every process
+        sums = reduce(torch.tensor([stats.loss_sum, float(stats.samples)], dtype=torch.float64, device=device))
+        loss, samples = (sums[0] / sums[1]).item(), int(sums[1].item())
+    result = EpochResult(epoch, loss, val_loss, val_acc, elapsed, samples / elapsed if elapsed else 0.0, stats.steps)
+    return result, stats

@@ -1,0 +1,111 @@
+"""What a training step actually runs on, for the plan in force: the model itself,
+the model wrapped in DDP (torchrun), or the trainable suffix after a cached frozen
+prefix (freezetune.train.cache), with the loaders that feed it.
+
+DDP registers the parameters that require grad when it is built, so it is built
+anew whenever the trainable set changes (Lightning #20340); the cache is rebuilt
+at the new frontier for the same reason."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from freezetune.config import Config, ConfigError
+from freezetune.data import Loaders
+from freezetune.plan import FreezePlan, Schedule, apply_plan
+from freezetune.train.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
+from freezetune.train.distributed import Dist
+
+__all__ = ["TrainTarget"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainTarget:
+    """The net that trains, the net that evaluates, and their loaders, kept in step
+    with the plan by :meth:`follow`."""
+
+    def __init__(
+        self, cfg: Config, model: nn.Module, loaders: Loaders, device: torch.device, folder: Path,
+        generator: torch.Generator, dist: Dist | None = None,
+    ) -> None:
+        self.cfg, self.model, self.loaders, self.device = cfg, model, loaders, device
+        self.folder, self.generator, self.dist = folder, generator, dist
+        self.net: nn.Module = model  # what trains: the model, its cached suffix, or DDP around the model
+        self.eval_net: nn.Module = model  # what evaluates: never DDP (its forward is a collective)
+        self.train_loader: DataLoader = loaders.train
+        self.val_loader: DataLoader = loaders.val
+        self.cache_info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
+        self._made_for: FreezePlan | None = None  # the plan `net` and the loaders were made for
+
+    def check_cache(self, schedule: Schedule, current: FreezePlan) -> None:
+        """With ``train.cache_features: on``, refuse up front (ConfigError) if any phase's
+        prefix cannot be cached; the model is left under ``current``."""
+        if self.cfg.train.cache_features != "on":
+            return
+        if self.dist is not None:
+            raise ConfigError(["train.cache_features: 'on' is not available under DDP (multi-process); use auto or off"])
+        try:
+            for phase in schedule.phases:
+                apply_plan(self.model, phase.plan)
+                self._split()
+        except CacheRefused as exc:
+            at = f" (from epoch {phase.start})" if schedule.changes else ""
+            raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {exc}"]) from None
+        finally:
+            apply_plan(self.model, current)
+
+    def follow(self, plan: FreezePlan) -> None:
+        """Make what trains fit ``plan`` (already applied to the model); nothing to do
+        when it already does."""
+        if self._made_for is plan:
+            return
+        self._made_for = plan
+        self.net = self.eval_net = self.model
+        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
+        if self.dist is not None:
+            self.net = self.dist.wrap(self.model, self.device)
+            if self.cfg.train.cache_features != "off" and not self.cache_info["reason"]:  # say it once
+                self.cache_info["reason"] = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
+                log.info("%s: feature cache %s", self.cfg.name, self.cache_info["reason"])
+            return
+        if self.cfg.train.cache_features == "off":
+            self.cache_info["reason"] = "train.cache_features: off"
+            return
+        try:
+            split = self._split()
+        except CacheRefused as exc:
+            if self.cfg.train.cache_features == "on":
+                raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]) from None
+            log.info("%s: feature cache not used: %s", self.cfg.name, exc)
+            self.cache_info.update(used=False, reason=str(exc))
+            return
+        self._use_cache(split)
+
+    def _split(self) -> Split:
+        split = split_model(self.model)
+        problem = prefix_problem(self.model, split, self.cfg.data.augment)
+        if problem:
+            raise CacheRefused(problem)
+        x, _ = next(iter(self.loaders.val))
+        self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x.to(self.device))
+        return split
+
+    def _use_cache(self, split: Split) -> None:
+        cache = build_cache(self.model, split, self.loaders.train.dataset, self.loaders.val.dataset,
+                            self.cfg.data.batch_size, self.device, self.cfg.train.cache_max_bytes, self.folder)
+        builds = self.cache_info.get("builds", []) + [{"frontier": split.frontier, **cache.to_json()}]
+        self.cache_info.update(cache.to_json(), used=True, reason=None, frontier=split.frontier,
+                               first_trainable=split.first_trainable, builds=builds)
+        self.cache_info["build_s"] = sum(b["build_s"] for b in builds)
+        log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
+                 self.cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
+        # The suffix is made of the model's own modules: training it trains the model.
+        self.net = self.eval_net = split.suffix
+        self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)

@@ -1,0 +1,257 @@
+"""One run, end to end: config -> model -> plan -> data -> train -> run record.
+
+Everything that can be wrong with a config is found before a single file is
+written: the folder is checked, the model and plan are built and the cache plan
+is checked first. :func:`run` reads top to bottom; each step below it is one
+function."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from freezetune.config import Config, ConfigError, to_dict
+from freezetune.measure import (
+    SavedBytes,
+    eval_speed,
+    grad_bytes,
+    medians,
+    optimizer_state_bytes,
+    param_bytes,
+    peak_memory,
+    reset_peak_memory,
+)
+from freezetune.record import EpochResult, RunDir, RunFacts, build_summary, epoch_row, serialized_bytes
+from freezetune.train.distributed import Dist, parameter_digest
+from freezetune.train.interrupt import StopRequest
+from freezetune.train.loop import EpochStats, Progress, no_progress
+from freezetune.train.setup import Prepared, prepare
+from freezetune.train.trainer import STATE_FORMAT, Partial, Trainer
+
+__all__ = ["CHECKPOINT", "load_resume_state", "run"]
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
+EVAL_SPEED_BATCHES = 3
+CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
+
+
+def run(
+    cfg: Config,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    resume: str | Path | None = None,
+    stop: StopRequest | None = None,
+    dist: Dist | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` and write its run record; returns the summary.
+
+    Args:
+        overwrite: replace a run record already in the output folder.
+        progress: wraps each epoch's batches (the CLI passes tqdm bars).
+        on_epoch: called with each finished epoch's result.
+        resume: a run folder to continue from its last checkpoint.
+        stop: read between steps (Ctrl-C sets it); once set, a checkpoint is saved and
+            the returned summary says ``interrupted``.
+        dist: this process's place in a torchrun launch (freezetune.train.distributed);
+            only rank 0 writes.
+        device: overrides ``train.device`` (torchrun gives each rank its own).
+    """
+    out = RunDir(resume if resume is not None else cfg.output_dir, write=dist is None or dist.is_main)
+    resolved = to_dict(cfg)
+    state = load_resume_state(out.path, resolved) if resume is not None else None
+    if state is None:
+        RunDir.check_free(out.path, overwrite)
+    if dist is not None:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+    p, loaders = prepare(cfg, device)
+    trainer = Trainer(cfg, p, loaders, out.path, dist)
+    trainer.check_cache_plan()  # may refuse the config: still nothing written
+    log.info(
+        "%s: %d / %d parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
+        cfg.name, p.plan.numel_trainable, p.plan.numel_total, len(p.plan.trainable),
+        len(trainer.optimizer.param_groups), len(p.plan.bn_eval), p.device,
+    )
+    if state is None:
+        _start_record(out, p, resolved, overwrite)
+        first, partial = 1, None
+    else:
+        first, partial = _restore(out, trainer, state)
+
+    started = time.perf_counter()
+    reset_peak_memory(p.device)
+    last_phase = _LastPhase()
+    stop = stop or StopRequest()
+    # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
+    should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
+    with stop:
+        for epoch in range(first, cfg.train.epochs + 1):
+            events = trainer.enter_phase(epoch)
+            for row in events:
+                out.append_jsonl("events.jsonl", row)
+            if events:
+                last_phase = _LastPhase()
+            result, stats, start_state = trainer.fit(epoch, progress, should_stop, count_saved=last_phase.saved is None,
+                                                     partial=partial)
+            partial = None
+            last_phase.add(stats)
+            if result is not None:
+                out.append_jsonl("metrics.jsonl", epoch_row(result, trainer.plan, trainer.optimizer.param_groups))
+                if on_epoch:
+                    on_epoch(result)
+            if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
+                out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
+            if result is None or (epoch < cfg.train.epochs and should_stop()):  # stopped mid-epoch, or between
+                return _stopped(cfg, out, epoch, stats)
+    wall = time.perf_counter() - started
+    return _finish(cfg, p, trainer, out, resolved, last_phase, wall, len(loaders.train.dataset), dist)
+
+
+@dataclass
+class _LastPhase:
+    """Step timings and saved bytes of the phase in force: summary.json's speed and
+    memory describe the final trainable set, so an event starts them over."""
+
+    durations: list[tuple[float, ...]] = field(default_factory=list)
+    saved: SavedBytes | None = None
+
+    def add(self, stats: EpochStats) -> None:
+        self.durations.extend(stats.durations)
+        self.saved = self.saved or stats.saved
+
+
+def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite: bool) -> None:
+    """A new run's folder: its config and plan, and an empty events file."""
+    out.create(overwrite)
+    out.write_yaml("config.yaml", resolved)
+    out.write_json("freeze_plan.json", p.plan.to_json() | {"schedule": p.schedule.to_json()})
+    out.append_jsonl("events.jsonl", None)  # created empty: a run without events has none
+
+
+def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int, Partial | None]:
+    """Load a checkpoint into ``trainer``; returns the epoch to start at and the partial epoch, if any."""
+    partial = trainer.load_state_dict(state, str(out.path / CHECKPOINT))
+    first = state["epoch"] if partial else state["epoch"] + 1
+    # Rows written after the checkpoint (a kill between the two writes) are redone.
+    out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
+    out.keep_jsonl_rows("events.jsonl", lambda row: row["epoch"] <= state["epoch"])
+    log.info("%s: resuming at epoch %d%s from %s", trainer.cfg.name, first,
+             f", step {partial.steps}" if partial else "", out.path / CHECKPOINT)
+    return first, partial
+
+
+def _stopped(cfg: Config, out: RunDir, epoch: int, stats: EpochStats) -> dict[str, Any]:
+    if out.write:
+        log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
+                    cfg.name, epoch, stats.steps, out.path)
+    return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps, "run_dir": str(out.path)}
+
+
+def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint to resume from; refused unless this same config made it."""
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        if (folder / "summary.json").is_file():
+            raise ConfigError([f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"])
+        raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch but the last)"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError([f"resume: {path} is not a freezetune training state ({STATE_FORMAT})"])
+    diffs = _differences(state["config"], resolved)
+    if diffs:
+        raise ConfigError([f"resume: the config differs from the one {folder} was trained with: {d}" for d in diffs])
+    return state
+
+
+def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = dict.fromkeys([*saved, *now])
+        return [d for k in keys for d in _differences(saved.get(k), now.get(k), f"{path}.{k}" if path else k)]
+    return [] if saved == now else [f"{path} was {saved!r}, is now {now!r}"]
+
+
+def _finish(
+    cfg: Config, p: Prepared, trainer: Trainer, out: RunDir, resolved: dict[str, Any], last_phase: _LastPhase,
+    wall: float, n_train: int, dist: Dist | None,
+) -> dict[str, Any]:
+    """Verify, measure, save the model and write summary.json."""
+    check = trainer.ledger.verify()
+    if not check.unchanged or not check.grads_none:
+        log.error("frozen tensors changed: %s", check.changed[:10])
+    target = trainer.target
+    speed = _speed(target.eval_net, target.val_loader, p.device, last_phase.durations, cfg.data.batch_size)
+    memory = _memory(p.model, trainer.optimizer, p.device, last_phase.saved)
+    sizes = {}
+    for mode in ("full", "delta"):
+        content = {**trainer.payload(mode, cfg.train.epochs), "config": resolved, "epoch": cfg.train.epochs}
+        if mode == cfg.train.save:
+            sizes[mode] = out.save_checkpoint("model.pt", content)
+        else:
+            sizes[mode] = serialized_bytes(content)  # what the other choice would have written
+    facts = RunFacts(
+        cfg=cfg, plan=trainer.plan, epochs=trainer.epochs, check=check, wall_s=wall, train_samples=n_train,
+        weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},
+        device=str(p.device), speed=speed, memory=memory, cache=target.cache_info,
+        events=[e for e in trainer.events if e["event"] != "optimizer"], optimizer_groups=trainer.groups(),
+        checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
+        run_dir=str(out.path), distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
+    )
+    summary = build_summary(facts)
+    out.write_json("summary.json", summary)
+    if out.write:  # a finished run needs no resume state; its 2x-model-size file would only take disk
+        (out.path / CHECKPOINT).unlink(missing_ok=True)
+    return summary
+
+
+def _replicas(dist: Dist, model: nn.Module, cfg: Config) -> dict[str, Any]:
+    """The launch, and proof that every rank ends with the same parameters."""
+    digests = dist.gather(parameter_digest(model))
+    if len(set(digests)) != 1:
+        log.error("replicas diverged: parameter digests per rank %s", digests)
+    return {"world_size": dist.world, "backend": dist.backend, "batch_per_process": cfg.data.batch_size,
+            "global_batch": cfg.data.batch_size * dist.world, "rank_parameter_sha256": digests,
+            "replicas_identical": len(set(digests)) == 1}
+
+
+def _speed(
+    net: nn.Module, val_loader: torch.utils.data.DataLoader, device: torch.device,
+    durations: list[tuple[float, ...]], batch_size: int,
+) -> dict[str, Any]:
+    """summary.json's ``speed``: step phases after warm-up, and evaluation with and without
+    autograd on ``net`` (what trained: the model, or its suffix when the cache was used)."""
+    phases = medians(durations, WARMUP_STEPS)
+    speed: dict[str, Any] = {"warmup_steps": WARMUP_STEPS, "batch_size": batch_size}
+    if phases is not None:
+        speed.update(phases.to_json())
+        speed["train_samples_per_s"] = batch_size / phases.step
+    batches = [x.to(device) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
+    speed.update(eval_speed(net, batches, device, rounds=2))
+    return speed
+
+
+def _memory(
+    model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, saved: SavedBytes | None
+) -> dict[str, Any]:
+    """summary.json's ``memory``; parameter bytes count the whole model, whose cached prefix
+    stays in memory too."""
+    trainable, frozen = param_bytes(model)
+    peak, peak_kind = peak_memory(device)
+    return {
+        "param_bytes_trainable": trainable,
+        "param_bytes_frozen": frozen,
+        "grad_bytes": grad_bytes(model),  # the last step's gradients are still held
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+        **(saved or SavedBytes()).to_json(),
+        "peak_bytes": peak,
+        "peak_kind": peak_kind,
+    }

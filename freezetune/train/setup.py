@@ -1,0 +1,91 @@
+"""From a config to a model ready to train: architecture, weights, the freezing
+schedule applied, per-parameter LR settings, the device; no data and no files."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from freezetune.config import Config, ConfigError
+from freezetune.data import Loaders, build_loaders, num_classes_of
+from freezetune.models import LoadReport, build_model
+from freezetune.plan import FreezeError, FreezePlan, Schedule, Setting, apply_plan, assign_settings, build_schedule, describe
+
+__all__ = ["Prepared", "num_outputs", "prepare", "prepare_model", "resolve_device", "seed_everything", "steps_per_epoch"]
+
+
+@dataclass
+class Prepared:
+    """A config's model with its plan applied, and everything decided alongside it."""
+
+    cfg: Config
+    model: nn.Module
+    plan: FreezePlan
+    load: LoadReport
+    device: torch.device
+    schedule: Schedule
+    settings: dict[str, Setting]
+    num_classes: int
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a device; ``auto`` is CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["train.device: 'cuda' asked for, but torch.cuda.is_available() is False"])
+    return torch.device(name)
+
+
+def num_outputs(cfg: Config) -> int:
+    """The head's size: ``model.num_classes``, else the data's class count."""
+    return cfg.model.num_classes or num_classes_of(cfg.data)
+
+
+def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.device | None = None) -> Prepared:
+    """Build the model, load its weights and apply the freezing plan (no data, no files)."""
+    device = device or resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
+    k = num_classes or num_outputs(cfg)
+    model, load = build_model(cfg.model, k)
+    tree = describe(model)
+    settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
+    try:
+        schedule = build_schedule(tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm,
+                                  cfg.freeze.schedule, cfg.freeze.gradual)
+    except FreezeError as exc:
+        if problems:  # report the groups' problems with the plan's, in one error
+            raise ConfigError(exc.problems + problems) from None
+        raise
+    if problems:
+        raise ConfigError(problems)
+    apply_plan(model, schedule.initial)
+    return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps per epoch (what the LR schedule is laid out over)."""
+    if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
+        return 1  # the multiplier is 1 at every step: no need to read the data
+    n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg)).train)
+    cap = cfg.train.max_steps_per_epoch
+    return n if cap is None else min(n, cap)
+
+
+def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
+    """:func:`prepare_model` and the data loaders."""
+    k = num_outputs(cfg)
+    prepared = prepare_model(cfg, k, device)
+    loaders = build_loaders(cfg.data, cfg.seed, k)
+    return prepared, loaders

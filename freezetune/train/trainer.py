@@ -1,0 +1,228 @@
+"""A fine-tuning session across phases: the model, its optimizer and LR schedule,
+what trains (freezetune.train.nets) and the ledger of frozen tensors
+(freezetune.record.integrity), all kept in step when a schedule event changes the
+trainable set; and the state that resumes it exactly.
+
+freezetune.train.run turns a config into a :class:`Trainer` and a run record;
+freezetune.train.loop is the loop of one epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from freezetune.config import Config, ConfigError
+from freezetune.data import Loaders
+from freezetune.plan import FreezePlan, apply_plan
+from freezetune.record import EpochResult, FrozenLedger, get_rng_state, load_payload, model_payload, set_rng_state
+from freezetune.train.distributed import Dist, shard_loaders
+from freezetune.train.loop import EpochStats, LoopOptions, Progress, Resume, fit_epoch
+from freezetune.train.lr_schedule import LRSchedule, set_lr
+from freezetune.train.nets import TrainTarget
+from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
+from freezetune.train.setup import Prepared
+
+__all__ = ["STATE_FORMAT", "Partial", "Trainer"]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "freezetune-train-state/1"
+
+
+@dataclass
+class Partial:
+    """A stopped epoch: how far it got, the loader generator state it started from, and
+    the RNG states at the stop (restored once the batches already seen are skipped)."""
+
+    epoch: int
+    steps: int
+    loss_sum: float
+    samples: int
+    generator: torch.Tensor
+    rng: dict[str, Any]
+
+
+class Trainer:
+    """One run's training state across its phases; :meth:`fit` trains one epoch."""
+
+    def __init__(self, cfg: Config, p: Prepared, loaders: Loaders, folder: Path, dist: Dist | None = None) -> None:
+        self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
+        self.schedule, self.settings = p.schedule, p.settings
+        self.dist = dist
+        # One generator shuffles every epoch, cached or not: the order does not
+        # depend on when a cache was (re)built, and its state is saved with the rest.
+        self.generator: torch.Generator = loaders.train.generator  # type: ignore[assignment]
+        if dist is not None:  # DistributedSampler shuffles from (seed, epoch); batch_size is per process
+            train, val = shard_loaders(loaders.train, loaders.val, dist, cfg.seed)
+            loaders = Loaders(train, val, loaders.num_classes)
+        cap = cfg.train.max_steps_per_epoch
+        self.steps_per_epoch = len(loaders.train) if cap is None else min(len(loaders.train), cap)
+        self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
+        self.global_step = 0
+        self.plan: FreezePlan = self.schedule.initial
+        self.optimizer = make_optimizer(self.model, cfg.train.optimizer, self.settings, {}, 1, self.lr.factor(0))
+        check_optimizer(self.optimizer, self.model)
+        self.ledger = FrozenLedger(self.model, self.plan)  # digests at the moment each tensor froze
+        self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
+        self.events: list[dict[str, Any]] = []
+        self.epochs: list[EpochResult] = []
+
+    def check_cache_plan(self) -> None:
+        """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
+        self.target.check_cache(self.schedule, self.plan)
+
+    # ------------------------------------------------------------------ phases
+
+    def enter_phase(self, epoch: int, quiet: bool = False) -> list[dict[str, Any]]:
+        """Apply the events that start at ``epoch``: requires_grad and BatchNorm modes,
+        optimizer groups, the protected-tensor ledger; returns what was applied."""
+        phase = self.schedule.phase_at(epoch)
+        if phase.plan is self.plan:
+            return []
+        # Tensors about to leave protection must still be bitwise what they were.
+        new_plan = phase.plan
+        leaving = self.ledger.move_to(new_plan)
+        apply_plan(self.model, new_plan)
+        removed = remove_frozen(self.optimizer)
+        groups = add_trainable(
+            self.optimizer, self.model, self.cfg.train.optimizer, self.settings, self.schedule.lr_scales(epoch), epoch,
+            self.lr.factor(self.global_step),
+        )
+        check_optimizer(self.optimizer, self.model)
+        self.plan = new_plan
+        rows = []
+        for ev in phase.events:
+            row = ev.to_json()
+            if ev.spec.kind == "unfreeze":
+                mine = [ok for n, ok in leaving.items() if _owned_by(n, ev.params)]
+                row |= {"unchanged_until_event": all(mine), "tensors_checked": len(mine)}
+            rows.append(row)
+        rows.append({"epoch": epoch, "event": "optimizer", "removed_tensors": removed,
+                     "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
+                     "trainable_params": new_plan.numel_trainable})
+        self.events.extend(rows)
+        for row in [] if quiet else rows[:-1]:
+            check = {True: ", frozen until now: bitwise unchanged", False: ", frozen until now: CHANGED", None: ""}
+            log.info("%s: epoch %d: %s %s (%d tensors, %d params%s)%s", self.cfg.name, epoch, row["event"],
+                     row["target"], row["tensors"], row["params"],
+                     f", lr_scale {row['lr_scale']:g}" if "lr_scale" in row else "", check[row.get("unchanged_until_event")])
+        return rows
+
+    def replay_phases(self, through: int) -> None:
+        """Re-enter every phase that starts by epoch ``through`` (resume): same groups, same order."""
+        for phase in self.schedule.phases[1:]:
+            if phase.start <= through:
+                self.enter_phase(phase.start, quiet=True)  # already logged and recorded by the first run
+
+    # ------------------------------------------------------------------ one epoch
+
+    def fit(
+        self, epoch: int, progress: Progress, stop: Callable[[], bool] | None, count_saved: bool,
+        partial: Partial | None = None,
+    ) -> tuple[EpochResult | None, EpochStats, torch.Tensor]:
+        """Train and evaluate one epoch; returns (result or None if stopped, stats, the
+        generator state the epoch started from)."""
+        target = self.target
+        target.follow(self.plan)
+        if isinstance(target.train_loader.sampler, DistributedSampler):
+            target.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        resume = None
+        if partial is not None:
+            self.generator.set_state(partial.generator)
+            resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(partial.rng))
+        start_state = self.generator.get_state()
+        first = (epoch - 1) * self.steps_per_epoch
+
+        def before_step(i: int) -> None:
+            self.global_step = first + i
+            set_lr(self.optimizer, self.lr.factor(self.global_step))
+
+        options = LoopOptions(self.cfg.train.max_steps_per_epoch, progress, count_saved, before_step, stop, resume)
+        result, stats = fit_epoch(
+            epoch, target.net, self.optimizer, target.train_loader, target.val_loader, self.device, options,
+            eval_model=target.eval_net, reduce=self.dist.sum_ if self.dist is not None else None,
+        )
+        self.global_step = first + stats.steps
+        if result is not None:
+            self.epochs.append(result)
+        return result, stats, start_state
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict) -> dict:
+        """Everything a resume needs. ``stats`` set: epoch ``epoch`` stopped part-way."""
+        partial = None
+        if stats is not None and stats.interrupted:
+            partial = {"steps": stats.steps, "loss_sum": stats.loss_sum, "samples": stats.samples}
+            if self.dist is not None:  # each rank's own running sums (collective, like the RNG states)
+                partial["per_rank"] = self.dist.gather((stats.loss_sum, stats.samples))
+        return {
+            "format": STATE_FORMAT,
+            "config": resolved,
+            "epoch": epoch,
+            "partial": partial,
+            "global_step": self.global_step,
+            **self.payload(self.cfg.train.save, epoch),
+            "optimizer": self.optimizer.state_dict(),
+            "group_names": [g.get("name") for g in self.optimizer.param_groups],
+            "rng": get_rng_state(),
+            # Every rank's own generators (collective: every rank builds the state, rank 0 writes it).
+            "rng_per_rank": self.dist.gather(get_rng_state()) if self.dist is not None else None,
+            "world_size": self.dist.world if self.dist is not None else 1,
+            # A stopped epoch restarts its shuffle from where that epoch began.
+            "generator": start_state if partial else self.generator.get_state(),
+            "protected": self.ledger.digests,
+            "events": self.events,
+            "epochs": [vars(e) for e in self.epochs],
+        }
+
+    def payload(self, save: str, epoch: int) -> dict[str, Any]:
+        """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
+        what stayed frozen (and pinned) in every phase so far, and records how to rebuild it."""
+        base = {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
+        return model_payload(self.model, save, self.schedule.frozen_throughout(epoch),
+                             self.schedule.pinned_throughout(epoch), base)
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
+        """Restore a saved state into this freshly prepared trainer."""
+        epoch, partial = state["epoch"], state["partial"]
+        world = self.dist.world if self.dist is not None else 1
+        if state.get("world_size", 1) != world:
+            raise ConfigError([f"resume: {where} was saved by {state.get('world_size', 1)} process(es); "
+                               f"resume it with the same number (now {world})"])
+        rank = self.dist.rank if self.dist is not None else 0
+        rng = state["rng_per_rank"][rank] if state.get("rng_per_rank") else state["rng"]
+        self.replay_phases(epoch)  # a stopped epoch has entered its phase too
+        names = [g.get("name") for g in self.optimizer.param_groups]
+        if names != state["group_names"]:
+            raise ConfigError([f"resume: {where} has optimizer groups {state['group_names']}, this config makes {names}"])
+        load_payload(self.model, state, where)
+        self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer(self.optimizer, self.model)
+        self.global_step = state["global_step"]
+        self.ledger.digests = state["protected"]
+        self.events = list(state["events"])
+        self.epochs = [EpochResult(**e) for e in state["epochs"]]
+        if partial:
+            loss_sum, samples = partial["per_rank"][rank] if partial.get("per_rank") else (
+                partial["loss_sum"], partial["samples"])
+            return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"], rng)
+        self.generator.set_state(state["generator"])
+        set_rng_state(rng)
+        return None
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The optimizer's groups as summary.json lists them."""
+        return group_table(self.optimizer)
+
+
+def _owned_by(tensor: str, params: tuple[str, ...]) -> bool:
+    """Whether a protected tensor (parameter or BatchNorm buffer) belongs to one of ``params``' modules."""
+    module = tensor.rsplit(".", 1)[0]
+    return tensor in params or any(p.rsplit(".", 1)[0] == module for p in params)

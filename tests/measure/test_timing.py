@@ -1,0 +1,56 @@
+"""Step timing: phase medians after warm-up, and the no-grad evaluation gap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from freezetune.measure import PHASES, StepClock, eval_speed, medians
+
+
+def test_medians_skip_warmup_and_take_whole_step_medians() -> None:
+    durations = [(9.0, 9.0, 9.0, 9.0)] * 2 + [(0.1, 1.0, 2.0, 0.5), (0.3, 1.2, 2.2, 0.5), (0.2, 1.1, 2.1, 0.6)]
+    m = medians(durations, warmup=2)
+    assert m is not None and m.steps == 3
+    assert (m.data, m.forward, m.backward, m.optimizer) == (0.2, 1.1, 2.1, 0.5)
+    assert m.step == pytest.approx(4.0) and m.compute == pytest.approx(3.8)
+
+
+def test_medians_with_fewer_steps_than_warmup_use_all_and_none_is_none() -> None:
+    assert medians([(1.0, 1.0, 1.0, 1.0)], warmup=3).steps == 1
+    assert medians([], warmup=3) is None
+
+
+def test_cpu_clock_records_one_duration_per_phase() -> None:
+    clock = StepClock(torch.device("cpu"))
+    for _ in range(2):
+        clock.start()
+        for _ in PHASES:
+            clock.lap()
+    clock.start()
+    clock.drop_last()  # a step whose batch never came
+    durations = clock.durations()
+    assert len(durations) == 2 and all(len(d) == 4 and min(d) >= 0 for d in durations)
+
+
+def test_eval_speed_compares_inference_mode_with_autograd_on_and_restores_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).train()
+    result = eval_speed(model, [torch.randn(32, 64)] * 3, torch.device("cpu"), rounds=2)
+    assert set(result) == {"eval_samples_per_s", "eval_grad_samples_per_s", "eval_speedup_no_grad"}
+    assert result["eval_speedup_no_grad"] == pytest.approx(
+        result["eval_samples_per_s"] / result["eval_grad_samples_per_s"]
+    )
+    assert model.training
+
+
+def test_cuda_clock_times_only_every_nth_step() -> None:
+    # Constructed for CUDA but never asked for an event: the sampling logic alone.
+    clock = StepClock(torch.device("cpu"))
+    clock.cuda, clock.every = False, 3  # sampling rule, CPU timer
+    for _ in range(7):
+        clock.start()
+        for _ in PHASES:
+            clock.lap()
+    assert len(clock.durations()) == 3  # steps 0, 3 and 6

@@ -1,0 +1,65 @@
+"""The printed plan: module table rows and where the autograd graph starts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from freezetune.plan import apply_plan
+from freezetune.report import module_rows, probe_autograd, render_plan
+from freezetune.config import Rule
+from freezetune.plan import build_plan, describe
+
+
+def model_and_plan():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),  # frozen prefix
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)),  # weights frozen, BN trains
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    rules = [Rule("freeze", "0", "t"), Rule("freeze", "2.0", "t")]
+    plan = build_plan(describe(model), rules)
+    apply_plan(model, plan)
+    return model, plan
+
+
+def test_module_rows_per_parameter_owner() -> None:
+    model, plan = model_and_plan()
+    rows = {r.name: r for r in module_rows(describe(model), plan)}
+    assert list(rows) == ["0.0", "0.1", "2.0", "2.1", "5"]
+    assert rows["0.0"].status == "frozen" and rows["0.0"].params == 4 * 3 * 9 + 4
+    assert rows["0.1"].bn_mode == "eval (pinned)" and rows["2.1"].bn_mode == "train"
+    assert rows["5"].status == "trainable" and rows["5"].bn_mode == ""
+
+
+def test_module_rows_aggregate_at_a_depth() -> None:
+    model, plan = model_and_plan()
+    rows = {r.name: r for r in module_rows(describe(model), plan, depth=1)}
+    assert list(rows) == ["0", "2", "5"]
+    assert rows["2"].params == 148 + 8 and rows["2"].trainable == 8
+    assert rows["2"].status == "partial (8 trainable)"
+
+
+def test_probe_shows_no_graph_in_the_frozen_prefix() -> None:
+    model, plan = model_and_plan()
+    model.eval()
+    rows = {r.name: r for r in probe_autograd(model, torch.randn(2, 3, 8, 8))}
+    assert not rows["0"].requires_grad and rows["0"].grad_fn is None
+    assert not rows["1"].requires_grad and rows["1"].grad_fn is None
+    # 2.0's weights are frozen, but 2.1's trainable affine parameters start the graph.
+    assert rows["2"].requires_grad and rows["2"].grad_fn == "NativeBatchNormBackward0"
+    assert rows["5"].grad_fn == "AddmmBackward0"
+    assert model.training is False  # the probe restores the mode it found
+
+
+def test_render_plan_totals_and_start_of_graph() -> None:
+    model, plan = model_and_plan()
+    text = render_plan(describe(model), plan, probe_autograd(model, torch.randn(2, 3, 8, 8)))
+    assert "parameters: 286 total, 18 trainable (6.29%), 268 frozen" in text
+    assert "1 module(s) pinned in eval" in text
+    assert "the autograd graph starts at '2'" in text
+    assert "None (no graph recorded)" in text

@@ -1,0 +1,72 @@
+"""compare.py / freezetune.report: two tiny fake-data runs -> report.md, .json, .png."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from freezetune.config import from_dict
+from freezetune.report import build_report, load_run
+from freezetune.train import run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(name: str, preset: str, out: Path):
+    return from_dict(
+        {
+            "name": name,
+            "model": {"arch": "resnet18", "num_classes": 3},
+            "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 24, "val_samples": 8},
+            "freeze": {"preset": preset},
+            "train": {"epochs": 1, "output_dir": str(out / name), "optimizer": {"lr": 0.01}},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("runs")
+    for name, preset in [("t_full", "full"), ("t_probe", "linear_probe")]:
+        run(tiny(name, preset, out))
+    return [out / "t_full", out / "t_probe"]
+
+
+def test_summary_has_speed_and_memory_sections(two_runs: list[Path]) -> None:
+    s = load_run(two_runs[1])
+    for key in ("step_time_s", "compute_time_s", "data_s", "forward_s", "backward_s", "optimizer_s",
+                "train_samples_per_s", "eval_samples_per_s", "eval_grad_samples_per_s", "eval_speedup_no_grad"):
+        assert s["speed"][key] > 0, key
+    m = s["memory"]
+    assert m["param_bytes_trainable"] == (512 * 3 + 3) * 4  # the probe trains fc only
+    assert m["grad_bytes"] == m["param_bytes_trainable"] == m["optimizer_state_bytes"]  # SGD momentum
+    assert m["peak_kind"] == "cpu_peak_rss" and m["peak_bytes"] > 0
+
+
+def test_report_ratios_against_the_full_run(two_runs: list[Path]) -> None:
+    report = build_report([load_run(d) for d in reversed(two_runs)])  # reference found, not just first
+    assert report["reference"] == "t_full"
+    full, probe = sorted(report["rows"], key=lambda r: r["config"])
+    assert full["compute_ratio"] == 1.0 and full["training_memory_ratio"] == 1.0
+    assert probe["training_memory_ratio"] < 0.05  # no conv gradients, momentum or activations to keep
+    assert probe["saved_ratio"] < 0.05
+
+
+def test_compare_script_writes_all_three_files(two_runs: list[Path], tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([*map(str, two_runs), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    for column in ("config", "trainable", "val acc", "step ms", "× full", "samples/s", "predicted ×", "error",
+                   "gradients MiB", "optimizer state MiB", "saved activations MiB", "peak MiB"):
+        assert f" {column} |" in md, column
+    assert "| t_full |" in md and "| t_probe |" in md and "![report](report.png)" in md
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [r["config"] for r in data["rows"]] == ["t_full", "t_probe"]
+    assert all("predicted_step_ratio" in r for r in data["rows"])
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "report:" in capsys.readouterr().out

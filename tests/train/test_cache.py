@@ -1,0 +1,140 @@
+"""The frozen-prefix feature cache changes nothing but the time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from freezetune.plan import apply_plan
+from freezetune.train import CacheRefused, check_split, prefix_problem, split_model
+from freezetune.config import ConfigError, from_dict
+from freezetune.plan import describe, plan_from_config
+from freezetune.train import run
+
+
+def cfg(tmp: Path, name: str, **edits: object):
+    tree = {
+        "name": name,
+        "seed": 3,
+        "model": {"arch": "resnet18", "num_classes": 3},
+        "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 40, "val_samples": 16},
+        "freeze": {"preset": "until:layer3"},
+        "train": {"epochs": 2, "output_dir": str(tmp / name),
+                  "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3}},
+    }
+    for key, value in edits.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return from_dict(tree)
+
+
+def metrics(tmp: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(tmp: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(tmp / name / "model.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
+def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> None:
+    on = run(cfg(tmp_path, "on", **{"freeze.preset": preset, "train.cache_features": "on"}))
+    off = run(cfg(tmp_path, "off", **{"freeze.preset": preset, "train.cache_features": "off"}))
+    assert on["cache"]["used"] and not off["cache"]["used"]
+    for a, b in zip(metrics(tmp_path, "on"), metrics(tmp_path, "off"), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-5)
+    w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
+    for key in w_on:
+        torch.testing.assert_close(w_on[key], w_off[key], atol=1e-5, rtol=1e-4)
+    assert on["frozen_unchanged"] and off["frozen_unchanged"]
+    # The prefix's weights stay in memory with the cache: counted all the same.
+    for key in ("param_bytes_trainable", "param_bytes_frozen", "optimizer_state_bytes"):
+        assert on["memory"][key] == off["memory"][key], key
+
+
+def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) -> None:
+    summary = run(cfg(tmp_path, "mm", **{"train.cache_max_bytes": 0, "train.epochs": 1}))
+    assert summary["cache"]["storage"] == "memmap"
+    assert (tmp_path / "mm" / "cache_train.npy").stat().st_size > 40 * 128 * 4 * 4 * 4
+    in_memory = run(cfg(tmp_path, "mem", **{"train.epochs": 1}))
+    assert in_memory["cache"]["storage"] == "memory"
+    assert metrics(tmp_path, "mm")[0]["train_loss"] == pytest.approx(metrics(tmp_path, "mem")[0]["train_loss"], abs=1e-6)
+
+
+def test_random_augmentation_is_refused_with_on_and_falls_back_with_auto(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.cache_features: 'on'.*random augmentation"):
+        run(cfg(tmp_path, "aug_on", **{"data.augment": True, "train.cache_features": "on", "train.epochs": 1}))
+    assert not (tmp_path / "aug_on").exists()  # refused before anything was written
+    summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": True, "train.epochs": 1}))
+    assert summary["cache"]["used"] is False and "random augmentation" in summary["cache"]["reason"]
+
+
+def test_batchnorm_in_train_mode_in_the_prefix_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BatchNorm 'bn1' in the frozen prefix trains"):
+        run(cfg(tmp_path, "bn", **{"freeze.batchnorm": "train", "train.cache_features": "on"}))
+
+
+def test_nothing_frozen_first_means_nothing_to_cache(tmp_path: Path) -> None:
+    summary = run(cfg(tmp_path, "full", **{"freeze.preset": "full", "train.epochs": 1}))
+    assert summary["cache"]["used"] is False and "no frozen prefix" in summary["cache"]["reason"]
+
+
+def planned(arch: str, preset: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, num_classes=4)
+    apply_plan(model, plan_from_config(describe(model), preset, [], "eval"))
+    return model
+
+
+def test_mobilenet_splits_and_matches() -> None:
+    model = planned("mobilenet_v3_small", "until:features.6")
+    split = split_model(model)
+    assert split.first_trainable.startswith("features_6")
+    assert prefix_problem(model, split, augment=False) is None
+    assert check_split(model, split, torch.randn(2, 3, 64, 64)) <= 1e-5
+    # The suffix is the model's own modules: its parameters are the model's, by identity.
+    model_params = {id(p) for p in model.parameters()}
+    assert {id(p) for p in split.suffix.parameters()} <= model_params
+
+
+def test_dropout_in_a_train_mode_prefix_is_refused() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.2), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)
+    )
+    apply_plan(model, plan_from_config(describe(model), "linear_probe", [], "eval"))
+    split = split_model(model.train())
+    assert split.frontier == "_2"  # the flattened features feed the head
+    assert prefix_problem(model, split, augment=False) == "'1' (Dropout) in the frozen prefix is random in train mode"
+
+
+def test_a_mode_baked_into_the_traced_graph_is_refused() -> None:
+    # efficientnet's blocks call stochastic_depth(x, p, mode, self.training): fx freezes that flag.
+    with pytest.raises(CacheRefused, match="fixed the train/eval mode of .*stochastic_depth"):
+        split_model(planned("efficientnet_b0", "until:features.4"))
+
+
+def test_a_split_that_does_not_reproduce_the_model_is_refused() -> None:
+    model = planned("resnet18", "until:layer3")
+    split = split_model(model)
+    split.prefix = torch.nn.Sequential(split.prefix, _Scale(1.001))
+    with pytest.raises(CacheRefused, match="differs from model"):
+        check_split(model, split, torch.randn(2, 3, 32, 32))
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k

@@ -1,0 +1,139 @@
+"""The training loop: frozen means bitwise unchanged, backward reaches only the
+trainable parameters, evaluation holds no autograd state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torch.utils.data import DataLoader, TensorDataset
+
+from freezetune.plan import apply_plan, trainable_parameters
+from freezetune.config import OptimizerConfig
+from freezetune.config import Rule
+from freezetune.plan import build_plan, describe, plan_from_config
+from freezetune.record import protected_tensors
+from freezetune.train import LoopOptions, evaluate, train_one_epoch
+from freezetune.train import make_optimizer
+
+CPU = torch.device("cpu")
+
+
+def tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),  # 0-2: frozen below
+        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),  # 3-5: trainable
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )
+
+
+def loader(n: int = 32, size: int = 8, classes: int = 3) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=g)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("opt", [OptimizerConfig("sgd", 0.1, 0.9, 0.1), OptimizerConfig("adamw", 0.01, 0.0, 0.1)])
+def test_frozen_tensors_are_bitwise_unchanged_with_momentum_and_weight_decay(opt: OptimizerConfig) -> None:
+    model = tiny_cnn()
+    plan = build_plan(describe(model), [Rule("until", "3", "test")])
+    apply_plan(model, plan)
+    before = snapshot(model)
+    optimizer = make_optimizer(model, opt)
+    for _ in range(3):
+        train_one_epoch(model, optimizer, loader(), CPU)
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                assert p.grad is None, name  # backward never reached it
+    after = model.state_dict()
+    frozen = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    for key in frozen:
+        assert torch.equal(after[key], before[key]), key
+    # ...while everything trainable moved, and the unpinned BatchNorm kept learning statistics.
+    for key in ["3.weight", "3.bias", "4.weight", "4.bias", "8.weight", "8.bias", "4.running_mean", "4.running_var"]:
+        assert not torch.equal(after[key], before[key]), key
+    assert after["4.num_batches_tracked"].item() == 12 and after["1.num_batches_tracked"].item() == 0
+
+
+def test_batchnorm_train_policy_lets_frozen_statistics_move_but_not_weights() -> None:
+    model = tiny_cnn()
+    plan = build_plan(describe(model), [Rule("until", "3", "test")], batchnorm="train")
+    apply_plan(model, plan)
+    before = snapshot(model)
+    train_one_epoch(model, make_optimizer(model, OptimizerConfig()), loader(), CPU)
+    after = model.state_dict()
+    assert torch.equal(after["1.weight"], before["1.weight"]) and torch.equal(after["0.weight"], before["0.weight"])
+    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])  # the user asked for it
+
+
+def test_optimizer_holds_exactly_the_trainable_parameters_by_identity() -> None:
+    model = tiny_cnn()
+    apply_plan(model, build_plan(describe(model), [Rule("until", "3", "test")]))
+    optimizer = make_optimizer(model, OptimizerConfig())
+    held = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    expected = [id(p) for n, p in model.named_parameters() if not n.startswith(("0.", "1."))]
+    assert held == expected and len(held) == 6
+    assert [id(p) for p in trainable_parameters(model)] == expected
+
+
+def test_optimizer_refuses_a_model_with_nothing_trainable() -> None:
+    model = tiny_cnn().requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to optimize"):
+        make_optimizer(model, OptimizerConfig())
+
+
+def test_train_one_epoch_returns_plain_numbers_and_respects_max_steps() -> None:
+    model = tiny_cnn()
+    stats = train_one_epoch(model, make_optimizer(model, OptimizerConfig()), loader(n=40), CPU, LoopOptions(max_steps=2))
+    loss, seen, steps = stats.loss, stats.samples, stats.steps
+    assert type(loss) is float and loss > 0
+    assert (seen, steps) == (16, 2)
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_evaluate_runs_in_inference_mode_in_eval_and_restores_the_mode(start_training: bool) -> None:
+    model = tiny_cnn()
+    model.train(start_training)
+    seen = []
+    model[8].register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_inference_mode_enabled(), o.requires_grad, o.grad_fn, m.training))
+    )
+    loss, acc = evaluate(model, loader(n=10), CPU)
+    assert seen and all(s == (True, False, None, False) for s in seen)
+    assert model.training is start_training
+    assert type(loss) is float and 0.0 <= acc <= 1.0
+
+
+def test_evaluate_accuracy_is_exact() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1, 1, 1])  # the third one is wrong
+    _, acc = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=3), CPU)
+    assert acc == 0.75
+
+
+def test_resnet18_until_layer3_trains_only_layer3_onwards() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    plan = plan_from_config(describe(model), "until:layer3", [], "eval")
+    apply_plan(model, plan)
+    protected = {k: v.detach().clone() for k, v in protected_tensors(model, plan).items()}
+    before = snapshot(model)
+    optimizer = make_optimizer(model, OptimizerConfig("sgd", 0.05, 0.9, 5e-4))
+    train_one_epoch(model, optimizer, loader(n=16, size=32), CPU)
+    now = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert len(protected) == 30 + 3 * 10  # frozen params + 3 buffers for each of 10 pinned BatchNorms
+    for key, value in protected.items():
+        assert torch.equal(now[key], value), key
+    assert not torch.equal(model.layer3[0].conv1.weight, before["layer3.0.conv1.weight"])
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(("conv1", "bn1", "layer1", "layer2")))
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("layer3", "layer4", "fc")))
