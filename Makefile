@@ -29,7 +29,10 @@ data: $(STAMP)
 demo: data
 	$(PY) scripts/demo.py
 
+# Lint and format check first (ruff, configured in pyproject.toml): CI keeps the code clean.
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 clean:

@@ -2,7 +2,13 @@
 process, with predicted costs), benchmarking freezetune's step against a
 hand-written loop, and the Fashion-MNIST transfer demo."""
 
-from freezetune.apps.benchmark import BenchResult, CacheBenchResult, benchmark_cache, benchmark_config, hand_written_loop
+from freezetune.apps.benchmark import (
+    BenchResult,
+    CacheBenchResult,
+    benchmark_cache,
+    benchmark_config,
+    hand_written_loop,
+)
 from freezetune.apps.compare import estimate_config, train_in_subprocess
 from freezetune.apps.demo import demo_report, pretrain_is_current, results_table, run_demo
 from freezetune.apps.shipped import shipped_config, shipped_configs_dir

@@ -148,8 +148,12 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
     """Epoch time after the first with the feature cache, without it, and by hand."""
     summaries = {}
     for mode in ("on", "off"):
-        edits = [*overrides, f"train.cache_features={mode}", f"train.epochs={epochs}",
-                 f"train.output_dir={folder / mode}"]
+        edits = [
+            *overrides,
+            f"train.cache_features={mode}",
+            f"train.epochs={epochs}",
+            f"train.output_dir={folder / mode}",
+        ]
         summaries[mode] = run(load_config(config, edits), overwrite=True)
     cfg = load_config(config, overrides)
     prepared, loaders = prepare(cfg)

@@ -23,8 +23,17 @@ def train_in_subprocess(config: str | Path, overrides: list[str]) -> Path:
     """``python -m freezetune train --config ... --overwrite`` in a fresh interpreter (the
     installed package, wherever it runs from); returns the run folder."""
     cfg = load_config(config, overrides)  # fail here, with the message, before spawning
-    cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--overwrite",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "freezetune",
+        "train",
+        "--config",
+        str(config),
+        *overrides,
+        "--overwrite",
+        "--no-progress",
+    ]
     log.info("training %s: %s", cfg.name, " ".join(cmd[1:]))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
@@ -45,6 +54,7 @@ def estimate_config(
     x = torch.randn(n, 3, size, size, device=prepared.device)
     key = (cfg.model.arch, size, n, k, cfg.train.optimizer.name, str(prepared.device))
     profile = cache.get(key) if cache is not None else None
+
     def make(model: torch.nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(model, cfg.train.optimizer)
 

@@ -4,8 +4,9 @@ under several freezing configs, and tabulate what each cost and achieved."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -17,7 +18,15 @@ from freezetune.report import build_report, write_report
 from freezetune.train import Progress, no_progress, run
 from freezetune.utils import format_table
 
-__all__ = ["FINETUNE_CONFIGS", "PRETRAIN_CONFIG", "REPORT_DIR", "demo_report", "pretrain_is_current", "results_table", "run_demo"]
+__all__ = [
+    "FINETUNE_CONFIGS",
+    "PRETRAIN_CONFIG",
+    "REPORT_DIR",
+    "demo_report",
+    "pretrain_is_current",
+    "results_table",
+    "run_demo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +82,9 @@ def run_demo(
     return summaries
 
 
-def demo_report(summaries: list[dict[str, Any]], overrides: list[str] | None = None,
-                out_dir: str | Path = REPORT_DIR) -> tuple[dict[str, Any], list[Path]]:
+def demo_report(
+    summaries: list[dict[str, Any]], overrides: list[str] | None = None, out_dir: str | Path = REPORT_DIR
+) -> tuple[dict[str, Any], list[Path]]:
     """Predict each fine-tune's cost, then write the comparison report."""
     cache: dict = {}
     estimates = {}
@@ -111,6 +121,16 @@ def results_table(summaries: list[dict[str, Any]]) -> str:
                 "yes" if s["frozen_unchanged"] else "NO",
             ]
         )
-    headers = ["config", "trainable params", "trainable", "val acc", "epochs", "epoch s", "cache build s", "train s",
-               "model.pt MiB full / delta", "frozen unchanged"]
+    headers = [
+        "config",
+        "trainable params",
+        "trainable",
+        "val acc",
+        "epochs",
+        "epoch s",
+        "cache build s",
+        "train s",
+        "model.pt MiB full / delta",
+        "frozen unchanged",
+    ]
     return format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8})

@@ -18,10 +18,12 @@ def shipped_configs_dir() -> Path:
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / "fmnist").is_dir():
             return Path(location)
-    raise ConfigError([
-        "the shipped configs (freezetune/configs/fmnist/*.yaml) are not installed. HINT: reinstall freezetune "
-        "from its repository (pip install /path/to/freezetune), or pass your own --config files"
-    ])
+    raise ConfigError(
+        [
+            "the shipped configs (freezetune/configs/fmnist/*.yaml) are not installed. HINT: reinstall freezetune "
+            "from its repository (pip install /path/to/freezetune), or pass your own --config files"
+        ]
+    )
 
 
 def shipped_config(name: str) -> Path:

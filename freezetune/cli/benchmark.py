@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from freezetune.apps.benchmark import benchmark_cache, benchmark_config
@@ -23,16 +22,23 @@ from freezetune.utils import format_table
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None, help="default: the shipped bench/resnet18_fake.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--presets", nargs="+", default=["full", "linear_probe", "until:layer3"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--out", default=None, help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json)")
     parser.add_argument(
-        "--cache", nargs="*", metavar="CONFIG", default=None,
+        "--out", default=None, help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json)"
+    )
+    parser.add_argument(
+        "--cache",
+        nargs="*",
+        metavar="CONFIG",
+        default=None,
         help="instead: epoch time with the feature cache vs without vs a hand-written loop, for these configs "
         "(default: the demo's linear probe and freeze_until_layer3)",
     )
@@ -51,10 +57,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 r = benchmark_config(cfg, args.steps, args.rounds)
                 r.name = preset
                 results.append(r)
-                print(f"{preset} @ {size}px: framework {r.framework_ms:.2f} ms, hand {r.hand_ms:.2f} ms, ratio {r.ratio:.3f}", flush=True)
-        rows = [[r.name, r.image_size, r.device, f"{r.framework_ms:.2f}", f"{r.hand_ms:.2f}", f"{r.ratio:.3f}"] for r in results]
+                print(
+                    f"{preset} @ {size}px: framework {r.framework_ms:.2f} ms, hand {r.hand_ms:.2f} ms, "
+                    f"ratio {r.ratio:.3f}",
+                    flush=True,
+                )
+        rows = [
+            [r.name, r.image_size, r.device, f"{r.framework_ms:.2f}", f"{r.hand_ms:.2f}", f"{r.ratio:.3f}"]
+            for r in results
+        ]
         print()
-        print(format_table(["preset", "px", "device", "framework ms/step", "hand ms/step", "ratio"], rows, right={1, 3, 4, 5}))
+        print(
+            format_table(
+                ["preset", "px", "device", "framework ms/step", "hand ms/step", "ratio"], rows, right={1, 3, 4, 5}
+            )
+        )
         out = Path(args.out or "runs/benchmark.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
@@ -62,22 +79,49 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     def cache_body() -> int:
-        configs = args.cache or [shipped_config("fmnist/linear_probe.yaml"), shipped_config("fmnist/freeze_until_layer3.yaml")]
+        configs = args.cache or [
+            shipped_config("fmnist/linear_probe.yaml"),
+            shipped_config("fmnist/freeze_until_layer3.yaml"),
+        ]
         results = []
         for config in configs:
             r = benchmark_cache(config, args.overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
             results.append(r)
-            print(f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "
-                  f"hand-written {r.hand_epoch_s:.2f}s -> {r.speedup:.1f}x", flush=True)
+            print(
+                f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "
+                f"hand-written {r.hand_epoch_s:.2f}s -> {r.speedup:.1f}x",
+                flush=True,
+            )
         rows = [
-            [r.name, f"{r.build_s:.2f}", f"{r.cached_epoch_s:.2f}", f"{r.uncached_epoch_s:.2f}", f"{r.hand_epoch_s:.2f}",
-             f"{r.speedup:.1f}x", f"{r.speedup_vs_hand:.1f}x", f"{r.cached_val_acc:.4f} / {r.uncached_val_acc:.4f}"]
+            [
+                r.name,
+                f"{r.build_s:.2f}",
+                f"{r.cached_epoch_s:.2f}",
+                f"{r.uncached_epoch_s:.2f}",
+                f"{r.hand_epoch_s:.2f}",
+                f"{r.speedup:.1f}x",
+                f"{r.speedup_vs_hand:.1f}x",
+                f"{r.cached_val_acc:.4f} / {r.uncached_val_acc:.4f}",
+            ]
             for r in results
         ]
         print()
-        print(format_table(
-            ["config", "cache build s", "cached epoch s", "uncached epoch s", "hand-written epoch s",
-             "× vs uncached", "× vs hand", "val acc cached / uncached"], rows, right={1, 2, 3, 4, 5, 6}))
+        print(
+            format_table(
+                [
+                    "config",
+                    "cache build s",
+                    "cached epoch s",
+                    "uncached epoch s",
+                    "hand-written epoch s",
+                    "× vs uncached",
+                    "× vs hand",
+                    "val acc cached / uncached",
+                ],
+                rows,
+                right={1, 2, 3, 4, 5, 6},
+            )
+        )
         out = Path(args.out or "runs/benchmark_cache.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
@@ -85,4 +129,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body)
-

@@ -7,7 +7,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from freezetune.config import Config, ConfigError, load_config
 from freezetune.plan import FreezeError

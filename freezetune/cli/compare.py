@@ -9,7 +9,6 @@ Writes report.md, report.json and report.png to --out (default runs/report)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from freezetune.apps.compare import estimate_config, train_in_subprocess
@@ -20,7 +19,9 @@ from freezetune.report import build_report, load_run, text_table, write_report
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", nargs="+", default=None, help="configs to train and compare")
     parser.add_argument("items", nargs="*", help="run folders, or key=value edits when --configs is given")
     parser.add_argument("--out", default="runs/report", help="where the report goes")
@@ -43,9 +44,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         runs = [load_run(d) for d in run_dirs]
         cache: dict = {}
         # A scheduled config has one plan per phase: no single prediction fits it.
-        estimates = {} if args.no_estimate else {
-            c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled
-        }
+        estimates = (
+            {}
+            if args.no_estimate
+            else {c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled}
+        )
         report = build_report(runs, estimates)
         paths = write_report(report, args.out)
         print(text_table(report))
@@ -53,4 +56,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body)
-

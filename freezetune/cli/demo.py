@@ -41,4 +41,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0 if all(s["frozen_unchanged"] for s in summaries) else 1
 
     return cli.guarded(body)
-

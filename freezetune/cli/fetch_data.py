@@ -18,4 +18,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     raw = ensure_fashion_mnist(args.root)
     print(f"Fashion-MNIST ready in {raw}")
     return 0
-

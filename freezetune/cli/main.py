@@ -23,8 +23,10 @@ COMMANDS = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "usage: freezetune COMMAND [ARGS ...]\n\ncommands:\n" + "\n".join(lines) + (
-        "\n\n`freezetune COMMAND --help` describes each one."
+    return (
+        "usage: freezetune COMMAND [ARGS ...]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\n`freezetune COMMAND --help` describes each one.")
     )
 
 

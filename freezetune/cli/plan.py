@@ -26,11 +26,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     cli.add_config_args(parser)
-    parser.add_argument("--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)"
+    )
     parser.add_argument("--no-probe", action="store_true", help="skip the forward pass that shows grad_fn per module")
     parser.add_argument("--no-estimate", action="store_true", help="skip the predicted step time and memory")
-    parser.add_argument("--params", action="store_true",
-                        help="one row per parameter: when it trains, its optimizer group and effective LR")
+    parser.add_argument(
+        "--params",
+        action="store_true",
+        help="one row per parameter: when it trains, its optimizer group and effective LR",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -54,10 +59,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if not args.no_estimate:
             print()
             if p.schedule.changes:
-                print(f"(predicted for epoch 1's plan; the plan changes at epochs "
-                      f"{', '.join(str(ph.start) for ph in p.schedule.phases[1:])})")
+                print(
+                    f"(predicted for epoch 1's plan; the plan changes at epochs "
+                    f"{', '.join(str(ph.start) for ph in p.schedule.phases[1:])})"
+                )
             print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
         return 0
 
     return cli.guarded(body)
-

@@ -46,8 +46,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
         progress = cli.tqdm_progress(cli.progress_enabled(main_rank and not args.no_progress))
         try:
-            summary = run(cfg, overwrite=args.overwrite, progress=progress, on_epoch=report, resume=args.resume,
-                          dist=dist, device=device)
+            summary = run(
+                cfg,
+                overwrite=args.overwrite,
+                progress=progress,
+                on_epoch=report,
+                resume=args.resume,
+                dist=dist,
+                device=device,
+            )
         finally:
             distributed.shutdown()
         if not main_rank:
@@ -57,14 +64,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 command = f"torchrun <the same launch options> {sys.argv[0]}"
             else:
                 command = prog or f"python {sys.argv[0]}"
-            print(f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
-                  f"Continue with: {command} --config {args.config} --resume {summary['run_dir']}")
+            print(
+                f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
+                f"Continue with: {command} --config {args.config} --resume {summary['run_dir']}"
+            )
             return cli.EXIT_INTERRUPTED
         ok = "yes" if summary["frozen_unchanged"] else "NO"
         if "distributed" in summary:
             d = summary["distributed"]
-            print(f"{cfg.name}: {d['world_size']} processes ({d['backend']}), global batch {d['global_batch']}, "
-                  f"replicas bitwise identical: {'yes' if d['replicas_identical'] else 'NO'}")
+            print(
+                f"{cfg.name}: {d['world_size']} processes ({d['backend']}), global batch {d['global_batch']}, "
+                f"replicas bitwise identical: {'yes' if d['replicas_identical'] else 'NO'}"
+            )
         print(
             f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "
             f"{summary['params_total']:,}, frozen tensors bitwise unchanged: {ok} -> {cfg.output_dir}"
@@ -72,4 +83,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0 if summary["frozen_unchanged"] else 1
 
     return cli.guarded(body)
-

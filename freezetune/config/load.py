@@ -90,7 +90,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+                problems.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
                 break
             else:
                 child = node[part] = dict(child)

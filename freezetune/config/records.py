@@ -11,8 +11,9 @@ it concerns one key, that key's dotted path: ``freeze.schedule[1].lr_scale: expe
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from freezetune.config.values import finite_number
 

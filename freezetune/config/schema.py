@@ -39,6 +39,8 @@ def _choice(*choices: str, **extra: Any) -> dict[str, Any]:
 
 @dataclass
 class ModelConfig:
+    """``model``: the architecture, its pretrained weights and its head."""
+
     arch: str = "resnet18"
     # null, a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a file path.
     weights: Union[str, None] = None
@@ -51,6 +53,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """``data``: the dataset, class subset, image size, batches and sample caps."""
+
     dataset: str = field(default="fake", metadata=_choice("fashion_mnist", "fake", "imagefolder"))
     root: str = "data"
     classes: Union[list[int], None] = None
@@ -65,6 +69,8 @@ class DataConfig:
 
 @dataclass
 class FreezeConfig:
+    """``freeze``: what is frozen (preset, rules), BatchNorm's policy, and the schedule of events."""
+
     # full | linear_probe | bitfit | until:<module>; applied before `rules`.
     preset: Union[str, None] = None
     rules: list[dict] = field(default_factory=list)
@@ -84,6 +90,8 @@ class FreezeConfig:
 
 @dataclass
 class OptimizerConfig:
+    """``train.optimizer``: which optimizer, at what learning rate."""
+
     name: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
     lr: float = field(default=0.01, metadata={"min_exclusive": 0.0})
     momentum: float = field(default=0.9, metadata={"min": 0.0})
@@ -92,6 +100,8 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """``train.scheduler``: the LR multiplier over the run (freezetune.train.lr_schedule)."""
+
     # `train.scheduler: cosine` is short for `train.scheduler: {name: cosine}`.
     SHORTHAND: ClassVar[str] = "name"
     # The LR multiplier is set before every optimizer step, on every param group,
@@ -113,6 +123,8 @@ class SchedulerConfig:
 
 @dataclass
 class TrainConfig:
+    """``train``: epochs, optimizer, device, output, cache, LR groups and schedule, checkpoints."""
+
     epochs: int = field(default=1, metadata={"min": 1})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
@@ -136,6 +148,8 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A whole run's configuration, as loaded and checked by freezetune.config.load."""
+
     name: str = ""
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -145,4 +159,5 @@ class Config:
 
     @property
     def output_dir(self) -> Path:
+        """The run folder: ``train.output_dir``, else ``runs/<name>``."""
         return Path(self.train.output_dir or f"runs/{self.name}")

@@ -59,7 +59,9 @@ def semantic_problems(cfg: Config) -> list[str]:
         if weights_kind(cfg.model.arch, w) == "file" and re.fullmatch(r"[A-Z][A-Z0-9_]*", w):
             # Looks like an enum name, not a path: say which names exist.
             names = ["DEFAULT", *_weight_names(cfg.model.arch)]
-            problems.append(f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}")
+            problems.append(
+                f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}"
+            )
     problems.extend(_data_problems(cfg))
     problems.extend(_freeze_problems(cfg))
     problems.extend(_train_problems(cfg))
@@ -90,8 +92,10 @@ def _freeze_problems(cfg: Config) -> list[str]:
     _, problems = parse_rules(r for r in rules if r is not None)
     preset = cfg.freeze.preset
     problems.extend(event_problems(preset, cfg.freeze.schedule, cfg.freeze.gradual, cfg.train.epochs))
-    if isinstance(preset, str) and preset not in ("full", "linear_probe", "bitfit", "gradual") and not (
-        preset.startswith("until:") and len(preset) > len("until:")
+    if (
+        isinstance(preset, str)
+        and preset not in ("full", "linear_probe", "bitfit", "gradual")
+        and not (preset.startswith("until:") and len(preset) > len("until:"))
     ):
         near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit", "gradual"], n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -111,7 +115,8 @@ def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> l
         for ev in events:
             if ev.epoch > epochs:
                 problems.append(
-                    f"{ev.origin}: epoch {ev.epoch} is past the last epoch (train.epochs is {epochs}): it would never happen"
+                    f"{ev.origin}: epoch {ev.epoch} is past the last epoch (train.epochs is {epochs}): "
+                    "it would never happen"
                 )
         if preset == "gradual" and gradual and len(gradual) + 1 > epochs:
             problems.append(
@@ -129,8 +134,16 @@ def _train_problems(cfg: Config) -> list[str]:
         problems.append("train.scheduler.warmup_epochs: onecycle warms up by itself (train.scheduler.pct_start)")
     if sched.name == "onecycle" and isinstance(sched.pct_start, float) and sched.pct_start >= 1:
         problems.append(f"train.scheduler.pct_start: {sched.pct_start} must be < 1 (the share of steps spent rising)")
-    if isinstance(cfg.train.epochs, int) and isinstance(sched.warmup_epochs, float) and sched.warmup_epochs > cfg.train.epochs:
-        problems.append(f"train.scheduler.warmup_epochs: {sched.warmup_epochs} is longer than the run ({cfg.train.epochs} epochs)")
+    if (
+        isinstance(cfg.train.epochs, int)
+        and isinstance(sched.warmup_epochs, float)
+        and sched.warmup_epochs > cfg.train.epochs
+    ):
+        problems.append(
+            f"train.scheduler.warmup_epochs: {sched.warmup_epochs} is longer than the run ({cfg.train.epochs} epochs)"
+        )
     if sched.name == "cosine" and isinstance(sched.min_lr_scale, float) and sched.min_lr_scale > 1:
-        problems.append(f"train.scheduler.min_lr_scale: {sched.min_lr_scale} must be <= 1 (a fraction of each group's LR)")
+        problems.append(
+            f"train.scheduler.min_lr_scale: {sched.min_lr_scale} must be <= 1 (a fraction of each group's LR)"
+        )
     return problems

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import copy
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,16 @@ from freezetune.measure.timing import device_clock as _clock
 from freezetune.plan.apply import pin_eval, unpin_eval
 from freezetune.utils.modules import first_tensor as _first_tensor
 
-__all__ = ["Estimate", "ModuleCost", "ModuleProfile", "OptimizerFactory", "Profile", "estimate", "predict", "profile_model"]
+__all__ = [
+    "Estimate",
+    "ModuleCost",
+    "ModuleProfile",
+    "OptimizerFactory",
+    "Profile",
+    "estimate",
+    "predict",
+    "profile_model",
+]
 
 # Builds the run's optimizer over a model's trainable parameters (freezetune.train.optim
 # makes it from the config); the profile times its step, whatever kind it is.
@@ -69,10 +78,12 @@ class Profile:
 
     @property
     def full_step_s(self) -> float:
+        """Full fine-tuning's predicted step: every module's full backward, and its optimizer step."""
         return sum(m.forward_s + m.backward_full_s for m in self.modules) + self.full_optimizer_s
 
     @property
     def full_saved_bytes(self) -> int:
+        """Activation bytes full fine-tuning saves for backward."""
         return sum(m.saved_full for m in self.modules)
 
 
@@ -97,26 +108,32 @@ class Estimate:
 
     @property
     def step_s(self) -> float:
+        """The plan's predicted step time (forward, backward, optimizer) in seconds."""
         return sum(m.forward_s + m.backward_s for m in self.modules) + self.optimizer_s
 
     @property
     def full_step_s(self) -> float:
+        """Full fine-tuning's predicted step: every module's full backward, and its optimizer step."""
         return self.profile.full_step_s
 
     @property
     def step_ratio(self) -> float:
+        """Predicted step time relative to full fine-tuning."""
         return self.step_s / self.full_step_s
 
     @property
     def saved_bytes(self) -> int:
+        """Activation bytes the plan saves for backward."""
         return sum(m.saved_bytes for m in self.modules)
 
     @property
     def full_saved_bytes(self) -> int:
+        """Activation bytes full fine-tuning saves for backward."""
         return self.profile.full_saved_bytes
 
     @property
     def saved_ratio(self) -> float:
+        """Saved activations relative to full fine-tuning."""
         return self.saved_bytes / self.full_saved_bytes if self.full_saved_bytes else 1.0
 
     def to_json(self) -> dict:
@@ -306,7 +323,11 @@ def profile_model(
         full_model = _reference_copy(model, trainable=True, pin_frozen_bn=False)
         states = {
             "full": (full_model, x, True),
-            "input": (_reference_copy(model, trainable=False, pin_frozen_bn=False), x.detach().requires_grad_(True), True),
+            "input": (
+                _reference_copy(model, trainable=False, pin_frozen_bn=False),
+                x.detach().requires_grad_(True),
+                True,
+            ),
             "none": (_reference_copy(model, trainable=False, pin_frozen_bn=True), x, False),
         }
         opt = make_optimizer(full_model)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -67,6 +67,7 @@ class SavedBytes:
     _seen: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
+        """As summary.json's ``memory`` keys."""
         return {"saved_bytes": self.total, "saved_activation_bytes": self.activations, "saved_tensors": self.tensors}
 
 

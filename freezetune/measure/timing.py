@@ -41,12 +41,14 @@ class StepClock:
         return time.perf_counter()
 
     def start(self) -> None:
+        """Mark the start of a step (before its batch is fetched)."""
         self._on = self._steps % self.every == 0
         self._steps += 1
         if self._on:
             self._marks.append([self._now()])
 
     def lap(self) -> None:
+        """Mark the end of a phase: data, forward, backward, optimizer."""
         if self._on:
             self._marks[-1].append(self._now())
 

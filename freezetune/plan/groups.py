@@ -15,7 +15,6 @@ event.lr_scale``: the factors multiply, so each can be read on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
 from freezetune.config.records import GroupRule, Rule, parse_param_groups
 from freezetune.plan.rules import ModelTree, find_head, match_rule, suggest_names
@@ -47,7 +46,9 @@ def stage_depths(tree: ModelTree) -> dict[str, int]:
     return {n: (max(head_at - stages.index(s), 0) if s else deepest) for n, s in stage_of.items()}
 
 
-def assign_settings(tree: ModelTree, raw_groups: list, layer_decay: float | None) -> tuple[dict[str, Setting], list[str]]:
+def assign_settings(
+    tree: ModelTree, raw_groups: list, layer_decay: float | None
+) -> tuple[dict[str, Setting], list[str]]:
     """Every parameter's :class:`Setting`; returns (settings, problems)."""
     rules, problems = parse_param_groups(raw_groups)
     depths = stage_depths(tree) if layer_decay is not None else {}

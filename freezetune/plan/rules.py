@@ -62,10 +62,12 @@ class ModuleInfo:
 
     @property
     def type_name(self) -> str:
+        """The module's own class name."""
         return self.type_names[0]
 
     @property
     def is_batchnorm(self) -> bool:
+        """BatchNorm1d/2d/3d or SyncBatchNorm: running statistics that train mode updates."""
         return "_BatchNorm" in self.type_names  # BatchNorm1d/2d/3d, SyncBatchNorm
 
 
@@ -78,10 +80,12 @@ class ModelTree:
 
     @property
     def param_names(self) -> list[str]:
+        """Every parameter name, in ``named_parameters()`` order."""
         # named_parameters() walks modules in this same pre-order, own params first.
         return [p for m in self.modules for p in m.params]
 
     def module(self, name: str) -> ModuleInfo | None:
+        """The module called ``name`` (```` is the root), or None."""
         return next((m for m in self.modules if m.name == name), None)
 
 
@@ -116,13 +120,16 @@ class FreezePlan:
 
     @property
     def numel_trainable(self) -> int:
+        """Elements in trainable parameters."""
         return sum(p.numel for p in self.params if p.trainable)
 
     @property
     def numel_total(self) -> int:
+        """Elements in all parameters."""
         return sum(p.numel for p in self.params)
 
     def is_trainable(self, name: str) -> bool:
+        """Whether parameter ``name`` trains; KeyError for a name the plan does not have."""
         for p in self.params:
             if p.name == name:
                 return p.trainable
@@ -194,8 +201,8 @@ def preset_rules(preset: str | None, tree: ModelTree) -> list[Rule]:
             Rule("unfreeze_type", "LayerNorm", origin, optional=True),
             Rule("unfreeze", find_head(tree), origin),
         ]
-    if preset.startswith("until:") and preset[len("until:"):]:
-        return [Rule("until", preset[len("until:"):], origin)]
+    if preset.startswith("until:") and preset[len("until:") :]:
+        return [Rule("until", preset[len("until:") :], origin)]
     raise FreezeError([f"freeze.preset: unknown preset {preset!r}; valid: {', '.join(PRESETS)}"])
 
 

@@ -13,11 +13,20 @@ start of the next epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from freezetune.config.records import EventSpec, gradual_events, parse_events, parse_rules
-from freezetune.plan.rules import FreezeError, FreezePlan, ModelTree, build_plan, match_rule, preset_rules, suggest_names
+from freezetune.plan.rules import (
+    FreezeError,
+    FreezePlan,
+    ModelTree,
+    build_plan,
+    match_rule,
+    preset_rules,
+    suggest_names,
+)
 
 __all__ = ["Event", "Phase", "Schedule", "build_schedule"]
 
@@ -31,10 +40,18 @@ class Event:
     numel: int
 
     def to_json(self) -> dict[str, Any]:
+        """As an ``events.jsonl`` row."""
         s = self.spec
         scale = {"lr_scale": s.lr_scale} if s.kind == "unfreeze" else {}
-        return {"epoch": s.epoch, "event": s.kind, "target": s.target, **scale, "origin": s.origin,
-                "tensors": len(self.params), "params": self.numel}
+        return {
+            "epoch": s.epoch,
+            "event": s.kind,
+            "target": s.target,
+            **scale,
+            "origin": s.origin,
+            "tensors": len(self.params),
+            "params": self.numel,
+        }
 
 
 @dataclass(frozen=True)
@@ -53,20 +70,25 @@ class Schedule:
     phases: tuple[Phase, ...]  # in epoch order; phases[0].start == 1
 
     def phase_at(self, epoch: int) -> Phase:
+        """The phase in force during ``epoch``."""
         return [p for p in self.phases if p.start <= epoch][-1]
 
     def plan_at(self, epoch: int) -> FreezePlan:
+        """The plan in force during ``epoch``."""
         return self.phase_at(epoch).plan
 
     def events_at(self, epoch: int) -> tuple[Event, ...]:
+        """The events applied at the start of ``epoch`` (none for epoch 1)."""
         return next((p.events for p in self.phases if p.start == epoch and epoch > 1), ())
 
     @property
     def initial(self) -> FreezePlan:
+        """Epoch 1's plan."""
         return self.phases[0].plan
 
     @property
     def changes(self) -> bool:
+        """Whether any event changes the trainable set during the run."""
         return len(self.phases) > 1
 
     def lr_scales(self, epoch: int) -> dict[str, float]:
@@ -101,6 +123,7 @@ class Schedule:
         return set.intersection(*(set(names(p.plan)) for p in self.phases if p.start <= epoch))
 
     def to_json(self) -> list[dict[str, Any]]:
+        """Every event, as ``freeze_plan.json``'s ``schedule`` lists them."""
         return [ev.to_json() for p in self.phases for ev in p.events]
 
 

@@ -68,14 +68,22 @@ def base_hash(state: dict[str, torch.Tensor], excluded: list[str] | set[str]) ->
     return h.hexdigest()
 
 
-def model_payload(model: nn.Module, save: str, frozen: set[str], pinned: set[str], base: dict[str, Any]) -> dict[str, Any]:
+def model_payload(
+    model: nn.Module, save: str, frozen: set[str], pinned: set[str], base: dict[str, Any]
+) -> dict[str, Any]:
     """``{"model": state_dict}`` (full) or ``{"delta": ...}``; ``base`` says how to rebuild the
     base model (its model config and class count) for a delta."""
     state = model.state_dict()
     if save == "full":
         return {"model": state}
     keys = delta_keys(model, frozen, pinned)
-    return {"delta": {"format": DELTA_FORMAT, "tensors": {k: state[k] for k in keys}, "base": {**base, "hash": base_hash(state, keys), "tensors": len(state) - len(keys)}}}
+    return {
+        "delta": {
+            "format": DELTA_FORMAT,
+            "tensors": {k: state[k] for k in keys},
+            "base": {**base, "hash": base_hash(state, keys), "tensors": len(state) - len(keys)},
+        }
+    }
 
 
 def is_delta(obj: Any) -> bool:

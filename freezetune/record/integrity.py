@@ -4,8 +4,8 @@ not to change (frozen parameters and the buffers of BatchNorm kept in eval)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -69,7 +69,12 @@ class FrozenCheck:
 
     def to_json(self) -> dict:
         """As summary.json's ``frozen_check``."""
-        return {"unchanged": self.unchanged, "checked": self.checked, "changed": self.changed, "grads_none": self.grads_none}
+        return {
+            "unchanged": self.unchanged,
+            "checked": self.checked,
+            "changed": self.changed,
+            "grads_none": self.grads_none,
+        }
 
 
 def verify_frozen(model: nn.Module, plan: FreezePlan, before: dict[str, str]) -> FrozenCheck:

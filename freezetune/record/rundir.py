@@ -8,8 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -17,7 +18,13 @@ import yaml
 __all__ = ["RECORD_FILES", "RunDir", "RunExistsError", "atomic_write_bytes"]
 
 RECORD_FILES = (
-    "config.yaml", "freeze_plan.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.pt", "checkpoint.pt",
+    "config.yaml",
+    "freeze_plan.json",
+    "metrics.jsonl",
+    "events.jsonl",
+    "summary.json",
+    "model.pt",
+    "checkpoint.pt",
 )
 
 

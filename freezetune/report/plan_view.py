@@ -83,8 +83,16 @@ def param_rows(tree: ModelTree, schedule: Schedule, settings: dict[str, Setting]
             rows.append(ParamRow(name, tree.numel[name], None, "-", None, wd))
             continue
         event = scales[epoch].get(name, 1.0)
-        rows.append(ParamRow(name, tree.numel[name], epoch, group_label(epoch, s, event),
-                             cfg.train.optimizer.lr * s.lr_scale * event, wd))
+        rows.append(
+            ParamRow(
+                name,
+                tree.numel[name],
+                epoch,
+                group_label(epoch, s, event),
+                cfg.train.optimizer.lr * s.lr_scale * event,
+                wd,
+            )
+        )
     return rows
 
 
@@ -92,8 +100,17 @@ def render_params(rows: list[ParamRow]) -> str:
     """The ``--params`` table: one row per parameter."""
     return format_table(
         ["parameter", "params", "trains from", "effective lr", "weight decay", "optimizer group"],
-        [[r.name, f"{r.numel:,}", f"epoch {r.trainable_from}" if r.trainable_from else "never (frozen)",
-          f"{r.lr:.4g}" if r.lr is not None else "-", f"{r.weight_decay:g}", r.group] for r in rows],
+        [
+            [
+                r.name,
+                f"{r.numel:,}",
+                f"epoch {r.trainable_from}" if r.trainable_from else "never (frozen)",
+                f"{r.lr:.4g}" if r.lr is not None else "-",
+                f"{r.weight_decay:g}",
+                r.group,
+            ]
+            for r in rows
+        ],
         right={1, 3, 4},
     )
 
@@ -104,12 +121,17 @@ def render_groups(rows: list[ParamRow]) -> str:
     for r in rows:
         if r.lr is not None:
             groups.setdefault((r.group, r.weight_decay), []).append(r)
-    return format_table(
-        ["optimizer group", "tensors", "params", "effective lr", "weight decay", "first tensor"],
-        [[g, len(rs), f"{sum(r.numel for r in rs):,}", f"{rs[0].lr:.4g}", f"{wd:g}", rs[0].name]
-         for (g, wd), rs in sorted(groups.items(), key=lambda kv: kv[1][0].trainable_from or 0)],
-        right={1, 2, 3, 4},
-    ) + "\n(--params lists every parameter's group and LR)"
+    return (
+        format_table(
+            ["optimizer group", "tensors", "params", "effective lr", "weight decay", "first tensor"],
+            [
+                [g, len(rs), f"{sum(r.numel for r in rs):,}", f"{rs[0].lr:.4g}", f"{wd:g}", rs[0].name]
+                for (g, wd), rs in sorted(groups.items(), key=lambda kv: kv[1][0].trainable_from or 0)
+            ],
+            right={1, 2, 3, 4},
+        )
+        + "\n(--params lists every parameter's group and LR)"
+    )
 
 
 def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> str:
@@ -118,13 +140,17 @@ def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> st
     for ev in (e for p in schedule.phases for e in p.events):
         s = ev.spec
         scale = f", lr x{s.lr_scale:g}" if s.kind == "unfreeze" and s.lr_scale != 1.0 else ""
-        lines.append(f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
-                     f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable")
+        lines.append(
+            f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
+            f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable"
+        )
     lr = LRSchedule(cfg.train.scheduler, steps_per_epoch, cfg.train.epochs)
     marks = [(e, (e - 1) * steps_per_epoch) for e in range(1, cfg.train.epochs + 1)]
     factors = ", ".join(f"epoch {e}: x{lr.factor(step):.3g}" for e, step in marks)
-    lines.append(f"LR schedule '{cfg.train.scheduler.name}' ({steps_per_epoch} steps/epoch), multiplier at each "
-                 f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment")
+    lines.append(
+        f"LR schedule '{cfg.train.scheduler.name}' ({steps_per_epoch} steps/epoch), multiplier at each "
+        f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment"
+    )
     return "\n".join(lines)
 
 
@@ -147,7 +173,11 @@ def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> 
         bn = ("eval (pinned)" if m.name in pinned else "train") if m.is_batchnorm else ""
         rows.append(
             ModuleRow(
-                m.name or "(root)", m.type_name, sum(tree.numel[n] for n in owned), sum(tree.numel[n] for n in owned if trainable[n]), bn
+                m.name or "(root)",
+                m.type_name,
+                sum(tree.numel[n] for n in owned),
+                sum(tree.numel[n] for n in owned if trainable[n]),
+                bn,
             )
         )
     return rows
@@ -183,7 +213,10 @@ def probe_autograd(model: nn.Module, x: torch.Tensor) -> list[ProbeRow]:
 
 
 def render_plan(
-    tree: ModelTree, plan: FreezePlan, probe: list[ProbeRow] | None, depth: int | None = None,
+    tree: ModelTree,
+    plan: FreezePlan,
+    probe: list[ProbeRow] | None,
+    depth: int | None = None,
     schedule: Schedule | None = None,
 ) -> str:
     """The plan table, its totals and, given a probe, the autograd table under it."""
@@ -202,7 +235,8 @@ def render_plan(
         table,
         "",
         f"parameters: {total:,} total, {train:,} trainable ({100.0 * train / total:.2f}%), {total - train:,} frozen",
-        f"tensors:    {len(plan.trainable)} trainable, {len(plan.frozen)} frozen (requires_grad=False; never in the optimizer)",
+        f"tensors:    {len(plan.trainable)} trainable, {len(plan.frozen)} frozen "
+        "(requires_grad=False; never in the optimizer)",
         f"batchnorm:  policy '{plan.batchnorm}', {len(plan.bn_eval)} module(s) pinned in eval (running stats frozen)",
     ]
     if probe is not None:
@@ -248,14 +282,17 @@ def render_estimate(est: Estimate) -> str:
         for m in est.modules
     ]
     table = format_table(
-        ["module", "state", "fwd ms", "bwd ms", "saved KiB", "full: fwd+bwd ms", "full: saved KiB"], rows, right={2, 3, 4, 5, 6}
+        ["module", "state", "fwd ms", "bwd ms", "saved KiB", "full: fwd+bwd ms", "full: saved KiB"],
+        rows,
+        right={2, 3, 4, 5, 6},
     )
     return "\n".join(
         [
             f"predicted cost per step, from a per-module profile of real steps on a batch of {est.profile.batch}"
             " (compute only, no data loading):",
             table,
-            f"optimizer step: {1000 * est.optimizer_s:.2f} ms (full fine-tuning: {1000 * est.profile.full_optimizer_s:.2f} ms)",
+            f"optimizer step: {1000 * est.optimizer_s:.2f} ms "
+            f"(full fine-tuning: {1000 * est.profile.full_optimizer_s:.2f} ms)",
             f"predicted step time: {1000 * est.step_s:.1f} ms vs {1000 * est.full_step_s:.1f} ms for full fine-tuning"
             f" (×{est.step_ratio:.2f})",
             f"predicted activations saved for backward: {est.saved_bytes / 2**20:.2f} MiB vs "

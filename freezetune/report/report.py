@@ -62,7 +62,9 @@ def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None =
             "memory_bytes": {k: m[k] for k, _ in MEMORY_KINDS},
             "training_memory_bytes": training,
             "training_memory_ratio": training / ref_training if ref_training else 1.0,
-            "saved_ratio": m["saved_activation_bytes"] / rm["saved_activation_bytes"] if rm["saved_activation_bytes"] else 1.0,
+            "saved_ratio": m["saved_activation_bytes"] / rm["saved_activation_bytes"]
+            if rm["saved_activation_bytes"]
+            else 1.0,
             "peak_bytes": m["peak_bytes"],
             "peak_kind": m["peak_kind"],
             "peak_ratio": m["peak_bytes"] / rm["peak_bytes"],
@@ -128,7 +130,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         if predicted:
             has = "predicted_step_ratio" in r
             err = r.get("predicted_step_error")
-            line += [f"{r['predicted_step_ratio']:.3f}" if has else "-", f"{100 * err:+.1f}%" if err is not None else "-"]
+            line += [
+                f"{r['predicted_step_ratio']:.3f}" if has else "-",
+                f"{100 * err:+.1f}%" if err is not None else "-",
+            ]
         line += [_mib(r["memory_bytes"][k]) for k, _ in MEMORY_KINDS]
         line += [f"{r['training_memory_ratio']:.2f}", _mib(r["peak_bytes"])]
         body.append(line)
@@ -157,7 +162,16 @@ def text_table(report: dict[str, Any]) -> str:
                 _mib(r["peak_bytes"]),
             ]
         )
-    headers = ["config", "trainable", "val acc", "step ms", "compute × full", "predicted ×", "train mem × full", "peak MiB"]
+    headers = [
+        "config",
+        "trainable",
+        "val acc",
+        "step ms",
+        "compute × full",
+        "predicted ×",
+        "train mem × full",
+        "peak MiB",
+    ]
     return format_table(headers, rows, right={1, 2, 3, 4, 6, 7})
 
 

@@ -26,7 +26,14 @@ from freezetune.train.loop import (
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
-from freezetune.train.optim import add_trainable, check_optimizer, group_label, group_table, make_optimizer, remove_frozen
+from freezetune.train.optim import (
+    add_trainable,
+    check_optimizer,
+    group_label,
+    group_table,
+    make_optimizer,
+    remove_frozen,
+)
 from freezetune.train.run import CHECKPOINT, load_resume_state, run
 from freezetune.train.setup import (
     Prepared,

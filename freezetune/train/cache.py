@@ -24,22 +24,44 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-
 from torchvision.ops import stochastic_depth
 
 from freezetune.measure.timing import device_clock
 from freezetune.plan.apply import is_pinned_eval
 from freezetune.utils.modules import eval_mode, first_tensor
 
-__all__ = ["CacheRefused", "FeatureCache", "Split", "build_cache", "cached_loaders", "check_split", "prefix_problem", "split_model"]
+__all__ = [
+    "CacheRefused",
+    "FeatureCache",
+    "Split",
+    "build_cache",
+    "cached_loaders",
+    "check_split",
+    "prefix_problem",
+    "split_model",
+]
 
 log = logging.getLogger(__name__)
 
-_RANDOM_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "StochasticDepth")
+_RANDOM_MODULES = (
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "StochasticDepth",
+)
 
 
 _MODE_FUNCTIONS = {
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    F.batch_norm,
     stochastic_depth,
 }
 
@@ -116,7 +138,10 @@ def prefix_problem(model: nn.Module, split: Split, augment: bool) -> str | None:
             continue
         m = modules[n.target]
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_pinned_eval(m):
-            return f"BatchNorm '{n.target}' in the frozen prefix trains (freeze.batchnorm: train): its output depends on the batch"
+            return (
+                f"BatchNorm '{n.target}' in the frozen prefix trains (freeze.batchnorm: train): "
+                "its output depends on the batch"
+            )
         if type(m).__name__ in _RANDOM_MODULES and m.training:
             return f"'{n.target}' ({type(m).__name__}) in the frozen prefix is random in train mode"
     return None
@@ -148,8 +173,13 @@ class FeatureCache:
 
     def to_json(self) -> dict:
         """As summary.json's ``cache`` keeps it."""
-        return {"bytes": self.bytes, "storage": self.storage, "build_s": self.build_s,
-                "train_shape": list(self.train.tensors[0].shape), "val_shape": list(self.val.tensors[0].shape)}
+        return {
+            "bytes": self.bytes,
+            "storage": self.storage,
+            "build_s": self.build_s,
+            "train_shape": list(self.train.tensors[0].shape),
+            "val_shape": list(self.val.tensors[0].shape),
+        }
 
 
 def _features(prefix: nn.Module, ds: Dataset, batch: int, device: torch.device, budget: int, path: Path) -> tuple:
@@ -168,16 +198,22 @@ def _features(prefix: nn.Module, ds: Dataset, batch: int, device: torch.device, 
                 mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
                 out, mapped = torch.from_numpy(mm), True
             labels = torch.empty(len(ds), dtype=torch.long)  # type: ignore[arg-type]
-        out[start:start + f.shape[0]] = f
-        labels[start:start + f.shape[0]] = y
+        out[start : start + f.shape[0]] = f
+        labels[start : start + f.shape[0]] = y
         start += f.shape[0]
     return out, labels, mapped
 
 
 @torch.inference_mode()
 def build_cache(
-    model: nn.Module, split: Split, train_ds: Dataset, val_ds: Dataset, batch: int, device: torch.device,
-    max_bytes: int, folder: Path,
+    model: nn.Module,
+    split: Split,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    batch: int,
+    device: torch.device,
+    max_bytes: int,
+    folder: Path,
 ) -> FeatureCache:
     """Run the prefix once over both datasets, in eval mode, with no autograd state."""
     start = device_clock(device)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -120,8 +121,12 @@ def shard_loaders(train: DataLoader, val: DataLoader, d: Dist, seed: int) -> tup
     by ``set_epoch``), the validation set split without repeats. ``batch_size`` is per process."""
     n = len(train.dataset)  # type: ignore[arg-type]
     if n % d.world:
-        log.warning("%d training samples do not split evenly over %d processes: DistributedSampler repeats %d",
-                    n, d.world, d.world - n % d.world)
+        log.warning(
+            "%d training samples do not split evenly over %d processes: DistributedSampler repeats %d",
+            n,
+            d.world,
+            d.world - n % d.world,
+        )
     sampler = DistributedSampler(train.dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed)
     kw = {"batch_size": train.batch_size, "num_workers": train.num_workers}
     return (

@@ -26,6 +26,7 @@ class StopRequest:
         self._previous: object = None
 
     def __call__(self) -> bool:
+        """Whether a stop was requested."""
         return self.requested
 
     def request(self) -> None:

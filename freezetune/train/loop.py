@@ -3,9 +3,10 @@ under ``inference_mode``. Read it top to bottom; nothing here knows about files.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,17 @@ from freezetune.measure.timing import StepClock, device_clock
 from freezetune.record.summary import EpochResult
 from freezetune.utils.modules import eval_mode
 
-__all__ = ["EpochStats", "LoopOptions", "Progress", "Reduce", "Resume", "evaluate", "fit_epoch", "no_progress", "train_one_epoch"]
+__all__ = [
+    "EpochStats",
+    "LoopOptions",
+    "Progress",
+    "Reduce",
+    "Resume",
+    "evaluate",
+    "fit_epoch",
+    "no_progress",
+    "train_one_epoch",
+]
 
 T = TypeVar("T")
 # A progress wrapper (the scripts pass tqdm; the library stays silent).

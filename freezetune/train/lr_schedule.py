@@ -33,10 +33,12 @@ class LRSchedule:
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps in the whole run."""
         return self.steps_per_epoch * self.epochs
 
     @property
     def warmup_steps(self) -> int:
+        """Steps of linear warm-up (none for onecycle, which warms up by itself)."""
         return round(self.cfg.warmup_epochs * self.steps_per_epoch) if self.cfg.name != "onecycle" else 0
 
     def factor(self, step: int) -> float:

@@ -19,7 +19,15 @@ from torch.utils.data import DataLoader
 from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, Schedule, apply_plan
-from freezetune.train.cache import CacheRefused, Split, build_cache, cached_loaders, check_split, prefix_problem, split_model
+from freezetune.train.cache import (
+    CacheRefused,
+    Split,
+    build_cache,
+    cached_loaders,
+    check_split,
+    prefix_problem,
+    split_model,
+)
 from freezetune.train.distributed import Dist
 
 __all__ = ["TrainTarget"]
@@ -32,8 +40,14 @@ class TrainTarget:
     with the plan by :meth:`follow`."""
 
     def __init__(
-        self, cfg: Config, model: nn.Module, loaders: Loaders, device: torch.device, folder: Path,
-        generator: torch.Generator, dist: Dist | None = None,
+        self,
+        cfg: Config,
+        model: nn.Module,
+        loaders: Loaders,
+        device: torch.device,
+        folder: Path,
+        generator: torch.Generator,
+        dist: Dist | None = None,
     ) -> None:
         self.cfg, self.model, self.loaders, self.device = cfg, model, loaders, device
         self.folder, self.generator, self.dist = folder, generator, dist
@@ -50,14 +64,18 @@ class TrainTarget:
         if self.cfg.train.cache_features != "on":
             return
         if self.dist is not None:
-            raise ConfigError(["train.cache_features: 'on' is not available under DDP (multi-process); use auto or off"])
+            raise ConfigError(
+                ["train.cache_features: 'on' is not available under DDP (multi-process); use auto or off"]
+            )
         try:
             for phase in schedule.phases:
                 apply_plan(self.model, phase.plan)
                 self._split()
         except CacheRefused as exc:
             at = f" (from epoch {phase.start})" if schedule.changes else ""
-            raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {exc}"]) from None
+            raise ConfigError(
+                [f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {exc}"]
+            ) from None
         finally:
             apply_plan(self.model, current)
 
@@ -72,7 +90,9 @@ class TrainTarget:
         if self.dist is not None:
             self.net = self.dist.wrap(self.model, self.device)
             if self.cfg.train.cache_features != "off" and not self.cache_info["reason"]:  # say it once
-                self.cache_info["reason"] = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
+                self.cache_info["reason"] = (
+                    "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
+                )
                 log.info("%s: feature cache %s", self.cfg.name, self.cache_info["reason"])
             return
         if self.cfg.train.cache_features == "off":
@@ -82,7 +102,9 @@ class TrainTarget:
             split = self._split()
         except CacheRefused as exc:
             if self.cfg.train.cache_features == "on":
-                raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]) from None
+                raise ConfigError(
+                    [f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]
+                ) from None
             log.info("%s: feature cache not used: %s", self.cfg.name, exc)
             self.cache_info.update(used=False, reason=str(exc))
             return
@@ -98,14 +120,34 @@ class TrainTarget:
         return split
 
     def _use_cache(self, split: Split) -> None:
-        cache = build_cache(self.model, split, self.loaders.train.dataset, self.loaders.val.dataset,
-                            self.cfg.data.batch_size, self.device, self.cfg.train.cache_max_bytes, self.folder)
+        cache = build_cache(
+            self.model,
+            split,
+            self.loaders.train.dataset,
+            self.loaders.val.dataset,
+            self.cfg.data.batch_size,
+            self.device,
+            self.cfg.train.cache_max_bytes,
+            self.folder,
+        )
         builds = self.cache_info.get("builds", []) + [{"frontier": split.frontier, **cache.to_json()}]
-        self.cache_info.update(cache.to_json(), used=True, reason=None, frontier=split.frontier,
-                               first_trainable=split.first_trainable, builds=builds)
+        self.cache_info.update(
+            cache.to_json(),
+            used=True,
+            reason=None,
+            frontier=split.frontier,
+            first_trainable=split.first_trainable,
+            builds=builds,
+        )
         self.cache_info["build_s"] = sum(b["build_s"] for b in builds)
-        log.info("%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
-                 self.cfg.name, split.frontier, cache.bytes / 2**20, cache.storage, cache.build_s)
+        log.info(
+            "%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
+            self.cfg.name,
+            split.frontier,
+            cache.bytes / 2**20,
+            cache.storage,
+            cache.build_s,
+        )
         # The suffix is made of the model's own modules: training it trains the model.
         self.net = self.eval_net = split.suffix
         self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)

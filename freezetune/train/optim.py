@@ -48,8 +48,13 @@ def _groups(
         if g is None:
             base = cfg.lr * s.lr_scale * event
             g = groups[(label, wd)] = {
-                "params": [], "names": [], "name": label, "lr_scale": s.lr_scale * event, "base_lr": base,
-                "lr": base * factor, "weight_decay": wd,
+                "params": [],
+                "names": [],
+                "name": label,
+                "lr_scale": s.lr_scale * event,
+                "base_lr": base,
+                "lr": base * factor,
+                "weight_decay": wd,
             }
         g["params"].append(p)
         g["names"].append(name)
@@ -121,14 +126,22 @@ def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
         names = {id(p): n for n, p in model.named_parameters()}
         extra = [names.get(i, "?") for i in set(held) - wanted]
         missing = [names[i] for i in wanted - set(held)]
-        raise RuntimeError(f"the optimizer does not hold exactly the trainable parameters: "
-                           f"frozen or foreign {extra[:5]}, missing {missing[:5]}")
+        raise RuntimeError(
+            f"the optimizer does not hold exactly the trainable parameters: "
+            f"frozen or foreign {extra[:5]}, missing {missing[:5]}"
+        )
 
 
 def group_table(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """Per group: its name, tensor count, base LR and current LR (for the run record)."""
     return [
-        {"name": g.get("name", str(i)), "tensors": len(g["params"]), "params": sum(p.numel() for p in g["params"]),
-         "base_lr": g.get("base_lr", g["lr"]), "lr": g["lr"], "weight_decay": g["weight_decay"]}
+        {
+            "name": g.get("name", str(i)),
+            "tensors": len(g["params"]),
+            "params": sum(p.numel() for p in g["params"]),
+            "base_lr": g.get("base_lr", g["lr"]),
+            "lr": g["lr"],
+            "weight_decay": g["weight_decay"],
+        }
         for i, g in enumerate(optimizer.param_groups)
     ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -79,8 +80,13 @@ def run(
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     log.info(
         "%s: %d / %d parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
-        cfg.name, p.plan.numel_trainable, p.plan.numel_total, len(p.plan.trainable),
-        len(trainer.optimizer.param_groups), len(p.plan.bn_eval), p.device,
+        cfg.name,
+        p.plan.numel_trainable,
+        p.plan.numel_total,
+        len(p.plan.trainable),
+        len(trainer.optimizer.param_groups),
+        len(p.plan.bn_eval),
+        p.device,
     )
     if state is None:
         _start_record(out, p, resolved, overwrite)
@@ -101,8 +107,9 @@ def run(
                 out.append_jsonl("events.jsonl", row)
             if events:
                 last_phase = _LastPhase()
-            result, stats, start_state = trainer.fit(epoch, progress, should_stop, count_saved=last_phase.saved is None,
-                                                     partial=partial)
+            result, stats, start_state = trainer.fit(
+                epoch, progress, should_stop, count_saved=last_phase.saved is None, partial=partial
+            )
             partial = None
             last_phase.add(stats)
             if result is not None:
@@ -145,15 +152,21 @@ def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int,
     # Rows written after the checkpoint (a kill between the two writes) are redone.
     out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
     out.keep_jsonl_rows("events.jsonl", lambda row: row["epoch"] <= state["epoch"])
-    log.info("%s: resuming at epoch %d%s from %s", trainer.cfg.name, first,
-             f", step {partial.steps}" if partial else "", out.path / CHECKPOINT)
+    log.info(
+        "%s: resuming at epoch %d%s from %s",
+        trainer.cfg.name,
+        first,
+        f", step {partial.steps}" if partial else "",
+        out.path / CHECKPOINT,
+    )
     return first, partial
 
 
 def _stopped(cfg: Config, out: RunDir, epoch: int, stats: EpochStats) -> dict[str, Any]:
     if out.write:
-        log.warning("%s: stopped in epoch %d after %d steps; continue with --resume %s",
-                    cfg.name, epoch, stats.steps, out.path)
+        log.warning(
+            "%s: stopped in epoch %d after %d steps; continue with --resume %s", cfg.name, epoch, stats.steps, out.path
+        )
     return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps, "run_dir": str(out.path)}
 
 
@@ -162,7 +175,9 @@ def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     path = folder / CHECKPOINT
     if not path.is_file():
         if (folder / "summary.json").is_file():
-            raise ConfigError([f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"])
+            raise ConfigError(
+                [f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"]
+            )
         raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch but the last)"])
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -181,8 +196,15 @@ def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
 
 
 def _finish(
-    cfg: Config, p: Prepared, trainer: Trainer, out: RunDir, resolved: dict[str, Any], last_phase: _LastPhase,
-    wall: float, n_train: int, dist: Dist | None,
+    cfg: Config,
+    p: Prepared,
+    trainer: Trainer,
+    out: RunDir,
+    resolved: dict[str, Any],
+    last_phase: _LastPhase,
+    wall: float,
+    n_train: int,
+    dist: Dist | None,
 ) -> dict[str, Any]:
     """Verify, measure, save the model and write summary.json."""
     check = trainer.ledger.verify()
@@ -199,12 +221,22 @@ def _finish(
         else:
             sizes[mode] = serialized_bytes(content)  # what the other choice would have written
     facts = RunFacts(
-        cfg=cfg, plan=trainer.plan, epochs=trainer.epochs, check=check, wall_s=wall, train_samples=n_train,
+        cfg=cfg,
+        plan=trainer.plan,
+        epochs=trainer.epochs,
+        check=check,
+        wall_s=wall,
+        train_samples=n_train,
         weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},
-        device=str(p.device), speed=speed, memory=memory, cache=target.cache_info,
-        events=[e for e in trainer.events if e["event"] != "optimizer"], optimizer_groups=trainer.groups(),
+        device=str(p.device),
+        speed=speed,
+        memory=memory,
+        cache=target.cache_info,
+        events=[e for e in trainer.events if e["event"] != "optimizer"],
+        optimizer_groups=trainer.groups(),
         checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
-        run_dir=str(out.path), distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
+        run_dir=str(out.path),
+        distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)
@@ -218,14 +250,22 @@ def _replicas(dist: Dist, model: nn.Module, cfg: Config) -> dict[str, Any]:
     digests = dist.gather(parameter_digest(model))
     if len(set(digests)) != 1:
         log.error("replicas diverged: parameter digests per rank %s", digests)
-    return {"world_size": dist.world, "backend": dist.backend, "batch_per_process": cfg.data.batch_size,
-            "global_batch": cfg.data.batch_size * dist.world, "rank_parameter_sha256": digests,
-            "replicas_identical": len(set(digests)) == 1}
+    return {
+        "world_size": dist.world,
+        "backend": dist.backend,
+        "batch_per_process": cfg.data.batch_size,
+        "global_batch": cfg.data.batch_size * dist.world,
+        "rank_parameter_sha256": digests,
+        "replicas_identical": len(set(digests)) == 1,
+    }
 
 
 def _speed(
-    net: nn.Module, val_loader: torch.utils.data.DataLoader, device: torch.device,
-    durations: list[tuple[float, ...]], batch_size: int,
+    net: nn.Module,
+    val_loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    durations: list[tuple[float, ...]],
+    batch_size: int,
 ) -> dict[str, Any]:
     """summary.json's ``speed``: step phases after warm-up, and evaluation with and without
     autograd on ``net`` (what trained: the model, or its suffix when the cache was used)."""

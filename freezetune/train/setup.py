@@ -13,9 +13,26 @@ import torch.nn as nn
 from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.models import LoadReport, build_model
-from freezetune.plan import FreezeError, FreezePlan, Schedule, Setting, apply_plan, assign_settings, build_schedule, describe
+from freezetune.plan import (
+    FreezeError,
+    FreezePlan,
+    Schedule,
+    Setting,
+    apply_plan,
+    assign_settings,
+    build_schedule,
+    describe,
+)
 
-__all__ = ["Prepared", "num_outputs", "prepare", "prepare_model", "resolve_device", "seed_everything", "steps_per_epoch"]
+__all__ = [
+    "Prepared",
+    "num_outputs",
+    "prepare",
+    "prepare_model",
+    "resolve_device",
+    "seed_everything",
+    "steps_per_epoch",
+]
 
 
 @dataclass
@@ -62,8 +79,9 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     tree = describe(model)
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
-        schedule = build_schedule(tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm,
-                                  cfg.freeze.schedule, cfg.freeze.gradual)
+        schedule = build_schedule(
+            tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm, cfg.freeze.schedule, cfg.freeze.gradual
+        )
     except FreezeError as exc:
         if problems:  # report the groups' problems with the plan's, in one error
             raise ConfigError(exc.problems + problems) from None

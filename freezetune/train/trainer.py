@@ -10,9 +10,10 @@ freezetune.train.loop is the loop of one epoch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data.distributed import DistributedSampler
@@ -91,7 +92,12 @@ class Trainer:
         apply_plan(self.model, new_plan)
         removed = remove_frozen(self.optimizer)
         groups = add_trainable(
-            self.optimizer, self.model, self.cfg.train.optimizer, self.settings, self.schedule.lr_scales(epoch), epoch,
+            self.optimizer,
+            self.model,
+            self.cfg.train.optimizer,
+            self.settings,
+            self.schedule.lr_scales(epoch),
+            epoch,
             self.lr.factor(self.global_step),
         )
         check_optimizer(self.optimizer, self.model)
@@ -103,15 +109,29 @@ class Trainer:
                 mine = [ok for n, ok in leaving.items() if _owned_by(n, ev.params)]
                 row |= {"unchanged_until_event": all(mine), "tensors_checked": len(mine)}
             rows.append(row)
-        rows.append({"epoch": epoch, "event": "optimizer", "removed_tensors": removed,
-                     "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
-                     "trainable_params": new_plan.numel_trainable})
+        rows.append(
+            {
+                "epoch": epoch,
+                "event": "optimizer",
+                "removed_tensors": removed,
+                "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
+                "trainable_params": new_plan.numel_trainable,
+            }
+        )
         self.events.extend(rows)
         for row in [] if quiet else rows[:-1]:
             check = {True: ", frozen until now: bitwise unchanged", False: ", frozen until now: CHANGED", None: ""}
-            log.info("%s: epoch %d: %s %s (%d tensors, %d params%s)%s", self.cfg.name, epoch, row["event"],
-                     row["target"], row["tensors"], row["params"],
-                     f", lr_scale {row['lr_scale']:g}" if "lr_scale" in row else "", check[row.get("unchanged_until_event")])
+            log.info(
+                "%s: epoch %d: %s %s (%d tensors, %d params%s)%s",
+                self.cfg.name,
+                epoch,
+                row["event"],
+                row["target"],
+                row["tensors"],
+                row["params"],
+                f", lr_scale {row['lr_scale']:g}" if "lr_scale" in row else "",
+                check[row.get("unchanged_until_event")],
+            )
         return rows
 
     def replay_phases(self, through: int) -> None:
@@ -123,7 +143,11 @@ class Trainer:
     # ------------------------------------------------------------------ one epoch
 
     def fit(
-        self, epoch: int, progress: Progress, stop: Callable[[], bool] | None, count_saved: bool,
+        self,
+        epoch: int,
+        progress: Progress,
+        stop: Callable[[], bool] | None,
+        count_saved: bool,
         partial: Partial | None = None,
     ) -> tuple[EpochResult | None, EpochStats, torch.Tensor]:
         """Train and evaluate one epoch; returns (result or None if stopped, stats, the
@@ -145,8 +169,15 @@ class Trainer:
 
         options = LoopOptions(self.cfg.train.max_steps_per_epoch, progress, count_saved, before_step, stop, resume)
         result, stats = fit_epoch(
-            epoch, target.net, self.optimizer, target.train_loader, target.val_loader, self.device, options,
-            eval_model=target.eval_net, reduce=self.dist.sum_ if self.dist is not None else None,
+            epoch,
+            target.net,
+            self.optimizer,
+            target.train_loader,
+            target.val_loader,
+            self.device,
+            options,
+            eval_model=target.eval_net,
+            reduce=self.dist.sum_ if self.dist is not None else None,
         )
         self.global_step = first + stats.steps
         if result is not None:
@@ -155,7 +186,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict) -> dict:
+    def state_dict(
+        self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict
+    ) -> dict:
         """Everything a resume needs. ``stats`` set: epoch ``epoch`` stopped part-way."""
         partial = None
         if stats is not None and stats.interrupted:
@@ -186,22 +219,29 @@ class Trainer:
         """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
         what stayed frozen (and pinned) in every phase so far, and records how to rebuild it."""
         base = {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
-        return model_payload(self.model, save, self.schedule.frozen_throughout(epoch),
-                             self.schedule.pinned_throughout(epoch), base)
+        return model_payload(
+            self.model, save, self.schedule.frozen_throughout(epoch), self.schedule.pinned_throughout(epoch), base
+        )
 
     def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
         """Restore a saved state into this freshly prepared trainer."""
         epoch, partial = state["epoch"], state["partial"]
         world = self.dist.world if self.dist is not None else 1
         if state.get("world_size", 1) != world:
-            raise ConfigError([f"resume: {where} was saved by {state.get('world_size', 1)} process(es); "
-                               f"resume it with the same number (now {world})"])
+            raise ConfigError(
+                [
+                    f"resume: {where} was saved by {state.get('world_size', 1)} process(es); "
+                    f"resume it with the same number (now {world})"
+                ]
+            )
         rank = self.dist.rank if self.dist is not None else 0
         rng = state["rng_per_rank"][rank] if state.get("rng_per_rank") else state["rng"]
         self.replay_phases(epoch)  # a stopped epoch has entered its phase too
         names = [g.get("name") for g in self.optimizer.param_groups]
         if names != state["group_names"]:
-            raise ConfigError([f"resume: {where} has optimizer groups {state['group_names']}, this config makes {names}"])
+            raise ConfigError(
+                [f"resume: {where} has optimizer groups {state['group_names']}, this config makes {names}"]
+            )
         load_payload(self.model, state, where)
         self.optimizer.load_state_dict(state["optimizer"])
         check_optimizer(self.optimizer, self.model)
@@ -210,8 +250,9 @@ class Trainer:
         self.events = list(state["events"])
         self.epochs = [EpochResult(**e) for e in state["epochs"]]
         if partial:
-            loss_sum, samples = partial["per_rank"][rank] if partial.get("per_rank") else (
-                partial["loss_sum"], partial["samples"])
+            loss_sum, samples = (
+                partial["per_rank"][rank] if partial.get("per_rank") else (partial["loss_sum"], partial["samples"])
+            )
             return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"], rng)
         self.generator.set_state(state["generator"])
         set_rng_state(rng)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from freezetune.config import Config, from_dict, to_dict
 from freezetune.apps import pretrain_is_current, results_table
+from freezetune.config import Config, from_dict, to_dict
 from freezetune.train import run
 
 TINY = {
@@ -134,14 +134,48 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     )
     lines = table.splitlines()
     assert len(lines) == 2 + 2  # header, rule, one line per summary
-    headers = ["config", "trainable params", "trainable", "val acc", "epochs", "epoch s", "cache build s", "train s",
-               "model.pt MiB full / delta", "frozen unchanged"]
+    headers = [
+        "config",
+        "trainable params",
+        "trainable",
+        "val acc",
+        "epochs",
+        "epoch s",
+        "cache build s",
+        "train s",
+        "model.pt MiB full / delta",
+        "frozen unchanged",
+    ]
     assert re.split(r"\s{2,}", lines[0]) == headers
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["fmnist_full", "11,179,077", "100.00%", "0.9123", "2", "12.3", "-", "1234.4",
-                                "42.7", "/", "0.011", "yes"]
-    assert lines[3].split() == ["fmnist_linear_probe", "2,565", "0.02%", "0.5000", "2", "3.0", "1.5", "4321.6",
-                                "42.7", "/", "0.011", "NO"]
+    assert lines[2].split() == [
+        "fmnist_full",
+        "11,179,077",
+        "100.00%",
+        "0.9123",
+        "2",
+        "12.3",
+        "-",
+        "1234.4",
+        "42.7",
+        "/",
+        "0.011",
+        "yes",
+    ]
+    assert lines[3].split() == [
+        "fmnist_linear_probe",
+        "2,565",
+        "0.02%",
+        "0.5000",
+        "2",
+        "3.0",
+        "1.5",
+        "4321.6",
+        "42.7",
+        "/",
+        "0.011",
+        "NO",
+    ]
 
 
 def test_results_table_right_aligns_the_numbers() -> None:

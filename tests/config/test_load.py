@@ -573,8 +573,17 @@ def test_scheduler_shorthand_and_mapping_are_the_same() -> None:
 
 
 def test_scheduler_problems_are_named() -> None:
-    problems = problems_of({"name": "s", "train": {"epochs": 2, "layer_decay": 1.5, "save": "half",
-                                                  "scheduler": {"name": "onecycle", "warmup_epochs": 1}}})
+    problems = problems_of(
+        {
+            "name": "s",
+            "train": {
+                "epochs": 2,
+                "layer_decay": 1.5,
+                "save": "half",
+                "scheduler": {"name": "onecycle", "warmup_epochs": 1},
+            },
+        }
+    )
     found = one_problem_per_key(problems, ["train.layer_decay", "train.save", "train.scheduler.warmup_epochs"])
     assert "must be <= 1.0" in found["train.layer_decay"]
     assert "'half' is not one of full, delta" in found["train.save"]
@@ -588,11 +597,13 @@ def test_scheduler_problems_are_named() -> None:
 
 
 def test_schedule_and_group_problems_need_no_model() -> None:
-    problems = problems_of({
-        "name": "s",
-        "freeze": {"schedule": [{"epoch": 5, "unfreeze": "layer4"}, {"epoch": 2, "freez": "layer3"}]},
-        "train": {"epochs": 3, "param_groups": [{"match": "layer4", "lr_scale": "-1"}]},
-    })
+    problems = problems_of(
+        {
+            "name": "s",
+            "freeze": {"schedule": [{"epoch": 5, "unfreeze": "layer4"}, {"epoch": 2, "freez": "layer3"}]},
+            "train": {"epochs": 3, "param_groups": [{"match": "layer4", "lr_scale": "-1"}]},
+        }
+    )
     assert "freeze.schedule[0]: epoch 5 is past the last epoch (train.epochs is 3): it would never happen" in problems
     assert any(p.startswith("freeze.schedule[1]: unknown key(s) freez") for p in problems)
     assert any(p.startswith("train.param_groups[0].lr_scale: expected a finite number > 0") for p in problems)
@@ -600,7 +611,9 @@ def test_schedule_and_group_problems_need_no_model() -> None:
 
 def test_a_config_knows_whether_its_trainable_set_changes() -> None:
     assert not from_dict({"name": "s"}).freeze.scheduled
-    assert from_dict({"name": "s", "freeze": {"preset": "gradual", "gradual": ["layer4"]},
-                      "train": {"epochs": 2}}).freeze.scheduled
-    assert from_dict({"name": "s", "freeze": {"schedule": [{"epoch": 2, "unfreeze": "fc"}]},
-                      "train": {"epochs": 2}}).freeze.scheduled
+    assert from_dict(
+        {"name": "s", "freeze": {"preset": "gradual", "gradual": ["layer4"]}, "train": {"epochs": 2}}
+    ).freeze.scheduled
+    assert from_dict(
+        {"name": "s", "freeze": {"schedule": [{"epoch": 2, "unfreeze": "fc"}]}, "train": {"epochs": 2}}
+    ).freeze.scheduled

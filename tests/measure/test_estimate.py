@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from freezetune.plan import apply_plan
 from freezetune.config import OptimizerConfig
-from freezetune.train import make_optimizer
 from freezetune.measure import ModuleProfile, Profile, estimate, predict, profile_model
-from freezetune.plan import describe, plan_from_config
+from freezetune.plan import apply_plan, describe, plan_from_config
+from freezetune.train import make_optimizer
 
 OPT_CFG = OptimizerConfig("sgd", 0.01, 0.9, 5e-4)
 
@@ -76,7 +75,10 @@ def test_profile_of_resnet18_covers_every_top_level_module() -> None:
 def test_predicted_step_time_orders_probe_until_layer3_full() -> None:
     x = torch.randn(16, 3, 32, 32)
     profile = profile_model(resnet18_with("full"), x, 5, OPT, reps=2)
-    est = {p: estimate(resnet18_with(p), x, 5, OPT, reps=2, profile=profile) for p in ("linear_probe", "until:layer3", "full")}
+    est = {
+        p: estimate(resnet18_with(p), x, 5, OPT, reps=2, profile=profile)
+        for p in ("linear_probe", "until:layer3", "full")
+    }
     assert est["linear_probe"].step_s < est["until:layer3"].step_s < est["full"].step_s
     assert est["linear_probe"].saved_ratio < 0.01
     states = {m.name: m.state for m in est["until:layer3"].modules}

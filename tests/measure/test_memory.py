@@ -8,9 +8,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from freezetune.plan import apply_plan
-from freezetune.plan import describe, plan_from_config
-from freezetune.measure import count_saved_tensors, grad_bytes, optimizer_state_bytes, param_bytes, peak_memory, reset_peak_memory, storage_bytes
+from freezetune.measure import (
+    count_saved_tensors,
+    grad_bytes,
+    optimizer_state_bytes,
+    param_bytes,
+    peak_memory,
+    reset_peak_memory,
+    storage_bytes,
+)
+from freezetune.plan import apply_plan, describe, plan_from_config
 
 F32 = 4
 

@@ -55,7 +55,9 @@ def test_shape_mismatch_outside_the_head_is_an_error(tmp_path: Path) -> None:
     source = resnet18_state(10)
     source["conv1.weight"] = torch.zeros(64, 1, 7, 7)  # a grey-input stem
     torch.save(source, tmp_path / "w.pt")
-    with pytest.raises(ConfigError, match=r"conv1.weight: checkpoint shape \(64, 1, 7, 7\) != model shape \(64, 3, 7, 7\)"):
+    with pytest.raises(
+        ConfigError, match=r"conv1.weight: checkpoint shape \(64, 1, 7, 7\) != model shape \(64, 3, 7, 7\)"
+    ):
         build_model(ModelConfig(arch="resnet18", weights=str(tmp_path / "w.pt")), 10)
 
 

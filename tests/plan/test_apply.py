@@ -10,8 +10,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.plan import apply_plan, is_pinned_eval, pin_eval, trainable_parameters, unpin_eval
-from freezetune.plan import FreezePlan, describe, plan_from_config
+from freezetune.plan import (
+    FreezePlan,
+    apply_plan,
+    describe,
+    is_pinned_eval,
+    pin_eval,
+    plan_from_config,
+    trainable_parameters,
+    unpin_eval,
+)
 
 
 def tiny_model() -> nn.Sequential:
@@ -115,7 +123,12 @@ def test_pinned_batchnorm_survives_repeated_train_calls(model: nn.Sequential, un
     assert is_pinned_eval(model[1])
     assert not is_pinned_eval(model[4])
     assert not model[1].training  # pinned at once, before any train()
-    for call in (lambda: model.train(), lambda: model.train(True), lambda: model.train(), lambda: model.train(mode=True)):
+    for call in (
+        lambda: model.train(),
+        lambda: model.train(True),
+        lambda: model.train(),
+        lambda: model.train(mode=True),
+    ):
         call()
         assert model.training
         assert not model[1].training

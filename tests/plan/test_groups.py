@@ -15,9 +15,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from freezetune.plan import ModelTree, describe
 from freezetune.config import GroupRule, parse_param_groups
-from freezetune.plan import Setting, assign_settings, stage_depths
+from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,12 @@ def test_stage_depths_head_nested_in_a_top_level_module() -> None:
     # torchvision's mobilenet style: the head is classifier.3; the whole classifier is depth 0.
     model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)))
     assert stage_depths(describe(model)) == {
-        "0.weight": 1, "0.bias": 1, "1.0.weight": 0, "1.0.bias": 0, "1.2.weight": 0, "1.2.bias": 0,
+        "0.weight": 1,
+        "0.bias": 1,
+        "1.0.weight": 0,
+        "1.0.bias": 0,
+        "1.2.weight": 0,
+        "1.2.bias": 0,
     }
 
 
@@ -181,7 +185,11 @@ def test_parse_problems_are_returned_by_assign_settings(resnet18: ModelTree) -> 
 
 def test_parse_param_groups_accepts_well_formed_groups() -> None:
     rules, problems = parse_param_groups(
-        [{"match": "layer4", "lr_scale": 0.5}, {"match": "*bias", "weight_decay": 0}, {"match": "fc", "lr_scale": "1e1", "weight_decay": "1e-4"}]
+        [
+            {"match": "layer4", "lr_scale": 0.5},
+            {"match": "*bias", "weight_decay": 0},
+            {"match": "fc", "lr_scale": "1e1", "weight_decay": "1e-4"},
+        ]
     )
     assert problems == []
     assert rules == [
@@ -200,13 +208,14 @@ def test_parse_param_groups_uses_the_given_origin() -> None:
 def test_parse_param_groups_rejects_a_missing_or_bad_match(item: dict) -> None:
     rules, problems = parse_param_groups([item])
     assert rules == []
-    assert problems == [
-        f"train.param_groups[0].match: expected a non-empty name or pattern, got {item.get('match')!r}"
-    ]
+    assert problems == [f"train.param_groups[0].match: expected a non-empty name or pattern, got {item.get('match')!r}"]
 
 
 def test_parse_param_groups_rejects_a_group_that_sets_nothing() -> None:
-    assert parse_param_groups([{"match": "fc"}]) == ([], ["train.param_groups[0]: sets neither lr_scale nor weight_decay"])
+    assert parse_param_groups([{"match": "fc"}]) == (
+        [],
+        ["train.param_groups[0]: sets neither lr_scale nor weight_decay"],
+    )
 
 
 @pytest.mark.parametrize("wd", [-0.1, "x", float("nan"), float("inf"), True])

@@ -12,9 +12,18 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from freezetune.plan import FreezeError, FreezePlan, ModelTree, build_plan, describe, find_head, match_rule, plan_from_config, preset_rules
-
 from freezetune.config import Rule, parse_rules
+from freezetune.plan import (
+    FreezeError,
+    FreezePlan,
+    ModelTree,
+    build_plan,
+    describe,
+    find_head,
+    match_rule,
+    plan_from_config,
+    preset_rules,
+)
 
 # --------------------------------------------------------------------------- tiny models
 
@@ -170,7 +179,13 @@ def test_find_head_without_linear_or_conv_is_an_error() -> None:
 
 def test_parse_rules_keeps_order_kind_target_and_origin() -> None:
     rules, problems = parse_rules(
-        [{"freeze": "*"}, {"unfreeze": "fc"}, {"freeze_type": "_BatchNorm"}, {"unfreeze_type": "Linear"}, {"until": "layer3"}]
+        [
+            {"freeze": "*"},
+            {"unfreeze": "fc"},
+            {"freeze_type": "_BatchNorm"},
+            {"unfreeze_type": "Linear"},
+            {"until": "layer3"},
+        ]
     )
     assert problems == []
     assert rules == [
@@ -275,11 +290,23 @@ def test_glob_matches_parameter_names_across_dots() -> None:
 
 def test_type_rules_match_by_class_name_and_by_base_class_name() -> None:
     tree = describe(Net())
-    bn_params = ["stem_bn.weight", "stem_bn.bias", "body.0.bn.weight", "body.0.bn.bias", "body.1.bn.weight", "body.1.bn.bias"]
+    bn_params = [
+        "stem_bn.weight",
+        "stem_bn.bias",
+        "body.0.bn.weight",
+        "body.0.bn.bias",
+        "body.1.bn.weight",
+        "body.1.bn.bias",
+    ]
     assert match_rule(rule("freeze_type", "BatchNorm2d"), tree) == bn_params
     assert match_rule(rule("freeze_type", "_BatchNorm"), tree) == bn_params
     assert match_rule(rule("unfreeze_type", "_NormBase"), tree) == bn_params
-    assert match_rule(rule("freeze_type", "Conv2d"), tree) == ["stem.weight", "stem.bias", "body.0.conv.weight", "body.1.conv.weight"]
+    assert match_rule(rule("freeze_type", "Conv2d"), tree) == [
+        "stem.weight",
+        "stem.bias",
+        "body.0.conv.weight",
+        "body.1.conv.weight",
+    ]
     assert match_rule(rule("freeze_type", "Block"), tree) == NET_PARAMS[5:11]
     assert match_rule(rule("freeze_type", "Linear"), tree) == ["head.weight", "head.bias"]
     # The root's class covers every parameter, its own included.
@@ -355,14 +382,28 @@ def test_decided_by_records_the_deciding_rule_and_its_origin() -> None:
 
 def test_freeze_type_by_base_class_freezes_every_batchnorm() -> None:
     p = plan(Net(), [{"freeze_type": "_BatchNorm"}])
-    assert p.frozen == ["stem_bn.weight", "stem_bn.bias", "body.0.bn.weight", "body.0.bn.bias", "body.1.bn.weight", "body.1.bn.bias"]
+    assert p.frozen == [
+        "stem_bn.weight",
+        "stem_bn.bias",
+        "body.0.bn.weight",
+        "body.0.bn.bias",
+        "body.1.bn.weight",
+        "body.1.bn.bias",
+    ]
     assert p.bn_eval == ("stem_bn", "body.0.bn", "body.1.bn")
     assert p.numel_trainable == p.numel_total - 6 * 4
 
 
 def test_unfreeze_type_after_freeze_all() -> None:
     p = plan(Net(), [{"freeze": "*"}, {"unfreeze_type": "BatchNorm2d"}])
-    assert p.trainable == ["stem_bn.weight", "stem_bn.bias", "body.0.bn.weight", "body.0.bn.bias", "body.1.bn.weight", "body.1.bn.bias"]
+    assert p.trainable == [
+        "stem_bn.weight",
+        "stem_bn.bias",
+        "body.0.bn.weight",
+        "body.0.bn.bias",
+        "body.1.bn.weight",
+        "body.1.bn.bias",
+    ]
     assert p.bn_eval == ()  # their parameters train, so their statistics may too
 
 
@@ -402,13 +443,17 @@ def test_batchnorm_train_pins_nothing() -> None:
 def test_rule_matching_nothing_names_the_rule_and_suggests_names() -> None:
     err = rejected(conv_net(), [{"freeze": "5"}, {"unfreeze": "4.wieght"}])
     assert err.problems[0].startswith("freeze.rules[0] {freeze: 5}: matches no parameter")
-    assert err.problems[1].startswith("freeze.rules[1] {unfreeze: 4.wieght}: matches no parameter; nearest names: 4.weight, ")
+    assert err.problems[1].startswith(
+        "freeze.rules[1] {unfreeze: 4.wieght}: matches no parameter; nearest names: 4.weight, "
+    )
     assert len(err.problems) == 2
 
 
 def test_type_typo_suggests_type_names() -> None:
     err = rejected(conv_net(), [{"freeze_type": "BatchNorm"}])
-    assert err.problems == ["freeze.rules[0] {freeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"]
+    assert err.problems == [
+        "freeze.rules[0] {freeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"
+    ]
 
 
 def test_type_matching_only_parameterless_modules_is_an_error() -> None:
@@ -589,10 +634,14 @@ def test_resnet18_linear_probe_and_bitfit(resnet18: ModelTree) -> None:
 def test_resnet18_typo_suggests_nearest_layers(resnet18: ModelTree) -> None:
     with pytest.raises(FreezeError) as info:
         plan_from_config(resnet18, None, [{"freeze": "layer5"}], "eval")
-    assert info.value.problems == ["freeze.rules[0] {freeze: layer5}: matches no parameter; nearest names: layer4, layer3, layer2"]
+    assert info.value.problems == [
+        "freeze.rules[0] {freeze: layer5}: matches no parameter; nearest names: layer4, layer3, layer2"
+    ]
     with pytest.raises(FreezeError) as info:
         plan_from_config(resnet18, None, [{"freeze_type": "BatchNorm"}], "eval")
-    assert info.value.problems == ["freeze.rules[0] {freeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"]
+    assert info.value.problems == [
+        "freeze.rules[0] {freeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"
+    ]
 
 
 def test_resnet18_nothing_trainable_hint_names_fc(resnet18: ModelTree) -> None:

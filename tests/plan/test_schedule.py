@@ -18,11 +18,8 @@ import pytest
 import torch
 import torchvision
 
-from freezetune.config import ConfigError, from_dict
-from freezetune.plan import FreezeError, ModelTree, describe
-from freezetune.config import EventSpec, parse_events
-from freezetune.plan import Schedule, build_schedule
-from freezetune.config import event_problems
+from freezetune.config import ConfigError, EventSpec, event_problems, from_dict, parse_events
+from freezetune.plan import FreezeError, ModelTree, Schedule, build_schedule, describe
 
 # --------------------------------------------------------------------------- fixtures and helpers
 
@@ -307,7 +304,9 @@ def test_freezing_nothing_new_is_rejected(resnet18: ModelTree) -> None:
 
 
 def test_event_partly_new_is_accepted_and_records_only_the_change(resnet18: ModelTree) -> None:
-    s = schedule(resnet18, "linear_probe", events=[{"epoch": 2, "unfreeze": "layer4.1"}, {"epoch": 3, "unfreeze": "layer4"}])
+    s = schedule(
+        resnet18, "linear_probe", events=[{"epoch": 2, "unfreeze": "layer4.1"}, {"epoch": 3, "unfreeze": "layer4"}]
+    )
     assert s.events_at(3)[0].params == tuple(under(resnet18, "layer4.0"))
 
 
@@ -420,9 +419,7 @@ def test_parse_events_rejects_an_empty_or_non_string_target(target: object) -> N
 
 def test_parse_events_rejects_a_non_mapping_and_keeps_going() -> None:
     events, problems = parse_events(["layer4", {"epoch": 2, "unfreeze": "fc"}])
-    assert problems == [
-        "freeze.schedule[0]: an event is a mapping like {epoch: 3, unfreeze: layer3}; got 'layer4'"
-    ]
+    assert problems == ["freeze.schedule[0]: an event is a mapping like {epoch: 3, unfreeze: layer3}; got 'layer4'"]
     assert [e.origin for e in events] == ["freeze.schedule[1]"]
 
 
@@ -527,6 +524,8 @@ def test_from_dict_reports_gradual_problems() -> None:
 
 
 def test_from_dict_accepts_lr_scale_as_exponent_string() -> None:
-    cfg = from_dict(config({"preset": "linear_probe", "schedule": [{"epoch": 2, "unfreeze": "layer4", "lr_scale": "1e-1"}]}))
+    cfg = from_dict(
+        config({"preset": "linear_probe", "schedule": [{"epoch": 2, "unfreeze": "layer4", "lr_scale": "1e-1"}]})
+    )
     events, problems = parse_events(cfg.freeze.schedule)
     assert problems == [] and events[0].lr_scale == 0.1

@@ -24,8 +24,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.record import BaseMismatch, base_hash, delta_keys, get_rng_state, is_delta, load_payload, model_payload, serialized_bytes, set_rng_state
-from freezetune.record import RunDir, atomic_write_bytes
+from freezetune.record import (
+    BaseMismatch,
+    RunDir,
+    atomic_write_bytes,
+    base_hash,
+    delta_keys,
+    get_rng_state,
+    is_delta,
+    load_payload,
+    model_payload,
+    serialized_bytes,
+    set_rng_state,
+)
 
 # --------------------------------------------------------------------------- tiny models
 
@@ -37,8 +48,15 @@ def conv_net(seed: int = 0) -> nn.Sequential:
 
 
 STATE_KEYS = [
-    "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
-    "4.weight", "4.bias",
+    "0.weight",
+    "0.bias",
+    "1.weight",
+    "1.bias",
+    "1.running_mean",
+    "1.running_var",
+    "1.num_batches_tracked",
+    "4.weight",
+    "4.bias",
 ]
 FROZEN = {"0.weight", "0.bias", "1.weight", "1.bias"}
 PINNED = {"1"}
@@ -93,7 +111,11 @@ def test_delta_keys_exclude_frozen_params_and_pinned_batchnorm_buffers() -> None
 
 def test_delta_keys_keep_buffers_of_unpinned_batchnorm() -> None:
     assert delta_keys(conv_net(), FROZEN, set()) == [
-        "1.running_mean", "1.running_var", "1.num_batches_tracked", "4.weight", "4.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+        "4.weight",
+        "4.bias",
     ]
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from freezetune.plan import apply_plan
 from freezetune.config import Rule
-from freezetune.plan import build_plan, describe
+from freezetune.plan import apply_plan, build_plan, describe
 from freezetune.record import fingerprint, protected_tensors, tensor_digest, verify_frozen
 
 

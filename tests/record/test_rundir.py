@@ -24,7 +24,13 @@ def listing(folder: Path) -> list[str]:
 
 def test_record_files_are_the_documented_seven() -> None:
     assert set(RECORD_FILES) == {
-        "config.yaml", "freeze_plan.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.pt", "checkpoint.pt"
+        "config.yaml",
+        "freeze_plan.json",
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "model.pt",
+        "checkpoint.pt",
     }
 
 

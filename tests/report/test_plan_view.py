@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from freezetune.plan import apply_plan
-from freezetune.report import module_rows, probe_autograd, render_plan
 from freezetune.config import Rule
-from freezetune.plan import build_plan, describe
+from freezetune.plan import apply_plan, build_plan, describe
+from freezetune.report import module_rows, probe_autograd, render_plan
 
 
 def model_and_plan():

@@ -37,8 +37,18 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_summary_has_speed_and_memory_sections(two_runs: list[Path]) -> None:
     s = load_run(two_runs[1])
-    for key in ("step_time_s", "compute_time_s", "data_s", "forward_s", "backward_s", "optimizer_s",
-                "train_samples_per_s", "eval_samples_per_s", "eval_grad_samples_per_s", "eval_speedup_no_grad"):
+    for key in (
+        "step_time_s",
+        "compute_time_s",
+        "data_s",
+        "forward_s",
+        "backward_s",
+        "optimizer_s",
+        "train_samples_per_s",
+        "eval_samples_per_s",
+        "eval_grad_samples_per_s",
+        "eval_speedup_no_grad",
+    ):
         assert s["speed"][key] > 0, key
     m = s["memory"]
     assert m["param_bytes_trainable"] == (512 * 3 + 3) * 4  # the probe trains fc only
@@ -61,8 +71,20 @@ def test_compare_script_writes_all_three_files(two_runs: list[Path], tmp_path: P
     spec.loader.exec_module(module)
     assert module.main([*map(str, two_runs), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    for column in ("config", "trainable", "val acc", "step ms", "× full", "samples/s", "predicted ×", "error",
-                   "gradients MiB", "optimizer state MiB", "saved activations MiB", "peak MiB"):
+    for column in (
+        "config",
+        "trainable",
+        "val acc",
+        "step ms",
+        "× full",
+        "samples/s",
+        "predicted ×",
+        "error",
+        "gradients MiB",
+        "optimizer state MiB",
+        "saved activations MiB",
+        "peak MiB",
+    ):
         assert f" {column} |" in md, column
     assert "| t_full |" in md and "| t_probe |" in md and "![report](report.png)" in md
     data = json.loads((tmp_path / "report.json").read_text())

@@ -9,11 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from freezetune.plan import apply_plan
-from freezetune.train import CacheRefused, check_split, prefix_problem, split_model
 from freezetune.config import ConfigError, from_dict
-from freezetune.plan import describe, plan_from_config
-from freezetune.train import run
+from freezetune.plan import apply_plan, describe, plan_from_config
+from freezetune.train import CacheRefused, check_split, prefix_problem, run, split_model
 
 
 def cfg(tmp: Path, name: str, **edits: object):
@@ -23,8 +21,11 @@ def cfg(tmp: Path, name: str, **edits: object):
         "model": {"arch": "resnet18", "num_classes": 3},
         "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 40, "val_samples": 16},
         "freeze": {"preset": "until:layer3"},
-        "train": {"epochs": 2, "output_dir": str(tmp / name),
-                  "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3}},
+        "train": {
+            "epochs": 2,
+            "output_dir": str(tmp / name),
+            "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3},
+        },
     }
     for key, value in edits.items():
         node = tree
@@ -67,7 +68,9 @@ def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) 
     assert (tmp_path / "mm" / "cache_train.npy").stat().st_size > 40 * 128 * 4 * 4 * 4
     in_memory = run(cfg(tmp_path, "mem", **{"train.epochs": 1}))
     assert in_memory["cache"]["storage"] == "memory"
-    assert metrics(tmp_path, "mm")[0]["train_loss"] == pytest.approx(metrics(tmp_path, "mem")[0]["train_loss"], abs=1e-6)
+    assert metrics(tmp_path, "mm")[0]["train_loss"] == pytest.approx(
+        metrics(tmp_path, "mem")[0]["train_loss"], abs=1e-6
+    )
 
 
 def test_random_augmentation_is_refused_with_on_and_falls_back_with_auto(tmp_path: Path) -> None:

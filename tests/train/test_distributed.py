@@ -27,8 +27,8 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from freezetune.config import from_dict
-from freezetune.train.distributed import Dist, ShardSampler, from_env, shard_loaders
 from freezetune.train import run
+from freezetune.train.distributed import Dist, ShardSampler, from_env, shard_loaders
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
@@ -41,8 +41,11 @@ TREE: dict[str, Any] = {
     "seed": 7,
     "model": {"arch": "resnet18", "num_classes": 3},
     "data": {"dataset": "fake", "image_size": 16, "train_samples": 32, "val_samples": 10},
-    "freeze": {"preset": "until:layer4", "rules": [{"freeze_type": "_BatchNorm"}],
-               "schedule": [{"epoch": 2, "unfreeze": "layer3.*.conv*"}]},
+    "freeze": {
+        "preset": "until:layer4",
+        "rules": [{"freeze_type": "_BatchNorm"}],
+        "schedule": [{"epoch": 2, "unfreeze": "layer3.*.conv*"}],
+    },
     "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}},
 }
 
@@ -59,8 +62,17 @@ class Launch:
 
     def __init__(self, config: Path) -> None:
         env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "scripts/train.py", "--config", str(config), "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "scripts/train.py",
+            "--config",
+            str(config),
+            "--no-progress",
+        ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.result: tuple[int, str, str] | None = None
 
@@ -110,8 +122,10 @@ def metrics(folder: Path) -> list[dict]:
 def test_two_shards_of_batch_b_are_one_batch_of_2b() -> None:
     ds = TensorDataset(torch.arange(32.0), torch.zeros(32))
     one = shard_loaders(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), Dist(0, 1, 0), seed=3)[0]
-    shards = [shard_loaders(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4), Dist(r, 2, r), seed=3)[0]
-              for r in (0, 1)]
+    shards = [
+        shard_loaders(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4), Dist(r, 2, r), seed=3)[0]
+        for r in (0, 1)
+    ]
     for epoch in (0, 1):
         for loader in (one, *shards):
             loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
@@ -145,15 +159,21 @@ def test_from_env_reads_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_two_processes_train_what_one_process_trains(runs: Runs) -> None:
     assert runs.two_summary["distributed"] | {"rank_parameter_sha256": None} == {
-        "world_size": 2, "backend": "gloo", "batch_per_process": 4, "global_batch": 8,
-        "rank_parameter_sha256": None, "replicas_identical": True,
+        "world_size": 2,
+        "backend": "gloo",
+        "batch_per_process": 4,
+        "global_batch": 8,
+        "rank_parameter_sha256": None,
+        "replicas_identical": True,
     }
     assert runs.one_summary["distributed"]["global_batch"] == 8
     w1, w2 = weights(runs.one), weights(runs.two)
     base = prepared_base()
-    expected = {k for k in w1 if k.startswith("layer3.") and ".conv" in k} | {
-        k for k in w1 if k.startswith("layer4.") and (".conv" in k or "downsample.0" in k)
-    } | {"fc.weight", "fc.bias"}
+    expected = (
+        {k for k in w1 if k.startswith("layer3.") and ".conv" in k}
+        | {k for k in w1 if k.startswith("layer4.") and (".conv" in k or "downsample.0" in k)}
+        | {"fc.weight", "fc.bias"}
+    )
     assert len(expected) == 4 + 5 + 2  # layer3's convolutions, layer4's and its downsample, the head
     assert {k for k in w1 if not torch.equal(w1[k], base[k])} == expected  # exactly these trained
     for key in w1:

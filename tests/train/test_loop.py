@@ -9,13 +9,10 @@ import torch.nn as nn
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from freezetune.plan import apply_plan, trainable_parameters
-from freezetune.config import OptimizerConfig
-from freezetune.config import Rule
-from freezetune.plan import build_plan, describe, plan_from_config
+from freezetune.config import OptimizerConfig, Rule
+from freezetune.plan import apply_plan, build_plan, describe, plan_from_config, trainable_parameters
 from freezetune.record import protected_tensors
-from freezetune.train import LoopOptions, evaluate, train_one_epoch
-from freezetune.train import make_optimizer
+from freezetune.train import LoopOptions, evaluate, make_optimizer, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -23,9 +20,15 @@ CPU = torch.device("cpu")
 def tiny_cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),  # 0-2: frozen below
-        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),  # 3-5: trainable
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),  # 0-2: frozen below
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),  # 3-5: trainable
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     )
 
 
@@ -91,7 +94,9 @@ def test_optimizer_refuses_a_model_with_nothing_trainable() -> None:
 
 def test_train_one_epoch_returns_plain_numbers_and_respects_max_steps() -> None:
     model = tiny_cnn()
-    stats = train_one_epoch(model, make_optimizer(model, OptimizerConfig()), loader(n=40), CPU, LoopOptions(max_steps=2))
+    stats = train_one_epoch(
+        model, make_optimizer(model, OptimizerConfig()), loader(n=40), CPU, LoopOptions(max_steps=2)
+    )
     loss, seen, steps = stats.loss, stats.samples, stats.steps
     assert type(loss) is float and loss > 0
     assert (seen, steps) == (16, 2)
@@ -135,5 +140,7 @@ def test_resnet18_until_layer3_trains_only_layer3_onwards() -> None:
     for key, value in protected.items():
         assert torch.equal(now[key], value), key
     assert not torch.equal(model.layer3[0].conv1.weight, before["layer3.0.conv1.weight"])
-    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(("conv1", "bn1", "layer1", "layer2")))
+    assert all(
+        p.grad is None for n, p in model.named_parameters() if n.startswith(("conv1", "bn1", "layer1", "layer2"))
+    )
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("layer3", "layer4", "fc")))

@@ -67,7 +67,9 @@ def test_none_is_one_everywhere() -> None:
 @pytest.mark.parametrize(("steps_per_epoch", "epochs"), [(7, 5), (1, 3), (10, 1)])
 def test_cosine_matches_torch_cosine_annealing(min_lr_scale: float, steps_per_epoch: int, epochs: int) -> None:
     total = steps_per_epoch * epochs
-    ref = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=LR * min_lr_scale), total)
+    ref = torch_lrs(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=LR * min_lr_scale), total
+    )
     mine = ours(SchedulerConfig(name="cosine", min_lr_scale=min_lr_scale), steps_per_epoch, epochs)
     assert len(mine) == total
     for i, (a, b) in enumerate(zip(mine, ref)):
@@ -107,12 +109,21 @@ def test_onecycle_matches_torch_one_cycle_lr(
 
     def factory(o: torch.optim.Optimizer) -> torch.optim.lr_scheduler.OneCycleLR:
         return torch.optim.lr_scheduler.OneCycleLR(
-            o, max_lr=LR, total_steps=total, pct_start=pct_start, div_factor=div_factor,
-            final_div_factor=final_div_factor, anneal_strategy="cos", cycle_momentum=False, three_phase=False,
+            o,
+            max_lr=LR,
+            total_steps=total,
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            three_phase=False,
         )
 
     ref = torch_lrs(factory, total)
-    cfg = SchedulerConfig(name="onecycle", pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    cfg = SchedulerConfig(
+        name="onecycle", pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor
+    )
     mine = ours(cfg, steps_per_epoch, epochs)
     assert len(mine) == len(ref) == total
     for i, (a, b) in enumerate(zip(mine, ref)):

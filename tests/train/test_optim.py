@@ -105,14 +105,19 @@ def test_same_label_different_weight_decay_are_separate_groups() -> None:
     model = mlp()
     settings = {"0.bias": Setting(1.0, 0.0, ""), "2.bias": Setting(1.0, 0.0, "")}
     opt = make_optimizer(model, CFG, settings)
-    assert [g["names"] for g in opt.param_groups] == [["0.weight", "1.weight", "1.bias", "2.weight"], ["0.bias", "2.bias"]]
+    assert [g["names"] for g in opt.param_groups] == [
+        ["0.weight", "1.weight", "1.bias", "2.weight"],
+        ["0.bias", "2.bias"],
+    ]
     assert [g["name"] for g in opt.param_groups] == ["epoch 1: default (x1)"] * 2
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
 
 
 def test_make_optimizer_applies_event_scales() -> None:
     model = mlp()
-    opt = make_optimizer(model, CFG, {"1.weight": Setting(0.5, None, "layer_decay^1")}, {"1.weight": 0.1, "2.bias": 0.1}, epoch=4)
+    opt = make_optimizer(
+        model, CFG, {"1.weight": Setting(0.5, None, "layer_decay^1")}, {"1.weight": 0.1, "2.bias": 0.1}, epoch=4
+    )
     by_name = {n: g for g in opt.param_groups for n in g["names"]}
     assert by_name["1.weight"]["name"] == "epoch 4: layer_decay^1, event x0.1 (x0.05)"
     assert by_name["1.weight"]["base_lr"] == 0.1 * 0.5 * 0.1
@@ -163,10 +168,21 @@ def test_add_trainable_adds_only_new_params_as_new_groups_on_the_schedule() -> N
     state_objects = {id(p): opt.state[p] for p in old_params}
 
     unfreeze(model, "1.weight", "1.bias")
-    new = add_trainable(opt, model, CFG, {"1.bias": Setting(2.0, 0.0, "train.param_groups[0]")}, {"1.weight": 0.1, "1.bias": 0.1}, epoch=3, factor=0.5)
+    new = add_trainable(
+        opt,
+        model,
+        CFG,
+        {"1.bias": Setting(2.0, 0.0, "train.param_groups[0]")},
+        {"1.weight": 0.1, "1.bias": 0.1},
+        epoch=3,
+        factor=0.5,
+    )
 
     assert [g["names"] for g in new] == [["1.weight"], ["1.bias"]]
-    assert [g["name"] for g in new] == ["epoch 3: event x0.1 (x0.1)", "epoch 3: train.param_groups[0], event x0.1 (x0.2)"]
+    assert [g["name"] for g in new] == [
+        "epoch 3: event x0.1 (x0.1)",
+        "epoch 3: train.param_groups[0], event x0.1 (x0.2)",
+    ]
     assert [g["base_lr"] for g in new] == [0.1 * 1.0 * 0.1, 0.1 * 2.0 * 0.1]
     assert [g["lr"] for g in new] == [0.1 * 1.0 * 0.1 * 0.5, 0.1 * 2.0 * 0.1 * 0.5]
     assert [g["weight_decay"] for g in new] == [1e-4, 0.0]
@@ -209,7 +225,10 @@ def test_remove_frozen_drops_params_with_their_state_and_empty_groups() -> None:
     model = mlp()
     settings = {"2.weight": Setting(0.5, None, "x"), "2.bias": Setting(0.5, None, "x")}
     opt = make_optimizer(model, CFG, settings)
-    assert [g["names"] for g in opt.param_groups] == [["0.weight", "0.bias", "1.weight", "1.bias"], ["2.weight", "2.bias"]]
+    assert [g["names"] for g in opt.param_groups] == [
+        ["0.weight", "0.bias", "1.weight", "1.bias"],
+        ["2.weight", "2.bias"],
+    ]
     train_step(model, opt)
     train_step(model, opt)
     kept = [model[0].weight, model[0].bias, model[1].weight]
@@ -301,6 +320,13 @@ def test_group_table_reports_each_group() -> None:
     model = mlp()
     opt = make_optimizer(model, CFG, {"2.weight": Setting(0.5, 0.0, "g")}, factor=0.5)
     assert group_table(opt) == [
-        {"name": "epoch 1: default (x1)", "tensors": 5, "params": 16 + 4 + 16 + 4 + 2, "base_lr": 0.1, "lr": 0.05, "weight_decay": 1e-4},
+        {
+            "name": "epoch 1: default (x1)",
+            "tensors": 5,
+            "params": 16 + 4 + 16 + 4 + 2,
+            "base_lr": 0.1,
+            "lr": 0.05,
+            "weight_decay": 1e-4,
+        },
         {"name": "epoch 1: g (x0.5)", "tensors": 1, "params": 8, "base_lr": 0.05, "lr": 0.025, "weight_decay": 0.0},
     ]

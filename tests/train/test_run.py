@@ -156,12 +156,21 @@ def cli(tmp_path_factory: pytest.TempPathFactory):
     launched = [
         Launched("train.py", "--config", cfg, *overrides, "--no-progress"),
         Launched(
-            "train.py", "--config", cfg, f"train.output_dir={tmp / 'config_error'}",
-            "train.epoch=3", "freeze.preset=linear_prob", "--no-progress",
+            "train.py",
+            "--config",
+            cfg,
+            f"train.output_dir={tmp / 'config_error'}",
+            "train.epoch=3",
+            "freeze.preset=linear_prob",
+            "--no-progress",
         ),
         Launched(
-            "train.py", "--config", cfg, f"train.output_dir={tmp / 'freeze_error'}",
-            "freeze.rules=[{freeze: layer9}]", "--no-progress",
+            "train.py",
+            "--config",
+            cfg,
+            f"train.output_dir={tmp / 'freeze_error'}",
+            "freeze.rules=[{freeze: layer9}]",
+            "--no-progress",
         ),
         # --no-estimate: the estimate has its own tests (test_estimate.py); its profile is seconds of CPU.
         Launched("plan.py", "--config", cfg, "freeze.preset=until:layer3", "--no-estimate"),
@@ -441,7 +450,7 @@ def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == f"config {cli.config}: resnet18, weights {cli.ckpt_path}, head 'fc'"
     assert lines[1].split() == ["module", "type", "params", "status", "batchnorm"]
-    table_lines = lines[3:lines.index("")]  # the per-module table ends at the first blank line
+    table_lines = lines[3 : lines.index("")]  # the per-module table ends at the first blank line
     table = {line.split()[0]: line.split(None, 1)[1] for line in table_lines}
     # One row per module that owns parameters: 20 conv, 20 BatchNorm, the head.
     assert len(table) == len(table_lines) == 41
@@ -461,7 +470,7 @@ def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
 
     probe = {}
     start = lines.index(next(line for line in lines if line.startswith("autograd, from one forward pass")))
-    for line in lines[start + 3:]:
+    for line in lines[start + 3 :]:
         m = re.fullmatch(r"(\w+)\s+(\w+)\s+(True|False)\s+(.+?)\s*", line)
         if m:
             probe[m.group(1)] = (m.group(3), m.group(4))

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 import torch
 
-from freezetune.record import BaseMismatch
 from freezetune.config import Config, ConfigError, from_dict
-from freezetune.train import StopRequest
-from freezetune.train import LRSchedule
 from freezetune.models import build_model, load_state_dict_file
-from freezetune.train import CHECKPOINT, prepare_model, run
+from freezetune.record import BaseMismatch
+from freezetune.train import CHECKPOINT, LRSchedule, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
 
@@ -36,9 +35,13 @@ def config(tmp: Path, name: str, **edits: Any) -> Config:
         "model": {"arch": "mobilenet_v3_small", "num_classes": 3},
         "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 32, "val_samples": 8},
         "freeze": {"preset": "gradual", "gradual": ["features.12", "features.11"]},
-        "train": {"epochs": 3, "output_dir": str(tmp / name), "layer_decay": 0.5,
-                  "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
-                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}},
+        "train": {
+            "epochs": 3,
+            "output_dir": str(tmp / name),
+            "layer_decay": 0.5,
+            "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+        },
     }
     for key, value in edits.items():
         node = tree
@@ -105,7 +108,8 @@ def test_events_reach_the_model_the_optimizer_and_the_record(reference: tuple[Pa
     assert [m["trainable_tensors"] for m in metrics] == [len(under(s)) for s in stages] == [2, 5, 18]
     events = [e for e in rows(folder, "events.jsonl") if e["event"] == "unfreeze"]
     assert [(e["epoch"], e["target"], e["tensors"], e["origin"]) for e in events] == [
-        (2, LAST, 3, "freeze.gradual[0]"), (3, BEFORE, 13, "freeze.gradual[1]")
+        (2, LAST, 3, "freeze.gradual[0]"),
+        (3, BEFORE, 13, "freeze.gradual[1]"),
     ]
     # Each unfrozen parameter, plus the 3 buffers of each BatchNorm that stops being pinned
     # (features.12: a conv and a BatchNorm; features.11: 13 tensors, 3 BatchNorm).
@@ -166,9 +170,16 @@ def test_a_frozen_tensor_changed_before_its_event_is_reported(tmp_path: Path, mo
 
 
 def test_cache_on_is_refused_up_front_when_a_later_phase_has_no_frozen_prefix(tmp_path: Path) -> None:
-    cfg = config(tmp_path, "nocache", **{"train.cache_features": "on", "freeze.preset": "until:features.11",
-                                         "freeze.gradual": [],
-                                         "freeze.schedule": [{"epoch": 3, "unfreeze": "features.0"}]})
+    cfg = config(
+        tmp_path,
+        "nocache",
+        **{
+            "train.cache_features": "on",
+            "freeze.preset": "until:features.11",
+            "freeze.gradual": [],
+            "freeze.schedule": [{"epoch": 3, "unfreeze": "features.0"}],
+        },
+    )
     with pytest.raises(ConfigError, match=r"cannot be cached \(from epoch 3\): the first layer"):
         run(cfg)
     assert not (tmp_path / "nocache").exists()
@@ -178,7 +189,9 @@ def test_cache_on_is_refused_up_front_when_a_later_phase_has_no_frozen_prefix(tm
 
 
 @pytest.mark.parametrize("stop_at", [2, STEPS, 2 * STEPS + 1], ids=["mid-1", "end-1", "mid-3"])
-def test_a_stopped_and_resumed_run_ends_bitwise_equal(tmp_path: Path, reference: tuple[Path, dict], stop_at: int) -> None:
+def test_a_stopped_and_resumed_run_ends_bitwise_equal(
+    tmp_path: Path, reference: tuple[Path, dict], stop_at: int
+) -> None:
     ref_folder, ref = reference
     cfg = config(tmp_path, "ref")  # same config as the reference, other folder
     cfg.train.output_dir = str(tmp_path / "ref")
@@ -247,8 +260,14 @@ def base_file(tmp_path: Path) -> Path:
 
 
 def test_delta_checkpoint_is_small_and_loads_as_weights(tmp_path: Path, base_file: Path) -> None:
-    edits = {"model.weights": str(base_file), "freeze.preset": "linear_probe", "freeze.gradual": [],
-             "train.epochs": 1, "train.save": "delta", "train.scheduler": "none"}
+    edits = {
+        "model.weights": str(base_file),
+        "freeze.preset": "linear_probe",
+        "freeze.gradual": [],
+        "train.epochs": 1,
+        "train.save": "delta",
+        "train.scheduler": "none",
+    }
     summary = run(config(tmp_path, "delta", **edits))
     full = run(config(tmp_path, "full", **edits | {"train.save": "full"}))
     sizes = summary["checkpoint"]
@@ -261,8 +280,13 @@ def test_delta_checkpoint_is_small_and_loads_as_weights(tmp_path: Path, base_fil
 
 
 def test_delta_checkpoint_refuses_a_changed_base(tmp_path: Path, base_file: Path) -> None:
-    edits = {"model.weights": str(base_file), "freeze.preset": "linear_probe", "freeze.gradual": [],
-             "train.epochs": 1, "train.save": "delta"}
+    edits = {
+        "model.weights": str(base_file),
+        "freeze.preset": "linear_probe",
+        "freeze.gradual": [],
+        "train.epochs": 1,
+        "train.save": "delta",
+    }
     run(config(tmp_path, "delta", **edits))
     state = torch.load(base_file, weights_only=True)
     state["features.1.block.0.0.weight"][0, 0, 0, 0] += 1.0  # one number of a frozen tensor

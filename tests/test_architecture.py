@@ -1,0 +1,51 @@
+"""The package's shape: no import cycle (in-function imports included), no lower layer
+importing a higher one, every subpackage listed in a layer and in pyproject.toml, and
+docs/architecture.md generated from the code as it is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import freezetune
+from freezetune.utils.imports import LAYERS, import_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(freezetune.__file__).parent
+
+
+def test_no_import_cycle() -> None:
+    assert import_graph(PACKAGE).cycles() == []
+
+
+def test_no_lower_layer_imports_a_higher_one() -> None:
+    bad = [f"{i.importer}:{i.line} imports {i.imported}" for i in import_graph(PACKAGE).upward()]
+    assert bad == []
+
+
+def test_every_subpackage_has_a_layer_and_is_packaged() -> None:
+    subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(n for layer in LAYERS for n in layer) == subpackages
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert sorted(listed) == sorted(["freezetune", "freezetune.configs", *(f"freezetune.{s}" for s in subpackages)])
+
+
+def test_every_subpackage_re_exports_its_public_names() -> None:
+    import importlib
+
+    for layer in LAYERS:
+        for name in layer:
+            module = importlib.import_module(f"freezetune.{name}")
+            assert module.__doc__, name
+            assert module.__all__ and all(hasattr(module, n) for n in module.__all__), name
+
+
+def test_architecture_doc_is_current() -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/architecture.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
