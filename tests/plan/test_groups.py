@@ -10,19 +10,19 @@ match hitting nothing reported with the nearest names); and every problem
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn as nn
-import torchvision
 
 from freezetune.config import GroupRule, parse_param_groups
 from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths
 
 
 @pytest.fixture(scope="module")
-def resnet18() -> ModelTree:
-    with torch.device("meta"):
-        return describe(torchvision.models.resnet18(num_classes=3))
+def resnet18(meta_tree: Callable[..., ModelTree]) -> ModelTree:
+    return meta_tree("resnet18", num_classes=3)
 
 
 RESNET_DEPTH = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4, "bn1": 5, "conv1": 6}

@@ -7,10 +7,11 @@ device (no memory, no weights) to check names, heads and parameter counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn as nn
-import torchvision
 
 from freezetune.config import Rule, parse_rules
 from freezetune.plan import (
@@ -97,25 +98,19 @@ def rejected(model: nn.Module, raw_rules: list, preset: str | None = None, batch
     return info.value
 
 
-def meta_model(name: str) -> nn.Module:
-    # Meta tensors have shapes but no storage: building vit_b_16 takes ~0.1 s.
-    with torch.device("meta"):
-        return torchvision.models.get_model(name)
+@pytest.fixture(scope="module")
+def resnet18(meta_tree: Callable[..., ModelTree]) -> ModelTree:
+    return meta_tree("resnet18")
 
 
 @pytest.fixture(scope="module")
-def resnet18() -> ModelTree:
-    return describe(meta_model("resnet18"))
+def mobilenet(meta_tree: Callable[..., ModelTree]) -> ModelTree:
+    return meta_tree("mobilenet_v3_small")
 
 
 @pytest.fixture(scope="module")
-def mobilenet() -> ModelTree:
-    return describe(meta_model("mobilenet_v3_small"))
-
-
-@pytest.fixture(scope="module")
-def vit() -> ModelTree:
-    return describe(meta_model("vit_b_16"))
+def vit(meta_tree: Callable[..., ModelTree]) -> ModelTree:
+    return meta_tree("vit_b_16")
 
 
 # --------------------------------------------------------------------------- describe / find_head

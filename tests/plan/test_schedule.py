@@ -14,20 +14,19 @@ Models are torchvision's resnet18 built on the meta device: names only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-import torch
-import torchvision
 
 from freezetune.config import ConfigError, EventSpec, event_problems, from_dict, parse_events
-from freezetune.plan import FreezeError, ModelTree, Schedule, build_schedule, describe
+from freezetune.plan import FreezeError, ModelTree, Schedule, build_schedule
 
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
 @pytest.fixture(scope="module")
-def resnet18() -> ModelTree:
-    with torch.device("meta"):
-        return describe(torchvision.models.resnet18(num_classes=3))
+def resnet18(meta_tree: Callable[..., ModelTree]) -> ModelTree:
+    return meta_tree("resnet18", num_classes=3)
 
 
 def under(tree: ModelTree, *prefixes: str) -> list[str]:

@@ -1,0 +1,74 @@
+"""The console command ``freezetune`` (``python -m freezetune``): dispatch, usage errors,
+and commands run from a working directory that is not the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from freezetune.cli.main import COMMANDS, main
+
+TINY = {
+    "name": "tiny",
+    "model": {"arch": "resnet18", "num_classes": 3},
+    "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
+    "freeze": {"preset": "linear_probe"},
+    "train": {"epochs": 1, "device": "cpu"},
+}
+
+
+def freezetune(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "freezetune", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: freezetune COMMAND")
+    assert all(f"  {name} " in out for name in COMMANDS)
+    assert main([]) == 2  # no command: the usage, and a usage error's status
+
+
+def test_an_unknown_command_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown command 'trian'; one of train, plan,") and err.count("\n") == 1
+
+
+def test_each_command_names_itself_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: freezetune {name}")
+
+
+def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path) -> None:
+    # Nothing refers to the repository: the config is here, the runs go here, and
+    # compare launches training through the package (python -m freezetune train).
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    planned = freezetune(tmp_path, "plan", "--config", "tiny.yaml", "--depth", "1", "--no-estimate")
+    assert planned.returncode == 0, planned.stderr
+    assert "parameters: 11,178,051 total, 1,539 trainable" in planned.stdout
+
+    compared = freezetune(tmp_path, "compare", "--configs", "tiny.yaml", "--no-estimate", "--out", "report")
+    assert compared.returncode == 0, compared.stderr
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.json", "report.md", "report.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "runs", "tiny.yaml"]
