@@ -49,7 +49,12 @@ def _transform(cfg: DataConfig) -> transforms.Compose:
         steps = [transforms.Resize(size)] if size != 28 else []
         # Grey images become 3 identical channels: every torchvision stem expects RGB.
         return transforms.Compose(
-            [*steps, transforms.Grayscale(3), transforms.ToTensor(), transforms.Normalize([_FMNIST_MEAN] * 3, [_FMNIST_STD] * 3)]
+            [
+                *steps,
+                transforms.Grayscale(3),
+                transforms.ToTensor(),
+                transforms.Normalize([_FMNIST_MEAN] * 3, [_FMNIST_STD] * 3),
+            ]
         )
     if cfg.dataset == "imagefolder":
         return transforms.Compose(
@@ -116,14 +121,18 @@ def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset
             train = datasets.FashionMNIST(cfg.root, train=True, transform=train_tf)
             val = datasets.FashionMNIST(cfg.root, train=False, transform=tf)
         except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True"
-            raise ConfigError([f"data.root: no Fashion-MNIST under {cfg.root}/FashionMNIST/raw ({exc}); run `make data`"]) from None
+            hint = f"run `freezetune fetch-data --root {cfg.root}` (`make data` in the repository)"
+            raise ConfigError(
+                [f"data.root: no Fashion-MNIST under {cfg.root}/FashionMNIST/raw ({exc}); {hint}"]
+            ) from None
         return train, val
     if cfg.dataset == "imagefolder":
         root = Path(cfg.root)
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
-        return datasets.ImageFolder(str(root / "train"), transform=train_tf), datasets.ImageFolder(str(root / "val"), transform=tf)
+        train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+        return train, datasets.ImageFolder(str(root / "val"), transform=tf)
     shape = (3, cfg.image_size, cfg.image_size)
     n_train, n_val = cfg.train_samples or 256, cfg.val_samples or 64
     # random_offset keeps the fake validation images distinct from the training ones.
@@ -145,4 +154,3 @@ def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None) ->
     train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.num_workers)
     val_loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     return Loaders(train_loader, val_loader, k)
-
