@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA figures in the README, in one go on a GPU machine (FakeData, no files):
+# The CUDA figures in docs/speed-and-memory.md, in one go on a GPU machine (FakeData, no files):
 #   bash scripts/cuda_report.sh [OUT_DIR]
 # 1. scripts/benchmark.py on CUDA: framework step vs a hand-written loop;
 # 2. scripts/compare.py on the four demo fine-tune configs, each trained in its

@@ -1,4 +1,4 @@
-"""The PyTorch autograd facts freezetune relies on, pinned on the seed example.
+"""The PyTorch autograd facts freezetune relies on, pinned on PyTorch's autograd tutorial example.
 
 If an upgrade of torch changes any of these, freezing (requires_grad=False),
 evaluation (no_grad / inference_mode) or the optimizer set-up must be rechecked.

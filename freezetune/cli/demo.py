@@ -1,7 +1,7 @@
 """The transfer demo behind `make demo`: freezetune demo [key=value ...] (also python scripts/demo.py)
 
 Pretrains resnet18 on Fashion-MNIST classes 0-4 (skipped when its checkpoint is
-current), fine-tunes on classes 5-9 under four freezing configs, prints a table."""
+current), fine-tunes on classes 5-9 under seven freezing configs, prints a table and writes runs/report."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The typed run configuration: one dataclass per section, with the bounds and
 choices each field accepts in its ``metadata`` (checked by freezetune.config.load).
 
-Every field's comment says what it is for; the README's key table and
-docs/configs.md say the same for users."""
+Every field's comment says what it is for; the key table in docs/configs.md
+says the same for users."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run folder: the on-disk contract of a run (see README, "Run record").
+"""The run folder: the on-disk contract of a run (docs/checkpoints.md, "The run record").
 
 Files are written whole through a temporary name and ``os.replace``, so a run
 killed mid-write leaves the previous version of a file, never half of one."""
