@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "(default: the demo's linear probe and freeze_until_layer3)",
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --cache")
+    cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"\nepoch times after the first; written to {out}")
         return 0
 
-    return cli.guarded(body)
+    return cli.guarded(body, args.debug)

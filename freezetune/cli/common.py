@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from freezetune.config import Config, ConfigError, load_config
 from freezetune.plan import FreezeError
 from freezetune.record import BaseMismatch, RunExistsError
+from freezetune.train import Diverged
 
 __all__ = [
     "EXIT_CONFIG",
+    "EXIT_FAULT",
     "EXIT_INTERRUPTED",
     "add_config_args",
+    "add_debug_arg",
     "config_from_args",
     "guarded",
     "progress_enabled",
@@ -25,7 +30,8 @@ __all__ = [
     "tqdm_progress",
 ]
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # a mistake in the config, data or command line: nothing was written
+EXIT_FAULT = 1  # a fault while running: diverged, disk full, a bug
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 T = TypeVar("T")
 
@@ -65,13 +71,53 @@ def tqdm_progress(enabled: bool) -> Callable[[Iterable[T], str, int], Iterable[T
     return wrap
 
 
-def guarded(main: Callable[[], int]) -> int:
-    """Run ``main``; a config, freezing or run-folder problem exits 2 with one message."""
+def add_debug_arg(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: show the traceback of an error (also FREEZETUNE_DEBUG=1)."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also FREEZETUNE_DEBUG=1)")
+
+
+# errno -> what to do about it, for the failures of writing a run folder.
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space; the last checkpoint is kept, so --resume continues from it",
+    errno.EDQUOT: "free disk space or raise the quota; the last checkpoint is kept, so --resume continues from it",
+    errno.EACCES: "choose a folder you can write (train.output_dir)",
+    errno.EPERM: "choose a folder you can write (train.output_dir)",
+    errno.EROFS: "the file system is read-only: choose another train.output_dir",
+}
+
+
+def guarded(main: Callable[[], int], debug: bool = False) -> int:
+    """Run ``main`` and turn every failure into one ``error:`` message and an exit status:
+    2 for a mistake in the config, data or command line (nothing written); 1 for a fault
+    while running (diverged, disk full, a bug); 130 for Ctrl-C. A traceback only with
+    ``debug`` or FREEZETUNE_DEBUG=1."""
+    debug = debug or os.environ.get("FREEZETUNE_DEBUG", "") not in ("", "0")
     try:
         return main()
     except (ConfigError, FreezeError, RunExistsError, BaseMismatch) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _error(str(exc), EXIT_CONFIG, debug)
+    except Diverged as exc:
+        return _error(str(exc), EXIT_FAULT, debug)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = _OS_HINTS.get(exc.errno or 0)
+        return _error(f"{where}{exc.strerror or exc}" + (f". HINT: {hint}" if hint else ""), EXIT_FAULT, debug)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(
+            "interrupted; a run that was writing keeps its last checkpoint: continue it with --resume RUN_DIR",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _error(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback", EXIT_FAULT, debug
+        )
+
+
+def _error(message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return status

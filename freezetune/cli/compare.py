@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("items", nargs="*", help="run folders, or key=value edits when --configs is given")
     parser.add_argument("--out", default="runs/report", help="where the report goes")
     parser.add_argument("--no-estimate", action="store_true", help="skip the predicted column")
+    cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("\nreport: " + ", ".join(str(p) for p in paths))
         return 0
 
-    return cli.guarded(body)
+    return cli.guarded(body, args.debug)

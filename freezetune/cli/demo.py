@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="edits applied to every demo config")
     parser.add_argument("--no-progress", action="store_true")
+    cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
@@ -40,4 +41,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"demo finished in {time.perf_counter() - start:.0f}s; run records under runs/")
         return 0 if all(s["frozen_unchanged"] for s in summaries) else 1
 
-    return cli.guarded(body)
+    return cli.guarded(body, args.debug)

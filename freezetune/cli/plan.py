@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         action="store_true",
         help="one row per parameter: when it trains, its optimizer group and effective LR",
     )
+    cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -66,4 +67,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
         return 0
 
-    return cli.guarded(body)
+    return cli.guarded(body, args.debug)

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
+    cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
     launch = distributed.from_env()  # set by torchrun
     main_rank = launch is None or launch.rank == 0
@@ -82,4 +83,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         )
         return 0 if summary["frozen_unchanged"] else 1
 
-    return cli.guarded(body)
+    return cli.guarded(body, args.debug)

@@ -141,6 +141,8 @@ class TrainConfig:
     # Each top-level module gets lr * layer_decay ** (its distance from the head's module).
     layer_decay: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0, "max": 1.0})
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Steps with a non-finite loss to skip before the run stops as diverged (0: stop at the first).
+    max_nonfinite: int = field(default=0, metadata={"min": 0})
     # Checkpoints hold every tensor (full), or only those that were ever trainable plus
     # a hash of the base weights they apply to (delta).
     save: str = field(default="full", metadata=_choice("full", "delta"))

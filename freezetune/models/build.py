@@ -9,7 +9,6 @@ report says so. Any other mismatch is an error, never a silent skip.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torchvision.models as tvm
 
 from freezetune.config import ConfigError, ModelConfig, weights_kind
 from freezetune.plan.rules import describe, find_head
-from freezetune.record.checkpoint import is_delta, load_payload
+from freezetune.record.checkpoint import is_delta, load_payload, read_checkpoint
 
 __all__ = ["LoadReport", "build_model", "load_state_dict_file"]
 
@@ -38,15 +37,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A raw state_dict, the ``model`` entry of a freezetune checkpoint, or a delta
     checkpoint applied to the base weights it names (their hash checked)."""
     # weights_only=True: a checkpoint is data, never code to run.
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        # torch's message is long; the line naming the refused class says the most.
-        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")[:200]
-        raise ConfigError(
-            [f"model.weights: {path} cannot be loaded with weights_only=True (tensors and plain data only): {reason}"]
-        ) from None
+    obj = read_checkpoint(path, "model.weights")
     if is_delta(obj):
         return _materialize(obj, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

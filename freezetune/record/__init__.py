@@ -10,6 +10,7 @@ from freezetune.record.checkpoint import (
     is_delta,
     load_payload,
     model_payload,
+    read_checkpoint,
     serialized_bytes,
     set_rng_state,
 )
@@ -23,10 +24,20 @@ from freezetune.record.integrity import (
     tensor_digest,
     verify_frozen,
 )
-from freezetune.record.rundir import RECORD_FILES, RunDir, RunExistsError, atomic_write_bytes
+from freezetune.record.rundir import (
+    FAILED,
+    OWN_FILES,
+    RECORD_FILES,
+    RunDir,
+    RunExistsError,
+    atomic_write_bytes,
+    staging_for,
+)
 from freezetune.record.summary import EpochResult, RunFacts, build_summary, epoch_row
 
 __all__ = [
+    "FAILED",
+    "OWN_FILES",
     "RECORD_FILES",
     "BaseMismatch",
     "EpochResult",
@@ -47,8 +58,10 @@ __all__ = [
     "load_payload",
     "model_payload",
     "protected_tensors",
+    "read_checkpoint",
     "serialized_bytes",
     "set_rng_state",
+    "staging_for",
     "tensor_bytes",
     "tensor_digest",
     "verify_frozen",

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from freezetune.config import ConfigError
 from freezetune.record.integrity import fixed_tensors, tensor_digest
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "is_delta",
     "load_payload",
     "model_payload",
+    "read_checkpoint",
     "serialized_bytes",
     "set_rng_state",
 ]
@@ -40,6 +44,40 @@ DELTA_FORMAT = "freezetune-delta/1"
 
 class BaseMismatch(ValueError):
     """A delta checkpoint was applied to base weights other than the ones it was trained from."""
+
+
+def read_checkpoint(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with freezetune's own message when
+    the file is missing, truncated, corrupt or holds more than tensors and plain data.
+
+    torch's message for a refused file advises ``weights_only=False``, which would run any
+    code the file carries; ours never does. ``what`` names the key or option that pointed
+    at the file (``resume``, ``model.weights``)."""
+    if not Path(path).is_file():
+        raise ConfigError([f"{what}: {path}: no such file"])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch words every failure as "Weights only load failed"; a refused class says "Unsupported global".
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+        if not lines:  # bytes that are no pickle at all
+            raise ConfigError([_unreadable(path, what, exc)]) from None
+        reason = f" ({lines[0][:160]})"
+        raise ConfigError(
+            [
+                f"{what}: {path} holds more than tensors and plain data{reason}, so freezetune does not load it. "
+                "HINT: save the weights as a state_dict (torch.save(model.state_dict(), path))"
+            ]
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise ConfigError([_unreadable(path, what, exc)]) from None
+
+
+def _unreadable(path: str | Path, what: str, exc: BaseException) -> str:
+    return (
+        f"{what}: {path} is not a readable torch file (truncated or corrupt: {type(exc).__name__}). "
+        "HINT: use another copy of it; freezetune replaces its files only whole, so a copy it wrote is complete"
+    )
 
 
 def serialized_bytes(obj: Any) -> int:

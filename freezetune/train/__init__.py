@@ -15,6 +15,7 @@ from freezetune.train.cache import (
 from freezetune.train.distributed import Dist
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import (
+    Diverged,
     EpochStats,
     LoopOptions,
     Progress,
@@ -51,6 +52,7 @@ __all__ = [
     "STATE_FORMAT",
     "CacheRefused",
     "Dist",
+    "Diverged",
     "EpochStats",
     "FeatureCache",
     "LRSchedule",

@@ -3,6 +3,7 @@ under ``inference_mode``. Read it top to bottom; nothing here knows about files.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from freezetune.record.summary import EpochResult
 from freezetune.utils.modules import eval_mode
 
 __all__ = [
+    "Diverged",
     "EpochStats",
     "LoopOptions",
     "Progress",
@@ -63,6 +65,25 @@ class Resume:
     after_skip: Callable[[], None] | None = None  # e.g. restore the RNG states saved at the interrupt
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights; the run stops rather than
+    train on, or save, them."""
+
+    def __init__(self, step: int | None, last_finite: float | None, what: str = "loss", epoch: int | None = None):
+        self.step, self.last_finite, self.what, self.epoch = step, last_finite, what, epoch
+        super().__init__()
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            w for w in (f"epoch {self.epoch}" if self.epoch else "", f"step {self.step}" if self.step else "") if w
+        )
+        last = f"; the last finite loss was {self.last_finite:.4g}" if self.last_finite is not None else ""
+        return (
+            f"training diverged: non-finite {self.what} in {where}{last}. Nothing non-finite was saved: the last "
+            "good checkpoint (if any) is kept. HINT: lower train.optimizer.lr, or add warm-up (train.scheduler)"
+        )
+
+
 @dataclass(frozen=True)
 class LoopOptions:
     """How a training pass runs, beyond the model, optimizer, loader and device."""
@@ -73,6 +94,12 @@ class LoopOptions:
     before_step: Callable[[int], None] | None = None  # runs before step i (the LR schedule)
     stop: Callable[[], bool] | None = None  # asked after each step; True ends the pass (Ctrl-C)
     resume: Resume | None = None  # continue a partial epoch
+    # Read the loss after each forward (one host sync) and stop on a non-finite one before
+    # it reaches the weights; more than max_nonfinite such steps raise Diverged, fewer are
+    # skipped. Off under DDP, where ranks must not diverge in what they do: there the
+    # trainer checks the weights after each epoch instead.
+    check_finite: bool = True
+    max_nonfinite: int = 0
 
 
 def train_one_epoch(
@@ -89,7 +116,8 @@ def train_one_epoch(
     model.train()  # frozen BatchNorm stays in eval: freezetune.plan.apply pins it
     clock = StepClock(device)
     total_loss = torch.zeros((), device=device)
-    seen = steps = 0
+    seen = steps = nonfinite = 0
+    last_finite: float | None = None
     saved = None
     interrupted = False
     n_batches = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -121,6 +149,16 @@ def train_one_epoch(
         with count_saved_tensors(model) if (count_saved and steps == 0) else nullcontext() as counted:
             loss = F.cross_entropy(model(x), y)
             clock.lap()
+            if options.check_finite:
+                value = loss.item()
+                if not math.isfinite(value):
+                    nonfinite += 1
+                    if nonfinite > options.max_nonfinite:
+                        raise Diverged(steps + 1, last_finite)
+                    clock.drop_last()  # skipped: no backward, no optimizer step
+                    steps += 1
+                    continue
+                last_finite = value
             loss.backward()
         clock.lap()
         optimizer.step()
@@ -184,7 +222,11 @@ def fit_epoch(
         reduce: sums a tensor over processes (torchrun); the metrics are then the whole set's.
     """
     start = device_clock(device)
-    stats = train_one_epoch(model, optimizer, train_loader, device, options, f"epoch {epoch}")
+    try:
+        stats = train_one_epoch(model, optimizer, train_loader, device, options, f"epoch {epoch}")
+    except Diverged as exc:
+        exc.epoch = epoch
+        raise
     elapsed = device_clock(device) - start
     if stats.interrupted:
         return None, stats

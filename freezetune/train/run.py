@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,16 @@ from freezetune.measure import (
     peak_memory,
     reset_peak_memory,
 )
-from freezetune.record import EpochResult, RunDir, RunFacts, build_summary, epoch_row, serialized_bytes
+from freezetune.record import (
+    FAILED,
+    EpochResult,
+    RunDir,
+    RunFacts,
+    build_summary,
+    epoch_row,
+    read_checkpoint,
+    serialized_bytes,
+)
 from freezetune.train.distributed import Dist, parameter_digest
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import EpochStats, Progress, no_progress
@@ -68,11 +78,13 @@ def run(
             only rank 0 writes.
         device: overrides ``train.device`` (torchrun gives each rank its own).
     """
-    out = RunDir(resume if resume is not None else cfg.output_dir, write=dist is None or dist.is_main)
+    write = dist is None or dist.is_main
     resolved = to_dict(cfg)
-    state = load_resume_state(out.path, resolved) if resume is not None else None
-    if state is None:
-        RunDir.check_free(out.path, overwrite)
+    if resume is not None:
+        out = RunDir.for_resume(resume, cfg.output_dir, write)
+        state = load_resume_state(out.path, resolved)
+    else:
+        out, state = RunDir.for_new_run(cfg.output_dir, overwrite, write), None
     if dist is not None:
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
     p, loaders = prepare(cfg, device)
@@ -88,19 +100,20 @@ def run(
         len(p.plan.bn_eval),
         p.device,
     )
+    staged = f" (written to {out.path} until it succeeds)" if out.staged else ""
+    log.info("%s: run folder %s%s", cfg.name, out.final, staged)
     if state is None:
         _start_record(out, p, resolved, overwrite)
         first, partial = 1, None
     else:
         first, partial = _restore(out, trainer, state)
-
     started = time.perf_counter()
     reset_peak_memory(p.device)
     last_phase = _LastPhase()
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
     should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
-    with stop:
+    with _failure_noted(out), stop:
         for epoch in range(first, cfg.train.epochs + 1):
             events = trainer.enter_phase(epoch)
             for row in events:
@@ -120,8 +133,20 @@ def run(
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
             if result is None or (epoch < cfg.train.epochs and should_stop()):  # stopped mid-epoch, or between
                 return _stopped(cfg, out, epoch, stats)
-    wall = time.perf_counter() - started
-    return _finish(cfg, p, trainer, out, resolved, last_phase, wall, len(loaders.train.dataset), dist)
+        # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
+        wall = time.perf_counter() - started
+        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, len(loaders.train.dataset), dist)
+
+
+@contextmanager
+def _failure_noted(out: RunDir) -> Iterator[None]:
+    """The folder exists now: an error in the block leaves a FAILED file there saying why the
+    run stopped and how to go on (freezetune.record.rundir), then goes on up."""
+    try:
+        yield
+    except Exception as exc:
+        out.fail(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise
 
 
 @dataclass
@@ -148,6 +173,8 @@ def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite:
 def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int, Partial | None]:
     """Load a checkpoint into ``trainer``; returns the epoch to start at and the partial epoch, if any."""
     partial = trainer.load_state_dict(state, str(out.path / CHECKPOINT))
+    if out.write:
+        (out.path / FAILED).unlink(missing_ok=True)  # a failed run resumed is no longer failed
     first = state["epoch"] if partial else state["epoch"] + 1
     # Rows written after the checkpoint (a kill between the two writes) are redone.
     out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
@@ -179,7 +206,7 @@ def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
                 [f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"]
             )
         raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch but the last)"])
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, "resume")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError([f"resume: {path} is not a freezetune training state ({STATE_FORMAT})"])
     diffs = _differences(state["config"], resolved)
@@ -235,13 +262,14 @@ def _finish(
         events=[e for e in trainer.events if e["event"] != "optimizer"],
         optimizer_groups=trainer.groups(),
         checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
-        run_dir=str(out.path),
+        run_dir=str(out.final),
         distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)
     if out.write:  # a finished run needs no resume state; its 2x-model-size file would only take disk
         (out.path / CHECKPOINT).unlink(missing_ok=True)
+    out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
     return summary
 
 

@@ -23,7 +23,7 @@ from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, apply_plan
 from freezetune.record import EpochResult, FrozenLedger, get_rng_state, load_payload, model_payload, set_rng_state
 from freezetune.train.distributed import Dist, shard_loaders
-from freezetune.train.loop import EpochStats, LoopOptions, Progress, Resume, fit_epoch
+from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch
 from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
@@ -167,7 +167,16 @@ class Trainer:
             self.global_step = first + i
             set_lr(self.optimizer, self.lr.factor(self.global_step))
 
-        options = LoopOptions(self.cfg.train.max_steps_per_epoch, progress, count_saved, before_step, stop, resume)
+        options = LoopOptions(
+            self.cfg.train.max_steps_per_epoch,
+            progress,
+            count_saved,
+            before_step,
+            stop,
+            resume,
+            check_finite=self.dist is None,
+            max_nonfinite=self.cfg.train.max_nonfinite,
+        )
         result, stats = fit_epoch(
             epoch,
             target.net,
@@ -180,9 +189,17 @@ class Trainer:
             reduce=self.dist.sum_ if self.dist is not None else None,
         )
         self.global_step = first + stats.steps
+        self.check_finite(epoch)
         if result is not None:
             self.epochs.append(result)
         return result, stats, start_state
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise :class:`Diverged` when a trainable parameter holds NaN or inf: such weights are
+        never checkpointed (under DDP, where steps are not checked one by one, this is the check)."""
+        for p in self.model.parameters():
+            if p.requires_grad and not bool(torch.isfinite(p).all()):
+                raise Diverged(None, self.epochs[-1].train_loss if self.epochs else None, "weights", epoch)
 
     # ------------------------------------------------------------------ state
 
