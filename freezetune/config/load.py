@@ -105,7 +105,20 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load, merge, override and validate a config file; raise ConfigError on any problem."""
     tree = apply_overrides(load_yaml_tree(path), overrides or [])
-    return from_dict(tree, source=str(path))
+    try:
+        return from_dict(tree, source=str(path))
+    except ConfigError as exc:
+        edited = [item.partition("=")[0] for item in overrides or []]
+        if not edited:
+            raise
+        # Say which problems come from a key=value edit rather than from the file.
+        marked = [p + (" (set on the command line)" if _under_any(p, edited) else "") for p in exc.problems]
+        raise ConfigError(marked, str(path)) from None
+
+
+def _under_any(problem: str, keys: list[str]) -> bool:
+    where = problem.split(":", 1)[0]
+    return any(where == k or where.startswith((k + ".", k + "[")) for k in keys)
 
 
 # --------------------------------------------------------------------------- conversion

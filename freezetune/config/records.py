@@ -99,10 +99,14 @@ class Fields:
     def name(self, key: str) -> str | None:
         """A non-empty string: a module name, parameter name, glob or class name."""
         value = self.item.get(key)
-        if isinstance(value, str) and value:
-            return value
-        self.problem(f"expected a non-empty name or pattern, got {value!r}", key)
-        return None
+        if not isinstance(value, str) or not value:
+            self.problem(f"expected a non-empty name or pattern, got {value!r}", key)
+            return None
+        if "[" in value and "]" not in value[value.index("[") + 1 :]:
+            # fnmatch would read the '[' literally and match nothing the user meant.
+            self.problem(f"{value!r}: '[' opens a glob character class that is never closed by ']'", key)
+            return None
+        return value
 
     def number(self, key: str, default: float | None, minimum: float, inclusive: bool) -> float | None:
         """A finite number (YAML text such as '1e-3' included) above ``minimum``; ``default`` when absent."""

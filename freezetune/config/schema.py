@@ -60,8 +60,8 @@ class DataConfig:
     classes: Union[list[int], None] = None
     image_size: int = field(default=32, metadata={"min": 8})
     batch_size: int = field(default=64, metadata={"min": 1})
-    train_samples: Union[int, None] = field(default=None, metadata={"min": 1})
-    val_samples: Union[int, None] = field(default=None, metadata={"min": 1})
+    train_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
+    val_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
     num_workers: int = field(default=0, metadata={"min": 0})
     # Random horizontal flip and padded random crop on training images.
     augment: bool = False
@@ -153,7 +153,7 @@ class Config:
     """A whole run's configuration, as loaded and checked by freezetune.config.load."""
 
     name: str = ""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # NumPy's seeds are 32-bit
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)

@@ -45,8 +45,12 @@ def _weight_names(arch: str) -> list[str]:
 def semantic_problems(cfg: Config) -> list[str]:
     """Every problem with ``cfg`` that its types do not show, one line each (empty: none)."""
     problems = []
-    if not isinstance(cfg.name, str) or not re.fullmatch(r"[\w.\-]+", cfg.name):
-        problems.append(f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-', '.'")
+    if not isinstance(cfg.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
+        # The run folder is runs/<name>: no path separators, no '.' or '..', no hidden folder.
+        problems.append(
+            f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit"
+        )
     models = classification_models()
     if not isinstance(cfg.model.arch, str):
         pass  # its type problem is already reported

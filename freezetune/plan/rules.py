@@ -248,6 +248,13 @@ def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> F
     decided: dict[str, tuple[bool, str | None]] = {n: (True, None) for n in tree.param_names}
     for rule in rules:
         hits = match_rule(rule, tree)
+        if hits and rule.origin.startswith("freeze.rules") and all(decided[n][0] != rule.freezes for n in hits):
+            # As a schedule event that changes nothing is an error: the rule says something the plan ignores.
+            state = "frozen" if rule.freezes else "trainable"
+            problems.append(
+                f"{rule.origin} {rule}: changes nothing: all {len(hits)} parameter tensors it matches are already "
+                f"{state} at this point (rules apply in order, after the preset's)"
+            )
         if not hits and not rule.optional:
             if rule.kind == "until" and tree.module(rule.target) is not None:
                 problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")

@@ -311,7 +311,7 @@ def test_override_through_a_scalar_raises(tmp_path: Path) -> None:
 def test_override_of_unknown_key_is_caught_by_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path / "c.yaml", "name: exp\n"), ["train.epoch=3"])
-    assert info.value.problems == ["train.epoch: unknown key; did you mean epochs?"]
+    assert info.value.problems == ["train.epoch: unknown key; did you mean epochs? (set on the command line)"]
 
 
 # --------------------------------------------------------------------------- strictness

@@ -350,15 +350,29 @@ def test_last_matching_rule_wins() -> None:
     assert freeze_then_unfreeze.frozen == ["0.weight"]
     assert freeze_then_unfreeze.is_trainable("0.bias")
 
-    unfreeze_then_freeze = plan(conv_net(), [{"unfreeze": "0.bias"}, {"freeze": "0"}])
-    assert unfreeze_then_freeze.frozen == ["0.weight", "0.bias"]
+    unfreeze_then_freeze = plan(
+        conv_net(), [{"freeze": "*"}, {"unfreeze": "0.bias"}, {"unfreeze": "4"}, {"freeze": "0"}]
+    )
+    assert unfreeze_then_freeze.frozen == ["0.weight", "0.bias", "1.weight", "1.bias"]
     assert not unfreeze_then_freeze.is_trainable("0.bias")
 
     probe = plan(conv_net(), [{"freeze": "*"}, {"unfreeze": "4"}])
     assert probe.trainable == ["4.weight", "4.bias"]
     # The reverse order leaves nothing to train, which is refused.
     with pytest.raises(FreezeError, match="leaves no parameter trainable"):
-        plan(conv_net(), [{"unfreeze": "4"}, {"freeze": "*"}])
+        plan(conv_net(), [{"freeze": "0"}, {"unfreeze": "0"}, {"freeze": "*"}])
+
+
+def test_a_rule_that_changes_nothing_is_refused_like_an_event() -> None:
+    # Everything starts trainable: unfreezing it says something the plan ignores.
+    with pytest.raises(FreezeError) as info:
+        plan(conv_net(), [{"unfreeze": "4"}, {"freeze": "0"}])
+    assert info.value.problems == [
+        "freeze.rules[0] {unfreeze: 4}: changes nothing: all 2 parameter tensors it matches are already trainable "
+        "at this point (rules apply in order, after the preset's)"
+    ]
+    with pytest.raises(FreezeError, match=r"freeze.rules\[0\] \{unfreeze: 4\}: changes nothing"):
+        plan(conv_net(), [{"unfreeze": "4"}], preset="linear_probe")  # the preset already trains the head
 
 
 def test_decided_by_records_the_deciding_rule_and_its_origin() -> None:
