@@ -65,6 +65,9 @@ class DataConfig:
     num_workers: int = field(default=0, metadata={"min": 0})
     # Random horizontal flip and padded random crop on training images.
     augment: bool = False
+    # imagefolder: a file that is no readable image stops the run before it starts (error),
+    # or is left out and listed in summary.json (skip).
+    on_bad_image: str = field(default="error", metadata=_choice("error", "skip"))
 
 
 @dataclass

@@ -7,7 +7,7 @@ torchvision classifier takes them unchanged. A class subset is relabelled to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from freezetune.config import ConfigError, DataConfig
+from freezetune.data.imagefolder import checked_image_folder, folder_classes
 
 __all__ = ["Loaders", "build_loaders", "num_classes_of"]
 
@@ -30,6 +31,7 @@ class Loaders:
     train: DataLoader
     val: DataLoader
     num_classes: int
+    skipped_images: list[dict[str, str]] = field(default_factory=list)  # data.on_bad_image: skip
 
 
 def num_classes_of(cfg: DataConfig) -> int:
@@ -39,7 +41,7 @@ def num_classes_of(cfg: DataConfig) -> int:
     if cfg.dataset == "fashion_mnist":
         return 10
     if cfg.dataset == "imagefolder":
-        return len(datasets.ImageFolder(str(Path(cfg.root) / "train")).classes)
+        return len(folder_classes(Path(cfg.root) / "train"))
     return _FAKE_CLASSES
 
 
@@ -114,7 +116,7 @@ def _train_transform(cfg: DataConfig) -> transforms.Compose:
     return transforms.Compose([tf, transforms.RandomHorizontalFlip(), transforms.RandomCrop(size, padding=size // 8)])
 
 
-def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset]:
+def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset, list[dict[str, str]]]:
     tf, train_tf = _transform(cfg), _train_transform(cfg)
     if cfg.dataset == "fashion_mnist":
         try:
@@ -125,27 +127,38 @@ def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset
             raise ConfigError(
                 [f"data.root: no Fashion-MNIST under {cfg.root}/FashionMNIST/raw ({exc}); {hint}"]
             ) from None
-        return train, val
+        return train, val, []
     if cfg.dataset == "imagefolder":
         root = Path(cfg.root)
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
-        train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-        return train, datasets.ImageFolder(str(root / "val"), transform=tf)
+        train, bad_train = checked_image_folder(root / "train", train_tf, cfg.on_bad_image)
+        val, bad_val = checked_image_folder(root / "val", tf, cfg.on_bad_image)
+        if train.classes != val.classes:
+            only = sorted(set(train.classes) ^ set(val.classes))
+            raise ConfigError(
+                [
+                    f"data.root: {root}/train and {root}/val must hold the same class folders; only in one: "
+                    f"{', '.join(only) or '(the same names in another order)'}"
+                ]
+            )
+        return train, val, bad_train + bad_val
     shape = (3, cfg.image_size, cfg.image_size)
     n_train, n_val = cfg.train_samples or 256, cfg.val_samples or 64
     # random_offset keeps the fake validation images distinct from the training ones.
     train = datasets.FakeData(n_train, shape, num_classes, transform=train_tf, random_offset=seed)
     val = datasets.FakeData(n_val, shape, num_classes, transform=tf, random_offset=seed + 1_000_003)
-    return train, val
+    return train, val, []
 
 
 def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Loaders:
     """Train and validation loaders; training order is shuffled from ``seed``."""
     k = num_classes or num_classes_of(cfg)
     fake_k = k if cfg.classes is None else max(cfg.classes) + 1
-    train, val = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k)
+    train, val, skipped = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k)
+    if cfg.dataset == "imagefolder":
+        _check_folder_classes(cfg, train)
     train = _select(train, cfg.classes, cfg.train_samples, seed)
     val = _select(val, cfg.classes, cfg.val_samples, seed + 1)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
@@ -153,4 +166,17 @@ def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None) ->
     g = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.num_workers)
     val_loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    return Loaders(train_loader, val_loader, k)
+    return Loaders(train_loader, val_loader, k, skipped)
+
+
+def _check_folder_classes(cfg: DataConfig, train: datasets.ImageFolder) -> None:
+    """data.classes must name classes the folder has (each class has images in train and val:
+    freezetune.data.imagefolder checked that)."""
+    names = train.classes
+    listing = ", ".join(f"{i}: {c}" for i, c in enumerate(names))
+    if cfg.classes is not None:
+        outside = [c for c in cfg.classes if c >= len(names)]
+        if outside:
+            raise ConfigError(
+                [f"data.classes: {outside} not in {cfg.root}/train, which has {len(names)} classes ({listing})"]
+            )

@@ -74,6 +74,7 @@ class RunFacts:
     checkpoint: dict[str, Any]  # what train.save chose, and both sizes
     run_dir: str
     distributed: dict[str, Any] | None = None  # the launch and the replicas' digests, under torchrun
+    skipped_images: list[dict[str, str]] = dataclasses.field(default_factory=list)  # data.on_bad_image: skip
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -99,6 +100,7 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "best_val_acc": max(e.val_acc for e in epochs),
         "epochs": len(epochs),
         "train_samples": f.train_samples,
+        "skipped_images": f.skipped_images,
         "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
         "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
         "wall_time_s": f.wall_s,

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from freezetune.config import Config, ConfigError, to_dict
+from freezetune.data import Loaders
 from freezetune.measure import (
     SavedBytes,
     eval_speed,
@@ -135,7 +136,7 @@ def run(
                 return _stopped(cfg, out, epoch, stats)
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
         wall = time.perf_counter() - started
-        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, len(loaders.train.dataset), dist)
+        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist)
 
 
 @contextmanager
@@ -230,7 +231,7 @@ def _finish(
     resolved: dict[str, Any],
     last_phase: _LastPhase,
     wall: float,
-    n_train: int,
+    loaders: Loaders,
     dist: Dist | None,
 ) -> dict[str, Any]:
     """Verify, measure, save the model and write summary.json."""
@@ -253,7 +254,8 @@ def _finish(
         epochs=trainer.epochs,
         check=check,
         wall_s=wall,
-        train_samples=n_train,
+        train_samples=len(loaders.train.dataset),  # type: ignore[arg-type]
+        skipped_images=loaders.skipped_images,
         weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},
         device=str(p.device),
         speed=speed,
