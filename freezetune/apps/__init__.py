@@ -9,7 +9,7 @@ from freezetune.apps.benchmark import (
     benchmark_config,
     hand_written_loop,
 )
-from freezetune.apps.compare import estimate_config, train_in_subprocess
+from freezetune.apps.compare import estimate_config, run_action, train_in_subprocess
 from freezetune.apps.demo import demo_report, pretrain_is_current, results_table, run_demo
 from freezetune.apps.shipped import shipped_config, shipped_configs_dir
 
@@ -23,6 +23,7 @@ __all__ = [
     "hand_written_loop",
     "pretrain_is_current",
     "results_table",
+    "run_action",
     "run_demo",
     "shipped_config",
     "shipped_configs_dir",

@@ -9,35 +9,55 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
-from freezetune.config import Config, load_config
+from freezetune.config import Config, load_config, to_dict
 from freezetune.measure import Estimate, estimate, profile_model
+from freezetune.record import OWN_FILES, RunExistsError
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
 
-__all__ = ["estimate_config", "train_in_subprocess"]
+__all__ = ["TrainingFailed", "estimate_config", "run_action", "train_in_subprocess"]
 
 log = logging.getLogger(__name__)
 
 
-def train_in_subprocess(config: str | Path, overrides: list[str]) -> Path:
-    """``python -m freezetune train --config ... --overwrite`` in a fresh interpreter (the
-    installed package, wherever it runs from); returns the run folder."""
+class TrainingFailed(RuntimeError):
+    """A config's training process exited with an error (it printed its own message)."""
+
+
+def run_action(cfg: Config, overwrite: bool) -> str:
+    """What compare does with ``cfg``'s run folder: ``reuse`` a finished run of this very
+    config, ``train`` into an empty folder, or ``replace`` another run (only with
+    ``overwrite``; without it, RunExistsError names the run, before anything trains)."""
+    folder = cfg.output_dir
+    if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
+        try:
+            saved = yaml.safe_load((folder / "config.yaml").read_text())
+        except yaml.YAMLError:
+            saved = None
+        if saved == to_dict(cfg):
+            return "reuse"
+    if not any((folder / f).exists() for f in OWN_FILES):
+        return "train"
+    if overwrite:
+        return "replace"
+    raise RunExistsError(
+        f"{folder} holds another run than {cfg.name}'s config asks for (a different config, or unfinished). "
+        "HINT: pass --overwrite to compare to replace it, or set name=... / train.output_dir=... for new runs"
+    )
+
+
+def train_in_subprocess(config: str | Path, overrides: list[str], overwrite: bool = False) -> Path:
+    """``python -m freezetune train --config ...`` in a fresh interpreter (the installed
+    package, wherever it runs from), so each run's peak memory is its own; returns the run folder."""
     cfg = load_config(config, overrides)  # fail here, with the message, before spawning
-    cmd = [
-        sys.executable,
-        "-m",
-        "freezetune",
-        "train",
-        "--config",
-        str(config),
-        *overrides,
-        "--overwrite",
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--no-progress"]
+    if overwrite:
+        cmd.append("--overwrite")
     log.info("training %s: %s", cfg.name, " ".join(cmd[1:]))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{config} failed with exit status {done.returncode}")
+        raise TrainingFailed(f"training {config} failed with exit status {done.returncode} (its error is above)")
     return cfg.output_dir
 
 

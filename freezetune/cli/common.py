@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from freezetune.apps.compare import TrainingFailed
 from freezetune.config import Config, ConfigError, load_config
 from freezetune.plan import FreezeError
 from freezetune.record import BaseMismatch, RunExistsError
@@ -96,7 +97,7 @@ def guarded(main: Callable[[], int], debug: bool = False) -> int:
         return main()
     except (ConfigError, FreezeError, RunExistsError, BaseMismatch) as exc:
         return _error(str(exc), EXIT_CONFIG, debug)
-    except Diverged as exc:
+    except (Diverged, TrainingFailed) as exc:
         return _error(str(exc), EXIT_FAULT, debug)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

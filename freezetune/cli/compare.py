@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from freezetune.apps.compare import estimate_config, train_in_subprocess
+from freezetune.apps.compare import estimate_config, run_action, train_in_subprocess
 from freezetune.cli import common as cli
 from freezetune.config import load_config
 from freezetune.report import build_report, load_run, text_table, write_report
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("items", nargs="*", help="run folders, or key=value edits when --configs is given")
     parser.add_argument("--out", default="runs/report", help="where the report goes")
     parser.add_argument("--no-estimate", action="store_true", help="skip the predicted column")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="with --configs: replace runs made from other configs (else refused)"
+    )
     cli.add_debug_arg(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
@@ -36,7 +39,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             files = [c for c in args.configs if "=" not in c]
             overrides = [c for c in args.configs if "=" in c] + args.items
             configs = [load_config(c, overrides) for c in files]  # every error before any training
-            run_dirs = [train_in_subprocess(c, overrides) for c in files]
+            actions = [run_action(c, args.overwrite) for c in configs]  # and every refusal
+            run_dirs = []
+            for file, cfg, action in zip(files, configs, actions):
+                if action == "reuse":
+                    print(f"{cfg.name}: reusing {cfg.output_dir} (finished, same config)", flush=True)
+                    run_dirs.append(cfg.output_dir)
+                else:
+                    verb = "replacing the run in" if action == "replace" else "training into"
+                    print(f"{cfg.name}: {verb} {cfg.output_dir}", flush=True)
+                    run_dirs.append(train_in_subprocess(file, overrides, overwrite=action == "replace"))
         else:
             if not args.items:
                 parser.error("give run folders, or --configs")
