@@ -64,8 +64,10 @@ def _check_writable(path: Path) -> None:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise RunExistsError(f"{path}: {existing} is a file, not a folder. HINT: set train.output_dir to a folder path")
     if not existing.is_dir():
-        return  # a file in the way: check_free says so
+        return  # the path itself is a file: check_free says so
     try:
         with open(existing / f".freezetune-probe-{os.getpid()}", "wb") as probe:
             probe_path = Path(probe.name)

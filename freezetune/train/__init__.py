@@ -35,7 +35,7 @@ from freezetune.train.optim import (
     make_optimizer,
     remove_frozen,
 )
-from freezetune.train.run import CHECKPOINT, load_resume_state, run
+from freezetune.train.runner import CHECKPOINT, load_resume_state, run
 from freezetune.train.setup import (
     Prepared,
     num_outputs,

@@ -3,7 +3,7 @@ what trains (freezetune.train.nets) and the ledger of frozen tensors
 (freezetune.record.integrity), all kept in step when a schedule event changes the
 trainable set; and the state that resumes it exactly.
 
-freezetune.train.run turns a config into a :class:`Trainer` and a run record;
+freezetune.train.runner turns a config into a :class:`Trainer` and a run record;
 freezetune.train.loop is the loop of one epoch.
 """
 

@@ -38,7 +38,7 @@ def layer_of(subpackage: str) -> int | None:
 class Import:
     """One import statement of one freezetune module."""
 
-    importer: str  # dotted module name, e.g. freezetune.train.run
+    importer: str  # dotted module name, e.g. freezetune.train.runner
     imported: str  # the freezetune module or package it loads
     line: int
     in_function: bool
@@ -118,7 +118,7 @@ class ImportGraph:
 
 
 def subpackage(module: str) -> str | None:
-    """``freezetune.train.run`` -> ``train``; None for the package root itself."""
+    """``freezetune.train.runner`` -> ``train``; None for the package root itself."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] not in ("__main__",) else None
 

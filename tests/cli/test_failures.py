@@ -1,0 +1,369 @@
+"""Every failure a user can cause, as the command ends it: the exit status, one ``error:``
+line (no traceback), and exactly which files exist afterwards, the user's own files
+beside ``runs/`` included.
+
+The commands run in process (``freezetune.cli.main.main``) in a working directory made
+for each test; a few tiny resnet18 runs on FakeData or a folder of PNGs made here."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from freezetune.cli.main import main
+
+TINY = {
+    "name": "tiny",
+    "model": {"arch": "resnet18", "num_classes": 3},
+    "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
+    "freeze": {"preset": "linear_probe"},
+    "train": {"epochs": 1, "device": "cpu"},
+}
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the user's own things in it, and a clean root logger
+    (each command calls logging.basicConfig; what it installs goes away with the test)."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    (tmp_path / "notes.txt").write_text("the user's notes")
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "keep.txt").write_text("not freezetune's")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return tmp_path
+
+
+def files(root: Path) -> dict[str, str]:
+    """Every file under ``root``: its path and a digest of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def command(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err: str) -> str:
+    """The one ``error:`` line (config errors list their problems under it); never a traceback."""
+    assert "Traceback" not in err
+    lines = err.rstrip("\n").splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert all(line.startswith("  - ") for line in lines[errors[0] + 1 :]), err
+    return "\n".join(lines[errors[0] :])
+
+
+def png_folder(root: Path, classes: dict[str, int], split_sizes: tuple[int, int] = (4, 2)) -> None:
+    """root/train/CLASS/i.png and root/val/CLASS/i.png, random 8-bit RGB."""
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), split_sizes):
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def imagefolder_config(workdir: Path, root: str = "images", **data: object) -> None:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"] = {"dataset": "imagefolder", "root": root, "image_size": 16, "batch_size": 2, **data}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+
+
+# --------------------------------------------------------------------------- mistakes: exit 2, nothing written
+
+CONFIG_MISTAKES = [
+    # (edits, the words the error line must hold)
+    (["name=.."], "name: '..' must be a non-empty run name"),
+    (["name=."], "name: '.' must be a non-empty run name"),
+    (["name=../escape"], "name: '../escape' must be a non-empty run name"),
+    (["train.output_dir=."], "is the working directory or a folder above it"),
+    (["train.output_dir=.."], "is the working directory or a folder above it"),
+    (["train.output_dir=notes.txt/run"], "notes.txt is a file, not a folder"),
+    (["seed=4294967296"], "seed: 4294967296 must be <= 4294967295 (set on the command line)"),
+    (
+        ["data.train_samples=1000000000000000000000000000000"],
+        "data.train_samples: 1000000000000000000000000000000 must be <=",
+    ),
+    (
+        ["freeze.preset=null", "freeze.rules=[{freeze: 'layer[12'}]"],
+        "'[' opens a glob character class that is never closed",
+    ),
+    (["train.epochs=two"], "train.epochs: expected an integer, got 'two' (set on the command line)"),
+    (["freeze.rules=[{unfreeze: fc}]"], "freeze.rules[0] {unfreeze: fc}: changes nothing"),
+    (["model.weights=missing.pt"], "model.weights: file not found: missing.pt"),
+]
+
+
+@pytest.mark.parametrize(("edits", "words"), CONFIG_MISTAKES, ids=[" ".join(e) for e, _ in CONFIG_MISTAKES])
+def test_a_config_mistake_is_one_error_exit_2_and_writes_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], edits: list[str], words: str
+) -> None:
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", *edits, "--no-progress")
+    assert rc == 2
+    assert words in error_line(err)
+    assert files(workdir.parent) == before
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_anything_is_made(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root ignores file modes, so the refusal of the probe file is what a read-only disk does.
+    def read_only(path: object, *args: object, **kwargs: object) -> object:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr("freezetune.record.rundir.open", read_only, raising=False)
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 2
+    assert "cannot write in" in error_line(err) and "Read-only file system" in err
+    assert files(workdir.parent) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"garbage, not a checkpoint", "is not a readable torch file"), (None, "is not a readable torch file")],
+    ids=["garbage", "truncated"],
+)
+def test_a_corrupt_checkpoint_on_resume_gets_freezetunes_message(
+    workdir: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, words: str
+) -> None:
+    state = workdir / "runs" / "tiny" / "checkpoint.pt"
+    state.parent.mkdir()
+    torch.save({"format": "freezetune-train-state/1", "blob": torch.zeros(4096)}, state)
+    state.write_bytes(content if content is not None else state.read_bytes()[:-100])
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--resume", "runs/tiny")
+    assert rc == 2
+    line = error_line(err)
+    assert words in line and "resume:" in line
+    assert "weights_only=False" not in err  # never torch's advice to turn the safety check off
+    assert files(workdir.parent) == before
+
+
+def test_a_garbage_weights_file_is_one_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "weights.pt").write_bytes(b"\x80\x04not a pickle")
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.weights=weights.pt")
+    assert rc == 2
+    assert "model.weights: weights.pt is not a readable torch file" in error_line(err)
+    assert files(workdir.parent) == before
+
+
+# --------------------------------------------------------------------------- data mistakes: exit 2, nothing written
+
+
+def truncated_png(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DATA_MISTAKES: list[tuple[str, Callable[[Path], None], dict, str]] = [
+    ("no train folder", lambda r: __import__("shutil").rmtree(r / "train"), {}, "imagefolder needs the folders"),
+    ("no folder at all", lambda r: __import__("shutil").rmtree(r), {}, "imagefolder needs the folders"),
+    ("empty class folder", lambda r: [p.unlink() for p in (r / "train" / "cat").iterdir()], {}, "cat"),
+    ("truncated png", lambda r: truncated_png(r / "train" / "dog" / "1.png"), {}, "train/dog/1.png"),
+    ("text named .jpg", lambda r: (r / "val" / "cat" / "x.jpg").write_text("hello"), {}, "val/cat/x.jpg"),
+    ("class index outside", lambda r: None, {"classes": [0, 5]}, "data.classes: [5] not in images/train"),
+    ("val lacks a class", lambda r: __import__("shutil").rmtree(r / "val" / "dog"), {}, "only in one: dog"),
+]
+
+
+@pytest.mark.parametrize(
+    ("break_it", "data", "words"), [c[1:] for c in DATA_MISTAKES], ids=[c[0] for c in DATA_MISTAKES]
+)
+def test_a_data_mistake_is_one_error_exit_2_and_writes_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], break_it: Callable[[Path], None], data: dict, words: str
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1})
+    break_it(workdir / "images")
+    imagefolder_config(workdir, **data)
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 2
+    assert words in error_line(err)
+    assert files(workdir.parent) == before
+
+
+def test_unreadable_images_skipped_on_request_are_listed_in_the_record(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1})
+    truncated_png(workdir / "images" / "train" / "dog" / "1.png")
+    imagefolder_config(workdir, on_bad_image="skip")
+    rc, _, _ = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 0
+    summary = json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())
+    assert [s["path"] for s in summary["skipped_images"]] == ["images/train/dog/1.png"]
+    assert summary["train_samples"] == 7
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    from freezetune.data.imagefolder import load_image
+
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # 0, 1, 128, 255 in 8 bits
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    rgb = np.asarray(load_image(str(tmp_path / "wide.png")))
+    assert rgb[0, :, 0].tolist() == [0, 1, 128, 255] and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+# --------------------------------------------------------------------------- faults while running: exit 1
+
+
+DIVERGING = ["train.epochs=2", "freeze.schedule=[{epoch: 2, unfreeze: layer4, lr_scale: 1.0e+20}]"]
+
+
+def test_a_diverged_run_stops_exit_1_keeps_the_good_checkpoint_and_saves_no_model(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", *DIVERGING, "--no-progress")
+    assert rc == 1
+    line = error_line(err)
+    assert line.startswith("error: training diverged: non-finite loss in epoch 2, step ")
+    assert "the last finite loss was" in line
+    run = workdir / "runs" / "tiny"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "FAILED",
+        "checkpoint.pt",
+        "config.yaml",
+        "events.jsonl",
+        "freeze_plan.json",
+        "metrics.jsonl",
+    ]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()
+    )
+    assert (run / "FAILED").read_text().startswith("error: training diverged")
+    assert "--resume runs/tiny" in (run / "FAILED").read_text()
+    # A rerun is told why the folder is taken, and how to go on.
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", *DIVERGING, "--no-progress")
+    assert rc == 2 and "holds a run that failed (FAILED: error: training diverged" in error_line(err)
+
+
+def test_max_nonfinite_skips_that_many_bad_steps(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Four steps an epoch: the first bad step (2) is skipped, the second (3) stops the run.
+    edits = [*DIVERGING, "data.train_samples=16", "train.max_nonfinite=1", "--no-progress"]
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", *edits)
+    assert rc == 1 and "non-finite loss in epoch 2, step 3" in error_line(err)
+
+
+def test_disk_full_while_saving_the_model_keeps_the_last_checkpoint(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import freezetune.record.rundir as rundir
+
+    real = rundir.atomic_write_bytes
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name == "model.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(rundir, "atomic_write_bytes", full_disk)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--no-progress")
+    assert rc == 1
+    line = error_line(err)
+    assert "runs/tiny/model.pt: No space left on device" in line and "--resume" in line
+    run = workdir / "runs" / "tiny"
+    assert "model.pt" not in {p.name for p in run.iterdir()}
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert "No space left on device" in (run / "FAILED").read_text()
+
+
+def test_a_failed_overwrite_leaves_the_previous_run_byte_for_byte(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert command(capsys, "train", "--config", "tiny.yaml", "--no-progress")[0] == 0
+    before = files(workdir / "runs")
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", *DIVERGING, "--overwrite", "--no-progress")
+    assert rc == 1 and "training diverged" in error_line(err)
+    after = files(workdir / "runs")
+    assert {k: v for k, v in after.items() if not k.startswith("tiny.overwriting/")} == before
+    failed = (workdir / "runs" / "tiny.overwriting" / "FAILED").read_text()
+    assert "runs/tiny (the previous run) is unchanged" in failed
+    # A successful overwrite replaces it, keeps the user's own file, and leaves no staging folder.
+    (workdir / "runs" / "tiny" / "my_plot.png").write_bytes(b"mine")
+    assert command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--overwrite", "--no-progress")[0] == 0
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["mine", "tiny"]
+    assert (workdir / "runs" / "tiny" / "my_plot.png").read_bytes() == b"mine"
+    assert json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())["epochs"] == 2
+
+
+def test_an_interrupted_overwrite_resumes_into_place(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freezetune.train import StopRequest
+
+    assert command(capsys, "train", "--config", "tiny.yaml", "--no-progress")[0] == 0
+    old = files(workdir / "runs" / "tiny")
+    # As if Ctrl-C came during the first step of the replacing run (the stop is read after each step).
+    asked = StopRequest.__call__
+    monkeypatch.setattr(StopRequest, "__call__", lambda self: True)
+    rc, out, _ = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--overwrite", "--no-progress")
+    assert rc == 130 and "--resume runs/tiny.overwriting" in out
+    assert files(workdir / "runs" / "tiny") == old
+    monkeypatch.setattr(StopRequest, "__call__", asked)
+    rc, _, _ = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--resume", "runs/tiny.overwriting")
+    assert rc == 0
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["mine", "tiny"]
+    summary = json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["run_dir"] == "runs/tiny"
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_is_there_with_debug(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("freezetune.train.runner.epoch_row", bug)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 1
+    assert error_line(err) == "error: internal error (ZeroDivisionError: a bug); rerun with --debug for the traceback"
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress", "--overwrite", "--debug")
+    assert rc == 1 and "Traceback" in err and "ZeroDivisionError: a bug" in err
+
+
+# --------------------------------------------------------------------------- compare: reuse, refuse, replace
+
+
+def test_compare_reuses_a_finished_run_and_replaces_another_only_when_told(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "--no-estimate")
+    assert rc == 0 and "tiny: training into runs/tiny" in out
+    model = workdir / "runs" / "tiny" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "--no-estimate")
+    assert rc == 0 and "tiny: reusing runs/tiny (finished, same config)" in out
+    assert model.stat().st_mtime_ns == stamp  # not trained again
+
+    before = files(workdir / "runs")
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "train.epochs=2", "--no-estimate")
+    assert rc == 2 and "runs/tiny holds another run" in error_line(err)
+    assert files(workdir / "runs") == before
+
+    rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "train.epochs=2", "--no-estimate", "--overwrite")
+    assert rc == 0 and "tiny: replacing the run in runs/tiny" in out
+    assert json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())["epochs"] == 2
