@@ -102,7 +102,7 @@ def run(
         p.device,
     )
     staged = f" (written to {out.path} until it succeeds)" if out.staged else ""
-    log.info("%s: run folder %s%s", cfg.name, out.final, staged)
+    log.info("%s: run folder %s%s", cfg.name, out.final.resolve(), staged)
     if state is None:
         _start_record(out, p, resolved, overwrite)
         first, partial = 1, None
@@ -146,7 +146,8 @@ def _failure_noted(out: RunDir) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        out.fail(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        # One line, as the command prints it (a config error's problems joined).
+        out.fail(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
         raise
 
 
