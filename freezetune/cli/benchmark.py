@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --cache")
     cli.add_debug_arg(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
 
     def body() -> int:

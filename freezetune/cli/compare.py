@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--overwrite", action="store_true", help="with --configs: replace runs made from other configs (else refused)"
     )
     cli.add_debug_arg(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
 
     def body() -> int:

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="edits applied to every demo config")
     parser.add_argument("--no-progress", action="store_true")
     cli.add_debug_arg(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
 
     def body() -> int:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="one row per parameter: when it trains, its optimizer group and effective LR",
     )
     cli.add_debug_arg(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
 
     def body() -> int:
         cfg = cli.config_from_args(args)

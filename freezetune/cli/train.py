@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
     cli.add_debug_arg(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     launch = distributed.from_env()  # set by torchrun
     main_rank = launch is None or launch.rank == 0
     cli.setup_logging(quiet=not main_rank)  # other ranks log warnings only
@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 f"Continue with: {command} --config {args.config} --resume {summary['run_dir']}"
             )
             return cli.EXIT_INTERRUPTED
-        ok = "yes" if summary["frozen_unchanged"] else "NO"
+        if summary["tensors_frozen"] == 0 and not summary["schedule"]:
+            frozen = "nothing was frozen"  # no claim to prove
+        else:
+            frozen = f"frozen tensors bitwise unchanged: {'yes' if summary['frozen_unchanged'] else 'NO'}"
         if "distributed" in summary:
             d = summary["distributed"]
             print(
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             )
         print(
             f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "
-            f"{summary['params_total']:,}, frozen tensors bitwise unchanged: {ok} -> {cfg.output_dir}"
+            f"{summary['params_total']:,}, {frozen} -> {cfg.output_dir}"
         )
         return 0 if summary["frozen_unchanged"] else 1
 

@@ -33,7 +33,7 @@ __all__ = [
 
 RULE_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type", "until")
 PRESETS = ("full", "linear_probe", "bitfit", "gradual", "until:<module>")
-EVENT_KINDS = ("freeze", "unfreeze")
+EVENT_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type")  # rules' selectors but `until`
 _EVENT_KEYS = ("epoch", *EVENT_KINDS, "lr_scale")
 _GROUP_KEYS = ("match", "lr_scale", "weight_decay")
 
@@ -63,7 +63,7 @@ class EventSpec:
     """A schedule event as configured, before it is resolved against a model."""
 
     epoch: int
-    kind: str  # "freeze" or "unfreeze"
+    kind: str  # "freeze", "unfreeze", "freeze_type" or "unfreeze_type"
     target: str
     lr_scale: float  # multiplies the LR of the parameters it unfreezes
     origin: str  # "freeze.schedule[0]" or "freeze.gradual[1]"
@@ -185,12 +185,13 @@ def parse_rules(raw: Iterable[object], origin: str = "freeze.rules") -> tuple[li
 
 
 def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tuple[list[EventSpec], list[str]]:
-    """``freeze.schedule``: ``{epoch: N, unfreeze: P, lr_scale: F}`` or ``{epoch: N, freeze: P}``."""
+    """``freeze.schedule``: ``{epoch: N, unfreeze: P, lr_scale: F}``, ``{epoch: N, freeze: P}``, or the same
+    with ``unfreeze_type`` / ``freeze_type`` and a module class name, as in rules."""
 
     def read(f: Fields) -> EventSpec | None:
         kinds = [k for k in EVENT_KINDS if k in f.item]
         if len(kinds) != 1:
-            f.problem("needs exactly one of 'freeze' or 'unfreeze'")
+            f.problem(f"needs exactly one of {', '.join(EVENT_KINDS)}")
         epoch = f.item.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             f.problem(f"expected an integer, got {epoch!r}", "epoch")
@@ -199,7 +200,7 @@ def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tupl
         target = f.name(kinds[0]) if len(kinds) == 1 else None
         before = len(f.problems)
         scale = f.lr_scale()
-        if "lr_scale" in f.item and kinds == ["freeze"] and len(f.problems) == before:
+        if "lr_scale" in f.item and kinds in (["freeze"], ["freeze_type"]) and len(f.problems) == before:
             f.problem("only an 'unfreeze' event sets a learning rate", "lr_scale")
         if f.problems or target is None:
             return None

@@ -42,7 +42,7 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         """As an ``events.jsonl`` row."""
         s = self.spec
-        scale = {"lr_scale": s.lr_scale} if s.kind == "unfreeze" else {}
+        scale = {"lr_scale": s.lr_scale} if not s.rule.freezes else {}
         return {
             "epoch": s.epoch,
             "event": s.kind,
@@ -99,7 +99,7 @@ class Schedule:
             if phase.start > epoch:
                 break
             for ev in phase.events:
-                if ev.spec.kind == "unfreeze":
+                if not ev.spec.rule.freezes:
                     scales.update(dict.fromkeys(ev.params, ev.spec.lr_scale))
         return scales
 
@@ -162,12 +162,12 @@ def build_schedule(
             if not hits:
                 problems.append(f"{spec.origin} {spec.rule}: matches no parameter{suggest_names(spec.rule, tree)}")
                 continue
-            wanted = spec.kind == "unfreeze"
+            wanted = not spec.rule.freezes
             changed = tuple(n for n in hits if trainable[n] != wanted)
             if not changed:
-                state = "trainable" if wanted else "frozen"
+                state, verb = ("trainable", "unfreezes") if wanted else ("frozen", "freezes")
                 problems.append(
-                    f"{spec.origin} {spec.rule} at epoch {epoch}: {spec.kind}s nothing new, all {len(hits)} "
+                    f"{spec.origin} {spec.rule} at epoch {epoch}: {verb} nothing new, all {len(hits)} "
                     f"parameter tensors it matches are already {state}"
                 )
             trainable.update(dict.fromkeys(changed, wanted))

@@ -139,11 +139,14 @@ def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> st
     lines = []
     for ev in (e for p in schedule.phases for e in p.events):
         s = ev.spec
-        scale = f", lr x{s.lr_scale:g}" if s.kind == "unfreeze" and s.lr_scale != 1.0 else ""
+        scale = f", lr x{s.lr_scale:g}" if not s.rule.freezes and s.lr_scale != 1.0 else ""
         lines.append(
             f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
             f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable"
         )
+    if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
+        lines.append("LR schedule 'none': every group keeps its learning rate at every step")
+        return "\n".join(lines)
     lr = LRSchedule(cfg.train.scheduler, steps_per_epoch, cfg.train.epochs)
     marks = [(e, (e - 1) * steps_per_epoch) for e in range(1, cfg.train.epochs + 1)]
     factors = ", ".join(f"epoch {e}: x{lr.factor(step):.3g}" for e, step in marks)

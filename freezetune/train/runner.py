@@ -92,10 +92,10 @@ def run(
     trainer = Trainer(cfg, p, loaders, out.path, dist)
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     log.info(
-        "%s: %d / %d parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
+        "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
         cfg.name,
-        p.plan.numel_trainable,
-        p.plan.numel_total,
+        f"{p.plan.numel_trainable:,}",
+        f"{p.plan.numel_total:,}",
         len(p.plan.trainable),
         len(trainer.optimizer.param_groups),
         len(p.plan.bn_eval),

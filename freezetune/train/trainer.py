@@ -105,7 +105,7 @@ class Trainer:
         rows = []
         for ev in phase.events:
             row = ev.to_json()
-            if ev.spec.kind == "unfreeze":
+            if not ev.spec.rule.freezes:
                 mine = [ok for n, ok in leaving.items() if _owned_by(n, ev.params)]
                 row |= {"unchanged_until_event": all(mine), "tensors_checked": len(mine)}
             rows.append(row)

@@ -223,6 +223,41 @@ def test_freeze_event_freezes_and_pins_from_its_epoch(resnet18: ModelTree) -> No
     ]
 
 
+def test_type_selector_events_unfreeze_and_freeze_by_module_class(resnet18: ModelTree) -> None:
+    all_bn = [m.name for m in resnet18.modules if m.is_batchnorm]
+    assert len(all_bn) == 20
+    bn_params = [n for n in resnet18.param_names if n.startswith(tuple(m + "." for m in all_bn))]
+    s = schedule(
+        resnet18,
+        "linear_probe",
+        events=[
+            {"epoch": 2, "unfreeze_type": "BatchNorm2d", "lr_scale": 0.5},
+            {"epoch": 3, "freeze_type": "_BatchNorm"},
+        ],
+    )
+    assert s.phases[1].plan.trainable == sorted([*bn_params, *FC], key=resnet18.param_names.index)
+    assert s.phases[1].plan.bn_eval == ()  # every BatchNorm trains from epoch 2
+    assert s.lr_scales(2) == dict.fromkeys(bn_params, 0.5)
+    assert s.phases[2].plan.trainable == FC and list(s.phases[2].plan.bn_eval) == all_bn
+    assert [e["event"] for e in s.to_json()] == ["unfreeze_type", "freeze_type"]
+    assert s.to_json()[0]["lr_scale"] == 0.5 and "lr_scale" not in s.to_json()[1]
+
+
+def test_type_selector_events_are_as_strict_as_rules(resnet18: ModelTree) -> None:
+    assert rejected(resnet18, preset="linear_probe", events=[{"epoch": 2, "unfreeze_type": "BatchNorm"}]) == [
+        "freeze.schedule[0] {unfreeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"
+    ]
+    # The head is resnet18's only Linear: freezing it by type leaves nothing to train, refused as for a rule.
+    (problem,) = rejected(resnet18, preset="linear_probe", events=[{"epoch": 2, "freeze_type": "Linear"}])
+    assert problem.startswith("the plan leaves no parameter trainable") and problem.endswith("(at epoch 2)")
+    assert rejected(resnet18, events=[{"epoch": 2, "unfreeze_type": "Conv2d"}]) == [
+        "freeze.schedule[0] {unfreeze_type: Conv2d} at epoch 2: unfreezes nothing new, all 20 parameter tensors it "
+        "matches are already trainable"
+    ]
+    _, problems = parse_events([{"epoch": 2, "freeze_type": "BatchNorm2d", "lr_scale": 2}])
+    assert problems == ["freeze.schedule[0].lr_scale: only an 'unfreeze' event sets a learning rate"]
+
+
 def test_event_to_json_reports_lr_scale_of_unfreeze_events(resnet18: ModelTree) -> None:
     s = schedule(resnet18, "linear_probe", events=[{"epoch": 2, "unfreeze": "layer4.1", "lr_scale": 0.25}])
     assert s.to_json() == [
@@ -375,17 +410,22 @@ def test_parse_events_rejects_a_non_integer_epoch(epoch: object) -> None:
 def test_parse_events_rejects_both_freeze_and_unfreeze() -> None:
     events, problems = parse_one({"epoch": 2, "freeze": "layer4", "unfreeze": "layer3"})
     assert events == []
-    assert problems == ["freeze.schedule[0]: needs exactly one of 'freeze' or 'unfreeze'"]
+    assert problems == ["freeze.schedule[0]: needs exactly one of freeze, unfreeze, freeze_type, unfreeze_type"]
 
 
 def test_parse_events_rejects_neither_freeze_nor_unfreeze() -> None:
-    assert parse_one({"epoch": 2}) == ([], ["freeze.schedule[0]: needs exactly one of 'freeze' or 'unfreeze'"])
+    assert parse_one({"epoch": 2}) == (
+        [],
+        ["freeze.schedule[0]: needs exactly one of freeze, unfreeze, freeze_type, unfreeze_type"],
+    )
 
 
 def test_parse_events_rejects_unknown_keys_and_lists_valid_ones() -> None:
     events, problems = parse_one({"epoch": 2, "unfreeze": "layer4", "when": "now"})
     assert events == []
-    assert problems == ["freeze.schedule[0]: unknown key(s) when; valid: epoch, freeze, unfreeze, lr_scale"]
+    assert problems == [
+        "freeze.schedule[0]: unknown key(s) when; valid: epoch, freeze, unfreeze, freeze_type, unfreeze_type, lr_scale"
+    ]
 
 
 def test_parse_events_rejects_lr_scale_on_a_freeze_event() -> None:
@@ -425,7 +465,8 @@ def test_parse_events_rejects_a_non_mapping_and_keeps_going() -> None:
 def test_parse_events_reports_every_problem_of_one_event() -> None:
     _, problems = parse_one({"epoch": 0, "freeze": "x", "lr_scale": 2, "bogus": 1})
     assert problems == [
-        "freeze.schedule[0]: unknown key(s) bogus; valid: epoch, freeze, unfreeze, lr_scale",
+        "freeze.schedule[0]: unknown key(s) bogus; valid: epoch, freeze, unfreeze, freeze_type, unfreeze_type, "
+        "lr_scale",
         "freeze.schedule[0].epoch: 0: events start at epoch 2 (what holds from epoch 1 is freeze.rules)",
         "freeze.schedule[0].lr_scale: only an 'unfreeze' event sets a learning rate",
     ]
