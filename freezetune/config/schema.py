@@ -77,7 +77,13 @@ class FreezeConfig:
     # full | linear_probe | bitfit | until:<module>; applied before `rules`.
     preset: Union[str, None] = None
     rules: list[dict] = field(default_factory=list)
-    batchnorm: str = field(default="eval", metadata=_choice("eval", "train"))
+    # eval: BatchNorm whose parameters are all frozen stays in eval (running statistics fixed);
+    # eval_all: every BatchNorm in eval, its affine parameters trainable where the plan says
+    # (mmpretrain's norm_eval); train: all left to the trainer.
+    batchnorm: str = field(default="eval", metadata=_choice("eval", "eval_all", "train"))
+    # eval: frozen modules behave as frozen (Dropout, stochastic depth off), pinned like
+    # BatchNorm (freezetune.plan.rules); train: only BatchNorm is pinned.
+    frozen_modules: str = field(default="eval", metadata=_choice("eval", "train"))
     # Events at the start of an epoch: {epoch: N, unfreeze: P, lr_scale: F} or {epoch: N, freeze: P}
     # (freezetune/schedule.py). P is a module name, parameter name or glob, as in `rules`.
     schedule: list[dict] = field(default_factory=list)

@@ -101,12 +101,21 @@ class ParamDecision:
 
 @dataclass(frozen=True)
 class FreezePlan:
-    """Which parameters train and which BatchNorm modules stay in eval: the whole decision."""
+    """Which parameters train, and which modules stay in eval: the whole decision."""
 
     params: tuple[ParamDecision, ...]
-    bn_eval: tuple[str, ...]  # BatchNorm modules to keep in eval mode
+    bn_eval: tuple[str, ...]  # BatchNorm modules to keep in eval mode (their running statistics fixed)
     batchnorm: str
     rules: tuple[Rule, ...]
+    # Other modules kept in eval (freeze.frozen_modules: eval): frozen ones, and parameter-free
+    # ones (Dropout, stochastic depth) inside a frozen module or feeding one.
+    eval_modules: tuple[str, ...] = ()
+    frozen_modules: str = "train"
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        """Every module the plan keeps in eval, BatchNorm or not, in model order of the two lists."""
+        return (*self.bn_eval, *self.eval_modules)
 
     @property
     def trainable(self) -> list[str]:
@@ -145,6 +154,8 @@ class FreezePlan:
                 for p in self.params
             ],
             "batchnorm_eval": list(self.bn_eval),
+            "frozen_modules": self.frozen_modules,
+            "eval_modules": list(self.eval_modules),
         }
 
 
@@ -242,8 +253,17 @@ def suggest_names(rule: Rule, tree: ModelTree) -> str:
     return f"; nearest names: {', '.join(near)}" if near else ""
 
 
-def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> FreezePlan:
-    """Resolve ordered rules into a plan. Every parameter starts trainable."""
+def build_plan(
+    tree: ModelTree, rules: list[Rule], batchnorm: str = "eval", frozen_modules: str = "train"
+) -> FreezePlan:
+    """Resolve ordered rules into a plan. Every parameter starts trainable.
+
+    Args:
+        batchnorm: ``eval`` pins BatchNorm whose parameters are all frozen, ``eval_all`` every
+            BatchNorm (its affine parameters may still train), ``train`` none.
+        frozen_modules: ``eval`` pins every other frozen module in eval too (Dropout and stochastic
+            depth off where nothing trains), ``train`` leaves them to the trainer.
+    """
     problems = []
     decided: dict[str, tuple[bool, str | None]] = {n: (True, None) for n in tree.param_names}
     for rule in rules:
@@ -272,8 +292,46 @@ def build_plan(tree: ModelTree, rules: list[Rule], batchnorm: str = "eval") -> F
         raise FreezeError(problems)
     params = tuple(ParamDecision(n, tree.numel[n], *decided[n]) for n in tree.param_names)
     trainable = {n: t for n, (t, _) in decided.items()}
-    bn_eval = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
-    return FreezePlan(params, bn_eval, batchnorm, tuple(rules))
+    if batchnorm == "eval_all":
+        bn_eval = tuple(m.name for m in tree.modules if m.is_batchnorm)
+    else:
+        bn_eval = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
+    eval_modules = _frozen_modules_to_pin(tree, trainable) if frozen_modules == "eval" else ()
+    return FreezePlan(params, bn_eval, batchnorm, tuple(rules), eval_modules, frozen_modules)
+
+
+def _frozen_modules_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:
+    """Modules other than BatchNorm (the batchnorm policy decides those) that stay in eval.
+
+    A module with parameters is pinned when all of them are frozen. A parameter-free module
+    (Dropout, StochasticDepth, ReLU) is pinned when its nearest enclosing module with
+    parameters is all frozen, or when the next parameter after it in registration order is
+    frozen: it feeds the frozen part (ViT's ``encoder.dropout``). A head's Dropout feeds the
+    trainable head, so it keeps training, as a regulariser of what trains."""
+    names = tree.param_names
+    under = {m.name: [n for n in names if _under(n, m.name)] for m in tree.modules}
+    next_param: dict[str, str | None] = {}
+    upcoming = None
+    for m in reversed(tree.modules):  # the first parameter registered after each module
+        next_param[m.name] = upcoming
+        if m.params:
+            upcoming = m.params[0]
+    pinned = []
+    for m in tree.modules:
+        if m.is_batchnorm or not m.name:
+            continue
+        if under[m.name]:
+            if not any(trainable[p] for p in under[m.name]):
+                pinned.append(m.name)
+            continue
+        parts = m.name.split(".")
+        enclosing = next(
+            (under[a] for a in (".".join(parts[:d]) for d in range(len(parts) - 1, 0, -1)) if under[a]), []
+        )
+        nxt = next_param[m.name]
+        if (enclosing and not any(trainable[p] for p in enclosing)) or (nxt is not None and not trainable[nxt]):
+            pinned.append(m.name)
+    return tuple(pinned)
 
 
 def _batchnorm_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:
@@ -309,9 +367,11 @@ def _head_or_last(tree: ModelTree) -> str:
         return tree.param_names[-1] if tree.param_names else "<module>"
 
 
-def plan_from_config(tree: ModelTree, preset: str | None, raw_rules: list, batchnorm: str) -> FreezePlan:
-    """Preset rules, then the config's rules, resolved into a plan."""
+def plan_from_config(
+    tree: ModelTree, preset: str | None, raw_rules: list, batchnorm: str, frozen_modules: str = "train"
+) -> FreezePlan:
+    """Preset rules, then the config's rules, resolved into a plan (arguments as :func:`build_plan`)."""
     rules, problems = parse_rules(raw_rules)
     if problems:
         raise FreezeError(problems)
-    return build_plan(tree, preset_rules(preset, tree) + rules, batchnorm)
+    return build_plan(tree, preset_rules(preset, tree) + rules, batchnorm, frozen_modules)

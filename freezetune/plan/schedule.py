@@ -140,6 +140,7 @@ def build_schedule(
     batchnorm: str,
     raw_events: list | None = None,
     gradual: list[str] | None = None,
+    frozen_modules: str = "train",
 ) -> Schedule:
     """Resolve preset, rules and events into one plan per phase; raise FreezeError listing
     every event that matches nothing or changes nothing."""
@@ -151,7 +152,7 @@ def build_schedule(
     base = preset_rules(preset, tree) + rules
     # Gradual events first: an explicit schedule event in the same epoch can refine them.
     specs = sorted(gradual_events(gradual or []) + events, key=lambda e: e.epoch)  # stable sort
-    plan = build_plan(tree, base, batchnorm)
+    plan = build_plan(tree, base, batchnorm, frozen_modules)
     phases = [Phase(1, plan, ())]
     trainable = {p.name: p.trainable for p in plan.params}
     rules_so_far = list(base)
@@ -175,7 +176,7 @@ def build_schedule(
             resolved.append(Event(spec, changed, sum(tree.numel[n] for n in changed)))
         try:
             # build_plan reports a pattern that matches nothing, with the nearest names.
-            plan = build_plan(tree, rules_so_far, batchnorm)
+            plan = build_plan(tree, rules_so_far, batchnorm, frozen_modules)
         except FreezeError as exc:
             problems.extend(f"{p} (at epoch {epoch})" for p in exc.problems)
             continue

@@ -39,7 +39,7 @@ class ModuleRow:
     type_name: str
     params: int
     trainable: int
-    bn_mode: str  # "eval (pinned)", "train" or "" for non-BatchNorm
+    mode: str  # "eval (pinned)": the plan keeps it in eval whatever the trainer does; else "train"
 
     @property
     def status(self) -> str:
@@ -161,7 +161,7 @@ def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> 
     """One row per module that owns parameters, or per module at ``depth`` (1 = top level)
     with the parameters under it added up."""
     trainable = {p.name: p.trainable for p in plan.params}
-    pinned = set(plan.bn_eval)
+    pinned = set(plan.pinned)
     rows = []
     for m in tree.modules:
         level = m.name.count(".") + 1 if m.name else 0
@@ -173,14 +173,14 @@ def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> 
             continue
         if not owned:
             continue
-        bn = ("eval (pinned)" if m.name in pinned else "train") if m.is_batchnorm else ""
+        mode = "eval (pinned)" if m.name in pinned else "train"
         rows.append(
             ModuleRow(
                 m.name or "(root)",
                 m.type_name,
                 sum(tree.numel[n] for n in owned),
                 sum(tree.numel[n] for n in owned if trainable[n]),
-                bn,
+                mode,
             )
         )
     return rows
@@ -224,8 +224,8 @@ def render_plan(
 ) -> str:
     """The plan table, its totals and, given a probe, the autograd table under it."""
     rows = module_rows(tree, plan, depth)
-    headers = ["module", "type", "params", "status", "batchnorm"]
-    cells = [[r.name, r.type_name, f"{r.params:,}", r.status, r.bn_mode] for r in rows]
+    headers = ["module", "type", "params", "status", "mode"]
+    cells = [[r.name, r.type_name, f"{r.params:,}", r.status, r.mode] for r in rows]
     if schedule is not None and schedule.changes:
         # When each module starts training; "status" above is epoch 1's.
         first = schedule.trainable_from()
@@ -241,6 +241,8 @@ def render_plan(
         f"tensors:    {len(plan.trainable)} trainable, {len(plan.frozen)} frozen "
         "(requires_grad=False; never in the optimizer)",
         f"batchnorm:  policy '{plan.batchnorm}', {len(plan.bn_eval)} module(s) pinned in eval (running stats frozen)",
+        f"modes:      frozen_modules '{plan.frozen_modules}', {len(plan.eval_modules)} other module(s) pinned in eval "
+        "(Dropout and stochastic depth off where nothing trains)",
     ]
     if probe is not None:
         parts += [

@@ -2,15 +2,15 @@
 
 When the frozen part of a network is a prefix, its output for a given image
 never changes, so it can be computed once and reused. The model is split with
-torch.fx at the *frontier*: the one value that the frozen prefix hands to the
-first node that touches a trainable parameter. ``prefix`` and ``suffix`` are
+torch.fx at the *frontier*: the one value the frozen prefix hands to the first
+operation that trains, is random in train mode (a head's Dropout) or depends on
+the batch (BatchNorm in train mode); those run in the suffix. ``prefix`` and ``suffix`` are
 GraphModules over the model's own submodules (no copies), so training the
 suffix trains the model.
 
-Caching is only valid when the prefix is deterministic: its BatchNorm pinned
-in eval (``freeze.batchnorm: eval``), no dropout in it, and no random
-augmentation in the training transform. Caching implies the prefix runs in eval
-mode, exactly as freezing already puts it."""
+The prefix is deterministic by construction (frozen modules are pinned in eval by
+``freeze.frozen_modules: eval``; Dropout with p = 0 is the same in both modes);
+random augmentation of the input still rules the cache out."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision.ops import stochastic_depth
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from freezetune.measure.timing import device_clock
 from freezetune.plan.apply import is_pinned_eval
@@ -67,7 +67,7 @@ _MODE_FUNCTIONS = {
 
 
 class CacheRefused(Exception):
-    """The feature cache cannot be used; the message says why."""
+    """The feature cache cannot be used; the message says why in plain words, and the fix."""
 
 
 @dataclass
@@ -75,45 +75,95 @@ class Split:
     """A model cut in two at its frozen prefix's output."""
 
     frontier: str  # the fx node whose output is cached
-    first_trainable: str  # the first node that touches a trainable parameter
+    first_trainable: str  # the first node that trains, is random, or depends on the batch
     prefix: fx.GraphModule
     suffix: fx.GraphModule
 
 
-def _touches_trainable(node: fx.Node, modules: dict[str, nn.Module], params: dict[str, nn.Parameter]) -> bool:
-    if node.op == "call_module":
-        return any(p.requires_grad for p in modules[node.target].parameters())
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping torchvision's StochasticDepth a module: traced through, it
+    would become a call of ``stochastic_depth`` with ``self.training`` fixed at trace time."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, StochasticDepth) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trains_or_varies(node: fx.Node, modules: dict[str, nn.Module], params: dict[str, nn.Parameter]) -> str | None:
+    """Why this node's output can change from one epoch to the next for one image, or None:
+    it touches a trainable parameter, is random in train mode (Dropout, stochastic depth with
+    p > 0 and not pinned in eval), or depends on the batch (BatchNorm in train mode)."""
     if node.op == "get_attr":
         p = params.get(node.target)
-        return p is not None and p.requires_grad
+        return "trainable" if p is not None and p.requires_grad else None
+    if node.op != "call_module":
+        return None
+    m = modules[node.target]
+    if any(p.requires_grad for p in m.parameters()):
+        return "trainable"
+    if is_pinned_eval(m):
+        return None
+    if type(m).__name__ in _RANDOM_MODULES and getattr(m, "p", 1.0) > 0:
+        return "random in train mode"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return "BatchNorm in train mode (freeze.batchnorm: train)"
+    return None
+
+
+def _baked_mode(node: fx.Node) -> bool:
+    """A function call whose train/eval switch torch.fx fixed at trace time, and that matters."""
+    if node.op != "call_function":
+        return False
+    name = getattr(node.target, "__name__", "")
+    if node.target in _MODE_FUNCTIONS:
+        if node.target is F.batch_norm:
+            return True
+        p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+        return not (isinstance(p, (int, float)) and p == 0)  # p = 0: the same in both modes
+    if name == "shifted_window_attention":  # swin: dropout inside a function torchvision wraps for fx
+        return any(node.kwargs.get(k, 0.0) != 0 for k in ("dropout", "attention_dropout"))
     return False
 
 
 def split_model(model: nn.Module) -> Split:
-    """Cut ``model`` after its frozen prefix; raise :class:`CacheRefused` when it cannot be cut."""
+    """Cut ``model`` after its frozen prefix: the last value before the first operation that
+    trains, is random in train mode or depends on the batch. Raise :class:`CacheRefused`
+    when there is no such prefix or it does not end in one tensor."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # fx raises many kinds on data-dependent control flow
-        raise CacheRefused(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})") from None
-    nodes = list(traced.graph.nodes)
-    baked = next((n for n in nodes if n.op == "call_function" and n.target in _MODE_FUNCTIONS), None)
-    if baked is not None:
-        # symbolic_trace records `self.training` as a constant: this graph would keep
-        # the mode it was traced in, and train differently from the model.
         raise CacheRefused(
-            f"torch.fx fixed the train/eval mode of '{baked.name}' ({baked.target.__name__}) at trace time"
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}), so it cannot be cut "
+            "into a cached prefix and the rest"
+        ) from None
+    nodes = list(traced.graph.nodes)
+    baked = next((n for n in nodes if _baked_mode(n)), None)
+    if baked is not None:
+        # A graph that keeps the mode it was traced in would train differently from the model.
+        raise CacheRefused(
+            f"'{baked.name}' calls {baked.target.__name__} with its train/eval switch fixed when torch.fx traced the "
+            "model, so a cut graph would not switch modes. HINT: train.cache_features: off"
         )
     index = {n: i for i, n in enumerate(nodes)}
     modules, params = dict(model.named_modules()), dict(model.named_parameters())
-    k = next((i for i, n in enumerate(nodes) if _touches_trainable(n, modules, params)), None)
+    why = [_trains_or_varies(n, modules, params) for n in nodes]
+    k = next((i for i, w in enumerate(why) if w), None)
     if k is None:
-        raise CacheRefused("no node touches a trainable parameter")
+        raise CacheRefused("no layer trains")
     if all(n.op == "placeholder" for n in nodes[:k]):
-        raise CacheRefused(f"the first layer ({nodes[k].target}) is trainable: there is no frozen prefix")
+        first = nodes[k].target
+        if why[k] == "trainable":
+            raise CacheRefused(f"the first layer ({first}) trains: there is no frozen prefix to cache")
+        raise CacheRefused(
+            f"the first layer ({first}) is {why[k]}, so nothing before it can be stored once. "
+            "HINT: freeze.frozen_modules: eval keeps frozen layers deterministic"
+        )
     live = [n for n in nodes[:k] if any(index[u] >= k for u in n.users)]
     if len(live) != 1 or live[0].op == "placeholder":
         names = ", ".join(n.name for n in live)
-        raise CacheRefused(f"the frozen prefix hands {len(live)} values ({names}) to the trainable part, not one")
+        raise CacheRefused(
+            f"the frozen part hands {len(live)} values ({names}) to the part that trains, not one tensor. "
+            "HINT: an until: rule that ends at a stage boundary"
+        )
     frontier = live[0]
 
     prefix_graph, env = fx.Graph(), {}
@@ -124,26 +174,19 @@ def split_model(model: nn.Module) -> Split:
     env = {frontier: suffix_graph.placeholder("features")}
     for n in nodes[k:]:
         env[n] = suffix_graph.node_copy(n, lambda a: env[a])
-    # GraphModule(root, graph) refers to root's submodules, it does not copy them.
+    # GraphModule(root, graph) refers to root's submodules, it does not copy them: modules in
+    # the suffix switch between train and eval with the model.
     return Split(frontier.name, nodes[k].name, fx.GraphModule(model, prefix_graph), fx.GraphModule(model, suffix_graph))
 
 
-def prefix_problem(model: nn.Module, split: Split, augment: bool) -> str | None:
-    """Why the prefix's output could change between epochs, or None."""
+def prefix_problem(augment: bool) -> str | None:
+    """Why the prefix's output would differ from one epoch to the next for reasons outside the
+    model (the graph cut already stops before anything random or batch-dependent), or None."""
     if augment:
-        return "the training transform has random augmentation (data.augment: true): each epoch sees other images"
-    modules = dict(model.named_modules())
-    for n in split.prefix.graph.nodes:
-        if n.op != "call_module":
-            continue
-        m = modules[n.target]
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_pinned_eval(m):
-            return (
-                f"BatchNorm '{n.target}' in the frozen prefix trains (freeze.batchnorm: train): "
-                "its output depends on the batch"
-            )
-        if type(m).__name__ in _RANDOM_MODULES and m.training:
-            return f"'{n.target}' ({type(m).__name__}) in the frozen prefix is random in train mode"
+        return (
+            "data.augment: true gives every epoch other versions of each image, so a frozen prefix's output "
+            "cannot be stored once. HINT: data.augment: false to use the cache"
+        )
     return None
 
 

@@ -111,10 +111,10 @@ class TrainTarget:
         self._use_cache(split)
 
     def _split(self) -> Split:
-        split = split_model(self.model)
-        problem = prefix_problem(self.model, split, self.cfg.data.augment)
+        problem = prefix_problem(self.cfg.data.augment)
         if problem:
             raise CacheRefused(problem)
+        split = split_model(self.model)
         x, _ = next(iter(self.loaders.val))
         self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x.to(self.device))
         return split

@@ -80,7 +80,13 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
         schedule = build_schedule(
-            tree, cfg.freeze.preset, cfg.freeze.rules, cfg.freeze.batchnorm, cfg.freeze.schedule, cfg.freeze.gradual
+            tree,
+            cfg.freeze.preset,
+            cfg.freeze.rules,
+            cfg.freeze.batchnorm,
+            cfg.freeze.schedule,
+            cfg.freeze.gradual,
+            cfg.freeze.frozen_modules,
         )
     except FreezeError as exc:
         if problems:  # report the groups' problems with the plan's, in one error

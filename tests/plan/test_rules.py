@@ -510,7 +510,47 @@ def test_to_json_is_the_whole_plan() -> None:
             {"name": "4.bias", "numel": 2, "trainable": True, "decided_by": None},
         ],
         "batchnorm_eval": [],
+        "frozen_modules": "train",
+        "eval_modules": [],
     }
+
+
+# --------------------------------------------------------------------------- frozen modules, BatchNorm policies
+
+
+def test_frozen_modules_eval_pins_frozen_modules_and_what_feeds_them(meta_tree: Callable[..., ModelTree]) -> None:
+    tree = meta_tree("mobilenet_v3_small")
+    probe = plan_from_config(tree, "linear_probe", [], "eval", "eval")
+    # Every frozen module, and the parameter-free ones inside them (Hardswish) ...
+    assert "features" in probe.eval_modules and "features.1.block.0.2" in probe.eval_modules
+    assert "avgpool" in probe.eval_modules and "classifier.0" in probe.eval_modules
+    # ... but what feeds the trainable head (Hardswish, then Dropout) trains with it, and so does the head.
+    assert not {"classifier.1", "classifier.2", "classifier.3"} & set(probe.eval_modules)
+    assert "classifier" not in probe.eval_modules  # it holds the trainable head
+    assert not set(probe.eval_modules) & set(probe.bn_eval)  # BatchNorm follows freeze.batchnorm
+    assert plan_from_config(tree, "linear_probe", [], "eval", "train").eval_modules == ()
+
+
+def test_a_frozen_blocks_dropout_is_pinned_even_when_the_next_block_trains(meta_tree: Callable[..., ModelTree]) -> None:
+    tree = meta_tree("vit_b_16")
+    p = plan_from_config(tree, "until:encoder.layers.encoder_layer_6", [], "eval", "eval")
+    assert "encoder.dropout" in p.eval_modules  # p=0.0, and it feeds frozen layers
+    assert "encoder.layers.encoder_layer_5.dropout" in p.eval_modules  # the last frozen block's own dropout
+    assert "encoder.layers.encoder_layer_5.mlp.4" in p.eval_modules  # Dropout inside the frozen MLP
+    assert "encoder.layers.encoder_layer_6" not in p.eval_modules
+    assert "encoder.layers.encoder_layer_6.dropout" not in p.eval_modules
+    assert "encoder" not in p.eval_modules and "encoder.layers" not in p.eval_modules
+
+
+def test_eval_all_pins_every_batchnorm_and_keeps_their_affine_parameters_trainable(
+    meta_tree: Callable[..., ModelTree],
+) -> None:
+    tree = meta_tree("resnet18")
+    full = plan_from_config(tree, "full", [], "eval_all")
+    assert list(full.bn_eval) == [m.name for m in tree.modules if m.is_batchnorm] and len(full.bn_eval) == 20
+    assert full.trainable == tree.param_names
+    assert plan_from_config(tree, "full", [], "eval").bn_eval == ()
+    assert plan_from_config(tree, "full", [], "train").bn_eval == ()
 
 
 # --------------------------------------------------------------------------- presets

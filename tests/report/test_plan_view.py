@@ -31,8 +31,8 @@ def test_module_rows_per_parameter_owner() -> None:
     rows = {r.name: r for r in module_rows(describe(model), plan)}
     assert list(rows) == ["0.0", "0.1", "2.0", "2.1", "5"]
     assert rows["0.0"].status == "frozen" and rows["0.0"].params == 4 * 3 * 9 + 4
-    assert rows["0.1"].bn_mode == "eval (pinned)" and rows["2.1"].bn_mode == "train"
-    assert rows["5"].status == "trainable" and rows["5"].bn_mode == ""
+    assert rows["0.1"].mode == "eval (pinned)" and rows["2.1"].mode == "train"
+    assert rows["5"].status == "trainable" and rows["5"].mode == "train"
 
 
 def test_module_rows_aggregate_at_a_depth() -> None:

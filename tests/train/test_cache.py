@@ -74,16 +74,18 @@ def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) 
 
 
 def test_random_augmentation_is_refused_with_on_and_falls_back_with_auto(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="train.cache_features: 'on'.*random augmentation"):
+    with pytest.raises(ConfigError, match="train.cache_features: 'on'.*data.augment: true gives every epoch"):
         run(cfg(tmp_path, "aug_on", **{"data.augment": True, "train.cache_features": "on", "train.epochs": 1}))
     assert not (tmp_path / "aug_on").exists()  # refused before anything was written
     summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": True, "train.epochs": 1}))
-    assert summary["cache"]["used"] is False and "random augmentation" in summary["cache"]["reason"]
+    assert summary["cache"]["used"] is False and "data.augment: true" in summary["cache"]["reason"]
 
 
-def test_batchnorm_in_train_mode_in_the_prefix_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="BatchNorm 'bn1' in the frozen prefix trains"):
-        run(cfg(tmp_path, "bn", **{"freeze.batchnorm": "train", "train.cache_features": "on"}))
+def test_batchnorm_in_train_mode_ends_the_cached_prefix(tmp_path: Path) -> None:
+    # bn1's statistics follow the batch in train mode: the cut comes before it, after conv1.
+    summary = run(cfg(tmp_path, "bn", **{"freeze.batchnorm": "train", "train.cache_features": "on", "train.epochs": 1}))
+    assert summary["cache"]["used"] is True and summary["cache"]["frontier"] == "conv1"
+    assert summary["cache"]["first_trainable"] == "bn1"
 
 
 def test_nothing_frozen_first_means_nothing_to_cache(tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_nothing_frozen_first_means_nothing_to_cache(tmp_path: Path) -> None:
 def planned(arch: str, preset: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, num_classes=4)
-    apply_plan(model, plan_from_config(describe(model), preset, [], "eval"))
+    apply_plan(model, plan_from_config(describe(model), preset, [], "eval", "eval"))  # the config's defaults
     return model
 
 
@@ -102,28 +104,65 @@ def test_mobilenet_splits_and_matches() -> None:
     model = planned("mobilenet_v3_small", "until:features.6")
     split = split_model(model)
     assert split.first_trainable.startswith("features_6")
-    assert prefix_problem(model, split, augment=False) is None
+    assert prefix_problem(augment=False) is None
     assert check_split(model, split, torch.randn(2, 3, 64, 64)) <= 1e-5
     # The suffix is the model's own modules: its parameters are the model's, by identity.
     model_params = {id(p) for p in model.parameters()}
     assert {id(p) for p in split.suffix.parameters()} <= model_params
 
 
-def test_dropout_in_a_train_mode_prefix_is_refused() -> None:
+def test_the_cut_comes_before_a_dropout_that_feeds_the_head() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.2), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)
     )
-    apply_plan(model, plan_from_config(describe(model), "linear_probe", [], "eval"))
-    split = split_model(model.train())
-    assert split.frontier == "_2"  # the flattened features feed the head
-    assert prefix_problem(model, split, augment=False) == "'1' (Dropout) in the frozen prefix is random in train mode"
+    for frozen_modules in ("eval", "train"):  # the Dropout feeds the trainable head: it trains either way
+        apply_plan(model, plan_from_config(describe(model), "linear_probe", [], "eval", frozen_modules))
+        split = split_model(model.train())
+        assert (split.frontier, split.first_trainable) == ("_0", "_1")  # cached: the conv's output
+        x = torch.randn(2, 3, 8, 8)
+        assert check_split(model, split, x) == 0.0
+        torch.manual_seed(1)
+        whole = model(x)
+        torch.manual_seed(1)
+        assert torch.equal(split.suffix(split.prefix(x)), whole)  # the same Dropout draw in train mode
+
+
+def test_a_dropout_in_the_frozen_part_is_pinned_so_the_cut_passes_it() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.Dropout(0.2),
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 2),
+    )
+    rules = [{"freeze": "*"}, {"unfreeze": "4"}]
+    apply_plan(model, plan_from_config(describe(model), None, rules, "eval", "eval"))
+    assert split_model(model.train()).frontier == "_3"  # Dropout '1' is frozen and pinned in eval
+    apply_plan(model, plan_from_config(describe(model), None, rules, "eval", "train"))
+    split = split_model(model.train())  # left in train mode, it is random: the cut moves before it
+    assert (split.frontier, split.first_trainable) == ("_0", "_1")
+
+
+class _FunctionalDropout(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(x, 0.3, self.training)
 
 
 def test_a_mode_baked_into_the_traced_graph_is_refused() -> None:
-    # efficientnet's blocks call stochastic_depth(x, p, mode, self.training): fx freezes that flag.
-    with pytest.raises(CacheRefused, match="fixed the train/eval mode of .*stochastic_depth"):
-        split_model(planned("efficientnet_b0", "until:features.4"))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), _FunctionalDropout(), torch.nn.Flatten(), torch.nn.Linear(144, 2)
+    )
+    apply_plan(model, plan_from_config(describe(model), "linear_probe", [], "eval"))
+    with pytest.raises(CacheRefused, match="with its train/eval switch fixed when torch.fx traced"):
+        split_model(model)
+
+
+def test_stochastic_depth_stays_a_module_so_efficientnet_splits() -> None:
+    model = planned("efficientnet_b0", "until:features.4")
+    split = split_model(model)
+    assert split.first_trainable.startswith("features_4")
+    assert check_split(model, split, torch.randn(2, 3, 32, 32)) <= 1e-5
 
 
 def test_a_split_that_does_not_reproduce_the_model_is_refused() -> None:

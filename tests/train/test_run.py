@@ -449,17 +449,17 @@ def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
     assert done.rc == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"config {cli.config}: resnet18, weights {cli.ckpt_path}, head 'fc'"
-    assert lines[1].split() == ["module", "type", "params", "status", "batchnorm"]
+    assert lines[1].split() == ["module", "type", "params", "status", "mode"]
     table_lines = lines[3 : lines.index("")]  # the per-module table ends at the first blank line
     table = {line.split()[0]: line.split(None, 1)[1] for line in table_lines}
     # One row per module that owns parameters: 20 conv, 20 BatchNorm, the head.
     assert len(table) == len(table_lines) == 41
-    assert re.fullmatch(r"Conv2d\s+9,408\s+frozen", table["conv1"])
+    assert re.fullmatch(r"Conv2d\s+9,408\s+frozen\s+eval \(pinned\)", table["conv1"])  # freeze.frozen_modules
     assert re.fullmatch(r"BatchNorm2d\s+128\s+frozen\s+eval \(pinned\)", table["bn1"])
-    assert re.fullmatch(r"Conv2d\s+147,456\s+frozen", table["layer2.1.conv2"])
-    assert re.fullmatch(r"Conv2d\s+294,912\s+trainable", table["layer3.0.conv1"])
+    assert re.fullmatch(r"Conv2d\s+147,456\s+frozen\s+eval \(pinned\)", table["layer2.1.conv2"])
+    assert re.fullmatch(r"Conv2d\s+294,912\s+trainable\s+train", table["layer3.0.conv1"])
     assert re.fullmatch(r"BatchNorm2d\s+512\s+trainable\s+train", table["layer3.0.bn1"])
-    assert re.fullmatch(r"Linear\s+1,026\s+trainable", table["fc"])
+    assert re.fullmatch(r"Linear\s+1,026\s+trainable\s+train", table["fc"])
 
     model = two_class_resnet18()
     total = sum(p.numel() for p in model.parameters())
