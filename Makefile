@@ -7,7 +7,7 @@ STAMP := $(VENV)/.freezetune-installed
 DATA_ROOT ?= data
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install data clean
+.PHONY: demo test test-all install data clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+# Everything, the heavy checks included (every architecture; minutes, not for CI).
+test-all: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -m "heavy or not heavy"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,17 +9,20 @@ import torch
 
 from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
-from freezetune.plan import describe
+from freezetune.config import Config
+from freezetune.data import build_loaders
+from freezetune.plan import apply_plan, describe
 from freezetune.report import (
     param_rows,
     probe_autograd,
+    render_cache,
     render_estimate,
     render_groups,
     render_params,
     render_plan,
     render_schedule,
 )
-from freezetune.train import prepare_model, steps_per_epoch
+from freezetune.train import Prepared, prepare_model, preview_cache, steps_per_epoch
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -30,7 +33,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)"
     )
     parser.add_argument("--no-probe", action="store_true", help="skip the forward pass that shows grad_fn per module")
-    parser.add_argument("--no-estimate", action="store_true", help="skip the predicted step time and memory")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="also predict step time and memory from a profile of real steps (seconds to minutes on a CPU)",
+    )
+    parser.add_argument("--no-estimate", action="store_true", help=argparse.SUPPRESS)  # the default since 0.2
     parser.add_argument(
         "--params",
         action="store_true",
@@ -57,7 +65,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         else:
             print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
         print(render_schedule(p.schedule, cfg, steps_per_epoch(cfg)))
-        if not args.no_estimate:
+        print()
+        print(_cache(cfg, p))
+        if args.estimate and not args.no_estimate:
             print()
             if p.schedule.changes:
                 print(
@@ -68,3 +78,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body, args.debug)
+
+
+def _cache(cfg: Config, p: Prepared) -> str:
+    """The cache preview of every phase (the plan applied in turn, then restored)."""
+    loaders = build_loaders(cfg.data, cfg.seed, p.num_classes, check_images=False)
+    n_images = len(loaders.train.dataset) + len(loaders.val.dataset)  # type: ignore[arg-type]
+    previews = []
+    try:
+        for phase in p.schedule.phases:
+            apply_plan(p.model, phase.plan)
+            previews.append((phase.start, preview_cache(cfg, p.model, p.device, n_images)))
+    finally:
+        apply_plan(p.model, p.plan)
+    return render_cache(previews, cfg.train.cache_features, n_images)

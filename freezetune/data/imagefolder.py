@@ -53,7 +53,7 @@ def folder_classes(root: Path) -> list[str]:
 
 
 def checked_image_folder(
-    root: Path, transform: Callable, on_bad_image: str
+    root: Path, transform: Callable, on_bad_image: str, decode: bool = True
 ) -> tuple[datasets.ImageFolder, list[dict[str, str]]]:
     """An ImageFolder over ``root`` whose every image decodes; returns it and the files left out.
 
@@ -61,6 +61,7 @@ def checked_image_folder(
         root: ``data.root/train`` or ``data.root/val``.
         transform: applied to each loaded image.
         on_bad_image: ``error`` (ConfigError naming the files) or ``skip`` (leave them out).
+        decode: False skips decoding each image (counting samples only).
     """
     folder_classes(root)
     try:
@@ -69,7 +70,7 @@ def checked_image_folder(
         raise ConfigError([f"data.root: {root}: {exc}"]) from None
     start = time.perf_counter()
     bad = []
-    for path, _ in ds.samples:
+    for path, _ in ds.samples if decode else []:
         try:
             load_image(path)
         except Exception as exc:  # PIL raises several kinds for files that are no (whole) image

@@ -116,7 +116,9 @@ def _train_transform(cfg: DataConfig) -> transforms.Compose:
     return transforms.Compose([tf, transforms.RandomHorizontalFlip(), transforms.RandomCrop(size, padding=size // 8)])
 
 
-def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset, Dataset, list[dict[str, str]]]:
+def _raw_datasets(
+    cfg: DataConfig, seed: int, num_classes: int, check_images: bool = True
+) -> tuple[Dataset, Dataset, list[dict[str, str]]]:
     tf, train_tf = _transform(cfg), _train_transform(cfg)
     if cfg.dataset == "fashion_mnist":
         try:
@@ -133,8 +135,8 @@ def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
-        train, bad_train = checked_image_folder(root / "train", train_tf, cfg.on_bad_image)
-        val, bad_val = checked_image_folder(root / "val", tf, cfg.on_bad_image)
+        train, bad_train = checked_image_folder(root / "train", train_tf, cfg.on_bad_image, check_images)
+        val, bad_val = checked_image_folder(root / "val", tf, cfg.on_bad_image, check_images)
         if train.classes != val.classes:
             only = sorted(set(train.classes) ^ set(val.classes))
             raise ConfigError(
@@ -152,11 +154,14 @@ def _raw_datasets(cfg: DataConfig, seed: int, num_classes: int) -> tuple[Dataset
     return train, val, []
 
 
-def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Loaders:
-    """Train and validation loaders; training order is shuffled from ``seed``."""
+def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None, check_images: bool = True) -> Loaders:
+    """Train and validation loaders; training order is shuffled from ``seed``.
+
+    ``check_images=False`` skips decoding every image of an imagefolder up front: for
+    counting samples (plan.py), never for training."""
     k = num_classes or num_classes_of(cfg)
     fake_k = k if cfg.classes is None else max(cfg.classes) + 1
-    train, val, skipped = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k)
+    train, val, skipped = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k, check_images)
     if cfg.dataset == "imagefolder":
         _check_folder_classes(cfg, train)
     train = _select(train, cfg.classes, cfg.train_samples, seed)

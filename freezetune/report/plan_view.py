@@ -24,6 +24,7 @@ __all__ = [
     "param_rows",
     "probe_autograd",
     "render_estimate",
+    "render_cache",
     "render_groups",
     "render_params",
     "render_plan",
@@ -155,6 +156,26 @@ def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> st
         f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment"
     )
     return "\n".join(lines)
+
+
+def render_cache(previews: list[tuple[int, dict]], mode: str, n_images: int) -> str:
+    """What the feature cache will do, phase by phase (freezetune.train.nets.preview_cache)."""
+    lines = [f"feature cache (train.cache_features: {mode}), for {n_images:,} images (train + val):"]
+    for epoch, p in previews:
+        if not p["used"]:
+            lines.append(f"  from epoch {epoch}: not used: {p['reason']}")
+            continue
+        shape = "x".join(str(d) for d in p["shape"])
+        lines.append(
+            f"  from epoch {epoch}: used: the prefix's output '{p['frontier']}' ({shape} per image) is computed once, "
+            f"before '{p['first_trainable']}'; {_size(p['bytes'])} in {p['storage']}, "
+            f"built in about {p['build_s']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> list[ModuleRow]:

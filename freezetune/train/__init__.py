@@ -26,7 +26,7 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import TrainTarget
+from freezetune.train.nets import TrainTarget, preview_cache
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -80,6 +80,7 @@ __all__ = [
     "prefix_problem",
     "prepare",
     "prepare_model",
+    "preview_cache",
     "remove_frozen",
     "resolve_device",
     "run",

@@ -8,6 +8,7 @@ at the new frontier for the same reason."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
+from freezetune.measure import device_clock
 from freezetune.plan import FreezePlan, Schedule, apply_plan
 from freezetune.train.cache import (
     CacheRefused,
@@ -29,8 +31,9 @@ from freezetune.train.cache import (
     split_model,
 )
 from freezetune.train.distributed import Dist
+from freezetune.utils import eval_mode
 
-__all__ = ["TrainTarget"]
+__all__ = ["TrainTarget", "preview_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,8 @@ class TrainTarget:
         try:
             for phase in schedule.phases:
                 apply_plan(self.model, phase.plan)
-                self._split()
+                with self._rng_untouched():
+                    self._split()
         except CacheRefused as exc:
             at = f" (from epoch {phase.start})" if schedule.changes else ""
             raise ConfigError(
@@ -99,7 +103,8 @@ class TrainTarget:
             self.cache_info["reason"] = "train.cache_features: off"
             return
         try:
-            split = self._split()
+            with self._rng_untouched():
+                split = self._split()
         except CacheRefused as exc:
             if self.cfg.train.cache_features == "on":
                 raise ConfigError(
@@ -108,7 +113,14 @@ class TrainTarget:
             log.info("%s: feature cache not used: %s", self.cfg.name, exc)
             self.cache_info.update(used=False, reason=str(exc))
             return
-        self._use_cache(split)
+        with self._rng_untouched():
+            self._use_cache(split)
+
+    def _rng_untouched(self) -> contextlib.AbstractContextManager:
+        """Checking the cut and building the cache iterate DataLoaders, and each iteration of one
+        without a generator draws from the global RNG: without this, a cached run's Dropout
+        masks would differ from the uncached run's (and a resumed run's from the original's)."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
     def _split(self) -> Split:
         problem = prefix_problem(self.cfg.data.augment)
@@ -151,3 +163,42 @@ class TrainTarget:
         # The suffix is made of the model's own modules: training it trains the model.
         self.net = self.eval_net = split.suffix
         self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)
+
+
+@torch.no_grad()
+def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images: int) -> dict[str, Any]:
+    """What the feature cache would be for the plan applied to ``model``, without data:
+    whether it is used, its frontier, its size for ``n_images`` (train + val), where it would
+    be kept, and its build time predicted from one timed batch of the configured shape.
+
+    Returns:
+        ``{"used": False, "reason": ...}`` or ``{"used": True, "frontier", "first_trainable",
+        "shape", "bytes", "storage", "build_s"}``.
+    """
+    if cfg.train.cache_features == "off":
+        return {"used": False, "reason": "train.cache_features: off"}
+    problem = prefix_problem(cfg.data.augment)
+    try:
+        if problem:
+            raise CacheRefused(problem)
+        split = split_model(model)
+    except CacheRefused as exc:
+        return {"used": False, "reason": str(exc)}
+    n, size = cfg.data.batch_size, cfg.data.image_size
+    x = torch.randn(n, 3, size, size, device=device)
+    with eval_mode(model):
+        split.prefix(x)  # warm-up: allocator, kernel choice
+        start = device_clock(device)
+        features = split.prefix(x)
+        batch_s = device_clock(device) - start
+    per_image = features[0].numel() * features.element_size() + 8  # and its int64 label
+    total = per_image * n_images
+    return {
+        "used": True,
+        "frontier": split.frontier,
+        "first_trainable": split.first_trainable,
+        "shape": list(features.shape[1:]),
+        "bytes": total,
+        "storage": "memory" if total <= cfg.train.cache_max_bytes else "memmap",
+        "build_s": batch_s * n_images / n,
+    }
