@@ -150,6 +150,10 @@ class TrainConfig:
     # Each top-level module gets lr * layer_decay ** (its distance from the head's module).
     layer_decay: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0, "max": 1.0})
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Keep the last training state (checkpoint.pt) when the run finishes, so that
+    # `--resume runs/NAME train.epochs=M` can continue it exactly; costs the optimizer
+    # state and the weights once more on disk.
+    keep_state: bool = False
     # Steps with a non-finite loss to skip before the run stops as diverged (0: stop at the first).
     max_nonfinite: int = field(default=0, metadata={"min": 0})
     # Checkpoints hold every tensor (full), or only those that were ever trainable plus

@@ -157,14 +157,20 @@ def split_model(model: nn.Module) -> Split:
             f"the first layer ({first}) is {why[k]}, so nothing before it can be stored once. "
             "HINT: freeze.frozen_modules: eval keeps frozen layers deterministic"
         )
-    live = [n for n in nodes[:k] if any(index[u] >= k for u in n.users)]
-    if len(live) != 1 or live[0].op == "placeholder":
+    # The latest cut at or before k that hands one value on: DenseNet's first trainable layer
+    # reads a concatenation of the frozen output, which is then moved to the suffix.
+    for cut in range(k, 0, -1):
+        live = [n for n in nodes[:cut] if any(index[u] >= cut for u in n.users)]
+        if len(live) == 1 and live[0].op != "placeholder":
+            k, frontier = cut, live[0]
+            break
+    else:
+        live = [n for n in nodes[:k] if any(index[u] >= k for u in n.users)]
         names = ", ".join(n.name for n in live)
         raise CacheRefused(
             f"the frozen part hands {len(live)} values ({names}) to the part that trains, not one tensor. "
             "HINT: an until: rule that ends at a stage boundary"
         )
-    frontier = live[0]
 
     prefix_graph, env = fx.Graph(), {}
     for n in nodes[:k]:

@@ -8,6 +8,7 @@ function."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -178,6 +179,8 @@ def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int,
     if out.write:
         (out.path / FAILED).unlink(missing_ok=True)  # a failed run resumed is no longer failed
     first = state["epoch"] if partial else state["epoch"] + 1
+    if state["config"]["train"]["epochs"] != trainer.cfg.train.epochs:
+        out.write_yaml("config.yaml", to_dict(trainer.cfg))  # train.epochs raised: the record says so
     # Rows written after the checkpoint (a kill between the two writes) are redone.
     out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
     out.keep_jsonl_rows("events.jsonl", lambda row: row["epoch"] <= state["epoch"])
@@ -200,20 +203,39 @@ def _stopped(cfg: Config, out: RunDir, epoch: int, stats: EpochStats) -> dict[st
 
 
 def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint to resume from; refused unless this same config made it."""
+    """The checkpoint to resume from; refused unless this same config made it. The one change
+    allowed is more ``train.epochs``: it continues a run, a finished one too when it kept its
+    state (``train.keep_state``)."""
     path = folder / CHECKPOINT
+    finished = (folder / "summary.json").is_file()
     if not path.is_file():
-        if (folder / "summary.json").is_file():
+        if finished:
             raise ConfigError(
-                [f"resume: {folder} is a finished run (summary.json, no {CHECKPOINT}): nothing to resume"]
+                [
+                    f"resume: {folder} is a finished run that did not keep its training state (train.keep_state: "
+                    f"false), so it cannot be continued exactly. HINT: start a new run from its weights "
+                    f"(model.weights={folder}/model.pt), and set train.keep_state: true for runs you may extend"
+                ]
             )
         raise ConfigError([f"resume: no {CHECKPOINT} in {folder} (one is written after every epoch but the last)"])
     state = read_checkpoint(path, "resume")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ConfigError([f"resume: {path} is not a freezetune training state ({STATE_FORMAT})"])
-    diffs = _differences(state["config"], resolved)
+    saved = json.loads(json.dumps(state["config"]))  # a copy to edit
+    reached, wanted = state["epoch"], resolved["train"]["epochs"]
+    saved["train"]["epochs"] = wanted  # compared on its own, below
+    diffs = _differences(saved, resolved)
     if diffs:
         raise ConfigError([f"resume: the config differs from the one {folder} was trained with: {d}" for d in diffs])
+    if finished and wanted <= reached:
+        raise ConfigError(
+            [
+                f"resume: {folder} finished its {reached} epochs. "
+                f"HINT: to train on, resume with train.epochs=M, M > {reached}"
+            ]
+        )
+    if wanted < reached:
+        raise ConfigError([f"resume: train.epochs is {wanted}, but {folder} already reached epoch {reached}"])
     return state
 
 
@@ -236,6 +258,9 @@ def _finish(
     dist: Dist | None,
 ) -> dict[str, Any]:
     """Verify, measure, save the model and write summary.json."""
+    if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
+        # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
+        out.save_checkpoint(CHECKPOINT, trainer.state_dict(cfg.train.epochs, None, None, resolved))
     check = trainer.ledger.verify()
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
@@ -270,7 +295,9 @@ def _finish(
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)
-    if out.write:  # a finished run needs no resume state; its 2x-model-size file would only take disk
+    if (
+        out.write and not cfg.train.keep_state
+    ):  # a finished run needs no resume state; its 2x-model-size file would only take disk
         (out.path / CHECKPOINT).unlink(missing_ok=True)
     out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
     return summary

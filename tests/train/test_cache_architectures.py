@@ -22,12 +22,12 @@ ARCHS = {
     "mobilenet_v3_small": (32, "until:features.9", "classifier_1", "add_3"),
     "efficientnet_b0": (32, "until:features.6", "flatten", "add_5"),
     "convnext_tiny": (32, "until:features.5", "classifier_1", "features_4_1"),
-    "vit_b_16": (224, "until:encoder.layers.encoder_layer_10", "getitem_5", "add_19"),
-    "swin_t": (64, "until:features.5", "flatten", "features_4"),
-    "regnet_y_400mf": (32, "until:trunk_output.block3", "flatten", "trunk_output_block2"),
+    "vit_b_16": (224, "until:encoder.layers.encoder_layer_10", "getitem_29", "add_20"),
+    "swin_t": (64, "until:features.5", "flatten", "features_4_reduction"),
+    "regnet_y_400mf": (32, "until:trunk_output.block3", "flatten", "trunk_output_block2_block2_2_activation"),
     "densenet121": (32, "until:features.denseblock4", "flatten", "features_transition3_pool"),
-    "squeezenet1_1": (32, "until:features.9", "features_12_cat", "features_8"),
-    "shufflenet_v2_x0_5": (32, "until:stage4", "mean", "stage3"),
+    "squeezenet1_1": (32, "until:features.9", "cat_7", "features_8"),
+    "shufflenet_v2_x0_5": (32, "until:stage4", "mean", "view_23"),
 }
 FAST = {"mobilenet_v3_small", "efficientnet_b0"}  # a head Dropout; stochastic depth in the prefix
 

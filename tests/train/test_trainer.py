@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from freezetune.config import Config, ConfigError, from_dict
 from freezetune.models import build_model, load_state_dict_file
@@ -245,6 +246,28 @@ def test_resume_refuses_another_config_a_finished_run_and_a_folder_without_check
         run(ref_cfg, resume=reference[0])
     with pytest.raises(ConfigError, match="no checkpoint.pt"):
         run(cfg, resume=tmp_path / "elsewhere")
+
+
+def test_a_finished_run_that_kept_its_state_extends_exactly(tmp_path: Path) -> None:
+    # Without an LR schedule (cosine depends on the total), 2 epochs then 1 more is 3 epochs.
+    edits = {"train.keep_state": True, "train.scheduler": "none", "freeze.gradual": ["features.12"]}
+    three = run(config(tmp_path, "three", **{**edits, "train.epochs": 3}))
+    two = config(tmp_path, "two", **{**edits, "train.epochs": 2})
+    run(two)
+    assert (tmp_path / "two" / CHECKPOINT).is_file() and (tmp_path / "two" / "summary.json").is_file()
+    with pytest.raises(ConfigError, match=r"finished its 2 epochs. HINT: to train on, resume with train.epochs=M"):
+        run(two, resume=tmp_path / "two")
+    with pytest.raises(ConfigError, match=r"train.optimizer.lr was 0.05, is now 0.1"):
+        run(config(tmp_path, "two", **{**edits, "train.epochs": 3, "train.optimizer.lr": 0.1}), resume=tmp_path / "two")
+    extended = run(config(tmp_path, "two", **{**edits, "train.epochs": 3}), resume=tmp_path / "two")
+    assert extended["epochs"] == three["epochs"] == 3
+    assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "three"))
+    drop = ("epoch_time_s", "samples_per_s")
+    strip = lambda r: {k: v for k, v in r.items() if k not in drop}  # noqa: E731
+    assert [strip(r) for r in rows(tmp_path / "two", "metrics.jsonl")] == [
+        strip(r) for r in rows(tmp_path / "three", "metrics.jsonl")
+    ]
+    assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
 # --------------------------------------------------------------------------- delta checkpoints
