@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
     cli.add_debug_arg(parser)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
+    if args.resume and args.overwrite:
+        parser.error("--resume continues a run and --overwrite replaces one: give one of them")
     launch = distributed.from_env()  # set by torchrun
     main_rank = launch is None or launch.rank == 0
     cli.setup_logging(quiet=not main_rank)  # other ranks log warnings only

@@ -58,7 +58,7 @@ class DataConfig:
     dataset: str = field(default="fake", metadata=_choice("fashion_mnist", "fake", "imagefolder"))
     root: str = "data"
     classes: Union[list[int], None] = None
-    image_size: int = field(default=32, metadata={"min": 8})
+    image_size: int = field(default=32, metadata={"min": 8, "max": 4096})
     batch_size: int = field(default=64, metadata={"min": 1})
     train_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
     val_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
@@ -103,7 +103,7 @@ class OptimizerConfig:
 
     name: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
     lr: float = field(default=0.01, metadata={"min_exclusive": 0.0})
-    momentum: float = field(default=0.9, metadata={"min": 0.0})
+    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
 
 

@@ -7,6 +7,7 @@ plan is built (freezetune.plan)."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from typing import Any
 
@@ -45,7 +46,11 @@ def _weight_names(arch: str) -> list[str]:
 def semantic_problems(cfg: Config) -> list[str]:
     """Every problem with ``cfg`` that its types do not show, one line each (empty: none)."""
     problems = []
-    if not isinstance(cfg.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
+    if cfg.name == "":
+        problems.append("name: missing: every run needs a non-empty name (its folder is runs/<name>)")
+    elif isinstance(cfg.name, str) and len(cfg.name) > 100:
+        problems.append(f"name: {len(cfg.name)} characters; at most 100 (it names the run folder)")
+    elif not isinstance(cfg.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
         # The run folder is runs/<name>: no path separators, no '.' or '..', no hidden folder.
         problems.append(
             f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-' and '.', "
@@ -67,6 +72,11 @@ def semantic_problems(cfg: Config) -> list[str]:
                 f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}"
             )
     problems.extend(_data_problems(cfg))
+    if cfg.train.save == "delta" and cfg.model.weights is None:
+        problems.append(
+            "train.save: 'delta' stores only what changed against the base weights, but model.weights is null "
+            "(random initial weights): the delta could never be rebuilt. HINT: train.save: full"
+        )
     problems.extend(_freeze_problems(cfg))
     problems.extend(_train_problems(cfg))
     return problems
@@ -74,10 +84,17 @@ def semantic_problems(cfg: Config) -> list[str]:
 
 def _data_problems(cfg: Config) -> list[str]:
     problems = []
+    workers, cores = cfg.data.num_workers, os.cpu_count() or 1
+    if isinstance(workers, int) and workers > 4 * cores:
+        problems.append(
+            f"data.num_workers: {workers} is more than 4 x the {cores} CPU cores here (each worker is a process "
+            "with its own copy of the dataset code)"
+        )
     classes = cfg.data.classes
     if isinstance(classes, list) and all(isinstance(c, int) for c in classes):
-        if not classes:
-            problems.append("data.classes: must list at least one class (or be null for all)")
+        if len(classes) < 2:
+            n = f"{len(classes)} class{'es' if len(classes) != 1 else ''}"
+            problems.append(f"data.classes: {classes} names {n}; a classifier needs two or more")
         if len(set(classes)) != len(classes):
             problems.append(f"data.classes: {classes} has duplicates")
         if any(c < 0 for c in classes):
@@ -141,6 +158,7 @@ def _train_problems(cfg: Config) -> list[str]:
     if (
         isinstance(cfg.train.epochs, int)
         and isinstance(sched.warmup_epochs, float)
+        and cfg.train.epochs >= 1
         and sched.warmup_epochs > cfg.train.epochs
     ):
         problems.append(

@@ -180,7 +180,7 @@ def test_extends_replaces_lists_whole(tmp_path: Path) -> None:
         """\
         extends: base.yaml
         data:
-          classes: [7]
+          classes: [7, 8]
         freeze:
           rules:
             - freeze_type: BatchNorm2d
@@ -188,7 +188,7 @@ def test_extends_replaces_lists_whole(tmp_path: Path) -> None:
     )
     cfg = load_config(child)
     assert cfg.freeze.rules == [{"freeze_type": "BatchNorm2d"}]
-    assert cfg.data.classes == [7]
+    assert cfg.data.classes == [7, 8]
     assert cfg.freeze.preset == "linear_probe"  # sibling key in the same mapping is kept
 
 
@@ -457,7 +457,8 @@ def test_non_mapping_freeze_rule_is_a_type_problem() -> None:
 @pytest.mark.parametrize(
     "classes, dataset, fragment",
     [
-        ([], "fake", "at least one class"),
+        ([], "fake", "names 0 classes; a classifier needs two or more"),
+        ([3], "fake", "names 1 class; a classifier needs two or more"),
         ([0, -1], "fake", "negative"),
         ([3, 10], "fashion_mnist", "0..9"),
     ],
@@ -465,6 +466,41 @@ def test_non_mapping_freeze_rule_is_a_type_problem() -> None:
 def test_bad_classes(classes: list[int], dataset: str, fragment: str) -> None:
     (problem,) = problems_of({"name": "exp", "data": {"classes": classes, "dataset": dataset}})
     assert problem.startswith("data.classes:") and fragment in problem
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "twice.yaml", "name: exp\ndata: {dataset: imagefolder, root: pics}\ndata: {batch_size: 16}\n"
+    )
+    with pytest.raises(ConfigError, match=r"key 'data' appears twice \(lines 2 and 3\)"):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes("name: exp  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+def test_numbers_that_cannot_work_are_refused() -> None:
+    problems = problems_of(
+        {
+            "name": "x" * 101,
+            "data": {"num_workers": 100000, "image_size": 20000},
+            "train": {"optimizer": {"momentum": 5}, "save": "delta"},
+        }
+    )
+    assert "name: 101 characters; at most 100 (it names the run folder)" in problems
+    assert any(p.startswith("data.num_workers: 100000 is more than 4 x the") for p in problems)
+    assert "data.image_size: 20000 must be <= 4096" in problems
+    assert "train.optimizer.momentum: 5.0 must be <= 1.0" in problems
+    assert any(p.startswith("train.save: 'delta' stores only what changed") for p in problems)
+
+
+def test_an_invalid_epoch_count_adds_no_second_problem() -> None:
+    assert problems_of({"name": "exp", "train": {"epochs": -1}}) == ["train.epochs: -1 must be >= 1"]
 
 
 def test_class_list_item_type_names_index() -> None:
