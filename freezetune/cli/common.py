@@ -106,10 +106,7 @@ def guarded(main: Callable[[], int], debug: bool = False) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print(
-            "interrupted; a run that was writing keeps its last checkpoint: continue it with --resume RUN_DIR",
-            file=sys.stderr,
-        )
+        print("interrupted at once; a run folder's FAILED file says how to go on", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         return _error(

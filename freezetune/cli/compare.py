@@ -13,7 +13,7 @@ from pathlib import Path
 
 from freezetune.apps.compare import estimate_config, run_action, train_in_subprocess
 from freezetune.cli import common as cli
-from freezetune.config import load_config
+from freezetune.config import ConfigError, load_config
 from freezetune.report import build_report, load_run, text_table, write_report
 
 
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             files = [c for c in args.configs if "=" not in c]
             overrides = [c for c in args.configs if "=" in c] + args.items
             configs = [load_config(c, overrides) for c in files]  # every error before any training
+            _distinct(
+                [str(c.output_dir.resolve()) for c in configs],
+                [f"{f} ({c.output_dir})" for f, c in zip(files, configs)],
+            )
             actions = [run_action(c, args.overwrite) for c in configs]  # and every refusal
             run_dirs = []
             for file, cfg, action in zip(files, configs, actions):
@@ -53,8 +57,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             if not args.items:
                 parser.error("give run folders, or --configs")
             run_dirs = [Path(p) for p in args.items]
+            _distinct([str(d.resolve()) for d in run_dirs], [str(d) for d in run_dirs])
+            for d in run_dirs:
+                load_run(d)  # a folder without a finished run is named before its config is read
             configs = [load_config(d / "config.yaml") for d in run_dirs]
         runs = [load_run(d) for d in run_dirs]
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or (out / "summary.json").is_file()):
+            raise ConfigError(
+                [f"--out {out}: {'a file' if not out.is_dir() else 'a run folder'}; choose a folder for the report"]
+            )
         cache: dict = {}
         # A scheduled config has one plan per phase: no single prediction fits it.
         estimates = (
@@ -69,3 +81,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body, args.debug)
+
+
+def _distinct(keys: list[str], labels: list[str]) -> None:
+    """Refuse two configs that would write one run folder (the second would replace the first),
+    or one run folder given twice."""
+    seen: dict[str, str] = {}
+    for key, label in zip(keys, labels):
+        if key in seen:
+            raise ConfigError(
+                [
+                    f"{seen[key]} and {label} are the same run folder: "
+                    "give each config its own name (or train.output_dir)"
+                ]
+            )
+        seen[key] = label

@@ -175,4 +175,4 @@ class Config:
     @property
     def output_dir(self) -> Path:
         """The run folder: ``train.output_dir``, else ``runs/<name>``."""
-        return Path(self.train.output_dir or f"runs/{self.name}")
+        return Path(self.train.output_dir or f"runs/{self.name}").expanduser()

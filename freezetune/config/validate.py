@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import torchvision.models as tvm
@@ -72,11 +73,13 @@ def semantic_problems(cfg: Config) -> list[str]:
                 f"model.weights: {w!r} is not a weights name of {cfg.model.arch}; valid: {', '.join(names)}"
             )
     problems.extend(_data_problems(cfg))
-    if cfg.train.save == "delta" and cfg.model.weights is None:
-        problems.append(
-            "train.save: 'delta' stores only what changed against the base weights, but model.weights is null "
-            "(random initial weights): the delta could never be rebuilt. HINT: train.save: full"
-        )
+    if cfg.data.dataset != "fake" and isinstance(cfg.data.root, str) and isinstance(cfg.train.output_dir, str):
+        out, root = Path(cfg.train.output_dir).expanduser().resolve(), Path(cfg.data.root).expanduser().resolve()
+        if out == root or root in out.parents:
+            problems.append(
+                f"train.output_dir: {cfg.train.output_dir} is inside data.root ({cfg.data.root}): the run's files "
+                "would mix with the data (an imagefolder would read its folder as a class)"
+            )
     problems.extend(_freeze_problems(cfg))
     problems.extend(_train_problems(cfg))
     return problems

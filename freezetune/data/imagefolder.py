@@ -34,6 +34,8 @@ def load_image(path: str) -> Image.Image:
     with open(path, "rb") as f:
         img = Image.open(f)
         img.load()  # decode now: a truncated file fails here, not in the middle of an epoch
+    if img.mode == "I" and img.format != "PNG":
+        raise ValueError("32-bit integer images are not supported: save them as 8- or 16-bit PNG")
     if img.mode in _WIDE_GREY:
         values = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
@@ -45,7 +47,9 @@ def load_image(path: str) -> Image.Image:
 def folder_classes(root: Path) -> list[str]:
     """The class folders of ``root`` (sorted, as ImageFolder numbers them); ConfigError if none."""
     if not root.is_dir():
-        raise ConfigError([f"data.root: {root} is not a folder (imagefolder needs {root.parent}/train and /val)"])
+        raise ConfigError(
+            [f"data.root: imagefolder needs the folders {root.parent}/train and {root.parent}/val; {root} is not one"]
+        )
     classes = sorted(e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise ConfigError([f"data.root: {root} has no class folders (expected {root}/CLASS/image.png)"])
@@ -67,7 +71,9 @@ def checked_image_folder(
     try:
         ds = datasets.ImageFolder(str(root), transform=transform, loader=load_image)
     except FileNotFoundError as exc:  # a class folder with no file of an image extension
-        raise ConfigError([f"data.root: {root}: {exc}"]) from None
+        raise ConfigError(
+            [f"data.root: {root}: {exc} HINT: put images in each class folder, or remove the empty ones"]
+        ) from None
     start = time.perf_counter()
     bad = []
     for path, _ in ds.samples if decode else []:

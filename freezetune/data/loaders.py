@@ -41,7 +41,7 @@ def num_classes_of(cfg: DataConfig) -> int:
     if cfg.dataset == "fashion_mnist":
         return 10
     if cfg.dataset == "imagefolder":
-        return len(folder_classes(Path(cfg.root) / "train"))
+        return len(folder_classes(Path(cfg.root).expanduser() / "train"))
     return _FAKE_CLASSES
 
 
@@ -131,7 +131,7 @@ def _raw_datasets(
             ) from None
         return train, val, []
     if cfg.dataset == "imagefolder":
-        root = Path(cfg.root)
+        root = Path(cfg.root).expanduser()
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])

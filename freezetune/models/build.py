@@ -49,6 +49,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _materialize(obj: dict, where: str) -> dict[str, torch.Tensor]:
     base = obj["delta"]["base"]
+    weights = base["model"].get("weights")
+    if weights_kind(base["model"]["arch"], weights) == "file" and not Path(weights).expanduser().is_file():
+        raise ConfigError(
+            [
+                f"model.weights: {where} is a delta against the base weights {weights}, which are not there. "
+                "HINT: put that file back, or use a model.pt saved with train.save: full"
+            ]
+        )
+    if base["model"].get("weights") is None:  # a random base: rebuilt from the seed it was made with
+        if "seed" not in base:
+            raise ConfigError(
+                [f"model.weights: {where} is a delta against random weights whose seed it does not record"]
+            )
+        torch.manual_seed(base["seed"])
     model, _ = build_model(ModelConfig(**base["model"]), base["num_classes"])
     load_payload(model, obj, where)  # raises BaseMismatch when the base is not the one trained from
     return model.state_dict()
@@ -63,8 +77,18 @@ def _source_state_dict(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None
         enum = tvm.get_model_weights(cfg.arch)
         weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
         # get_state_dict uses torch.hub's cache: a second run needs no network.
-        return weights.get_state_dict(progress=False, check_hash=True), f"torchvision:{weights}"
-    path = Path(cfg.weights)  # type: ignore[arg-type]
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True), f"torchvision:{weights}"
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad download fails its hash
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+            raise ConfigError(
+                [
+                    f"model.weights: {weights} is not in the torch hub cache ({cached}) and could not be downloaded "
+                    f"({type(exc).__name__}: {str(exc)[:120]}). HINT: download {weights.url} where there is internet "
+                    f"and put it at {cached}"
+                ]
+            ) from None
+    path = Path(cfg.weights).expanduser()  # type: ignore[arg-type]
     if not path.is_file():
         raise ConfigError([f"model.weights: file not found: {path} (nor a weights name of {cfg.arch})"])
     return load_state_dict_file(path), str(path)

@@ -53,6 +53,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write() names no file: say which one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)  # only still there when the write failed
 
@@ -127,6 +131,17 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise RunExistsError(f"{path} exists and is not a folder. HINT: set train.output_dir to a folder path")
         existing = [f for f in RECORD_FILES if (path / f).exists()]
+        others = (
+            sorted(e.name for e in path.iterdir() if e.name not in OWN_FILES and not e.name.startswith("."))
+            if (path.is_dir())
+            else []
+        )
+        if others and not existing and not (path / FAILED).exists():
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise RunExistsError(
+                f"{path} already holds files freezetune did not write ({shown}): a run needs a folder of its own. "
+                "HINT: set train.output_dir (or name) to a new folder"
+            )
         if (path / FAILED).is_file() and not overwrite:
             reason = (path / FAILED).read_text().splitlines()[0] if (path / FAILED).stat().st_size else ""
             resume = f" continue it with --resume {path}, or" if (path / "checkpoint.pt").is_file() else ""

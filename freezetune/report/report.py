@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from freezetune.config import ConfigError
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.plot import MiB, plot_report
 from freezetune.utils import format_table
@@ -24,8 +25,15 @@ _TRAINING_KINDS = ("grad_bytes", "optimizer_state_bytes", "saved_activation_byte
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
-    """A run folder's summary.json, with its folder added."""
+    """A run folder's summary.json, with its folder added; ConfigError for a folder that holds
+    no finished run."""
     path = Path(path)
+    if not (path / "summary.json").is_file():
+        if (path / "FAILED").is_file():
+            reason = (path / "FAILED").read_text().splitlines()[0]
+            raise ConfigError([f"{path} holds a run that failed ({reason}): it has no results to compare"])
+        what = "no such folder" if not path.exists() else "no finished run there (no summary.json)"
+        raise ConfigError([f"{path}: {what}"])
     summary = json.loads((path / "summary.json").read_text())
     summary["run_dir"] = str(path)
     return summary

@@ -1,4 +1,4 @@
-"""Ctrl-C as a request, not an exception.
+"""Ctrl-C (and SIGTERM) as a request, not an exception.
 
 A KeyboardInterrupt raised inside ``optimizer.step()`` could leave half the
 parameters updated; a checkpoint of that state would resume into a run that
@@ -24,6 +24,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: object = None
+        self._previous_term: object = None
 
     def __call__(self) -> bool:
         """Whether a stop was requested."""
@@ -41,10 +42,13 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         # Signal handlers can only be installed from the main thread.
+        # SIGTERM (a scheduler's or `timeout`'s stop) is asked to stop the same way.
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous_term = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+            signal.signal(signal.SIGTERM, self._previous_term)  # type: ignore[arg-type]

@@ -146,6 +146,9 @@ def _failure_noted(out: RunDir) -> Iterator[None]:
     run stopped and how to go on (freezetune.record.rundir), then goes on up."""
     try:
         yield
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, not after the step
+        out.fail("error: interrupted at once by a second Ctrl-C")
+        raise
     except Exception as exc:
         # One line, as the command prints it (a config error's problems joined).
         out.fail(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")

@@ -94,6 +94,7 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
         raise
     if problems:
         raise ConfigError(problems)
+    _check_input_size(model, cfg)
     apply_plan(model, schedule.initial)
     return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
 
@@ -107,9 +108,38 @@ def steps_per_epoch(cfg: Config) -> int:
     return n if cap is None else min(n, cap)
 
 
+@torch.no_grad()
+def _check_input_size(model: nn.Module, cfg: Config) -> None:
+    """One image of ``data.image_size`` through the model (eval mode, no state changes), so an
+    architecture that cannot take that size says so now, not in the middle of the first step."""
+    size = cfg.data.image_size
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # each architecture fails its own way (assert, shape or size errors)
+        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError(
+            [
+                f"data.image_size: {size} px does not fit {cfg.model.arch} ({reason[:160]}). "
+                "HINT: the size its weights were trained at (224 for most torchvision models)"
+            ]
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
     """:func:`prepare_model` and the data loaders."""
     k = num_outputs(cfg)
+    data_k = num_classes_of(cfg.data) if cfg.data.dataset != "fake" else k
+    if data_k > k:
+        raise ConfigError(
+            [
+                f"model.num_classes: {k} outputs, but the data has {data_k} classes. HINT: model.num_classes: null "
+                "takes the data's count"
+            ]
+        )
     prepared = prepare_model(cfg, k, device)
     loaders = build_loaders(cfg.data, cfg.seed, k)
     return prepared, loaders

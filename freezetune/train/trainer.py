@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from freezetune.config import Config, ConfigError
+from freezetune.config import Config, ConfigError, weights_kind
 from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, apply_plan
 from freezetune.record import EpochResult, FrozenLedger, get_rng_state, load_payload, model_payload, set_rng_state
@@ -235,7 +235,11 @@ class Trainer:
     def payload(self, save: str, epoch: int) -> dict[str, Any]:
         """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
         what stayed frozen (and pinned) in every phase so far, and records how to rebuild it."""
-        base = {"model": dict(vars(self.cfg.model)), "num_classes": self.p.num_classes}
+        model = dict(vars(self.cfg.model))
+        if weights_kind(model["arch"], model["weights"]) == "file":  # found again from any working directory
+            model["weights"] = str(Path(model["weights"]).expanduser().resolve())
+        # The seed rebuilds a random base (model.weights: null) bitwise: prepare_model seeds, then builds.
+        base = {"model": model, "num_classes": self.p.num_classes, "seed": self.cfg.seed}
         return model_payload(
             self.model, save, self.schedule.frozen_throughout(epoch), self.schedule.pinned_throughout(epoch), base
         )
@@ -259,8 +263,17 @@ class Trainer:
             raise ConfigError(
                 [f"resume: {where} has optimizer groups {state['group_names']}, this config makes {names}"]
             )
-        load_payload(self.model, state, where)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            load_payload(self.model, state, where)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # shapes or groups that do not fit
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise ConfigError(
+                [
+                    f"resume: {where} does not fit the model this config builds now (did the data's classes change?): "
+                    f"{first[:200]}"
+                ]
+            ) from None
         check_optimizer(self.optimizer, self.model)
         self.global_step = state["global_step"]
         self.ledger.digests = state["protected"]

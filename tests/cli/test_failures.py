@@ -367,3 +367,97 @@ def test_compare_reuses_a_finished_run_and_replaces_another_only_when_told(
     rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "train.epochs=2", "--no-estimate", "--overwrite")
     assert rc == 0 and "tiny: replacing the run in runs/tiny" in out
     assert json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())["epochs"] == 2
+
+
+# --------------------------------------------------------------------------- found by a new-user trial
+
+
+def test_a_run_never_writes_into_a_folder_of_other_files_or_into_the_data(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1})
+    imagefolder_config(workdir)
+    before = files(workdir.parent)
+    for edit, words in [
+        ("train.output_dir=images/train/cat", "is inside data.root (images)"),
+        ("train.output_dir=images", "is inside data.root (images)"),
+        ("train.output_dir=runs/mine", "runs/mine already holds files freezetune did not write (keep.txt)"),
+    ]:
+        rc, _, err = command(capsys, "train", "--config", "tiny.yaml", edit, "--no-progress")
+        assert rc == 2 and words in error_line(err), err
+    assert files(workdir.parent) == before
+
+
+def test_input_sizes_and_class_counts_that_cannot_work_are_refused_before_anything_is_written(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1, "owl": 2})
+    imagefolder_config(workdir)
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.num_classes=2", "--no-progress")
+    assert rc == 2 and "model.num_classes: 2 outputs, but the data has 3 classes" in error_line(err)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.arch=vit_b_16", "--no-progress")
+    assert rc == 2 and "data.image_size: 16 px does not fit vit_b_16 (Wrong image height! Expected 224" in error_line(
+        err
+    )
+    rc, _, err = command(capsys, "plan", "--config", "tiny.yaml", "model.arch=vit_b_16")
+    assert rc == 2 and "does not fit vit_b_16" in error_line(err)
+    assert files(workdir.parent) == before
+
+
+def test_torchvision_weights_that_cannot_be_fetched_name_the_cache_path(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.error
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "torch_home"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.weights=DEFAULT", "--no-progress")
+    line = error_line(err)
+    assert rc == 2 and "model.weights: ResNet18_Weights.IMAGENET1K_V1 is not in the torch hub cache" in line
+    assert f"{workdir}/torch_home/hub/checkpoints/resnet18-f37072fd.pth" in line and "HINT: download https://" in line
+    assert files(workdir.parent) == before
+
+
+def test_compare_refuses_two_configs_of_one_folder_a_failed_run_and_an_out_that_is_a_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "other.yaml").write_text(yaml.safe_dump({**TINY, "freeze": {"preset": "bitfit"}}))  # name: tiny too
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "other.yaml", "--no-estimate")
+    assert rc == 2 and "tiny.yaml (runs/tiny) and other.yaml (runs/tiny) are the same run folder" in error_line(err)
+    rc, _, err = command(capsys, "compare", "runs/mine", "runs/mine")
+    assert rc == 2 and "runs/mine and runs/mine are the same run folder" in error_line(err)
+    rc, _, err = command(capsys, "compare", "runs/mine")
+    assert rc == 2 and "runs/mine: no finished run there (no summary.json)" in error_line(err)
+    assert files(workdir.parent) == before
+    assert command(capsys, "train", "--config", "tiny.yaml", "name=fine", "--no-progress")[0] == 0
+    rc, _, err = command(capsys, "compare", "runs/fine", "--out", "notes.txt")
+    assert rc == 2 and "--out notes.txt: a file; choose a folder for the report" in error_line(err)
+    assert command(capsys, "train", "--config", "tiny.yaml", *DIVERGING, "--no-progress")[0] == 1
+    rc, _, err = command(capsys, "compare", "runs/tiny")
+    assert rc == 2 and "runs/tiny holds a run that failed (error: training diverged" in error_line(err)
+
+
+def test_a_tilde_in_the_output_folder_is_the_home_folder(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    assert command(capsys, "train", "--config", "tiny.yaml", "train.output_dir=~/exp", "--no-progress")[0] == 0
+    assert (workdir / "home" / "exp" / "summary.json").is_file() and not (workdir / "~").exists()
+
+
+def test_sigterm_is_asked_to_stop_like_ctrl_c() -> None:
+    import os
+    import signal
+
+    from freezetune.train import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

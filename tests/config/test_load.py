@@ -489,14 +489,13 @@ def test_numbers_that_cannot_work_are_refused() -> None:
         {
             "name": "x" * 101,
             "data": {"num_workers": 100000, "image_size": 20000},
-            "train": {"optimizer": {"momentum": 5}, "save": "delta"},
+            "train": {"optimizer": {"momentum": 5}},
         }
     )
     assert "name: 101 characters; at most 100 (it names the run folder)" in problems
     assert any(p.startswith("data.num_workers: 100000 is more than 4 x the") for p in problems)
     assert "data.image_size: 20000 must be <= 4096" in problems
     assert "train.optimizer.momentum: 5.0 must be <= 1.0" in problems
-    assert any(p.startswith("train.save: 'delta' stores only what changed") for p in problems)
 
 
 def test_an_invalid_epoch_count_adds_no_second_problem() -> None:

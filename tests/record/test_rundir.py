@@ -73,13 +73,20 @@ def test_check_free_accepts_a_missing_folder_and_does_not_create_it(tmp_path: Pa
     assert not missing.exists()
 
 
-def test_check_free_ignores_unrelated_files(tmp_path: Path) -> None:
+def test_check_free_refuses_a_folder_of_someone_elses_files(tmp_path: Path) -> None:
+    # A run needs a folder of its own: writing beside the user's files (a dataset, say) is refused.
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "model.pt.bak").write_bytes(b"x")  # a near-name is still not ours
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "summary.json").write_text("{}")  # record names one level down do not count
-    RunDir.check_free(tmp_path, overwrite=False)
-    RunDir.check_free(str(tmp_path), overwrite=False)  # str paths work too
+    for path in (tmp_path, str(tmp_path)):  # str paths work too
+        with pytest.raises(RunExistsError, match=r"holds files freezetune did not write \(model.pt.bak, notes.txt"):
+            RunDir.check_free(path, overwrite=True)
+    (tmp_path / ".hidden").write_text("")
+    for name in ("notes.txt", "model.pt.bak"):
+        (tmp_path / name).unlink()
+    __import__("shutil").rmtree(tmp_path / "plots")
+    RunDir.check_free(tmp_path, overwrite=False)  # hidden files (.gitkeep) do not count
 
 
 # --------------------------------------------------------------------------- create

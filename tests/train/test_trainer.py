@@ -333,6 +333,25 @@ def test_a_delta_checkpoint_resumes_exactly_on_its_base(tmp_path: Path) -> None:
     assert done["final_val_loss"] == whole["final_val_loss"]
 
 
+def test_a_delta_against_random_initial_weights_loads_as_weights(tmp_path: Path) -> None:
+    # model.weights: null: the base is rebuilt from the seed recorded in the delta, bitwise.
+    run(
+        config(
+            tmp_path,
+            "rand",
+            **{"train.save": "delta", "train.epochs": 1, "freeze.gradual": [], "freeze.preset": "linear_probe"},
+        )
+    )
+    assert torch.load(tmp_path / "rand" / "model.pt", weights_only=True)["delta"]["base"]["seed"] == 5
+    torch.manual_seed(123)  # whatever the global RNG holds now
+    rebuilt = load_state_dict_file(tmp_path / "rand" / "model.pt")
+    full = run(
+        config(tmp_path, "randfull", **{"train.epochs": 1, "freeze.gradual": [], "freeze.preset": "linear_probe"})
+    )
+    assert full["frozen_unchanged"]
+    assert_same_weights(rebuilt, weights(tmp_path / "randfull"))
+
+
 def test_resume_refuses_another_number_of_processes(tmp_path: Path) -> None:
     cfg = config(tmp_path, "procs")
     run(cfg, stop=StopAfter(2))
