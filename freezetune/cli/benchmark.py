@@ -80,13 +80,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     def cache_body() -> int:
-        configs = args.cache or [
+        # `--cache a.yaml key=value`: argparse hands the edits to --cache too.
+        overrides = [c for c in args.cache if "=" in c] + args.overrides
+        configs = [c for c in args.cache if "=" not in c] or [
             shipped_config("fmnist/linear_probe.yaml"),
             shipped_config("fmnist/freeze_until_layer3.yaml"),
         ]
         results = []
         for config in configs:
-            r = benchmark_cache(config, args.overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
+            r = benchmark_cache(config, overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
             results.append(r)
             print(
                 f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "

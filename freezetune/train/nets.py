@@ -186,11 +186,14 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
         return {"used": False, "reason": str(exc)}
     n, size = cfg.data.batch_size, cfg.data.image_size
     x = torch.randn(n, 3, size, size, device=device)
+    times = []
     with eval_mode(model):
-        split.prefix(x)  # warm-up: allocator, kernel choice
-        start = device_clock(device)
-        features = split.prefix(x)
-        batch_s = device_clock(device) - start
+        features = split.prefix(x)  # warm-up: allocator, kernel choice
+        for _ in range(3):  # the median of three: one slow moment of the machine does not decide it
+            start = device_clock(device)
+            split.prefix(x)
+            times.append(device_clock(device) - start)
+    batch_s = sorted(times)[1]
     per_image = features[0].numel() * features.element_size() + 8  # and its int64 label
     total = per_image * n_images
     return {
