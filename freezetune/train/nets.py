@@ -184,7 +184,8 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
         split = split_model(model)
     except CacheRefused as exc:
         return {"used": False, "reason": str(exc)}
-    n, size = cfg.data.batch_size, cfg.data.image_size
+    # A few images, timed and scaled: a full batch of a ViT at 224 px would take plan seconds.
+    n, size = min(cfg.data.batch_size, 4), cfg.data.image_size
     x = torch.randn(n, 3, size, size, device=device)
     times = []
     with eval_mode(model):
