@@ -461,3 +461,14 @@ def test_sigterm_is_asked_to_stop_like_ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_running_out_of_memory_is_a_fault_with_the_fix(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def oom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr("freezetune.train.runner.epoch_row", oom)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 1 and error_line(err).endswith("HINT: lower data.batch_size or data.image_size")
