@@ -108,22 +108,14 @@ def guarded(main: Callable[[], int], debug: bool = False) -> int:
             traceback.print_exc()
         print("interrupted at once; a run folder's FAILED file says how to go on", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (MemoryError, RuntimeError) as exc:
+    except Exception as exc:
         text = str(exc)
         if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
-            return _error(
-                f"out of memory ({type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}). "
-                "HINT: lower data.batch_size or data.image_size",
-                EXIT_FAULT,
-                debug,
-            )
-        return _error(
-            f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback", EXIT_FAULT, debug
-        )
-    except Exception as exc:
-        return _error(
-            f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback", EXIT_FAULT, debug
-        )
+            first = text.splitlines()[0][:120] if text else ""
+            message = f"out of memory ({type(exc).__name__}: {first}). HINT: lower data.batch_size or data.image_size"
+        else:
+            message = f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback"
+        return _error(message, EXIT_FAULT, debug)
 
 
 def _error(message: str, status: int, debug: bool) -> int:
