@@ -9,7 +9,7 @@ import torch
 
 from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
-from freezetune.config import Config
+from freezetune.config import Config, ConfigError
 from freezetune.data import build_loaders
 from freezetune.plan import apply_plan, describe
 from freezetune.report import (
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     cli.add_debug_arg(parser)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
+    if args.depth is not None and args.depth < 1:
+        parser.error(f"--depth {args.depth}: 1 is the top level; give 1 or more")
 
     def body() -> int:
         cfg = cli.config_from_args(args)
@@ -91,4 +93,9 @@ def _cache(cfg: Config, p: Prepared) -> str:
             previews.append((phase.start, preview_cache(cfg, p.model, p.device, n_images)))
     finally:
         apply_plan(p.model, p.plan)
+    refused = [(epoch, v["reason"]) for epoch, v in previews if not v["used"]]
+    if cfg.train.cache_features == "on" and refused:  # what train would refuse, plan refuses too
+        epoch, reason = refused[0]
+        at = f" (from epoch {epoch})" if p.schedule.changes else ""
+        raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {reason}"])
     return render_cache(previews, cfg.train.cache_features, n_images)

@@ -211,6 +211,14 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
     if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):
         value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare on/off as a boolean
     converted = _scalar(tp, value)
+    if converted is _BAD and tp is str and meta and meta.get("choices"):
+        quoted = " (YAML reads an unquoted on/off/yes/no as true/false: quote it)" if isinstance(value, bool) else ""
+        problems.append(f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}{quoted}")
+        return None
+    if converted is _BAD and tp is str and isinstance(value, dict) and len(value) == 1 and None in value.values():
+        # `preset: until:` is read as the mapping {until: None}
+        problems.append(f"{path}: expected a string, got the mapping {value!r}: quote it, e.g. 'until:layer3'")
+        return None
     if converted is _BAD:
         problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
         return None

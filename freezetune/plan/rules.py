@@ -278,6 +278,8 @@ def build_plan(
         if not hits and not rule.optional:
             if rule.kind == "until" and tree.module(rule.target) is not None:
                 problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")
+            elif rule.kind.endswith("_type") and any(rule.target in m.type_names for m in tree.modules):
+                problems.append(f"{rule.origin} {rule}: modules of class {rule.target} exist but hold no parameters")
             else:
                 problems.append(f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}")
         for n in hits:

@@ -195,6 +195,11 @@ def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> 
         if not owned:
             continue
         mode = "eval (pinned)" if m.name in pinned else "train"
+        if depth is not None and level == depth:  # a summary row: say when the modules under it differ
+            owners = [o for o in tree.modules if o.params and (o.name + ".").startswith(m.name + ".")]
+            pins = [o.name in pinned for o in owners]
+            if any(pins) and not all(pins):
+                mode = f"mixed ({sum(pins)} of {len(pins)} pinned)"
         rows.append(
             ModuleRow(
                 m.name or "(root)",

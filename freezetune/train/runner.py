@@ -209,6 +209,8 @@ def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint to resume from; refused unless this same config made it. The one change
     allowed is more ``train.epochs``: it continues a run, a finished one too when it kept its
     state (``train.keep_state``)."""
+    if not folder.is_dir():
+        raise ConfigError([f"resume: {folder}: no such run folder"])
     path = folder / CHECKPOINT
     finished = (folder / "summary.json").is_file()
     if not path.is_file():
@@ -298,10 +300,12 @@ def _finish(
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)
-    if (
-        out.write and not cfg.train.keep_state
-    ):  # a finished run needs no resume state; its 2x-model-size file would only take disk
-        (out.path / CHECKPOINT).unlink(missing_ok=True)
+    if out.write:
+        # A spilled feature cache serves only this run's epochs, and a finished run needs no
+        # resume state (a file twice the model's size) unless it keeps it to be extended.
+        spent = ["cache_train.npy", "cache_val.npy"] + ([] if cfg.train.keep_state else [CHECKPOINT])
+        for name in spent:
+            (out.path / name).unlink(missing_ok=True)
     out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
     return summary
 

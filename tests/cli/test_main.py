@@ -72,3 +72,20 @@ def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path) -> None
     assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.json", "report.md", "report.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "runs", "tiny.yaml"]
+
+
+def test_plan_refuses_what_train_would_refuse_and_shows_mixed_modes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--config", "tiny.yaml", "--depth", "0"])
+    assert done.value.code == 2 and "--depth 0: 1 is the top level" in capsys.readouterr().err
+    assert main(["plan", "--config", "tiny.yaml", "train.cache_features=on", "data.augment=true"]) == 2
+    assert "train.cache_features: 'on', but the frozen prefix cannot be cached" in capsys.readouterr().err
+    edits = ["freeze.preset=until:layer3", "freeze.batchnorm=train", "--depth", "1", "--no-probe"]
+    assert main(["plan", "--config", "tiny.yaml", *edits]) == 0
+    table = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("layer")}
+    assert table["layer1"].endswith("mixed (4 of 8 pinned)")  # its 4 convs are pinned, its 4 BatchNorms train
+    assert table["layer3"].endswith("train")

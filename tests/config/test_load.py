@@ -498,6 +498,15 @@ def test_numbers_that_cannot_work_are_refused() -> None:
     assert "train.optimizer.momentum: 5.0 must be <= 1.0" in problems
 
 
+def test_yaml_booleans_and_mappings_where_a_choice_belongs_get_a_quoting_hint() -> None:
+    problems = problems_of({"name": "exp", "freeze": {"frozen_modules": False, "preset": {"until": None}}})
+    assert problems == [
+        "freeze.preset: expected a string, got the mapping {'until': None}: quote it, e.g. 'until:layer3'",
+        "freeze.frozen_modules: expected one of eval, train, got False (YAML reads an unquoted on/off/yes/no as "
+        "true/false: quote it)",
+    ]
+
+
 def test_an_invalid_epoch_count_adds_no_second_problem() -> None:
     assert problems_of({"name": "exp", "train": {"epochs": -1}}) == ["train.epochs: -1 must be >= 1"]
 

@@ -467,7 +467,7 @@ def test_type_typo_suggests_type_names() -> None:
 
 def test_type_matching_only_parameterless_modules_is_an_error() -> None:
     err = rejected(conv_net(), [{"freeze_type": "ReLU"}])
-    assert err.problems == ["freeze.rules[0] {freeze_type: ReLU}: matches no parameter; nearest names: ReLU"]
+    assert err.problems == ["freeze.rules[0] {freeze_type: ReLU}: modules of class ReLU exist but hold no parameters"]
 
 
 def test_unknown_until_target_is_an_error_with_suggestions() -> None:

@@ -244,6 +244,9 @@ def test_resume_refuses_another_config_a_finished_run_and_a_folder_without_check
     assert not (reference[0] / CHECKPOINT).exists()  # a finished run keeps model.pt only
     with pytest.raises(ConfigError, match="is a finished run"):
         run(ref_cfg, resume=reference[0])
+    with pytest.raises(ConfigError, match="elsewhere: no such run folder"):
+        run(cfg, resume=tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(ConfigError, match="no checkpoint.pt"):
         run(cfg, resume=tmp_path / "elsewhere")
 
