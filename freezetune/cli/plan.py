@@ -9,7 +9,7 @@ import torch
 
 from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
-from freezetune.config import Config, ConfigError
+from freezetune.config import Config
 from freezetune.data import build_loaders
 from freezetune.plan import apply_plan, describe
 from freezetune.report import (
@@ -22,7 +22,7 @@ from freezetune.report import (
     render_plan,
     render_schedule,
 )
-from freezetune.train import Prepared, prepare_model, preview_cache, steps_per_epoch
+from freezetune.train import Prepared, cache_on_refused, prepare_model, preview_cache, steps_per_epoch
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -96,6 +96,5 @@ def _cache(cfg: Config, p: Prepared) -> str:
     refused = [(epoch, v["reason"]) for epoch, v in previews if not v["used"]]
     if cfg.train.cache_features == "on" and refused:  # what train would refuse, plan refuses too
         epoch, reason = refused[0]
-        at = f" (from epoch {epoch})" if p.schedule.changes else ""
-        raise ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {reason}"])
+        raise cache_on_refused(reason, epoch if p.schedule.changes else None)
     return render_cache(previews, cfg.train.cache_features, n_images)

@@ -39,6 +39,7 @@ __all__ = [
     "plan_from_config",
     "preset_rules",
     "suggest_names",
+    "unmatched",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -253,6 +254,15 @@ def suggest_names(rule: Rule, tree: ModelTree) -> str:
     return f"; nearest names: {', '.join(near)}" if near else ""
 
 
+def unmatched(rule: Rule, tree: ModelTree) -> str:
+    """The problem with a rule (or schedule event) that selects no parameter, and what is near."""
+    if rule.kind == "until" and tree.module(rule.target) is not None:
+        return f"{rule.origin} {rule}: nothing is registered before {rule.target!r}"
+    if rule.kind.endswith("_type") and any(rule.target in m.type_names for m in tree.modules):
+        return f"{rule.origin} {rule}: modules of class {rule.target} exist but hold no parameters"
+    return f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}"
+
+
 def build_plan(
     tree: ModelTree, rules: list[Rule], batchnorm: str = "eval", frozen_modules: str = "train"
 ) -> FreezePlan:
@@ -276,12 +286,7 @@ def build_plan(
                 f"{state} at this point (rules apply in order, after the preset's)"
             )
         if not hits and not rule.optional:
-            if rule.kind == "until" and tree.module(rule.target) is not None:
-                problems.append(f"{rule.origin} {rule}: nothing is registered before {rule.target!r}")
-            elif rule.kind.endswith("_type") and any(rule.target in m.type_names for m in tree.modules):
-                problems.append(f"{rule.origin} {rule}: modules of class {rule.target} exist but hold no parameters")
-            else:
-                problems.append(f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}")
+            problems.append(unmatched(rule, tree))
         for n in hits:
             decided[n] = (not rule.freezes, f"{rule.origin} {rule}")
     if not problems and not any(trainable for trainable, _ in decided.values()):

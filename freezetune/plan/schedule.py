@@ -25,7 +25,7 @@ from freezetune.plan.rules import (
     build_plan,
     match_rule,
     preset_rules,
-    suggest_names,
+    unmatched,
 )
 
 __all__ = ["Event", "Phase", "Schedule", "build_schedule"]
@@ -161,12 +161,7 @@ def build_schedule(
         for spec in (e for e in specs if e.epoch == epoch):
             hits = match_rule(spec.rule, tree)
             if not hits:
-                if spec.rule.kind.endswith("_type") and any(spec.target in m.type_names for m in tree.modules):
-                    problems.append(
-                        f"{spec.origin} {spec.rule}: modules of class {spec.target} exist but hold no parameters"
-                    )
-                else:
-                    problems.append(f"{spec.origin} {spec.rule}: matches no parameter{suggest_names(spec.rule, tree)}")
+                problems.append(unmatched(spec.rule, tree))
                 continue
             wanted = not spec.rule.freezes
             changed = tuple(n for n in hits if trainable[n] != wanted)

@@ -26,7 +26,7 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import TrainTarget, preview_cache
+from freezetune.train.nets import TrainTarget, cache_on_refused, preview_cache
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -66,6 +66,7 @@ __all__ = [
     "Trainer",
     "add_trainable",
     "build_cache",
+    "cache_on_refused",
     "cached_loaders",
     "check_optimizer",
     "check_split",

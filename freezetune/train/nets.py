@@ -33,9 +33,16 @@ from freezetune.train.cache import (
 from freezetune.train.distributed import Dist
 from freezetune.utils import eval_mode
 
-__all__ = ["TrainTarget", "preview_cache"]
+__all__ = ["TrainTarget", "cache_on_refused", "preview_cache"]
 
 log = logging.getLogger(__name__)
+
+
+def cache_on_refused(reason: str, epoch: int | None = None) -> ConfigError:
+    """The config error for ``train.cache_features: on`` when the cache cannot be used
+    (``epoch``: the phase it fails in, for a schedule)."""
+    at = f" (from epoch {epoch})" if epoch is not None else ""
+    return ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {reason}"])
 
 
 class TrainTarget:
@@ -76,10 +83,7 @@ class TrainTarget:
                 with self._rng_untouched():
                     self._split()
         except CacheRefused as exc:
-            at = f" (from epoch {phase.start})" if schedule.changes else ""
-            raise ConfigError(
-                [f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {exc}"]
-            ) from None
+            raise cache_on_refused(str(exc), phase.start if schedule.changes else None) from None
         finally:
             apply_plan(self.model, current)
 
@@ -107,9 +111,7 @@ class TrainTarget:
                 split = self._split()
         except CacheRefused as exc:
             if self.cfg.train.cache_features == "on":
-                raise ConfigError(
-                    [f"train.cache_features: 'on', but the frozen prefix cannot be cached: {exc}"]
-                ) from None
+                raise cache_on_refused(str(exc)) from None
             log.info("%s: feature cache not used: %s", self.cfg.name, exc)
             self.cache_info.update(used=False, reason=str(exc))
             return

@@ -23,6 +23,7 @@ from freezetune.plan import (
     build_schedule,
     describe,
 )
+from freezetune.utils import eval_mode
 
 __all__ = [
     "Prepared",
@@ -113,10 +114,9 @@ def _check_input_size(model: nn.Module, cfg: Config) -> None:
     """One image of ``data.image_size`` through the model (eval mode, no state changes), so an
     architecture that cannot take that size says so now, not in the middle of the first step."""
     size = cfg.data.image_size
-    was_training = model.training
     try:
-        model.eval()
-        model(torch.zeros(1, 3, size, size))
+        with eval_mode(model):
+            model(torch.zeros(1, 3, size, size))
     except Exception as exc:  # each architecture fails its own way (assert, shape or size errors)
         reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(
@@ -125,8 +125,6 @@ def _check_input_size(model: nn.Module, cfg: Config) -> None:
                 "HINT: the size its weights were trained at (224 for most torchvision models)"
             ]
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
