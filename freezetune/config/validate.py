@@ -19,6 +19,8 @@ from freezetune.config.schema import Config
 
 __all__ = ["classification_models", "event_problems", "semantic_problems", "weights_kind"]
 
+_NAMED_PRESETS = [p for p in PRESETS if not p.endswith("<module>")]  # all but until:<module>
+
 
 def classification_models() -> list[str]:
     """Names of the torchvision models that end in a class head."""
@@ -118,10 +120,10 @@ def _freeze_problems(cfg: Config) -> list[str]:
     problems.extend(event_problems(preset, cfg.freeze.schedule, cfg.freeze.gradual, cfg.train.epochs))
     if (
         isinstance(preset, str)
-        and preset not in ("full", "linear_probe", "bitfit", "gradual")
+        and preset not in _NAMED_PRESETS
         and not (preset.startswith("until:") and len(preset) > len("until:"))
     ):
-        near = difflib.get_close_matches(preset, ["full", "linear_probe", "bitfit", "gradual"], n=1)
+        near = difflib.get_close_matches(preset, _NAMED_PRESETS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         problems.append(f"freeze.preset: {preset!r} is not one of {', '.join(PRESETS)}{hint}")
     return problems
