@@ -68,6 +68,7 @@ def _hand_model(reference: nn.Module, bn_eval: set[str]) -> tuple[nn.Module, lis
 def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResult:
     """freezetune's step against :func:`hand_written_loop` on one batch, ``rounds`` interleaved rounds."""
     prepared = prepare_model(cfg)
+    cfg = prepared.cfg  # its preprocessing resolved
     device = prepared.device
     fw_model = prepared.model
     hand_model, frozen_bn = _hand_model(fw_model, set(prepared.plan.bn_eval))

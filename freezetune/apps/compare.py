@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from freezetune.config import Config, load_config, to_dict
+from freezetune.config import Config, load_config, resolve, to_dict
 from freezetune.measure import Estimate, estimate, profile_model
 from freezetune.record import OWN_FILES, RunExistsError
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
@@ -35,7 +35,7 @@ def run_action(cfg: Config, overwrite: bool) -> str:
             saved = yaml.safe_load((folder / "config.yaml").read_text())
         except yaml.YAMLError:
             saved = None
-        if saved == to_dict(cfg):
+        if saved == to_dict(resolve(cfg)[0]):  # config.yaml holds the resolved preprocessing
             return "reuse"
     if not any((folder / f).exists() for f in OWN_FILES):
         return "train"
@@ -69,6 +69,7 @@ def estimate_config(
     ``cache`` shares the profile between configs of the same architecture,
     batch shape, class count and optimizer; ``prepared`` reuses a model already built."""
     prepared = prepared or prepare_model(cfg)
+    cfg = prepared.cfg  # its preprocessing resolved: the image size the weights want
     size, n = cfg.data.image_size, cfg.data.batch_size
     k = num_outputs(cfg)
     x = torch.randn(n, 3, size, size, device=prepared.device)

@@ -12,7 +12,7 @@ import torch
 
 from freezetune.apps.compare import estimate_config
 from freezetune.apps.shipped import shipped_config
-from freezetune.config import Config, load_config, to_dict
+from freezetune.config import Config, load_config, resolve, to_dict
 from freezetune.record import EpochResult
 from freezetune.report import build_report, write_report
 from freezetune.train import Progress, no_progress, run
@@ -57,7 +57,7 @@ def pretrain_is_current(cfg: Config) -> bool:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("config")
     except Exception:  # a truncated or foreign file: retrain rather than trust it
         return False
-    return saved == to_dict(cfg)
+    return saved == to_dict(resolve(cfg)[0])
 
 
 def run_demo(

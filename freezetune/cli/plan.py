@@ -9,7 +9,7 @@ import torch
 
 from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
-from freezetune.config import Config
+from freezetune.config import Config, Preprocessing, resolve
 from freezetune.data import build_loaders
 from freezetune.plan import apply_plan, describe
 from freezetune.report import (
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"--depth {args.depth}: 1 is the top level; give 1 or more")
 
     def body() -> int:
-        cfg = cli.config_from_args(args)
+        cfg, sources = resolve(cli.config_from_args(args))
         p = prepare_model(cfg)
         probe = None
         if not args.no_probe:
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=p.device)
             probe = probe_autograd(p.model, x)
         print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
+        print(_preprocessing(cfg, sources))
         tree = describe(p.model)
         print(render_plan(tree, p.plan, probe, args.depth, p.schedule))
         print()
@@ -80,6 +81,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body, args.debug)
+
+
+def _preprocessing(cfg: Config, sources: dict[str, str]) -> str:
+    """The resolved preprocessing, and where the values the config left open came from."""
+    line = f"preprocessing: {Preprocessing.of(cfg.data).describe()}"
+    followed: dict[str, list[str]] = {}
+    for key, source in sources.items():
+        if source != "config":
+            followed.setdefault(source, []).append(key)
+    for source, keys in followed.items():
+        line += f"\n  {', '.join(keys)} from {source}"
+    return line
 
 
 def _cache(cfg: Config, p: Prepared) -> str:

@@ -4,6 +4,14 @@ edits, the records inside it (rules, events, groups) and their validation.
 The bottom layer: nothing here imports another freezetune package but utils."""
 
 from freezetune.config.load import apply_overrides, from_dict, load_config, load_yaml_tree, to_dict
+from freezetune.config.preprocess import (
+    AUGMENTS,
+    Preprocessing,
+    dataset_defaults,
+    resolve,
+    resolve_data,
+    weights_preprocessing,
+)
 from freezetune.config.records import (
     EVENT_KINDS,
     PRESETS,
@@ -21,16 +29,33 @@ from freezetune.config.schema import (
     Config,
     ConfigError,
     DataConfig,
+    EarlyStoppingConfig,
     FreezeConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
 )
-from freezetune.config.validate import classification_models, event_problems, semantic_problems, weights_kind
+from freezetune.config.validate import (
+    FASHION_MNIST_CLASSES,
+    classification_models,
+    event_problems,
+    fashion_mnist_index,
+    semantic_problems,
+    weights_kind,
+)
 from freezetune.config.values import finite_number, number
 
 __all__ = [
+    "AUGMENTS",
+    "FASHION_MNIST_CLASSES",
+    "EarlyStoppingConfig",
+    "Preprocessing",
+    "dataset_defaults",
+    "fashion_mnist_index",
+    "resolve",
+    "resolve_data",
+    "weights_preprocessing",
     "EVENT_KINDS",
     "PRESETS",
     "RULE_KINDS",

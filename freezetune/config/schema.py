@@ -14,6 +14,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EarlyStoppingConfig",
     "FreezeConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -41,6 +42,9 @@ def _choice(*choices: str, **extra: Any) -> dict[str, Any]:
 class ModelConfig:
     """``model``: the architecture, its pretrained weights and its head."""
 
+    # A torchvision classification model (resnet18, vit_b_16, ...), an import path to a
+    # callable that returns an nn.Module ("mypkg.models:build", called with num_classes=K and
+    # model.kwargs), or a timm model ("timm/convnext_atto", with the timm extra installed).
     arch: str = "resnet18"
     # null, a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a file path.
     weights: Union[str, None] = None
@@ -49,22 +53,39 @@ class ModelConfig:
     # Re-initialise the head even when its shape matches the checkpoint: the
     # checkpoint's classes are not this task's classes (transfer A -> B).
     reset_head: bool = False
+    # Keyword arguments for an import-path or timm architecture (torchvision models take none here).
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
-    """``data``: the dataset, class subset, image size, batches and sample caps."""
+    """``data``: the dataset, class subset, preprocessing, batches and sample caps.
+
+    The preprocessing keys (image_size .. augment) left null follow the weights: torchvision
+    weights' own ``transforms()``, or what a freezetune model.pt was trained with; else the
+    dataset's default (freezetune.config.preprocess, docs/preprocessing.md)."""
 
     dataset: str = field(default="fake", metadata=_choice("fashion_mnist", "fake", "imagefolder"))
     root: str = "data"
-    classes: Union[list[int], None] = None
-    image_size: int = field(default=32, metadata={"min": 8, "max": 4096})
+    # Class indices ([5, 6, 7]) or names ([sneaker, trouser]: imagefolder folder names,
+    # Fashion-MNIST's names); the model's outputs follow this order.
+    classes: Union[list[Any], None] = None
+    # The side of the square the network sees (the center crop at evaluation).
+    image_size: Union[int, None] = field(default=None, metadata={"min": 8, "max": 4096})
+    # Evaluation: the shorter side is resized to this, then the center image_size crop is taken.
+    resize_size: Union[int, None] = field(default=None, metadata={"min": 8, "max": 8192})
+    interpolation: Union[str, None] = field(default=None, metadata=_choice("bilinear", "bicubic", "nearest"))
+    mean: Union[list[float], None] = None  # per channel (R, G, B), after scaling to 0..1
+    std: Union[list[float], None] = None
+    # Training images only: none (as evaluation), flip_crop (RandomResizedCrop + flip), or
+    # that plus one of torchvision's policies.
+    augment: Union[str, None] = field(
+        default=None, metadata=_choice("none", "flip_crop", "trivialaugment", "randaugment", "autoaugment")
+    )
     batch_size: int = field(default=64, metadata={"min": 1})
     train_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
     val_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})
     num_workers: int = field(default=0, metadata={"min": 0})
-    # Random horizontal flip and padded random crop on training images.
-    augment: bool = False
     # imagefolder: a file that is no readable image stops the run before it starts (error),
     # or is left out and listed in summary.json (skip).
     on_bad_image: str = field(default="error", metadata=_choice("error", "skip"))
@@ -131,6 +152,15 @@ class SchedulerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """``train.early_stopping``: stop when ``train.monitor`` has not improved for a while."""
+
+    # Epochs without an improvement of more than min_delta before the run stops.
+    patience: int = field(default=3, metadata={"min": 1})
+    min_delta: float = field(default=0.0, metadata={"min": 0.0})
+
+
+@dataclass
 class TrainConfig:
     """``train``: epochs, optimizer, device, output, cache, LR groups and schedule, checkpoints."""
 
@@ -159,6 +189,11 @@ class TrainConfig:
     # Checkpoints hold every tensor (full), or only those that were ever trainable plus
     # a hash of the base weights they apply to (delta).
     save: str = field(default="full", metadata=_choice("full", "delta"))
+    # What "best" means for best.pt and early stopping: validation accuracy (higher is
+    # better) or validation loss (lower is better).
+    monitor: str = field(default="val_acc", metadata=_choice("val_acc", "val_loss"))
+    # null: train every epoch; {patience: N} stops after N epochs without improvement.
+    early_stopping: Union[EarlyStoppingConfig, None] = None
 
 
 @dataclass

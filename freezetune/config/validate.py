@@ -17,7 +17,29 @@ import torchvision.models as tvm
 from freezetune.config.records import PRESETS, parse_events, parse_param_groups, parse_rules
 from freezetune.config.schema import Config
 
-__all__ = ["classification_models", "event_problems", "semantic_problems", "weights_kind"]
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "classification_models",
+    "event_problems",
+    "fashion_mnist_index",
+    "semantic_problems",
+    "weights_kind",
+]
+
+# torchvision.datasets.FashionMNIST.classes, in label order (here so that a config naming them
+# is checked without the dataset on disk).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 _NAMED_PRESETS = [p for p in PRESETS if not p.endswith("<module>")]  # all but until:<module>
 
@@ -95,22 +117,68 @@ def _data_problems(cfg: Config) -> list[str]:
             f"data.num_workers: {workers} is more than 4 x the {cores} CPU cores here (each worker is a process "
             "with its own copy of the dataset code)"
         )
-    classes = cfg.data.classes
-    if isinstance(classes, list) and all(isinstance(c, int) for c in classes):
-        if len(classes) < 2:
-            n = f"{len(classes)} class{'es' if len(classes) != 1 else ''}"
-            problems.append(f"data.classes: {classes} names {n}; a classifier needs two or more")
-        if len(set(classes)) != len(classes):
-            problems.append(f"data.classes: {classes} has duplicates")
-        if any(c < 0 for c in classes):
-            problems.append(f"data.classes: {classes} has negative class indices")
-        if cfg.data.dataset == "fashion_mnist" and any(c > 9 for c in classes):
-            problems.append(f"data.classes: {classes}: Fashion-MNIST has classes 0..9")
-        if isinstance(cfg.model.num_classes, int) and cfg.model.num_classes < len(classes):
-            problems.append(
-                f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in data.classes"
-            )
+    problems.extend(_class_problems(cfg))
+    for key in ("mean", "std"):
+        values = getattr(cfg.data, key)
+        if isinstance(values, list) and len(values) != 3:
+            problems.append(f"data.{key}: {values} needs 3 values, one per channel (R, G, B)")
+    std = cfg.data.std
+    if isinstance(std, list) and any(isinstance(v, float) and v <= 0 for v in std):
+        problems.append(f"data.std: {std} must be > 0 (images are divided by it)")
+    size, resize = cfg.data.image_size, cfg.data.resize_size
+    if isinstance(size, int) and isinstance(resize, int) and resize < size:
+        problems.append(
+            f"data.resize_size: {resize} is smaller than data.image_size {size}: the center crop must fit in the "
+            "resized image"
+        )
     return problems
+
+
+def _class_problems(cfg: Config) -> list[str]:
+    classes = cfg.data.classes
+    if not isinstance(classes, list):
+        return []
+    ints = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    names = not ints and all(isinstance(c, str) for c in classes)
+    if not (ints or names):
+        return [f"data.classes: {classes} must be all class indices (integers) or all class names (strings)"]
+    problems = []
+    if len(classes) < 2:
+        n = f"{len(classes)} class{'es' if len(classes) != 1 else ''}"
+        problems.append(f"data.classes: {classes} names {n}; a classifier needs two or more")
+    if len(set(classes)) != len(classes):
+        problems.append(f"data.classes: {classes} has duplicates")
+    if ints and any(c < 0 for c in classes):
+        problems.append(f"data.classes: {classes} has negative class indices")
+    if ints and cfg.data.dataset == "fashion_mnist" and any(c > 9 for c in classes):
+        problems.append(f"data.classes: {classes}: Fashion-MNIST has classes 0..9")
+    if names and cfg.data.dataset == "fake":
+        problems.append(f"data.classes: {classes}: fake data has no class names; give indices, e.g. [0, 1]")
+    if names and cfg.data.dataset == "fashion_mnist":
+        known = {_name_key(c): c for c in FASHION_MNIST_CLASSES}
+        unknown = [c for c in classes if _name_key(c) not in known]
+        if unknown:
+            problems.append(
+                f"data.classes: {unknown} not among Fashion-MNIST's classes ({', '.join(FASHION_MNIST_CLASSES)})"
+            )
+    if isinstance(cfg.model.num_classes, int) and cfg.model.num_classes < len(classes):
+        problems.append(
+            f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in data.classes"
+        )
+    return problems
+
+
+def _name_key(name: str) -> str:
+    """Fashion-MNIST names match ignoring case and punctuation: sneaker, Ankle boot, t_shirt_top."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def fashion_mnist_index(name: str) -> int:
+    """The Fashion-MNIST class index of ``name`` (as :func:`_name_key` matches it); KeyError if none."""
+    keys = [_name_key(c) for c in FASHION_MNIST_CLASSES]
+    if _name_key(name) not in keys:
+        raise KeyError(name)
+    return keys.index(_name_key(name))
 
 
 def _freeze_problems(cfg: Config) -> list[str]:

@@ -1,7 +1,25 @@
-"""Data: Fashion-MNIST, FakeData and ImageFolder loaders with class subsets and seeded
-sample caps, and the local copy of Fashion-MNIST."""
+"""Data: Fashion-MNIST, FakeData and ImageFolder loaders with class subsets (by index or
+name) and seeded sample caps, the transforms of a resolved preprocessing, the image
+loader, and the local copy of Fashion-MNIST."""
 
 from freezetune.data.fashion_mnist import DEBIAN_FMNIST_DIR, FMNIST_FILES, ensure_fashion_mnist
-from freezetune.data.loaders import Loaders, build_loaders, num_classes_of
+from freezetune.data.imagefolder import IMAGE_EXTENSIONS, checked_image_folder, folder_classes, load_image
+from freezetune.data.loaders import Loaders, build_loaders, class_indices, class_names, num_classes_of
+from freezetune.data.transforms import eval_transform, train_transform
 
-__all__ = ["DEBIAN_FMNIST_DIR", "FMNIST_FILES", "Loaders", "build_loaders", "ensure_fashion_mnist", "num_classes_of"]
+__all__ = [
+    "DEBIAN_FMNIST_DIR",
+    "FMNIST_FILES",
+    "IMAGE_EXTENSIONS",
+    "Loaders",
+    "build_loaders",
+    "checked_image_folder",
+    "class_indices",
+    "class_names",
+    "ensure_fashion_mnist",
+    "eval_transform",
+    "folder_classes",
+    "load_image",
+    "num_classes_of",
+    "train_transform",
+]

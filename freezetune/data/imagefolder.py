@@ -22,7 +22,9 @@ from torchvision import datasets
 
 from freezetune.config import ConfigError
 
-__all__ = ["checked_image_folder", "folder_classes", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "checked_image_folder", "folder_classes", "load_image"]
+
+IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS  # what ImageFolder reads: .jpg, .png, .webp, ...
 
 log = logging.getLogger(__name__)
 

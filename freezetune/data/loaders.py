@@ -1,8 +1,9 @@
 """Datasets and loaders: Fashion-MNIST, FakeData and ImageFolder from torchvision.
 
-Every dataset yields 3-channel float images of ``data.image_size`` so that any
-torchvision classifier takes them unchanged. A class subset is relabelled to
-0..k-1 in the order given; sample caps pick a seeded random subset.
+Every dataset yields 3-channel float images of ``data.image_size``, preprocessed as
+the resolved config says (freezetune.data.transforms), so that any torchvision
+classifier takes them unchanged. A class subset, by index or by name, is relabelled
+to 0..k-1 in the order given; sample caps pick a seeded random subset.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import datasets, transforms
+from torchvision import datasets
 
-from freezetune.config import ConfigError, DataConfig
+from freezetune.config import FASHION_MNIST_CLASSES, ConfigError, DataConfig, Preprocessing, fashion_mnist_index
 from freezetune.data.imagefolder import checked_image_folder, folder_classes
+from freezetune.data.transforms import eval_transform, train_transform
 
-__all__ = ["Loaders", "build_loaders", "num_classes_of"]
+__all__ = ["Loaders", "build_loaders", "class_indices", "class_names", "num_classes_of"]
 
 _FAKE_CLASSES = 10
-_FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Loaders:
     val: DataLoader
     num_classes: int
     skipped_images: list[dict[str, str]] = field(default_factory=list)  # data.on_bad_image: skip
+    # The name of each model output (as many as num_classes; an output beyond the data's classes
+    # is named by its index).
+    classes: list[str] = field(default_factory=list)
 
 
 def num_classes_of(cfg: DataConfig) -> int:
@@ -45,29 +48,44 @@ def num_classes_of(cfg: DataConfig) -> int:
     return _FAKE_CLASSES
 
 
-def _transform(cfg: DataConfig) -> transforms.Compose:
-    size = cfg.image_size
+def _all_names(cfg: DataConfig) -> list[str]:
+    """Every class of the dataset, by label index."""
     if cfg.dataset == "fashion_mnist":
-        steps = [transforms.Resize(size)] if size != 28 else []
-        # Grey images become 3 identical channels: every torchvision stem expects RGB.
-        return transforms.Compose(
-            [
-                *steps,
-                transforms.Grayscale(3),
-                transforms.ToTensor(),
-                transforms.Normalize([_FMNIST_MEAN] * 3, [_FMNIST_STD] * 3),
-            ]
-        )
+        return list(FASHION_MNIST_CLASSES)
     if cfg.dataset == "imagefolder":
-        return transforms.Compose(
+        return folder_classes(Path(cfg.root).expanduser() / "train")
+    return [str(i) for i in range(_FAKE_CLASSES)]
+
+
+def class_indices(cfg: DataConfig, names: list[str] | None = None) -> list[int] | None:
+    """``data.classes`` as dataset label indices (None: all classes). Names are looked up
+    among the dataset's classes (``names``, else read from the dataset); ConfigError lists
+    them when one is not there."""
+    if cfg.classes is None or all(isinstance(c, int) for c in cfg.classes):
+        return cfg.classes
+    if cfg.dataset == "fashion_mnist":
+        return [fashion_mnist_index(c) for c in cfg.classes]  # checked by the config already
+    names = names if names is not None else _all_names(cfg)
+    unknown = [c for c in cfg.classes if c not in names]
+    if unknown:
+        near = {c: n for c in unknown for n in names if n.lower() == str(c).lower()}
+        hint = f" (case matters: {', '.join(f'{c!r} is {n!r}' for c, n in near.items())})" if near else ""
+        raise ConfigError(
             [
-                transforms.Resize(size),
-                transforms.CenterCrop(size),
-                transforms.ToTensor(),
-                transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
+                f"data.classes: {unknown} not among the class folders of {cfg.root}/train{hint}; "
+                f"it has {len(names)}: {', '.join(names)}"
             ]
         )
-    return transforms.Compose([transforms.ToTensor()])
+    return [names.index(c) for c in cfg.classes]
+
+
+def class_names(cfg: DataConfig) -> list[str]:
+    """The name of each model output of this data, in output order (saved with the model)."""
+    everything = _all_names(cfg)
+    indices = class_indices(cfg, everything)
+    if indices is None:
+        return everything
+    return [everything[i] if i < len(everything) else str(i) for i in indices]
 
 
 class _Relabel(Dataset):
@@ -107,19 +125,11 @@ def _select(ds: Dataset, classes: list[int] | None, cap: int | None, seed: int) 
     return _Relabel(ds, indices, mapping) if (mapping or len(indices) != len(ds)) else ds  # type: ignore[arg-type]
 
 
-def _train_transform(cfg: DataConfig) -> transforms.Compose:
-    tf = _transform(cfg)
-    if not cfg.augment:
-        return tf
-    size = cfg.image_size
-    # On the tensor, after resizing and normalising: the same for every dataset.
-    return transforms.Compose([tf, transforms.RandomHorizontalFlip(), transforms.RandomCrop(size, padding=size // 8)])
-
-
 def _raw_datasets(
     cfg: DataConfig, seed: int, num_classes: int, check_images: bool = True
 ) -> tuple[Dataset, Dataset, list[dict[str, str]]]:
-    tf, train_tf = _transform(cfg), _train_transform(cfg)
+    p = Preprocessing.of(cfg)
+    tf, train_tf = eval_transform(p), train_transform(p)
     if cfg.dataset == "fashion_mnist":
         try:
             train = datasets.FashionMNIST(cfg.root, train=True, transform=train_tf)
@@ -160,27 +170,35 @@ def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None, ch
     ``check_images=False`` skips decoding every image of an imagefolder up front: for
     counting samples (plan.py), never for training."""
     k = num_classes or num_classes_of(cfg)
-    fake_k = k if cfg.classes is None else max(cfg.classes) + 1
-    train, val, skipped = _raw_datasets(cfg, seed, fake_k if cfg.dataset == "fake" else k, check_images)
+    # Fake labels are drawn from 0..n-1: enough of them for the highest index asked for.
+    fake_k = k if cfg.classes is None or cfg.dataset != "fake" else max(cfg.classes) + 1
+    train, val, skipped = _raw_datasets(cfg, seed, fake_k, check_images)
+    indices = class_indices(cfg, train.classes if cfg.dataset == "imagefolder" else None)
     if cfg.dataset == "imagefolder":
-        _check_folder_classes(cfg, train)
-    train = _select(train, cfg.classes, cfg.train_samples, seed)
-    val = _select(val, cfg.classes, cfg.val_samples, seed + 1)
+        _check_folder_classes(cfg, train, indices)
+    if cfg.dataset == "fake":
+        everything = [str(i) for i in range(fake_k)]
+    else:
+        everything = train.classes if cfg.dataset == "imagefolder" else _all_names(cfg)
+    names = everything if indices is None else [everything[i] if i < len(everything) else str(i) for i in indices]
+    names += [str(i) for i in range(len(names), k)]
+    train = _select(train, indices, cfg.train_samples, seed)
+    val = _select(val, indices, cfg.val_samples, seed + 1)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
         raise ConfigError([f"data.classes: {cfg.classes} leaves no training or validation samples"])
     g = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.num_workers)
     val_loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    return Loaders(train_loader, val_loader, k, skipped)
+    return Loaders(train_loader, val_loader, k, skipped, names)
 
 
-def _check_folder_classes(cfg: DataConfig, train: datasets.ImageFolder) -> None:
+def _check_folder_classes(cfg: DataConfig, train: datasets.ImageFolder, indices: list[int] | None) -> None:
     """data.classes must name classes the folder has (each class has images in train and val:
     freezetune.data.imagefolder checked that)."""
     names = train.classes
     listing = ", ".join(f"{i}: {c}" for i, c in enumerate(names))
-    if cfg.classes is not None:
-        outside = [c for c in cfg.classes if c >= len(names)]
+    if indices is not None:
+        outside = [c for c in indices if c >= len(names)]
         if outside:
             raise ConfigError(
                 [f"data.classes: {outside} not in {cfg.root}/train, which has {len(names)} classes ({listing})"]

@@ -31,6 +31,7 @@ RECORD_FILES = (
     "events.jsonl",
     "summary.json",
     "model.pt",
+    "best.pt",
     "checkpoint.pt",
 )
 FAILED = "FAILED"  # a run that stopped on an error: the error line and how to go on

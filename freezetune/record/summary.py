@@ -75,6 +75,10 @@ class RunFacts:
     run_dir: str
     distributed: dict[str, Any] | None = None  # the launch and the replicas' digests, under torchrun
     skipped_images: list[dict[str, str]] = dataclasses.field(default_factory=list)  # data.on_bad_image: skip
+    classes: list[str] = dataclasses.field(default_factory=list)  # the name of each output, in order
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved, and where each value came from
+    best: dict[str, Any] | None = None  # the epoch best.pt holds (train.monitor)
+    early_stopping: dict[str, Any] | None = None  # null unless train.early_stopping is set
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -98,7 +102,11 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "final_val_acc": last.val_acc,
         "final_val_loss": last.val_loss,
         "best_val_acc": max(e.val_acc for e in epochs),
+        "best": f.best,
+        "early_stopping": f.early_stopping,
         "epochs": len(epochs),
+        "classes": f.classes,
+        "preprocessing": f.preprocessing,
         "train_samples": f.train_samples,
         "skipped_images": f.skipped_images,
         "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),

@@ -185,13 +185,13 @@ def split_model(model: nn.Module) -> Split:
     return Split(frontier.name, nodes[k].name, fx.GraphModule(model, prefix_graph), fx.GraphModule(model, suffix_graph))
 
 
-def prefix_problem(augment: bool) -> str | None:
+def prefix_problem(augment: str | None) -> str | None:
     """Why the prefix's output would differ from one epoch to the next for reasons outside the
     model (the graph cut already stops before anything random or batch-dependent), or None."""
-    if augment:
+    if augment not in (None, "none"):
         return (
-            "data.augment: true gives every epoch other versions of each image, so a frozen prefix's output "
-            "cannot be stored once. HINT: data.augment: false to use the cache"
+            f"data.augment: {augment} gives every epoch other versions of each image, so a frozen prefix's output "
+            "cannot be stored once. HINT: data.augment: none to use the cache"
         )
     return None
 

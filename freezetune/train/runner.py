@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from freezetune.config import Config, ConfigError, to_dict
+from freezetune.config import Config, ConfigError, Preprocessing, resolve, to_dict
 from freezetune.data import Loaders
 from freezetune.measure import (
     SavedBytes,
@@ -45,16 +45,18 @@ from freezetune.record import (
 from freezetune.train.distributed import Dist, parameter_digest
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import EpochStats, Progress, no_progress
+from freezetune.train.monitor import Monitor
 from freezetune.train.setup import Prepared, prepare
 from freezetune.train.trainer import STATE_FORMAT, Partial, Trainer
 
-__all__ = ["CHECKPOINT", "load_resume_state", "run"]
+__all__ = ["BEST", "CHECKPOINT", "load_resume_state", "run"]
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
 EVAL_SPEED_BATCHES = 3
 CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
+BEST = "best.pt"  # the model after the best epoch by train.monitor, as model.pt is after the last
 
 
 def run(
@@ -81,6 +83,9 @@ def run(
         device: overrides ``train.device`` (torchrun gives each rank its own).
     """
     write = dist is None or dist.is_main
+    # Preprocessing keys left null follow the weights (freezetune.config.preprocess); from here
+    # on the config is the resolved one, and config.yaml records it.
+    cfg, sources = resolve(cfg)
     resolved = to_dict(cfg)
     if resume is not None:
         out = RunDir.for_resume(resume, cfg.output_dir, write)
@@ -102,6 +107,10 @@ def run(
         len(p.plan.bn_eval),
         p.device,
     )
+    log.info("%s: preprocessing: %s", cfg.name, Preprocessing.of(cfg.data).describe())
+    followed = sorted({src for src in sources.values() if src != "config"})
+    if followed:
+        log.info("%s: preprocessing not set in the config follows %s", cfg.name, ", ".join(followed))
     staged = f" (written to {out.path} until it succeeds)" if out.staged else ""
     log.info("%s: run folder %s%s", cfg.name, out.final.resolve(), staged)
     if state is None:
@@ -112,6 +121,7 @@ def run(
     started = time.perf_counter()
     reset_peak_memory(p.device)
     last_phase = _LastPhase()
+    monitor = Monitor.of(cfg.train)
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
     should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
@@ -131,13 +141,26 @@ def run(
                 out.append_jsonl("metrics.jsonl", epoch_row(result, trainer.plan, trainer.optimizer.param_groups))
                 if on_epoch:
                     on_epoch(result)
-            if epoch < cfg.train.epochs or result is None:  # after the last epoch, model.pt is the record
+                if monitor.is_new_best(trainer.epochs):
+                    out.save_checkpoint(BEST, trainer.model_file(cfg.train.save, epoch, resolved))
+            stop_early = result is not None and monitor.should_stop(trainer.epochs)
+            if (epoch < cfg.train.epochs and not stop_early) or result is None:  # else model.pt is the record
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
-            if result is None or (epoch < cfg.train.epochs and should_stop()):  # stopped mid-epoch, or between
-                return _stopped(cfg, out, epoch, stats)
+            if result is None or (epoch < cfg.train.epochs and not stop_early and should_stop()):
+                return _stopped(cfg, out, epoch, stats)  # stopped mid-epoch, or between
+            if stop_early:
+                log.info(
+                    "%s: early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
+                    cfg.name,
+                    epoch,
+                    cfg.train.monitor,
+                    monitor.min_delta,
+                    monitor.patience,
+                )
+                break
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
         wall = time.perf_counter() - started
-        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist)
+        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor, sources)
 
 
 @contextmanager
@@ -261,11 +284,15 @@ def _finish(
     wall: float,
     loaders: Loaders,
     dist: Dist | None,
+    monitor: Monitor,
+    sources: dict[str, str],
 ) -> dict[str, Any]:
-    """Verify, measure, save the model and write summary.json."""
+    """Verify, measure, save the model and write summary.json (``sources``: where each
+    preprocessing value came from)."""
+    last = trainer.epochs[-1].epoch  # train.epochs, or the epoch early stopping ended the run after
     if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
         # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
-        out.save_checkpoint(CHECKPOINT, trainer.state_dict(cfg.train.epochs, None, None, resolved))
+        out.save_checkpoint(CHECKPOINT, trainer.state_dict(last, None, None, resolved))
     check = trainer.ledger.verify()
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
@@ -274,7 +301,7 @@ def _finish(
     memory = _memory(p.model, trainer.optimizer, p.device, last_phase.saved)
     sizes = {}
     for mode in ("full", "delta"):
-        content = {**trainer.payload(mode, cfg.train.epochs), "config": resolved, "epoch": cfg.train.epochs}
+        content = trainer.model_file(mode, last, resolved)
         if mode == cfg.train.save:
             sizes[mode] = out.save_checkpoint("model.pt", content)
         else:
@@ -296,6 +323,10 @@ def _finish(
         optimizer_groups=trainer.groups(),
         checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
         run_dir=str(out.final),
+        classes=trainer.classes,
+        preprocessing=Preprocessing.of(cfg.data).to_json() | {"from": sources},
+        best=_best(monitor, trainer),
+        early_stopping=_early_stopping(cfg, monitor, trainer, last),
         distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
     )
     summary = build_summary(facts)
@@ -308,6 +339,33 @@ def _finish(
             (out.path / name).unlink(missing_ok=True)
     out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
     return summary
+
+
+def _best(monitor: Monitor, trainer: Trainer) -> dict[str, Any]:
+    """summary.json's ``best``: which epoch best.pt holds, and why."""
+    best = monitor.best(trainer.epochs)
+    assert best is not None  # a finished run has epochs
+    return {
+        "file": BEST,
+        "epoch": best.epoch,
+        "monitor": monitor.key,
+        "value": monitor.value(best),
+        "val_acc": best.val_acc,
+        "val_loss": best.val_loss,
+    }
+
+
+def _early_stopping(cfg: Config, monitor: Monitor, trainer: Trainer, last: int) -> dict[str, Any] | None:
+    """summary.json's ``early_stopping``: null when not asked for."""
+    if monitor.patience is None:
+        return None
+    return {
+        "patience": monitor.patience,
+        "min_delta": monitor.min_delta,
+        "stopped": last < cfg.train.epochs,
+        "last_epoch": last,
+        "epochs_without_improvement": monitor.epochs_without_improvement(trainer.epochs),
+    }
 
 
 def _replicas(dist: Dist, model: nn.Module, cfg: Config) -> dict[str, Any]:

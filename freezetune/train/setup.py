@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision.models as tvm
 
-from freezetune.config import Config, ConfigError
+from freezetune.config import Config, ConfigError, resolve
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.models import LoadReport, build_model
 from freezetune.plan import (
@@ -72,7 +73,9 @@ def num_outputs(cfg: Config) -> int:
 
 
 def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.device | None = None) -> Prepared:
-    """Build the model, load its weights and apply the freezing plan (no data, no files)."""
+    """Build the model, load its weights and apply the freezing plan (no data, no files).
+    ``Prepared.cfg`` is ``cfg`` with its preprocessing resolved (freezetune.config.resolve)."""
+    cfg, _ = resolve(cfg)
     device = device or resolve_device(cfg.train.device)
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
@@ -102,6 +105,7 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
 
 def steps_per_epoch(cfg: Config) -> int:
     """Optimizer steps per epoch (what the LR schedule is laid out over)."""
+    cfg, _ = resolve(cfg)
     if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
         return 1  # the multiplier is 1 at every step: no need to read the data
     n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg)).train)
@@ -122,13 +126,31 @@ def _check_input_size(model: nn.Module, cfg: Config) -> None:
         raise ConfigError(
             [
                 f"data.image_size: {size} px does not fit {cfg.model.arch} ({reason[:160]}). "
-                "HINT: the size its weights were trained at (224 for most torchvision models)"
+                f"HINT: {_size_hint(model, cfg)}"
             ]
         ) from None
 
 
+def _size_hint(model: nn.Module, cfg: Config) -> str:
+    """The size the architecture takes, from its torchvision weights' metadata where there are any."""
+    fixed = getattr(model, "image_size", None)  # torchvision's ViT lays out its position embeddings for one size
+    if isinstance(fixed, int):
+        return f"{cfg.model.arch} takes exactly {fixed} px (data.image_size: {fixed}, or null to follow the weights)"
+    try:
+        weights = tvm.get_model_weights(cfg.model.arch).DEFAULT
+    except (KeyError, ValueError):  # not a torchvision model, or one without weights
+        return "the size its weights were trained at (224 for most models)"
+    crop = weights.transforms().crop_size[0]
+    low = weights.meta.get("min_size", (1, 1))[0]
+    return (
+        f"{cfg.model.arch} takes {low} px or more; its weights were trained at {crop} "
+        f"(data.image_size: {crop}, or null to follow the weights)"
+    )
+
+
 def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
     """:func:`prepare_model` and the data loaders."""
+    cfg, _ = resolve(cfg)
     k = num_outputs(cfg)
     data_k = num_classes_of(cfg.data) if cfg.data.dataset != "fake" else k
     if data_k > k:

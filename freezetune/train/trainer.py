@@ -9,6 +9,7 @@ freezetune.train.loop is the loop of one epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from freezetune.config import Config, ConfigError, weights_kind
+from freezetune.config import Config, ConfigError, Preprocessing, weights_kind
 from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, apply_plan
 from freezetune.record import EpochResult, FrozenLedger, get_rng_state, load_payload, model_payload, set_rng_state
@@ -29,11 +30,12 @@ from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
 from freezetune.train.setup import Prepared
 
-__all__ = ["STATE_FORMAT", "Partial", "Trainer"]
+__all__ = ["MODEL_FORMAT", "STATE_FORMAT", "Partial", "Trainer"]
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "freezetune-train-state/1"
+MODEL_FORMAT = "freezetune-model/1"  # model.pt and best.pt: weights plus what it takes to use them
 
 
 @dataclass
@@ -56,12 +58,13 @@ class Trainer:
         self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
         self.schedule, self.settings = p.schedule, p.settings
         self.dist = dist
+        self.classes = loaders.classes
         # One generator shuffles every epoch, cached or not: the order does not
         # depend on when a cache was (re)built, and its state is saved with the rest.
         self.generator: torch.Generator = loaders.train.generator  # type: ignore[assignment]
         if dist is not None:  # DistributedSampler shuffles from (seed, epoch); batch_size is per process
             train, val = shard_loaders(loaders.train, loaders.val, dist, cfg.seed)
-            loaders = Loaders(train, val, loaders.num_classes)
+            loaders = dataclasses.replace(loaders, train=train, val=val)
         cap = cfg.train.max_steps_per_epoch
         self.steps_per_epoch = len(loaders.train) if cap is None else min(len(loaders.train), cap)
         self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
@@ -230,6 +233,20 @@ class Trainer:
             "protected": self.ledger.digests,
             "events": self.events,
             "epochs": [vars(e) for e in self.epochs],
+        }
+
+    def model_file(self, save: str, epoch: int, resolved: dict[str, Any]) -> dict[str, Any]:
+        """What ``model.pt`` and ``best.pt`` hold: the weights after ``epoch`` (``save``: full or
+        delta), the resolved config, the class names in output order and the preprocessing:
+        all that predict, evaluate and export need (freezetune.infer)."""
+        return {
+            **self.payload(save, epoch),
+            "format": MODEL_FORMAT,
+            "config": resolved,
+            "epoch": epoch,
+            "num_classes": self.p.num_classes,
+            "classes": self.classes,
+            "preprocessing": Preprocessing.of(self.cfg.data).to_json(),
         }
 
     def payload(self, save: str, epoch: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from freezetune.apps import pretrain_is_current, results_table
-from freezetune.config import Config, from_dict, to_dict
+from freezetune.config import Config, from_dict, resolve, to_dict
 from freezetune.train import run
 
 TINY = {
@@ -34,7 +34,8 @@ def tiny_cfg(out: Path, *overrides: tuple[str, str, object]) -> Config:
 def save_record(cfg: Config, config: dict | None = None, summary: bool = True) -> None:
     """What a finished run leaves behind, as far as pretrain_is_current looks."""
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    state = {"model": {"w": torch.zeros(2)}, "config": to_dict(cfg) if config is None else config, "epoch": 1}
+    saved = to_dict(resolve(cfg)[0]) if config is None else config
+    state = {"model": {"w": torch.zeros(2)}, "config": saved, "epoch": 1}
     torch.save(state, cfg.output_dir / "model.pt")
     if summary:
         (cfg.output_dir / "summary.json").write_text("{}\n")

@@ -244,6 +244,7 @@ def test_a_diverged_run_stops_exit_1_keeps_the_good_checkpoint_and_saves_no_mode
     run = workdir / "runs" / "tiny"
     assert sorted(p.name for p in run.iterdir()) == [
         "FAILED",
+        "best.pt",  # epoch 1's: the best so far, and finite
         "checkpoint.pt",
         "config.yaml",
         "events.jsonl",

@@ -82,7 +82,7 @@ def test_plan_refuses_what_train_would_refuse_and_shows_mixed_modes(
     with pytest.raises(SystemExit) as done:
         main(["plan", "--config", "tiny.yaml", "--depth", "0"])
     assert done.value.code == 2 and "--depth 0: 1 is the top level" in capsys.readouterr().err
-    assert main(["plan", "--config", "tiny.yaml", "train.cache_features=on", "data.augment=true"]) == 2
+    assert main(["plan", "--config", "tiny.yaml", "train.cache_features=on", "data.augment=flip_crop"]) == 2
     assert "train.cache_features: 'on', but the frozen prefix cannot be cached" in capsys.readouterr().err
     edits = ["freeze.preset=until:layer3", "freeze.batchnorm=train", "--depth", "1", "--no-probe"]
     assert main(["plan", "--config", "tiny.yaml", *edits]) == 0

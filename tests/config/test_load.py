@@ -511,9 +511,9 @@ def test_an_invalid_epoch_count_adds_no_second_problem() -> None:
     assert problems_of({"name": "exp", "train": {"epochs": -1}}) == ["train.epochs: -1 must be >= 1"]
 
 
-def test_class_list_item_type_names_index() -> None:
+def test_class_list_mixing_indices_and_names_is_refused() -> None:
     assert problems_of({"name": "exp", "data": {"classes": [1, "two"]}}) == [
-        "data.classes[1]: expected an integer, got 'two'"
+        "data.classes: [1, 'two'] must be all class indices (integers) or all class names (strings)"
     ]
 
 

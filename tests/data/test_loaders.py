@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from freezetune.config import ConfigError, DataConfig
+from freezetune.config import ConfigError, resolve_data
+from freezetune.config import DataConfig as _DataConfig
 from freezetune.data import FMNIST_FILES, build_loaders, ensure_fashion_mnist, num_classes_of
+
+
+def DataConfig(**kwargs) -> _DataConfig:  # noqa: N802 - stands in for the class in these tests
+    """A data section with its preprocessing resolved from the dataset's defaults (no weights)."""
+    return resolve_data(_DataConfig(**kwargs))[0]
 
 
 def write_idx(folder: Path, n: int, gz: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ def listing(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- check_free
 
 
-def test_record_files_are_the_documented_seven() -> None:
+def test_record_files_are_the_documented_eight() -> None:
     assert set(RECORD_FILES) == {
         "config.yaml",
         "freeze_plan.json",
@@ -30,6 +30,7 @@ def test_record_files_are_the_documented_seven() -> None:
         "events.jsonl",
         "summary.json",
         "model.pt",
+        "best.pt",
         "checkpoint.pt",
     }
 

@@ -75,11 +75,11 @@ def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) 
 
 
 def test_random_augmentation_is_refused_with_on_and_falls_back_with_auto(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="train.cache_features: 'on'.*data.augment: true gives every epoch"):
-        run(cfg(tmp_path, "aug_on", **{"data.augment": True, "train.cache_features": "on", "train.epochs": 1}))
+    with pytest.raises(ConfigError, match="train.cache_features: 'on'.*data.augment: flip_crop gives every epoch"):
+        run(cfg(tmp_path, "aug_on", **{"data.augment": "flip_crop", "train.cache_features": "on", "train.epochs": 1}))
     assert not (tmp_path / "aug_on").exists()  # refused before anything was written
-    summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": True, "train.epochs": 1}))
-    assert summary["cache"]["used"] is False and "data.augment: true" in summary["cache"]["reason"]
+    summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": "flip_crop", "train.epochs": 1}))
+    assert summary["cache"]["used"] is False and "data.augment: flip_crop" in summary["cache"]["reason"]
 
 
 def test_batchnorm_in_train_mode_ends_the_cached_prefix(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_mobilenet_splits_and_matches() -> None:
     model = planned("mobilenet_v3_small", "until:features.6")
     split = split_model(model)
     assert split.first_trainable.startswith("features_6")
-    assert prefix_problem(augment=False) is None
+    assert prefix_problem(augment="none") is None
     assert check_split(model, split, torch.randn(2, 3, 64, 64)) <= 1e-5
     # The suffix is the model's own modules: its parameters are the model's, by identity.
     model_params = {id(p) for p in model.parameters()}

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torchvision
 import yaml
 
-from freezetune.config import Config, from_dict, load_config, to_dict
+from freezetune.config import Config, from_dict, load_config, resolve, to_dict
 from freezetune.plan import FreezeError
 from freezetune.record import RECORD_FILES
 from freezetune.train import run
@@ -325,8 +325,10 @@ def test_cli_train_succeeds_and_reports_each_epoch(cli: Cli, record: Record) -> 
 
 
 def test_config_yaml_is_the_fully_resolved_config_with_overrides(cli: Cli, record: Record) -> None:
-    expected = to_dict(load_config(cli.config, cli.overrides))
+    # Resolved: the preprocessing the config left null is written out as used.
+    expected = to_dict(resolve(load_config(cli.config, cli.overrides))[0])
     assert record.config == expected
+    assert record.config["data"]["resize_size"] == record.config["data"]["image_size"] == 32
     assert record.config["train"]["epochs"] == 2
     assert record.config["freeze"]["preset"] == "until:layer3"
     assert record.config["train"]["optimizer"]["lr"] == 0.05
@@ -380,9 +382,14 @@ def test_summary_agrees_with_the_plan_metrics_and_checkpoint(cli: Cli, record: R
 
 def test_model_pt_holds_the_full_state_dict_config_and_epoch(record: Record) -> None:
     ckpt = record.checkpoint
-    assert set(ckpt) == {"model", "config", "epoch"}
+    assert set(ckpt) == {"model", "config", "epoch", "format", "classes", "num_classes", "preprocessing"}
     assert ckpt["config"] == record.config
     assert ckpt["epoch"] == 2
+    # What predict, evaluate and export need without the config: outputs' names and the input's preparation.
+    assert ckpt["format"] == "freezetune-model/1" and ckpt["num_classes"] == 2
+    assert ckpt["classes"] == record.summary["classes"] == ["0", "1"]
+    assert ckpt["preprocessing"] == {k: record.config["data"][k] for k in ckpt["preprocessing"]}
+    assert ckpt["preprocessing"]["image_size"] == 32 and ckpt["preprocessing"]["augment"] == "none"
     state = ckpt["model"]
     expected = two_class_resnet18().state_dict()
     assert list(state) == list(expected)
@@ -449,8 +456,11 @@ def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
     assert done.rc == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"config {cli.config}: resnet18, weights {cli.ckpt_path}, head 'fc'"
-    assert lines[1].split() == ["module", "type", "params", "status", "mode"]
-    table_lines = lines[3 : lines.index("")]  # the per-module table ends at the first blank line
+    # A plain state_dict says nothing of its preprocessing: the dataset's defaults fill what the config leaves open.
+    assert lines[1].startswith("preprocessing: resize 32 (bilinear), center crop 32")
+    assert lines[2].strip() == "resize_size, interpolation, mean, std, augment from fake default"
+    assert lines[3].split() == ["module", "type", "params", "status", "mode"]
+    table_lines = lines[5 : lines.index("")]  # the per-module table ends at the first blank line
     table = {line.split()[0]: line.split(None, 1)[1] for line in table_lines}
     # One row per module that owns parameters: 20 conv, 20 BatchNorm, the head.
     assert len(table) == len(table_lines) == 41
