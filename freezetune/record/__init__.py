@@ -3,6 +3,7 @@ training state), the fingerprints that prove frozen tensors unchanged, and the
 formats of ``metrics.jsonl`` and ``summary.json``."""
 
 from freezetune.record.checkpoint import (
+    MODEL_FORMAT,
     BaseMismatch,
     base_hash,
     delta_keys,
@@ -36,6 +37,7 @@ from freezetune.record.rundir import (
 from freezetune.record.summary import EpochResult, RunFacts, build_summary, epoch_row
 
 __all__ = [
+    "MODEL_FORMAT",
     "FAILED",
     "OWN_FILES",
     "RECORD_FILES",

@@ -27,6 +27,7 @@ from freezetune.config import ConfigError
 from freezetune.record.integrity import fixed_tensors, tensor_digest
 
 __all__ = [
+    "MODEL_FORMAT",
     "BaseMismatch",
     "base_hash",
     "delta_keys",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 DELTA_FORMAT = "freezetune-delta/1"
+MODEL_FORMAT = "freezetune-model/1"  # model.pt and best.pt: the weights plus classes, preprocessing, config
 
 
 class BaseMismatch(ValueError):

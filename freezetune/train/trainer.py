@@ -22,7 +22,15 @@ from torch.utils.data.distributed import DistributedSampler
 from freezetune.config import Config, ConfigError, Preprocessing, weights_kind
 from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, apply_plan
-from freezetune.record import EpochResult, FrozenLedger, get_rng_state, load_payload, model_payload, set_rng_state
+from freezetune.record import (
+    MODEL_FORMAT,
+    EpochResult,
+    FrozenLedger,
+    get_rng_state,
+    load_payload,
+    model_payload,
+    set_rng_state,
+)
 from freezetune.train.distributed import Dist, shard_loaders
 from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch
 from freezetune.train.lr_schedule import LRSchedule, set_lr
@@ -30,12 +38,11 @@ from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
 from freezetune.train.setup import Prepared
 
-__all__ = ["MODEL_FORMAT", "STATE_FORMAT", "Partial", "Trainer"]
+__all__ = ["STATE_FORMAT", "Partial", "Trainer"]
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "freezetune-train-state/1"
-MODEL_FORMAT = "freezetune-model/1"  # model.pt and best.pt: weights plus what it takes to use them
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["LAYERS", "Import", "ImportGraph", "architecture_markdown", "import_graph", "layer_of", "subpackage"]
 
 # Lowest first. A module may import its own subpackage and any *lower* layer; packages
-# on one layer (data, models) stay independent of each other.
+# on one layer (data and models; train and infer) stay independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("utils",),
     ("config",),
@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure",),
     ("record",),
     ("data", "models"),
-    ("train",),
+    ("train", "infer"),
     ("report",),
     ("apps",),
     ("cli",),

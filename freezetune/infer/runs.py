@@ -1,0 +1,117 @@
+"""A finished run's model, ready to use: rebuilt from its ``model.pt`` (the last epoch)
+or ``best.pt`` (the best by ``train.monitor``) with the class names and the
+preprocessing it was trained with (freezetune.train.trainer.MODEL_FORMAT), in eval
+mode with every parameter's ``requires_grad`` off."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+from torchvision.transforms import v2
+
+from freezetune.config import Config, ConfigError, Preprocessing, from_dict
+from freezetune.data import eval_transform
+from freezetune.models import build_model, load_state_dict_file
+from freezetune.record import FAILED, MODEL_FORMAT, read_checkpoint
+
+__all__ = ["CHECKPOINT_FILES", "MODEL_FORMAT", "RunModel", "load_run"]
+
+CHECKPOINT_FILES = {"best": "best.pt", "last": "model.pt"}
+
+
+@dataclass
+class RunModel:
+    """A trained model with what it takes to use it."""
+
+    model: nn.Module  # eval mode, CPU, requires_grad off everywhere
+    classes: list[str]  # the name of each output, in output order
+    preprocessing: Preprocessing
+    config: Config  # the run's resolved config
+    epoch: int  # the epoch whose weights these are
+    path: Path  # the file they were read from
+    run_dir: Path
+
+    def transform(self) -> v2.Compose:
+        """PIL image -> the normalised tensor the model was evaluated on during training."""
+        return eval_transform(self.preprocessing)
+
+    def describe(self) -> str:
+        """One line: which weights, which classes."""
+        return (
+            f"{self.path} ({self.config.model.arch}, epoch {self.epoch}, {len(self.classes)} classes: "
+            f"{', '.join(self.classes[:8])}{' ...' if len(self.classes) > 8 else ''})"
+        )
+
+
+def _finished_model(run: Path, checkpoint: str) -> Path:
+    """The file ``checkpoint`` names in ``run``; ConfigError saying why there is none."""
+    if checkpoint not in CHECKPOINT_FILES:
+        raise ConfigError([f"--checkpoint: {checkpoint!r} is not one of {', '.join(CHECKPOINT_FILES)}"])
+    if not run.is_dir():
+        hint = " (a run folder, e.g. runs/NAME, not a file)" if run.exists() else ""
+        raise ConfigError([f"--run: {run}: no such run folder{hint}"])
+    finished = (run / "model.pt").is_file() and (run / "summary.json").is_file()
+    if not finished:
+        if (run / FAILED).is_file():
+            reason = ((run / FAILED).read_text().splitlines() or [""])[0]
+            raise ConfigError([f"--run: {run} holds a run that failed ({reason}); it has no finished model"])
+        if (run / "checkpoint.pt").is_file():
+            raise ConfigError(
+                [
+                    f"--run: {run} is not finished (it has a checkpoint.pt, no model.pt). "
+                    f"HINT: finish it with freezetune train --config {run}/config.yaml --resume {run}"
+                ]
+            )
+        raise ConfigError([f"--run: {run} has no finished model (no model.pt and summary.json): is it a run folder?"])
+    path = run / CHECKPOINT_FILES[checkpoint]
+    if not path.is_file():
+        raise ConfigError(
+            [
+                f"--checkpoint {checkpoint}: {run} has no {path.name} (a run from before best.pt). HINT: --checkpoint last"
+            ]
+        )
+    return path
+
+
+def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
+    """The model of a finished run, as trained, with its class names and preprocessing.
+
+    Args:
+        run: the run folder (``runs/NAME``).
+        checkpoint: ``best`` (``best.pt``) or ``last`` (``model.pt``).
+
+    Raises:
+        ConfigError: the folder holds no finished model, or its file cannot be used.
+    """
+    run = Path(run).expanduser()
+    path = _finished_model(run, checkpoint)
+    obj = read_checkpoint(path, "--run")
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+        raise ConfigError(
+            [
+                f"--run: {path} was written before freezetune stored class names and preprocessing with the "
+                "model. HINT: train the run again with this version"
+            ]
+        )
+    cfg = from_dict(obj["config"], source=f"{path} (its config)")
+    # The architecture alone: the trained tensors (a delta is applied to its base) replace every weight.
+    model, _ = build_model(dataclasses.replace(cfg.model, weights=None), int(obj["num_classes"]))
+    state = load_state_dict_file(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise ConfigError([f"--run: {path} does not fit {cfg.model.arch}: {first[:200]}"]) from None
+    model.eval().requires_grad_(False)
+    return RunModel(
+        model=model,
+        classes=list(obj["classes"]),
+        preprocessing=Preprocessing.from_json(obj["preprocessing"]),
+        config=cfg,
+        epoch=int(obj["epoch"]),
+        path=path,
+        run_dir=run,
+    )
