@@ -15,6 +15,9 @@ COMMANDS = {
     "plan": ("plan", "show what a config freezes, its optimizer groups, schedule and predicted cost"),
     "compare": ("compare", "train several configs (or read finished runs) and write a comparison report"),
     "benchmark": ("benchmark", "time freezetune's step against a hand-written PyTorch loop"),
+    "predict": ("predict", "predict the classes of image files with a finished run's model"),
+    "evaluate": ("evaluate", "accuracy, per-class precision/recall and confusion matrix on a labelled folder"),
+    "export": ("export", "write a run's model as TorchScript, ExportedProgram or ONNX, checked against it"),
     "demo": ("demo", "the Fashion-MNIST transfer demo (pretrain, fine-tune seven ways, report)"),
     "fetch-data": ("fetch_data", "put Fashion-MNIST under data/FashionMNIST/raw"),
 }

@@ -70,7 +70,8 @@ def _finished_model(run: Path, checkpoint: str) -> Path:
     if not path.is_file():
         raise ConfigError(
             [
-                f"--checkpoint {checkpoint}: {run} has no {path.name} (a run from before best.pt). HINT: --checkpoint last"
+                f"--checkpoint {checkpoint}: {run} has no {path.name} (a run from before best.pt). "
+                "HINT: --checkpoint last"
             ]
         )
     return path
