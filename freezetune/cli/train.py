@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 f"{cfg.name}: {d['world_size']} processes ({d['backend']}), global batch {d['global_batch']}, "
                 f"replicas bitwise identical: {'yes' if d['replicas_identical'] else 'NO'}"
             )
+        best = summary["best"]
+        if best["epoch"] != summary["epochs"] or summary["early_stopping"]:  # best.pt is not simply model.pt
+            stopped = " (early stopping)" if (summary["early_stopping"] or {}).get("stopped") else ""
+            print(
+                f"{cfg.name}: {summary['epochs']} epochs{stopped}; best {best['monitor']} {best['value']:.4f} at "
+                f"epoch {best['epoch']} -> {cfg.output_dir / best['file']}"
+            )
         print(
             f"{cfg.name}: val_acc {summary['final_val_acc']:.4f}, trainable {summary['params_trainable']:,} / "
             f"{summary['params_total']:,}, {frozen} -> {cfg.output_dir}"

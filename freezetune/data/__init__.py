@@ -2,7 +2,13 @@
 name) and seeded sample caps, the transforms of a resolved preprocessing, the image
 loader, and the local copy of Fashion-MNIST."""
 
-from freezetune.data.fashion_mnist import DEBIAN_FMNIST_DIR, FMNIST_FILES, ensure_fashion_mnist
+from freezetune.data.fashion_mnist import (
+    DEBIAN_FMNIST_DIR,
+    FMNIST_FILES,
+    ensure_fashion_mnist,
+    export_png_folder,
+    folder_name,
+)
 from freezetune.data.imagefolder import IMAGE_EXTENSIONS, checked_image_folder, folder_classes, load_image
 from freezetune.data.loaders import Loaders, build_loaders, class_indices, class_names, num_classes_of
 from freezetune.data.transforms import eval_transform, train_transform
@@ -18,7 +24,9 @@ __all__ = [
     "class_names",
     "ensure_fashion_mnist",
     "eval_transform",
+    "export_png_folder",
     "folder_classes",
+    "folder_name",
     "load_image",
     "num_classes_of",
     "train_transform",

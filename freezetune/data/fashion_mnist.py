@@ -1,16 +1,21 @@
 """Fashion-MNIST on local disk: Debian's ``dataset-fashion-mnist`` files when present,
-else torchvision's download."""
+else torchvision's download; and as a folder of PNG files in ImageFolder layout, for
+trying the own-images path on real pictures."""
 
 from __future__ import annotations
 
 import gzip
 import logging
+import re
 import shutil
 from pathlib import Path
 
+import torch
 from torchvision import datasets
 
-__all__ = ["DEBIAN_FMNIST_DIR", "FMNIST_FILES", "ensure_fashion_mnist"]
+from freezetune.config import FASHION_MNIST_CLASSES, ConfigError
+
+__all__ = ["DEBIAN_FMNIST_DIR", "FMNIST_FILES", "ensure_fashion_mnist", "export_png_folder", "folder_name"]
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +55,41 @@ def ensure_fashion_mnist(root: str | Path, system_dir: Path = DEBIAN_FMNIST_DIR,
     datasets.FashionMNIST(str(root), train=True, download=True)
     datasets.FashionMNIST(str(root), train=False, download=True)
     return raw
+
+
+def folder_name(label: str) -> str:
+    """A class name as a folder name: ``T-shirt/top`` -> ``t-shirt_top``, ``Ankle boot`` -> ``ankle_boot``."""
+    return re.sub(r"[^a-z0-9-]+", "_", label.lower()).strip("_")
+
+
+def export_png_folder(root: str | Path, out: str | Path, per_class: int, seed: int = 0) -> dict[str, int]:
+    """Write ``per_class`` training and ``per_class // 4`` validation images of each class as
+    8-bit greyscale PNGs: ``out/train/<class>/<index>.png`` and ``out/val/...`` (from the test split).
+
+    The images are a seeded random choice; the folder must not exist yet (nothing is
+    overwritten). Returns the number of files written per split."""
+    out = Path(out)
+    if out.exists():
+        raise ConfigError([f"--imagefolder: {out} already exists; choose a new folder (nothing was written)"])
+    ensure_fashion_mnist(root)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    written = {}
+    for split, train, n in (("train", True, per_class), ("val", False, max(1, per_class // 4))):
+        ds = datasets.FashionMNIST(str(root), train=train)
+        g = torch.Generator().manual_seed(seed + (0 if train else 1))
+        order = torch.randperm(len(ds), generator=g).tolist()
+        counts = dict.fromkeys(range(len(FASHION_MNIST_CLASSES)), 0)
+        for i in order:
+            label = int(ds.targets[i])
+            if counts[label] >= n:
+                continue
+            folder = tmp / split / folder_name(FASHION_MNIST_CLASSES[label])
+            folder.mkdir(parents=True, exist_ok=True)
+            ds[i][0].save(folder / f"{i:05d}.png")  # the PIL image, 28x28 greyscale
+            counts[label] += 1
+            if all(c >= n for c in counts.values()):
+                break
+        written[split] = sum(counts.values())
+    tmp.rename(out)  # whole or not at all
+    return written

@@ -398,8 +398,13 @@ def test_input_sizes_and_class_counts_that_cannot_work_are_refused_before_anythi
     rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.num_classes=2", "--no-progress")
     assert rc == 2 and "model.num_classes: 2 outputs, but the data has 3 classes" in error_line(err)
     rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.arch=vit_b_16", "--no-progress")
-    assert rc == 2 and "data.image_size: 16 px does not fit vit_b_16 (Wrong image height! Expected 224" in error_line(
-        err
+    line = error_line(err)
+    assert rc == 2 and "data.image_size: 16 px does not fit vit_b_16 (Wrong image height! Expected 224" in line
+    assert line.endswith("HINT: vit_b_16 takes exactly 224 px (data.image_size: 224, or null to follow the weights)")
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.arch=convnext_tiny", "data.image_size=8")
+    assert rc == 2 and error_line(err).endswith(
+        "HINT: convnext_tiny takes 32 px or more; its weights were trained at 224 (data.image_size: 224, or null to "
+        "follow the weights)"
     )
     rc, _, err = command(capsys, "plan", "--config", "tiny.yaml", "model.arch=vit_b_16")
     assert rc == 2 and "does not fit vit_b_16" in error_line(err)

@@ -122,3 +122,21 @@ def test_fake_data_class_subset() -> None:
     loaders = build_loaders(cfg, seed=0)
     labels = {int(loaders.train.dataset[i][1]) for i in range(len(loaders.train.dataset))}
     assert loaders.num_classes == 2 and labels <= {0, 1}
+
+
+def test_fashion_mnist_as_a_png_folder_in_imagefolder_layout(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from freezetune.data import export_png_folder, folder_classes
+
+    images, labels = write_idx(tmp_path / "FashionMNIST" / "raw", 60)  # 6 of each class, train and test alike
+    written = export_png_folder(tmp_path, tmp_path / "png", per_class=4)
+    assert written == {"train": 40, "val": 10}
+    assert folder_classes(tmp_path / "png" / "train")[:3] == ["ankle_boot", "bag", "coat"]
+    first = sorted((tmp_path / "png" / "train" / "t-shirt_top").iterdir())[0]
+    index = int(first.stem)  # the file name is the image's index in the split
+    assert labels[index] == 0
+    assert (Image.open(first).mode, Image.open(first).size) == ("L", (28, 28))
+    assert Image.open(first).tobytes() == images[index].numpy().tobytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        export_png_folder(tmp_path, tmp_path / "png", per_class=4)
