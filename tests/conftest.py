@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -28,3 +30,63 @@ def meta_model() -> Callable[..., nn.Module]:
 def meta_tree() -> Callable[..., ModelTree]:
     """``meta_tree("resnet18", num_classes=3)``: the names-only view plans are built on."""
     return lambda arch, **kwargs: describe(_meta_model(arch, **kwargs))
+
+
+# A package of the user's own models, for model.arch: "ftuser.nets:build". Written under tmp_path and
+# put on sys.path: importable under --import-mode=importlib, and gone (sys.modules too) after the test.
+USER_MODELS = """
+import torch.nn as nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body(self.stem(x))).flatten(1))
+
+
+def build(num_classes, width=8):
+    return TinyNet(num_classes, width)
+
+
+def ignores_num_classes(num_classes):
+    return TinyNet(10)
+
+
+def returns_a_list(num_classes):
+    return [TinyNet(num_classes)]
+
+
+def raises(num_classes):
+    raise ValueError("width must be even")
+
+
+def headless(num_classes):
+    return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(3), nn.ReLU())
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def user_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The package ``ftuser`` (``ftuser.nets``: TinyNet and friends; ``ftuser.broken`` raises on
+    import; ``ftuser.needs_dep`` imports a package that is not installed); returns its name."""
+    root = tmp_path_factory.mktemp("user_models")
+    pkg = root / "ftuser"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(USER_MODELS)
+    (pkg / "broken.py").write_text("raise RuntimeError('CUDA kernels not built')\n")
+    (pkg / "needs_dep.py").write_text("import ftuser_missing_dependency  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    yield "ftuser"
+    for name in [n for n in sys.modules if n == "ftuser" or n.startswith("ftuser.")]:
+        del sys.modules[name]

@@ -38,15 +38,27 @@ from freezetune.config.schema import (
 )
 from freezetune.config.validate import (
     FASHION_MNIST_CLASSES,
+    TIMM_PREFIX,
+    arch_kind,
     classification_models,
     event_problems,
+    exception_line,
     fashion_mnist_index,
+    load_callable,
     semantic_problems,
+    timm_name,
+    timm_pretrained_cfg,
     weights_kind,
 )
 from freezetune.config.values import finite_number, number
 
 __all__ = [
+    "TIMM_PREFIX",
+    "arch_kind",
+    "exception_line",
+    "load_callable",
+    "timm_name",
+    "timm_pretrained_cfg",
     "AUGMENTS",
     "FASHION_MNIST_CLASSES",
     "EarlyStoppingConfig",

@@ -13,6 +13,7 @@ from it live in freezetune.data.transforms."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 import torchvision.models as tvm
 
 from freezetune.config.schema import Config, DataConfig, ModelConfig
-from freezetune.config.validate import weights_kind
+from freezetune.config.validate import timm_name, timm_pretrained_cfg, weights_kind
 
 __all__ = [
     "AUGMENTS",
@@ -110,8 +111,9 @@ def weights_preprocessing(model: ModelConfig) -> tuple[dict[str, Any] | None, st
     """The preprocessing ``model.weights`` were trained with, and a name for where it came
     from; (None, None) when the weights do not say (none, or a plain state_dict file).
 
-    Reads no network: torchvision's come from the weights enum's ``transforms()``, a
-    freezetune file's from its ``preprocessing`` entry (memory-mapped, tensors not read)."""
+    Reads no network: torchvision's come from the weights enum's ``transforms()``, timm's
+    (``timm/<name>`` with DEFAULT) from its registry's pretrained config, a freezetune file's
+    from its ``preprocessing`` entry (memory-mapped, tensors not read)."""
     if not isinstance(model.arch, str) or not isinstance(model.weights, str):
         return None, None
     kind = weights_kind(model.arch, model.weights)
@@ -130,10 +132,33 @@ def weights_preprocessing(model: ModelConfig) -> tuple[dict[str, Any] | None, st
             # torchvision's reference recipes train with RandomResizedCrop + flip.
             "augment": "flip_crop",
         }, f"torchvision:{weights}"
+    if kind == "timm":
+        return _timm_preprocessing(model.arch)
     if kind == "file":
         saved = _saved_preprocessing(Path(model.weights).expanduser())
         return (saved, str(model.weights)) if saved else (None, None)
     return None, None
+
+
+def _timm_preprocessing(arch: str) -> tuple[dict[str, Any] | None, str | None]:
+    """What timm's own ``resolve_data_config`` + ``create_transform`` would do at evaluation, from
+    the pretrained config in timm's registry (no model built, nothing downloaded)."""
+    pcfg = timm_pretrained_cfg(arch)
+    if pcfg is None:
+        return None, None
+    size = int(pcfg.input_size[-1])
+    crop_pct = pcfg.crop_pct or 0.875  # timm.data.DEFAULT_CROP_PCT
+    # timm's crop_mode squash/border (about 1 in 14 pretrained configs) has no equivalent here:
+    # the center crop of the resized shorter side is what the rest use.
+    interpolation = pcfg.interpolation if pcfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
+    return {
+        "image_size": size,
+        "resize_size": math.floor(size / crop_pct),  # as timm.data.transforms_factory computes scale_size
+        "interpolation": interpolation,
+        "mean": list(pcfg.mean),
+        "std": list(pcfg.std),
+        "augment": "flip_crop",  # timm's train transform: RandomResizedCrop + flip (+ its own extras)
+    }, f"timm:{pcfg.hf_hub_id or timm_name(arch)}"
 
 
 def _first(size: Any) -> int:

@@ -1,10 +1,13 @@
-"""Build a torchvision classification model and load pretrained weights into it.
+"""Build a classification model and load pretrained weights into it.
 
-Weights come from torchvision's weights API (downloaded once into the torch hub
-cache) or from a file holding a raw ``state_dict`` or a freezetune checkpoint.
-Loading is strict except at the head: a head whose shape differs from the
-checkpoint's (or that ``reset_head`` asks for) is freshly initialised, and the
-report says so. Any other mismatch is an error, never a silent skip.
+``model.arch`` is a torchvision model, ``timm/<name>`` (timm.create_model) or an import
+path ``module.sub:callable`` called as ``fn(num_classes=K, **model.kwargs)``. Weights come
+from torchvision's weights API (downloaded once into the torch hub cache), timm's
+pretrained weights (``DEFAULT`` with a timm arch: the Hugging Face hub cache), or a file
+holding a raw ``state_dict`` or a freezetune checkpoint. Loading is strict except at the
+head: a head whose shape differs from the checkpoint's (or that ``reset_head`` asks for)
+is freshly initialised, and the report says so. Any other mismatch is an error, never a
+silent skip.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import ConfigError, ModelConfig, weights_kind
+from freezetune.config import (
+    ConfigError,
+    ModelConfig,
+    arch_kind,
+    exception_line,
+    load_callable,
+    timm_name,
+    timm_pretrained_cfg,
+    weights_kind,
+)
 from freezetune.plan.rules import describe, find_head
 from freezetune.record.checkpoint import is_delta, load_payload, read_checkpoint
 
@@ -27,7 +39,8 @@ __all__ = ["LoadReport", "build_model", "load_state_dict_file"]
 class LoadReport:
     """Where the weights came from, which tensors were loaded, and which start fresh (the head)."""
 
-    source: str | None  # "torchvision:ResNet18_Weights.IMAGENET1K_V1", a file path, or None
+    # "torchvision:ResNet18_Weights.IMAGENET1K_V1", "timm:timm/resnet18.a1_in1k", a file path, or None
+    source: str | None
     loaded: list[str] = field(default_factory=list)  # state_dict keys copied from the source
     new: list[str] = field(default_factory=list)  # keys left at their fresh initialisation
     head: str = ""
@@ -88,15 +101,107 @@ def _source_state_dict(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None
                     f"and put it at {cached}"
                 ]
             ) from None
+    if kind == "timm":
+        return _timm_pretrained(cfg)
     path = Path(cfg.weights).expanduser()  # type: ignore[arg-type]
     if not path.is_file():
-        raise ConfigError([f"model.weights: file not found: {path} (nor a weights name of {cfg.arch})"])
+        nor = f" (nor a weights name of {cfg.arch})" if arch_kind(cfg.arch) == "torchvision" else ""
+        raise ConfigError([f"model.weights: file not found: {path}{nor}"])
     return load_state_dict_file(path), str(path)
+
+
+def _timm_pretrained(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """timm's pretrained weights for ``cfg.arch``, as the state_dict of the model timm builds
+    with them (its own head size): timm adapts the file to its model (filter_fn) on the way."""
+    name = timm_name(cfg.arch)
+    pcfg = timm_pretrained_cfg(cfg.arch)
+    overlay = cfg.kwargs.get("pretrained_cfg_overlay")
+    local = overlay.get("file") if isinstance(overlay, dict) else None  # timm's way to read a file of its own
+    source = f"timm:{local or (pcfg.hf_hub_id if pcfg is not None else None) or name}"
+    # The architecture with these kwargs was built already: what fails here is fetching or reading the file.
+    try:
+        return _timm_create(cfg, pretrained=True).state_dict(), source
+    except ConfigError:
+        raise
+    except Exception as exc:  # LocalEntryNotFoundError, URLError, HTTP errors, a bad file: all mean the same here
+        raise ConfigError([_timm_download_problem(name, pcfg, exc)]) from None
+
+
+def _timm_download_problem(name: str, pcfg: object, exc: Exception) -> str:
+    hub_id = getattr(pcfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub.constants import HF_HUB_CACHE  # timm's own dependency, imported with it
+
+        cached = Path(HF_HUB_CACHE) / f"models--{hub_id.split('@')[0].replace('/', '--')}"
+        where = f"({hub_id}) are not in the Hugging Face hub cache ({cached})"
+        url = f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
+    else:
+        url = getattr(pcfg, "url", "") or ""
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        where = f"({url}) are not in the torch hub cache ({cached})"
+    return (
+        f"model.weights: DEFAULT for timm/{name}: its pretrained weights {where} and could not be downloaded "
+        f"({exception_line(exc)}). HINT: where there is internet, run "
+        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" and copy {cached} to the same "
+        f"place here; or download {url} and give model.kwargs: {{pretrained_cfg_overlay: {{file: <that file>}}}}"
+    )
+
+
+def _timm_create(cfg: ModelConfig, **extra: object) -> nn.Module:
+    try:
+        import timm  # optional, and slow to import: only for timm archs
+    except ImportError:
+        raise ConfigError(
+            [f"model.arch: {cfg.arch} needs timm, which is not installed. HINT: pip install 'freezetune[timm]'"]
+        ) from None
+    name = timm_name(cfg.arch)
+    if extra.get("pretrained"):
+        return timm.create_model(name, **cfg.kwargs, **extra)  # the caller says what a failure means
+    try:
+        return timm.create_model(name, pretrained=False, **cfg.kwargs, **extra)
+    except TypeError as exc:  # an argument the model's class does not take
+        raise ConfigError([f"model.kwargs: timm/{name} does not take {cfg.kwargs}: {exception_line(exc)}"]) from None
+    except Exception as exc:  # e.g. a kwarg value the model rejects (img_size not divisible by the patch size)
+        key = "model.kwargs" if cfg.kwargs else "model.arch"
+        raise ConfigError(
+            [f"{key}: timm.create_model({name!r}, **{cfg.kwargs}) failed: {exception_line(exc)}"]
+        ) from None
+
+
+def _architecture(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The model ``cfg.arch`` names, with ``num_classes`` outputs and fresh weights."""
+    kind = arch_kind(cfg.arch)
+    if kind == "torchvision":
+        return tvm.get_model(cfg.arch, weights=None, num_classes=num_classes)
+    if kind == "timm":
+        model = _timm_create(cfg, num_classes=num_classes)
+        if isinstance(getattr(model, "get_classifier", lambda: None)(), tuple):
+            raise ConfigError(
+                [
+                    f"model.arch: {cfg.arch} has two classifier heads (a distilled model: head and head_dist); "
+                    "freezetune trains one. HINT: use the model without distillation (e.g. deit_tiny_patch16_224)"
+                ]
+            )
+        return model
+    fn = load_callable(cfg.arch)
+    call = ", ".join([f"num_classes={num_classes}", *(f"{k}={v!r}" for k, v in cfg.kwargs.items())])
+    try:
+        model = fn(num_classes=num_classes, **cfg.kwargs)
+    except Exception as exc:  # the user's code: one line with where it failed, not a traceback
+        raise ConfigError([f"model.arch: {cfg.arch}({call}) raised {exception_line(exc)}"]) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            [
+                f"model.arch: {cfg.arch}({call}) returned {type(model).__name__}, not a torch.nn.Module. HINT: "
+                "return the model itself (e.g. return MyNet(num_classes))"
+            ]
+        )
+    return model
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, LoadReport]:
     """The architecture with ``num_classes`` outputs, pretrained weights loaded."""
-    model = tvm.get_model(cfg.arch, weights=None, num_classes=num_classes)
+    model = _architecture(cfg, num_classes)
     source, name = _source_state_dict(cfg)
     head = find_head(describe(model))
     report = LoadReport(source=name, head=head)

@@ -78,6 +78,8 @@ class ModelTree:
 
     modules: tuple[ModuleInfo, ...]
     numel: dict[str, int] = field(hash=False)
+    # The module the model names as its classifier (timm's get_classifier()), when it names one.
+    head: str | None = None
 
     @property
     def param_names(self) -> list[str]:
@@ -179,17 +181,42 @@ def describe(model: nn.Module) -> ModelTree:
             numel[full] = p.numel()
         types_ = tuple(c.__name__ for c in type(module).__mro__ if c not in (nn.Module, object))
         modules.append(ModuleInfo(name, types_ or ("Module",), tuple(owned)))
-    return ModelTree(tuple(modules), numel)
+    return ModelTree(tuple(modules), numel, _named_classifier(model))
+
+
+def _named_classifier(model: nn.Module) -> str | None:
+    """The name of the module ``model.get_classifier()`` returns (timm's convention), if it is
+    one module of ``model`` with parameters. timm knows its heads better than the last-Linear
+    rule: an MLP head (``head.fc``, not ``head.fc.fc2``) or a head holding two (repvit's ``head``)."""
+    get = getattr(model, "get_classifier", None)
+    if not callable(get):
+        return None
+    try:
+        head = get()
+    except Exception:  # a user's method of that name that wants arguments, or fails: use the rule
+        return None
+    if not isinstance(head, nn.Module) or next(head.parameters(), None) is None:
+        return None  # a pair of heads (timm's distilled models), nn.Identity, None
+    return next((name for name, m in model.named_modules() if m is head and name), None)
 
 
 def find_head(tree: ModelTree) -> str:
-    """The classification head: the last ``Linear`` that owns parameters (``fc``,
-    ``classifier.3``, ``heads.head``), else the last ``Conv2d`` (squeezenet)."""
+    """The classification head: the module the model's ``get_classifier()`` returns (timm),
+    else the last ``Linear`` that owns parameters (``fc``, ``classifier.3``, ``heads.head``),
+    else the last ``Conv2d`` (squeezenet)."""
+    if tree.head is not None:
+        return tree.head
     for wanted in ("Linear", "Conv2d"):
         for m in reversed(tree.modules):
             if wanted in m.type_names and m.params:  # subclasses of Linear count too
                 return m.name
-    raise FreezeError(["no Linear or Conv2d layer with parameters: cannot tell which module is the head"])
+    raise FreezeError(
+        [
+            "no Linear or Conv2d layer with parameters: cannot tell which module is the head. HINT: end the "
+            "model in an nn.Linear (the last one with parameters is the head), or give it a get_classifier() "
+            "method that returns the head module, as timm's models have"
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- rules

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import Config, ConfigError, resolve
+from freezetune.config import Config, ConfigError, arch_kind, resolve
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.models import LoadReport, build_model
 from freezetune.plan import (
@@ -98,7 +98,7 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
         raise
     if problems:
         raise ConfigError(problems)
-    _check_input_size(model, cfg)
+    _check_input_size(model, cfg, k)
     apply_plan(model, schedule.initial)
     return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
 
@@ -114,13 +114,15 @@ def steps_per_epoch(cfg: Config) -> int:
 
 
 @torch.no_grad()
-def _check_input_size(model: nn.Module, cfg: Config) -> None:
+def _check_input_size(model: nn.Module, cfg: Config, num_classes: int) -> None:
     """One image of ``data.image_size`` through the model (eval mode, no state changes), so an
-    architecture that cannot take that size says so now, not in the middle of the first step."""
+    architecture that cannot take that size says so now, not in the middle of the first step;
+    and its output must be one score per class (a function of the user's that ignores
+    ``num_classes`` would otherwise fail in the loss, or train a head of the wrong size)."""
     size = cfg.data.image_size
     try:
         with eval_mode(model):
-            model(torch.zeros(1, 3, size, size))
+            out = model(torch.zeros(1, 3, size, size))
     except Exception as exc:  # each architecture fails its own way (assert, shape or size errors)
         reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(
@@ -129,13 +131,32 @@ def _check_input_size(model: nn.Module, cfg: Config) -> None:
                 f"HINT: {_size_hint(model, cfg)}"
             ]
         ) from None
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == (1, num_classes)):
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        made = cfg.model.arch
+        if arch_kind(made) == "import":
+            made += f"(num_classes={num_classes}{''.join(f', {k}={v!r}' for k, v in cfg.model.kwargs.items())})"
+        raise ConfigError(
+            [
+                f"model.arch: {made} built a model whose output for one {size} px image is {got}, not a tensor of "
+                f"shape (1, {num_classes}): one score per class. HINT: give the model's last layer num_classes "
+                "outputs (the argument it is called with) and return the logits alone"
+            ]
+        )
 
 
 def _size_hint(model: nn.Module, cfg: Config) -> str:
-    """The size the architecture takes, from its torchvision weights' metadata where there are any."""
+    """The size the architecture takes, from its torchvision weights' metadata (or timm's pretrained
+    config) where there are any."""
     fixed = getattr(model, "image_size", None)  # torchvision's ViT lays out its position embeddings for one size
     if isinstance(fixed, int):
         return f"{cfg.model.arch} takes exactly {fixed} px (data.image_size: {fixed}, or null to follow the weights)"
+    if arch_kind(cfg.model.arch) == "timm":
+        made_for = ((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))[-1]
+        return (
+            f"{cfg.model.arch} is made for {made_for} px (data.image_size: {made_for}); many timm models, ViTs "
+            f"among them, also take model.kwargs: {{img_size: {cfg.data.image_size}}}"
+        )
     try:
         weights = tvm.get_model_weights(cfg.model.arch).DEFAULT
     except (KeyError, ValueError):  # not a torchvision model, or one without weights
