@@ -1,6 +1,6 @@
 """What people read: the printed plan (module table, autograd probe, optimizer groups,
 schedule, predicted cost) and the comparison report of finished runs (Markdown,
-JSON and a plot)."""
+JSON and a plot), and the confusion matrix plot of an evaluation."""
 
 from freezetune.report.plan_view import (
     ModuleRow,
@@ -16,7 +16,7 @@ from freezetune.report.plan_view import (
     render_plan,
     render_schedule,
 )
-from freezetune.report.plot import plot_report
+from freezetune.report.plot import plot_confusion, plot_report
 from freezetune.report.report import MEMORY_KINDS, build_report, load_run, markdown_table, text_table, write_report
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "markdown_table",
     "module_rows",
     "param_rows",
+    "plot_confusion",
     "plot_report",
     "probe_autograd",
     "render_cache",

@@ -1,13 +1,16 @@
-"""The comparison plot: step time split, memory split and accuracy, side by side."""
+"""The plots: the comparison of runs (step time split, memory split and accuracy, side by
+side) and the confusion matrix of an evaluation."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 
-__all__ = ["MiB", "plot_report"]
+__all__ = ["MiB", "plot_confusion", "plot_report"]
 
 MiB = 1024 * 1024
 
@@ -72,4 +75,53 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+_ANNOTATE_MAX = 30  # classes up to which every cell gets its count written in
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> Path:
+    """Draw a confusion matrix (rows true class, columns predicted) as a heat map PNG at ``path``.
+
+    Cells are coloured by their share of the row (the recall of the true class), so that a
+    rare class's mistakes show as clearly as a common one's; each cell is labelled with its
+    count. The file is written whole or not at all.
+    """
+    # Imported here: matplotlib is an optional extra ([report]) and slow to import.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in CI
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(classes), len(classes))
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    n = len(classes)
+    side = min(4 + 0.45 * n, 40)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= _ANNOTATE_MAX:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    colour = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, str(counts[i, j]), ha="center", va="center", fontsize=10 if n <= 10 else 7, color=colour
+                    )
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
