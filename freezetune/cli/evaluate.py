@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         check_counts(args.batch_size)
         run = load_run(args.run, args.checkpoint)
         # The data is checked before the outputs: a wrong --data is the mistake to report first.
+        left_out: list[str] = []
         if args.data:
             source = str(args.data)
-            samples, empty = labelled_images(args.data, run.classes)
+            samples, empty, left_out = labelled_images(args.data, run.classes)
         else:
             data = run.config.data
             source = f"the run's validation split ({data.dataset}{'' if data.dataset == 'fake' else ', ' + data.root})"
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.data:
             for name in empty:
                 print(f"warning: --data: class folder {Path(args.data) / name} holds no image files", file=sys.stderr)
+            if left_out:
+                print(
+                    f"note: --data: left out {len(left_out)} class folder(s) the model was not trained on: "
+                    f"{', '.join(left_out)}",
+                    file=sys.stderr,
+                )
             result = _predict_folder(run, samples, args.batch_size, device)
         else:
             result = predict_dataset(run.model, val, args.batch_size, device)
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             "checkpoint": str(run.path),
             "epoch": run.epoch,
             "data": source,
+            "classes_left_out": left_out,
             **evaluation_report(result.targets, result.probs.argmax(dim=1), run.classes),
             "skipped": result.skipped,
         }

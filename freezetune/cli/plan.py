@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             # bookkeeping, which does not depend on pixel values.
             x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=p.device)
             probe = probe_autograd(p.model, x)
-        print(f"config {args.config}: {cfg.model.arch}, weights {p.load.source}, head '{p.load.head}'")
+        # Everything that reads the data or may refuse the config comes before the first line
+        # printed: a plan that looks valid and then ends in an error would mislead.
+        schedule = render_schedule(p.schedule, cfg, steps_per_epoch(cfg))
+        cache = _cache(cfg, p)
+        weights = p.load.source or "none (random initialisation)"
+        print(f"config {args.config}: {cfg.model.arch}, weights {weights}, head '{p.load.head}'")
         print(_preprocessing(cfg, sources))
         tree = describe(p.model)
         print(render_plan(tree, p.plan, probe, args.depth, p.schedule))
@@ -67,9 +72,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(render_params(param_rows(tree, p.schedule, p.settings, cfg)))
         else:
             print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
-        print(render_schedule(p.schedule, cfg, steps_per_epoch(cfg)))
+        print(schedule)
         print()
-        print(_cache(cfg, p))
+        print(cache)
         if args.estimate and not args.no_estimate:
             print()
             if p.schedule.changes:

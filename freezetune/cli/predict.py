@@ -133,9 +133,10 @@ def output_paths(out: str | None, default: Path, suffixes: tuple[str, ...], over
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
+        why = "" if out else " (the default output: an earlier run of this command wrote it)"
         raise ConfigError(
             [
-                f"--out: {' and '.join(existing)} {verb} already. "
+                f"--out: {' and '.join(existing)} {verb} already{why}. "
                 "HINT: --overwrite replaces, --out PREFIX writes elsewhere"
             ]
         )

@@ -211,6 +211,13 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
     if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):
         value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare on/off as a boolean
     converted = _scalar(tp, value)
+    if converted is _BAD and isinstance(value, bool) and meta and meta.get("was_switch"):
+        now = meta["was_switch"] if value else "none"
+        problems.append(
+            f"{path}: a choice now, not a switch: {now!r} for what {str(value).lower()} meant; "
+            f"one of {', '.join(meta['choices'])}"
+        )
+        return None
     if converted is _BAD and tp is str and meta and meta.get("choices"):
         quoted = " (YAML reads an unquoted on/off/yes/no as true/false: quote it)" if isinstance(value, bool) else ""
         problems.append(f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}{quoted}")

@@ -80,7 +80,9 @@ class DataConfig:
     # Training images only: none (as evaluation), flip_crop (RandomResizedCrop + flip), or
     # that plus one of torchvision's policies.
     augment: Union[str, None] = field(
-        default=None, metadata=_choice("none", "flip_crop", "trivialaugment", "randaugment", "autoaugment")
+        default=None,
+        # A switch before 0.2 (true: flip and crop): name what true and false mean now.
+        metadata=_choice("none", "flip_crop", "trivialaugment", "randaugment", "autoaugment", was_switch="flip_crop"),
     )
     batch_size: int = field(default=64, metadata={"min": 1})
     train_samples: Union[int, None] = field(default=None, metadata={"min": 1, "max": 2**31 - 1})

@@ -265,6 +265,15 @@ def _signature_problems(arch: str, fn: Callable[..., Any], kwargs: dict[str, Any
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin or C extension: no signature to read
         return []
+    takes_k = "num_classes" in sig.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+    )
+    if not takes_k:  # the contract, not the kwargs, is what is missing
+        return [
+            f"model.arch: {arch}{sig} takes no num_classes. HINT: give it a num_classes parameter and build the "
+            "model's last layer with that many outputs (freezetune calls it as "
+            f"{arch.rsplit(':', 1)[-1]}(num_classes=K, **model.kwargs))"
+        ]
     try:
         sig.bind(num_classes=2, **kwargs)
     except TypeError as exc:

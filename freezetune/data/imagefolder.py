@@ -59,7 +59,7 @@ def folder_classes(root: Path) -> list[str]:
 
 
 def checked_image_folder(
-    root: Path, transform: Callable, on_bad_image: str, decode: bool = True
+    root: Path, transform: Callable, on_bad_image: str, decode: bool = True, only: set[str] | None = None
 ) -> tuple[datasets.ImageFolder, list[dict[str, str]]]:
     """An ImageFolder over ``root`` whose every image decodes; returns it and the files left out.
 
@@ -68,6 +68,8 @@ def checked_image_folder(
         transform: applied to each loaded image.
         on_bad_image: ``error`` (ConfigError naming the files) or ``skip`` (leave them out).
         decode: False skips decoding each image (counting samples only).
+        only: the class folders the run uses (data.classes); None: all. Images of other
+            classes are neither decoded nor checked.
     """
     folder_classes(root)
     try:
@@ -78,12 +80,14 @@ def checked_image_folder(
         ) from None
     start = time.perf_counter()
     bad = []
-    for path, _ in ds.samples if decode else []:
+    wanted = {i for i, c in enumerate(ds.classes) if only is None or c in only}
+    checked = [path for path, target in ds.samples if target in wanted] if decode else []
+    for path in checked:
         try:
             load_image(path)
         except Exception as exc:  # PIL raises several kinds for files that are no (whole) image
             bad.append({"path": path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
-    log.info("checked %d images in %s in %.1fs", len(ds.samples), root, time.perf_counter() - start)
+    log.info("checked %d images in %s in %.1fs", len(checked), root, time.perf_counter() - start)
     if bad and on_bad_image == "error":
         shown = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -99,7 +103,7 @@ def checked_image_folder(
         ds.samples = [s for s in ds.samples if s[0] not in skipped]
         ds.imgs, ds.targets = ds.samples, [t for _, t in ds.samples]
         log.warning("left out %d unreadable image(s) in %s (data.on_bad_image: skip)", len(bad), root)
-    empty = [c for i, c in enumerate(ds.classes) if i not in set(ds.targets)]
+    empty = [c for i, c in enumerate(ds.classes) if i in wanted and i not in set(ds.targets)]
     if empty:
         raise ConfigError([f"data.root: {root}: class folder(s) {', '.join(empty)} hold no readable image"])
     return ds, bad

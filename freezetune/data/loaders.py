@@ -145,8 +145,12 @@ def _raw_datasets(
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ConfigError([f"data.root: imagefolder needs the folders {', '.join(missing)}"])
-        train, bad_train = checked_image_folder(root / "train", train_tf, cfg.on_bad_image, check_images)
-        val, bad_val = checked_image_folder(root / "val", tf, cfg.on_bad_image, check_images)
+        # Only the classes data.classes selects are read: a bad file elsewhere in the folder is not this run's.
+        names = folder_classes(root / "train")
+        indices = class_indices(cfg, names)
+        only = None if indices is None else {names[i] for i in indices if i < len(names)}  # beyond: refused below
+        train, bad_train = checked_image_folder(root / "train", train_tf, cfg.on_bad_image, check_images, only)
+        val, bad_val = checked_image_folder(root / "val", tf, cfg.on_bad_image, check_images, only)
         if train.classes != val.classes:
             only = sorted(set(train.classes) ^ set(val.classes))
             raise ConfigError(

@@ -115,17 +115,22 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def labelled_images(root: str | Path, classes: list[str]) -> tuple[list[tuple[Path, int]], list[str]]:
+def labelled_images(root: str | Path, classes: list[str]) -> tuple[list[tuple[Path, int]], list[str], list[str]]:
     """The images of an ImageFolder-layout folder (``root/CLASS/*.png``) with their labels
-    in the model's output order, matched by class name; also the class folders with no image.
+    in the model's output order, matched by class name; also the class folders with no image,
+    and the class folders left out because the model does not know them.
+
+    A model trained on some classes of a folder (``data.classes``) is evaluated on those: the
+    other folders are left out, and said so. A folder that differs from a class only in case, or
+    a ``train``/``val`` level, is a mistake and refused.
 
     Args:
         root: the folder; its sub-folders are the classes (hidden ones are ignored).
-        classes: the model's class names; ``root`` may hold fewer of them, not others.
+        classes: the model's class names.
 
     Raises:
-        ConfigError: ``root`` is not a folder, has no class folders, a class folder the
-            model does not know, or no image at all.
+        ConfigError: ``root`` is not a folder, has no class folders, none the model knows, a
+            folder that is a class but for its case, or no image at all.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -135,9 +140,9 @@ def labelled_images(root: str | Path, classes: list[str]) -> tuple[list[tuple[Pa
     if not folders:
         raise ConfigError([f"--data: {root} has no class folders (expected {root}/CLASS/image.png)"])
     unknown = [f for f in folders if f not in classes]
-    if unknown:
-        lower = {c.lower(): c for c in classes}
-        near = [f"{f!r} is {lower[f.lower()]!r}" for f in unknown if f.lower() in lower]
+    lower = {c.lower(): c for c in classes}
+    near = [f"{f!r} is {lower[f.lower()]!r}" for f in unknown if f.lower() in lower]
+    if unknown and (near or len(unknown) == len(folders)):
         hint = f" (case matters: {', '.join(near)})" if near else ""
         if not near and {"train", "val"} & set(unknown):
             hint = f". HINT: point --data at one split, e.g. --data {root / 'val'}"
@@ -148,14 +153,14 @@ def labelled_images(root: str | Path, classes: list[str]) -> tuple[list[tuple[Pa
             ]
         )
     samples, empty = [], []
-    for name in folders:
+    for name in (f for f in folders if f in classes):
         files = _images_under(root / name)
         samples += [(f, classes.index(name)) for f in files]
         if not files:
             empty.append(name)
     if not samples:
         raise ConfigError([f"--data: {root}: its class folders hold no image files (read: {_extensions()})"])
-    return samples, empty
+    return samples, empty, unknown
 
 
 def _reason(exc: Exception) -> str:

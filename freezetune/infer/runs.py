@@ -77,6 +77,16 @@ def _finished_model(run: Path, checkpoint: str) -> Path:
     return path
 
 
+def _data_root(root: str, trained_in: str | None) -> str:
+    """``data.root`` as the run meant it: a relative path is relative to the folder training ran
+    in, which need not be this process's working directory."""
+    path = Path(root).expanduser()
+    if path.is_absolute() or trained_in is None:
+        return root
+    there = Path(trained_in) / path
+    return str(there) if there.exists() else root  # else as it is: the error names it
+
+
 def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     """The model of a finished run, as trained, with its class names and preprocessing.
 
@@ -98,6 +108,7 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
             ]
         )
     cfg = from_dict(obj["config"], source=f"{path} (its config)")
+    cfg.data.root = _data_root(cfg.data.root, obj.get("cwd"))
     # The architecture alone: the trained tensors (a delta is applied to its base) replace every weight.
     model, _ = build_model(dataclasses.replace(cfg.model, weights=None), int(obj["num_classes"]))
     state = load_state_dict_file(path)

@@ -96,6 +96,7 @@ def run(
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
     p, loaders = prepare(cfg, device)
     trainer = Trainer(cfg, p, loaders, out.path, dist)
+    trainer.preprocessing_from = sources
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     log.info(
         "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
@@ -108,7 +109,7 @@ def run(
         p.device,
     )
     log.info("%s: preprocessing: %s", cfg.name, Preprocessing.of(cfg.data).describe())
-    followed = sorted({src for src in sources.values() if src != "config"})
+    followed = sorted({src.split(" (scaled")[0] for src in sources.values() if src != "config"})
     if followed:
         log.info("%s: preprocessing not set in the config follows %s", cfg.name, ", ".join(followed))
     staged = f" (written to {out.path} until it succeeds)" if out.staged else ""
@@ -160,7 +161,7 @@ def run(
                 break
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
         wall = time.perf_counter() - started
-        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor, sources)
+        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor)
 
 
 @contextmanager
@@ -285,10 +286,8 @@ def _finish(
     loaders: Loaders,
     dist: Dist | None,
     monitor: Monitor,
-    sources: dict[str, str],
 ) -> dict[str, Any]:
-    """Verify, measure, save the model and write summary.json (``sources``: where each
-    preprocessing value came from)."""
+    """Verify, measure, save the model and write summary.json."""
     last = trainer.epochs[-1].epoch  # train.epochs, or the epoch early stopping ended the run after
     if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
         # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
@@ -324,7 +323,7 @@ def _finish(
         checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
         run_dir=str(out.final),
         classes=trainer.classes,
-        preprocessing=Preprocessing.of(cfg.data).to_json() | {"from": sources},
+        preprocessing=Preprocessing.of(cfg.data).to_json() | {"from": trainer.preprocessing_from},
         best=_best(monitor, trainer),
         early_stopping=_early_stopping(cfg, monitor, trainer, last),
         distributed=_replicas(dist, p.model, cfg) if dist is not None else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,9 @@ class Trainer:
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
         self.events: list[dict[str, Any]] = []
         self.epochs: list[EpochResult] = []
+        # Where each preprocessing value came from (freezetune.config.resolve), kept across a resume:
+        # a run resumed from its own config.yaml would otherwise say "config" for all of them.
+        self.preprocessing_from: dict[str, str] = {}
 
     def check_cache_plan(self) -> None:
         """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
@@ -240,6 +244,7 @@ class Trainer:
             "protected": self.ledger.digests,
             "events": self.events,
             "epochs": [vars(e) for e in self.epochs],
+            "preprocessing_from": self.preprocessing_from,
         }
 
     def model_file(self, save: str, epoch: int, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -254,6 +259,9 @@ class Trainer:
             "num_classes": self.p.num_classes,
             "classes": self.classes,
             "preprocessing": Preprocessing.of(self.cfg.data).to_json(),
+            # Relative paths of the config (data.root) are relative to this folder: evaluate and
+            # export, run from elsewhere, find the run's data through it.
+            "cwd": os.getcwd(),
         }
 
     def payload(self, save: str, epoch: int) -> dict[str, Any]:
@@ -302,6 +310,7 @@ class Trainer:
         self.global_step = state["global_step"]
         self.ledger.digests = state["protected"]
         self.events = list(state["events"])
+        self.preprocessing_from = dict(state.get("preprocessing_from") or self.preprocessing_from)
         self.epochs = [EpochResult(**e) for e in state["epochs"]]
         if partial:
             loss_sum, samples = (

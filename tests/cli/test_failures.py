@@ -478,3 +478,19 @@ def test_running_out_of_memory_is_a_fault_with_the_fix(
     monkeypatch.setattr("freezetune.train.runner.epoch_row", oom)
     rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
     assert rc == 1 and error_line(err).endswith("HINT: lower data.batch_size or data.image_size")
+
+
+def test_a_bad_image_in_a_class_the_run_does_not_use_is_not_its_problem(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1, "owl": 2})
+    (workdir / "images" / "train" / "owl" / "broken.png").write_bytes(b"not a png")
+    imagefolder_config(workdir)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 2 and "images/train/owl/broken.png" in error_line(err)
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "data.classes=[dog, cat]", "--no-progress")
+    assert rc == 0, err
+    summary = json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())
+    assert (
+        summary["classes"][:2] == ["dog", "cat"] and summary["train_samples"] == 8 and summary["skipped_images"] == []
+    )

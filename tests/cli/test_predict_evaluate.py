@@ -150,7 +150,10 @@ def test_predict_writes_into_the_run_by_default_and_overwrites_only_when_told(
     before = files(run)
     rc, _, err = command(capsys, "predict", "--run", run, inputs / "grey.png")
     assert rc == 2
-    assert "predictions.csv and " in error_line(err) and "exist already. HINT: --overwrite" in err
+    assert (
+        "predictions.csv and " in error_line(err)
+        and "exist already (the default output: an earlier run of this command wrote it). HINT: --overwrite" in err
+    )
     assert files(run) == before
     rc, _, _ = command(capsys, "predict", "--run", run, inputs / "grey.png", "--overwrite")
     assert rc == 0
@@ -257,18 +260,26 @@ def test_evaluate_without_data_is_the_runs_validation_split(
         assert own[key] == folder[key], key
 
 
-def test_evaluate_refuses_an_unknown_class_and_existing_outputs(
+def test_evaluate_leaves_out_classes_it_was_not_trained_on_and_refuses_existing_outputs(
     trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = shutil.copytree(trained["images"] / "val", tmp_path / "val")
-    png(data / "bird" / "0.png", np.random.default_rng(2))
+    png(data / "bird" / "0.png", np.random.default_rng(2))  # a class of the folder the model does not know
+    rc, out, err = command(capsys, "evaluate", "--run", trained["run"], "--data", data, "--out", tmp_path / "one")
+    assert rc == 0 and "note: --data: left out 1 class folder(s) the model was not trained on: bird" in err
+    report = json.loads((tmp_path / "one.json").read_text())
+    assert report["classes_left_out"] == ["bird"] and report["samples"] == 9  # cat, dog, owl: 3 each
+
+    shutil.rmtree(data / "cat")
+    shutil.rmtree(data / "dog")
+    shutil.rmtree(data / "owl")
     before = files(tmp_path)
     rc, out, err = command(capsys, "evaluate", "--run", trained["run"], "--data", data, "--out", tmp_path / "ev")
-    assert rc == 2 and out == ""
+    assert rc == 2 and out == ""  # nothing in it the model knows
     assert "class folder(s) bird of" in error_line(err) and "which has 3: cat, dog, owl" in err
     assert files(tmp_path) == before
 
-    shutil.rmtree(data / "bird")
+    data = shutil.copytree(trained["images"] / "val", tmp_path / "val2")
     (tmp_path / "ev.png").write_bytes(b"mine")
     before = files(tmp_path)
     rc, _, err = command(capsys, "evaluate", "--run", trained["run"], "--data", data, "--out", tmp_path / "ev")
@@ -284,3 +295,24 @@ def test_evaluate_without_matplotlib_writes_the_json_and_says_why_no_png(
     assert rc == 0
     assert f"note: matplotlib is not installed, so no {tmp_path / 'ev.png'}" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.json"]
+
+
+def test_a_run_with_a_relative_data_root_is_evaluated_from_another_folder(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(trained["images"], tmp_path / "project" / "images")
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = freezetune.config.from_dict(
+        {
+            "name": "rel",
+            "data": {"dataset": "imagefolder", "root": "images", "image_size": 32, "batch_size": 8},
+            "freeze": {"preset": "linear_probe"},
+            "train": {"epochs": 1, "device": "cpu"},
+        }
+    )
+    freezetune.train.run(cfg)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where images/ means nothing
+    rc, out, err = command(capsys, "evaluate", "--run", "../project/runs/rel")
+    assert rc == 0, err
+    assert f"data: the run's validation split (imagefolder, {tmp_path / 'project' / 'images'})" in out

@@ -64,6 +64,13 @@ def test_an_import_path_and_its_kwargs_are_accepted(user_models: str) -> None:
             "argument 'depth'); its signature is (num_classes, width=8)",
         ),
         ("ftuser.nets:build", {"num_classes": 3}, "model.kwargs: num_classes is passed by freezetune"),
+        (
+            "ftuser.nets:forgets_num_classes",
+            {"width": 4},
+            "model.arch: ftuser.nets:forgets_num_classes(width=8) takes no num_classes. HINT: give it a num_classes "
+            "parameter and build the model's last layer with that many outputs (freezetune calls it as "
+            "forgets_num_classes(num_classes=K, **model.kwargs))",
+        ),
         ("resnet18", {"width": 4}, "model.kwargs: {'width': 4} given, but torchvision models take none here"),
     ],
 )

@@ -91,7 +91,8 @@ def test_a_freezetune_model_file_passes_its_preprocessing_on(tmp_path: Path) -> 
         ({"std": [0.5, 0.0, 0.5]}, "data.std: [0.5, 0.0, 0.5] must be > 0"),
         ({"image_size": 64, "resize_size": 48}, "data.resize_size: 48 is smaller than data.image_size 64"),
         ({"augment": "mixup"}, "data.augment: 'mixup' is not one of none, flip_crop, trivialaugment"),
-        ({"augment": True}, "data.augment: expected one of none, flip_crop"),
+        ({"augment": True}, "data.augment: a choice now, not a switch: 'flip_crop' for what true meant; one of none, "),
+        ({"augment": False}, "data.augment: a choice now, not a switch: 'none' for what false meant"),
         ({"interpolation": "lanczos"}, "data.interpolation: 'lanczos' is not one of bilinear, bicubic, nearest"),
     ],
 )

@@ -123,24 +123,29 @@ def test_a_labelled_folder_is_labelled_in_the_models_order_and_may_hold_fewer_cl
     png(tmp_path / "cat" / "1.png")
     (tmp_path / "dog").mkdir()
     (tmp_path / ".cache").mkdir()  # hidden: not a class
-    samples, empty = labelled_images(tmp_path, CLASSES)
+    png(tmp_path / "bird" / "1.png")  # a class of the folder the model was not trained on: left out, and said so
+    samples, empty, left_out = labelled_images(tmp_path, CLASSES)
     assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in samples] == [
         ("cat/1.png", 0),
         ("owl/1.png", 2),
         ("owl/sub/2.png", 2),
     ]
-    assert empty == ["dog"]
+    assert empty == ["dog"] and left_out == ["bird"]
 
 
 @pytest.mark.parametrize(
     ("folders", "words"),
     [
-        (["cat", "Bird"], "class folder(s) Bird of {root} are not classes of the model, which has 3: cat, dog, owl"),
+        (
+            ["bird", "emu"],
+            "class folder(s) bird, emu of {root} are not classes of the model, which has 3: cat, dog, owl",
+        ),
+        (["cat", "Dog", "emu"], "(case matters: 'Dog' is 'dog')"),
         (["Dog"], "(case matters: 'Dog' is 'dog')"),
         (["train", "val"], "HINT: point --data at one split, e.g. --data {root}/val"),
         ([], "has no class folders (expected {root}/CLASS/image.png)"),
     ],
-    ids=["unknown class", "case differs", "dataset root", "no class folders"],
+    ids=["no known class", "case differs beside others", "case differs", "dataset root", "no class folders"],
 )
 def test_a_labelled_folder_the_model_cannot_score_is_one_problem(
     tmp_path: Path, folders: list[str], words: str

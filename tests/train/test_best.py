@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from freezetune.config import Config, from_dict
 from freezetune.train import StopRequest, run
@@ -119,8 +120,12 @@ def test_an_interrupted_early_stopping_run_resumes_to_the_same_end(
     ref_folder, ref = stopped_early
     cfg = config(tmp_path, "early", epochs=8, early_stopping={"patience": 2})
     assert run(cfg, stop=StopAfter(stop_at))["interrupted"]
-    done = run(cfg, resume=tmp_path / "early")
+    # Resumed from the run's own config.yaml (as `freezetune predict` suggests for an unfinished run): its
+    # preprocessing is all explicit there, yet the record still says where each value first came from.
+    saved = from_dict(yaml.safe_load((tmp_path / "early" / "config.yaml").read_text()))
+    done = run(saved, resume=tmp_path / "early")
     assert done["early_stopping"] == ref["early_stopping"] and done["best"] == ref["best"]
+    assert done["preprocessing"] == ref["preprocessing"] and done["preprocessing"]["from"]["mean"] == "fake default"
     for name in ("model.pt", "best.pt"):
         assert same(tensors(tmp_path / "early" / name), tensors(ref_folder / name)), name
     strip = ("epoch_time_s", "samples_per_s")

@@ -382,7 +382,7 @@ def test_summary_agrees_with_the_plan_metrics_and_checkpoint(cli: Cli, record: R
 
 def test_model_pt_holds_the_full_state_dict_config_and_epoch(record: Record) -> None:
     ckpt = record.checkpoint
-    assert set(ckpt) == {"model", "config", "epoch", "format", "classes", "num_classes", "preprocessing"}
+    assert set(ckpt) == {"model", "config", "epoch", "format", "classes", "num_classes", "preprocessing", "cwd"}
     assert ckpt["config"] == record.config
     assert ckpt["epoch"] == 2
     # What predict, evaluate and export need without the config: outputs' names and the input's preparation.
