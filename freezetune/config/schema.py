@@ -107,6 +107,10 @@ class FreezeConfig:
     # eval: frozen modules behave as frozen (Dropout, stochastic depth off), pinned like
     # BatchNorm (freezetune.plan.rules); train: only BatchNorm is pinned.
     frozen_modules: str = field(default="eval", metadata=_choice("eval", "train"))
+    # Frozen parameters stored in this dtype (no fp32 master copy is needed for what never
+    # updates): half their memory, no per-step autocast casts. An unfreeze event casts a
+    # tensor back to fp32 before it trains (freezetune.plan.apply).
+    frozen_dtype: str = field(default="fp32", metadata=_choice("fp32", "bf16", "fp16"))
     # Events at the start of an epoch: {epoch: N, unfreeze: P, lr_scale: F} or {epoch: N, freeze: P}
     # (freezetune/schedule.py). P is a module name, parameter name or glob, as in `rules`.
     schedule: list[dict] = field(default_factory=list)
@@ -124,10 +128,13 @@ class FreezeConfig:
 class OptimizerConfig:
     """``train.optimizer``: which optimizer, at what learning rate."""
 
-    name: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
+    name: str = field(default="sgd", metadata=_choice("sgd", "adam", "adamw"))
     lr: float = field(default=0.01, metadata={"min_exclusive": 0.0})
-    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})  # sgd
+    nesterov: bool = False  # sgd (needs momentum > 0)
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = field(default=1e-8, metadata={"min_exclusive": 0.0})  # adam, adamw
 
 
 @dataclass
@@ -191,6 +198,22 @@ class TrainConfig:
     # Checkpoints hold every tensor (full), or only those that were ever trainable plus
     # a hash of the base weights they apply to (delta).
     save: str = field(default="full", metadata=_choice("full", "delta"))
+    # fp32, or autocast to bf16 / fp16 on the run's device (fp16 with a gradient scaler);
+    # the loss is computed in fp32; evaluation runs in the same precision.
+    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16", "fp16"))
+    # Model and inputs in channels-last memory format (faster convolutions in low precision).
+    channels_last: bool = False
+    # Micro-batches per optimizer step; steps (LR schedule, max_steps_per_epoch, logs) count
+    # optimizer steps, and an epoch's last group may hold fewer micro-batches.
+    accumulate: int = field(default=1, metadata={"min": 1})
+    # Clip the gradients' total norm (over the trainable parameters) before each step; null: off.
+    clip_grad_norm: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0})
+    label_smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 0.99})
+    # torch.compile the net that trains; rebuilt (and so recompiled) when the trainable set changes.
+    compile: bool = False
+    # Where metrics go besides metrics.jsonl: csv (metrics.csv, steps.csv) and tensorboard
+    # (tb/ in the run folder; the tensorboard extra).
+    log: list[str] = field(default_factory=lambda: ["jsonl"])
     # What "best" means for best.pt and early stopping: validation accuracy (higher is
     # better) or validation loss (lower is better).
     monitor: str = field(default="val_acc", metadata=_choice("val_acc", "val_loss"))

@@ -24,6 +24,7 @@ from freezetune.config.schema import Config, ConfigError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "LOGGERS",
     "TIMM_PREFIX",
     "arch_kind",
     "classification_models",
@@ -450,9 +451,25 @@ def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> l
     return problems
 
 
+LOGGERS = ("jsonl", "csv", "tensorboard")
+
+
 def _train_problems(cfg: Config) -> list[str]:
     groups = cfg.train.param_groups if isinstance(cfg.train.param_groups, list) else []
     _, problems = parse_param_groups(g for g in groups if g is not None)
+    opt = cfg.train.optimizer
+    if opt.nesterov is True and opt.name != "sgd":
+        problems.append(f"train.optimizer.nesterov: only for sgd (the optimizer is {opt.name})")
+    if opt.nesterov is True and opt.name == "sgd" and isinstance(opt.momentum, float) and opt.momentum == 0:
+        problems.append("train.optimizer.nesterov: needs train.optimizer.momentum > 0")
+    betas = opt.betas
+    if isinstance(betas, list) and (len(betas) != 2 or any(isinstance(b, float) and not 0 <= b < 1 for b in betas)):
+        problems.append(f"train.optimizer.betas: {betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    logs = cfg.train.log
+    if isinstance(logs, list):
+        unknown = [x for x in logs if x not in LOGGERS]
+        if unknown:
+            problems.append(f"train.log: {unknown} not among {', '.join(LOGGERS)}")
     sched = cfg.train.scheduler
     if sched.name == "onecycle" and isinstance(sched.warmup_epochs, float) and sched.warmup_epochs > 0:
         problems.append("train.scheduler.warmup_epochs: onecycle warms up by itself (train.scheduler.pct_start)")
