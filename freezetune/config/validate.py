@@ -425,7 +425,23 @@ def _freeze_problems(cfg: Config) -> list[str]:
         near = difflib.get_close_matches(preset, _NAMED_PRESETS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         problems.append(f"freeze.preset: {preset!r} is not one of {', '.join(PRESETS)}{hint}")
+    problems.extend(_frozen_dtype_problems(cfg.freeze.frozen_dtype, cfg.train.precision))
     return problems
+
+
+def _frozen_dtype_problems(frozen: Any, precision: Any) -> list[str]:
+    """Frozen weights in bf16/fp16 are only fed inputs of their dtype under autocast to it."""
+    if frozen not in ("bf16", "fp16") or precision not in ("fp32", "bf16", "fp16") or frozen == precision:
+        return []  # a value outside the choices is reported as such
+    why = (
+        f"the frozen layers would get fp32 inputs and {frozen} weights"
+        if precision == "fp32"
+        else f"autocast would cast the {frozen} weights to {precision} at every step"
+    )
+    return [
+        f"freeze.frozen_dtype: {frozen} needs train.precision: {frozen}, and train.precision is {precision}: {why}. "
+        f"HINT: train.precision: {frozen}, or freeze.frozen_dtype: fp32"
+    ]
 
 
 def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> list[str]:

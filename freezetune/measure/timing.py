@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from freezetune.utils.modules import eval_mode
+from freezetune.utils.precision import autocast
 
 __all__ = ["PHASES", "PhaseMedians", "StepClock", "device_clock", "eval_speed", "medians"]
 
@@ -59,11 +60,22 @@ class StepClock:
         self._steps -= 1
 
     def durations(self) -> list[tuple[float, ...]]:
-        """Seconds per phase for every timed, completed step."""
+        """Seconds per phase (data, forward, backward, optimizer) for every timed, completed
+        step; a step of several micro-batches (gradient accumulation) laps forward and backward
+        once per micro-batch, summed here."""
         if self.cuda:
             torch.cuda.synchronize()
-            return [tuple(a.elapsed_time(b) / 1000.0 for a, b in zip(m, m[1:])) for m in self._marks]
-        return [tuple(b - a for a, b in zip(m, m[1:])) for m in self._marks]
+            laps = [[a.elapsed_time(b) / 1000.0 for a, b in zip(m, m[1:])] for m in self._marks]
+        else:
+            laps = [[b - a for a, b in zip(m, m[1:])] for m in self._marks]
+        return [_fold(d) for d in laps]
+
+
+def _fold(laps: list[float]) -> tuple[float, ...]:
+    """data, forward_1, backward_1, ..., forward_n, backward_n, optimizer -> the four phases."""
+    if len(laps) < 4 or len(laps) % 2:
+        return tuple(laps)  # not a training step's pattern (a caller's own use): as measured
+    return (laps[0], sum(laps[1:-1:2]), sum(laps[2:-1:2]), laps[-1])
 
 
 @dataclass
@@ -116,16 +128,18 @@ def device_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def eval_speed(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, rounds: int = 3) -> dict:
+def eval_speed(
+    model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, rounds: int = 3, precision: str = "fp32"
+) -> dict:
     """Forward throughput in eval mode under ``inference_mode`` versus the same
-    forward with autograd recording, interleaved over ``rounds``.
+    forward with autograd recording, interleaved over ``rounds``, both in ``precision``.
 
     The gap is what not tracking gradients saves: no graph nodes, no tensors
     saved for backward, no version counters."""
 
     def timed(mode: type) -> float:
         start = device_clock(device)
-        with mode():
+        with mode(), autocast(device, precision):
             for x in batches:
                 model(x)
         return device_clock(device) - start

@@ -1,8 +1,16 @@
 """The training loop: backward through the trainable parameters only, evaluation
-under ``inference_mode``. Read it top to bottom; nothing here knows about files."""
+under ``inference_mode``. Read it top to bottom; nothing here knows about files.
+
+A *step* is one optimizer step. With ``accumulate: N`` it is made of N micro-batches
+(the last step of an epoch of fewer when the loader runs out), each micro-batch's loss
+weighted by its share of the step's samples, so that N batches of B train as one batch
+of N*B would (exactly so for a model without batch statistics: BatchNorm in train mode
+normalises each micro-batch by its own mean and variance). Forward passes run under
+autocast in ``precision``; the loss is computed in fp32; fp16 scales it (GradScaler)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -18,6 +26,7 @@ from freezetune.measure.memory import SavedBytes, count_saved_tensors
 from freezetune.measure.timing import StepClock, device_clock
 from freezetune.record.summary import EpochResult
 from freezetune.utils.modules import eval_mode
+from freezetune.utils.precision import autocast
 
 __all__ = [
     "Diverged",
@@ -29,6 +38,7 @@ __all__ = [
     "evaluate",
     "fit_epoch",
     "no_progress",
+    "steps_in",
     "train_one_epoch",
 ]
 
@@ -100,6 +110,19 @@ class LoopOptions:
     # trainer checks the weights after each epoch instead.
     check_finite: bool = True
     max_nonfinite: int = 0
+    precision: str = "fp32"  # autocast dtype of the forward passes (freezetune.utils.precision)
+    channels_last: bool = False  # inputs in channels-last memory format (the model is converted by setup)
+    accumulate: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: float | None = None  # max total norm of the trainable gradients
+    label_smoothing: float = 0.0
+    scaler: torch.amp.GradScaler | None = None  # fp16: scales the loss so small gradients survive
+    on_step: Callable[[int, torch.Tensor], None] | None = None  # after each optimizer step: (step, mean loss)
+
+
+def steps_in(n_batches: int, accumulate: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of an epoch of ``n_batches`` micro-batches (the last group may be short)."""
+    n = math.ceil(n_batches / accumulate)
+    return n if max_steps is None else min(n, max_steps)
 
 
 def train_one_epoch(
@@ -111,8 +134,8 @@ def train_one_epoch(
     desc: str = "train",
 ) -> EpochStats:
     """One pass over ``loader``, each step timed by phase (see :class:`LoopOptions`)."""
-    max_steps, progress, count_saved = options.max_steps, options.progress, options.count_saved
-    before_step, stop, resume = options.before_step, options.stop, options.resume
+    o = options
+    accumulate = o.accumulate
     model.train()  # frozen BatchNorm stays in eval: freezetune.plan.apply pins it
     clock = StepClock(device)
     total_loss = torch.zeros((), device=device)
@@ -120,56 +143,82 @@ def train_one_epoch(
     last_finite: float | None = None
     saved = None
     interrupted = False
-    n_batches = len(loader) if max_steps is None else min(len(loader), max_steps)
-    batches = iter(progress(loader, desc, n_batches))
-    if resume is not None:
+    n_steps = steps_in(len(loader), accumulate, o.max_steps)
+    batches = iter(o.progress(loader, desc, min(len(loader), n_steps * accumulate)))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if o.resume is not None:
         # The same shuffle (the caller restored the loader's generator), minus the
         # batches already trained on. Fetching them replays their augmentation draws;
         # after_skip then puts back the RNG states saved at the interrupt.
-        for _ in range(resume.steps):
+        for _ in range(o.resume.steps * accumulate):
             next(batches)
-        total_loss.fill_(resume.loss_sum)
-        seen, steps = resume.samples, resume.steps
-        if resume.after_skip:
-            resume.after_skip()
-    while steps < n_batches:
+        total_loss.fill_(o.resume.loss_sum)
+        seen, steps = o.resume.samples, o.resume.steps
+        if o.resume.after_skip:
+            o.resume.after_skip()
+    while steps < n_steps:
         clock.start()
-        try:
-            x, y = next(batches)
-        except StopIteration:
+        group = list(itertools.islice(batches, accumulate))
+        if not group:
             clock.drop_last()
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        memory = torch.channels_last if o.channels_last else torch.contiguous_format
+        group = [
+            (x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)) for x, y in group
+        ]
         clock.lap()
-        if before_step:
-            before_step(steps)
+        if o.before_step:
+            o.before_step(steps)
         # set_to_none: frozen parameters keep .grad None, trainable ones skip a memset.
         optimizer.zero_grad(set_to_none=True)
-        # Counting saved tensors costs a hook call per saved tensor: one step is enough.
-        with count_saved_tensors(model) if (count_saved and steps == 0) else nullcontext() as counted:
-            loss = F.cross_entropy(model(x), y)
+        n = sum(y.shape[0] for _, y in group)
+        step_loss = torch.zeros((), device=device)
+        finite = True
+        for j, (x, y) in enumerate(group):
+            # Counting saved tensors costs a hook call per saved tensor: one micro-batch is enough.
+            count = o.count_saved and steps == 0 and j == 0
+            with count_saved_tensors(model) if count else nullcontext() as counted:
+                with autocast(device, o.precision):
+                    logits = model(x)
+                # In fp32 whatever the forward's dtype: log-softmax over low-precision logits loses digits.
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
+                clock.lap()
+                if o.check_finite:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        finite = False
+                        break
+                    last_finite = value
+                share = loss * (y.shape[0] / n) if len(group) > 1 else loss
+                (o.scaler.scale(share) if o.scaler is not None else share).backward()
             clock.lap()
-            if options.check_finite:
-                value = loss.item()
-                if not math.isfinite(value):
-                    nonfinite += 1
-                    if nonfinite > options.max_nonfinite:
-                        raise Diverged(steps + 1, last_finite)
-                    clock.drop_last()  # skipped: no backward, no optimizer step
-                    steps += 1
-                    continue
-                last_finite = value
-            loss.backward()
+            saved = counted or saved
+            # A detached tensor: no graph is kept alive, and on CUDA no per-step host sync.
+            step_loss.add_(loss.detach(), alpha=y.shape[0])  # one kernel, no temporary
+        if not finite:
+            nonfinite += 1
+            if nonfinite > o.max_nonfinite:
+                raise Diverged(steps + 1, last_finite)
+            clock.drop_last()  # skipped: no optimizer step
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            continue
+        if o.clip_grad_norm is not None:
+            if o.scaler is not None:
+                o.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(params, o.clip_grad_norm)
+        if o.scaler is not None:
+            o.scaler.step(optimizer)  # skipped by the scaler when a gradient overflowed
+            o.scaler.update()
+        else:
+            optimizer.step()
         clock.lap()
-        optimizer.step()
-        clock.lap()
-        saved = counted or saved
-        # Accumulate a detached tensor: no graph is kept alive, and on CUDA no
-        # per-step host sync (one .item() at the end).
-        total_loss.add_(loss.detach(), alpha=x.shape[0])  # one kernel, no temporary
-        seen += x.shape[0]
+        total_loss.add_(step_loss)
+        seen += n
         steps += 1
-        if stop and steps < n_batches and stop():
+        if o.on_step:
+            o.on_step(steps, step_loss / n)
+        if o.stop and steps < n_steps and o.stop():
             interrupted = True
             break
     loss_sum = total_loss.item()
@@ -181,17 +230,26 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, reduce: Reduce | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    reduce: Reduce | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) with no autograd state at all; the model's mode is restored.
-    With ``reduce``, the sums of every process's shard: the metrics of the whole set."""
+    """(mean loss, accuracy) with no autograd state at all, the forward in ``precision``; the
+    model's mode is restored. With ``reduce``, the sums of every process's shard: the metrics
+    of the whole set."""
+    memory = torch.channels_last if channels_last else torch.contiguous_format
     with eval_mode(model):
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         n = 0
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
+            x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            logits = logits.float()
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += y.shape[0]
@@ -230,7 +288,9 @@ def fit_epoch(
     elapsed = device_clock(device) - start
     if stats.interrupted:
         return None, stats
-    val_loss, val_acc = evaluate(eval_model or model, val_loader, device, reduce)
+    val_loss, val_acc = evaluate(
+        eval_model or model, val_loader, device, reduce, options.precision, options.channels_last
+    )
     loss, samples = stats.loss, stats.samples
     if reduce is not None:  # the epoch's loss and throughput over every process
         sums = reduce(torch.tensor([stats.loss_sum, float(stats.samples)], dtype=torch.float64, device=device))

@@ -78,8 +78,12 @@ def make_optimizer(
         raise ValueError("no parameter requires grad: nothing to optimize")
     groups = _groups(named, cfg, settings, event_scales, epoch, factor)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    # adam adds weight decay to the gradient (L2), adamw decays the weights directly (decoupled).
+    kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def add_trainable(

@@ -29,6 +29,7 @@ from freezetune.measure import (
     medians,
     optimizer_state_bytes,
     param_bytes,
+    param_bytes_by_dtype,
     peak_memory,
     reset_peak_memory,
 )
@@ -296,7 +297,7 @@ def _finish(
     if not check.unchanged or not check.grads_none:
         log.error("frozen tensors changed: %s", check.changed[:10])
     target = trainer.target
-    speed = _speed(target.eval_net, target.val_loader, p.device, last_phase.durations, cfg.data.batch_size)
+    speed = _speed(target.eval_net, target.val_loader, p.device, last_phase.durations, cfg)
     memory = _memory(p.model, trainer.optimizer, p.device, last_phase.saved)
     sizes = {}
     for mode in ("full", "delta"):
@@ -318,6 +319,7 @@ def _finish(
         speed=speed,
         memory=memory,
         cache=target.cache_info,
+        compile=target.compile_json(),
         events=[e for e in trainer.events if e["event"] != "optimizer"],
         optimizer_groups=trainer.groups(),
         checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
@@ -387,17 +389,26 @@ def _speed(
     val_loader: torch.utils.data.DataLoader,
     device: torch.device,
     durations: list[tuple[float, ...]],
-    batch_size: int,
+    cfg: Config,
 ) -> dict[str, Any]:
     """summary.json's ``speed``: step phases after warm-up, and evaluation with and without
-    autograd on ``net`` (what trained: the model, or its suffix when the cache was used)."""
+    autograd on ``net`` (what trained: the model, or its suffix when the cache was used), in
+    the run's precision and memory format."""
+    t, batch_size = cfg.train, cfg.data.batch_size
     phases = medians(durations, WARMUP_STEPS)
-    speed: dict[str, Any] = {"warmup_steps": WARMUP_STEPS, "batch_size": batch_size}
+    speed: dict[str, Any] = {
+        "warmup_steps": WARMUP_STEPS,
+        "batch_size": batch_size,
+        "accumulate": t.accumulate,
+        "precision": t.precision,
+        "channels_last": t.channels_last,
+    }
     if phases is not None:
         speed.update(phases.to_json())
-        speed["train_samples_per_s"] = batch_size / phases.step
-    batches = [x.to(device) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
-    speed.update(eval_speed(net, batches, device, rounds=2))
+        speed["train_samples_per_s"] = batch_size * t.accumulate / phases.step  # a step: accumulate batches
+    memory = torch.channels_last if t.channels_last else torch.contiguous_format
+    batches = [x.to(device, memory_format=memory) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
+    speed.update(eval_speed(net, batches, device, rounds=2, precision=t.precision))
     return speed
 
 
@@ -411,6 +422,7 @@ def _memory(
     return {
         "param_bytes_trainable": trainable,
         "param_bytes_frozen": frozen,
+        "param_bytes_by_dtype": param_bytes_by_dtype(model),  # freeze.frozen_dtype moves frozen bytes to bf16/fp16
         "grad_bytes": grad_bytes(model),  # the last step's gradients are still held
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         **(saved or SavedBytes()).to_json(),

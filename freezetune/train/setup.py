@@ -24,7 +24,8 @@ from freezetune.plan import (
     build_schedule,
     describe,
 )
-from freezetune.utils import eval_mode
+from freezetune.train.loop import steps_in
+from freezetune.utils import eval_mode, precision_problem
 
 __all__ = [
     "Prepared",
@@ -77,6 +78,9 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     ``Prepared.cfg`` is ``cfg`` with its preprocessing resolved (freezetune.config.resolve)."""
     cfg, _ = resolve(cfg)
     device = device or resolve_device(cfg.train.device)
+    problem = precision_problem(device, cfg.train.precision)
+    if problem:
+        raise ConfigError([problem])
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
@@ -99,8 +103,10 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     if problems:
         raise ConfigError(problems)
     _check_input_size(model, cfg, k)
-    apply_plan(model, schedule.initial)
-    return Prepared(cfg, model.to(device), schedule.initial, load, device, schedule, settings, k)
+    apply_plan(model, schedule.initial, cfg.freeze.frozen_dtype)
+    # channels_last changes strides, not values: convolutions pick faster kernels (NHWC), above all in bf16.
+    memory = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    return Prepared(cfg, model.to(device, memory_format=memory), schedule.initial, load, device, schedule, settings, k)
 
 
 def steps_per_epoch(cfg: Config) -> int:
@@ -108,9 +114,8 @@ def steps_per_epoch(cfg: Config) -> int:
     cfg, _ = resolve(cfg)
     if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
         return 1  # the multiplier is 1 at every step: no need to read the data
-    n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg)).train)
-    cap = cfg.train.max_steps_per_epoch
-    return n if cap is None else min(n, cap)
+    n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg), check_images=False).train)
+    return steps_in(n, cfg.train.accumulate, cfg.train.max_steps_per_epoch)
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from freezetune.record import (
     set_rng_state,
 )
 from freezetune.train.distributed import Dist, shard_loaders
-from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch
+from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch, steps_in
 from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
@@ -73,17 +73,23 @@ class Trainer:
         if dist is not None:  # DistributedSampler shuffles from (seed, epoch); batch_size is per process
             train, val = shard_loaders(loaders.train, loaders.val, dist, cfg.seed)
             loaders = dataclasses.replace(loaders, train=train, val=val)
-        cap = cfg.train.max_steps_per_epoch
-        self.steps_per_epoch = len(loaders.train) if cap is None else min(len(loaders.train), cap)
+        # Optimizer steps: with train.accumulate, several batches make one.
+        self.steps_per_epoch = steps_in(len(loaders.train), cfg.train.accumulate, cfg.train.max_steps_per_epoch)
+        # fp16's narrow range needs the loss scaled up for small gradients to survive; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
         self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
         self.global_step = 0
         self.plan: FreezePlan = self.schedule.initial
         self.optimizer = make_optimizer(self.model, cfg.train.optimizer, self.settings, {}, 1, self.lr.factor(0))
         check_optimizer(self.optimizer, self.model)
-        self.ledger = FrozenLedger(self.model, self.plan)  # digests at the moment each tensor froze
+        self.ledger = FrozenLedger(self.model, self.plan, cfg.freeze.frozen_dtype)  # digests as each tensor froze
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
         self.events: list[dict[str, Any]] = []
         self.epochs: list[EpochResult] = []
+        # Called after every optimizer step with (global step, mean loss tensor, {group name: lr}):
+        # per-step logs (freezetune.record.logs); None: nothing to call.
+        self.step_hook: Callable[[int, torch.Tensor, dict[str, float]], None] | None = None
+        self._epoch_first_step = 0
         # Where each preprocessing value came from (freezetune.config.resolve), kept across a resume:
         # a run resumed from its own config.yaml would otherwise say "config" for all of them.
         self.preprocessing_from: dict[str, str] = {}
@@ -103,7 +109,7 @@ class Trainer:
         # Tensors about to leave protection must still be bitwise what they were.
         new_plan = phase.plan
         leaving = self.ledger.move_to(new_plan)
-        apply_plan(self.model, new_plan)
+        apply_plan(self.model, new_plan, self.cfg.freeze.frozen_dtype)  # up-casts what it unfreezes
         removed = remove_frozen(self.optimizer)
         groups = add_trainable(
             self.optimizer,
@@ -176,20 +182,29 @@ class Trainer:
             resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(partial.rng))
         start_state = self.generator.get_state()
         first = (epoch - 1) * self.steps_per_epoch
+        self._epoch_first_step = first
 
         def before_step(i: int) -> None:
             self.global_step = first + i
             set_lr(self.optimizer, self.lr.factor(self.global_step))
 
+        t = self.cfg.train
         options = LoopOptions(
-            self.cfg.train.max_steps_per_epoch,
+            t.max_steps_per_epoch,
             progress,
             count_saved,
             before_step,
             stop,
             resume,
             check_finite=self.dist is None,
-            max_nonfinite=self.cfg.train.max_nonfinite,
+            max_nonfinite=t.max_nonfinite,
+            precision=t.precision,
+            channels_last=t.channels_last,
+            accumulate=t.accumulate,
+            clip_grad_norm=t.clip_grad_norm,
+            label_smoothing=t.label_smoothing,
+            scaler=self.scaler,
+            on_step=self._on_step if self.step_hook is not None else None,
         )
         result, stats = fit_epoch(
             epoch,
@@ -203,10 +218,16 @@ class Trainer:
             reduce=self.dist.sum_ if self.dist is not None else None,
         )
         self.global_step = first + stats.steps
+        target.steps_done(stats.durations)  # train.compile: the first step after a compile is its cost
         self.check_finite(epoch)
         if result is not None:
             self.epochs.append(result)
         return result, stats, start_state
+
+    def _on_step(self, step: int, loss: torch.Tensor) -> None:
+        if self.step_hook is not None:
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            self.step_hook(self._epoch_first_step + step, loss, lrs)
 
     def check_finite(self, epoch: int) -> None:
         """Raise :class:`Diverged` when a trainable parameter holds NaN or inf: such weights are
@@ -234,6 +255,7 @@ class Trainer:
             "global_step": self.global_step,
             **self.payload(self.cfg.train.save, epoch),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "group_names": [g.get("name") for g in self.optimizer.param_groups],
             "rng": get_rng_state(),
             # Every rank's own generators (collective: every rank builds the state, rank 0 writes it).
@@ -298,6 +320,8 @@ class Trainer:
         try:
             load_payload(self.model, state, where)
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])  # the loss scale it had reached
         except (RuntimeError, ValueError, KeyError) as exc:  # shapes or groups that do not fit
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise ConfigError(
