@@ -12,6 +12,7 @@ import torch.nn as nn
 import torchvision
 
 from freezetune.plan import ModelTree, describe
+from freezetune.train import StopRequest
 
 
 def _meta_model(arch: str, **kwargs: object) -> nn.Module:
@@ -94,3 +95,20 @@ def user_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     yield "ftuser"
     for name in [n for n in sys.modules if n == "ftuser" or n.startswith("ftuser.")]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def stop_after() -> Callable[[int], StopRequest]:
+    """``stop_after(n)``: a stop request that says yes from the n-th time the training loop asks
+    (it asks once after every step but an epoch's last, and once after each epoch)."""
+
+    class StopAfter(StopRequest):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n, self.calls = n, 0
+
+        def __call__(self) -> bool:
+            self.calls += 1
+            return self.requested or self.calls >= self.n
+
+    return StopAfter

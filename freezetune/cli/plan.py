@@ -23,6 +23,7 @@ from freezetune.report import (
     render_schedule,
 )
 from freezetune.train import Prepared, cache_on_refused, prepare_model, preview_cache, steps_per_epoch
+from freezetune.utils import autocast
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             # A random batch of the configured shape: the probe reads autograd's
             # bookkeeping, which does not depend on pixel values.
             x = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size, device=p.device)
-            probe = probe_autograd(p.model, x)
+            with autocast(p.device, cfg.train.precision):  # as training runs it (bf16 frozen weights need it)
+                probe = probe_autograd(p.model, x)
         # Everything that reads the data or may refuse the config comes before the first line
         # printed: a plan that looks valid and then ends in an error would mislead.
         schedule = render_schedule(p.schedule, cfg, steps_per_epoch(cfg))

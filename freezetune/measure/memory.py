@@ -19,6 +19,7 @@ __all__ = [
     "grad_bytes",
     "optimizer_state_bytes",
     "param_bytes",
+    "param_bytes_by_dtype",
     "peak_memory",
     "reset_peak_memory",
     "storage_bytes",
@@ -45,6 +46,15 @@ def param_bytes(model: nn.Module) -> tuple[int, int]:
         storage_bytes(p for p in params if p.requires_grad),
         storage_bytes(p for p in params if not p.requires_grad),
     )
+
+
+def param_bytes_by_dtype(model: nn.Module) -> dict[str, int]:
+    """Parameter bytes per dtype (``{"float32": ..., "bfloat16": ...}``, dtypes in first-seen
+    order): what ``freeze.frozen_dtype`` moves from one to the other."""
+    by: dict[str, list[torch.Tensor]] = {}
+    for p in model.parameters():
+        by.setdefault(str(p.dtype).removeprefix("torch."), []).append(p)
+    return {dtype: storage_bytes(ps) for dtype, ps in by.items()}
 
 
 def grad_bytes(model: nn.Module) -> int:

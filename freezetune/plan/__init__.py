@@ -5,7 +5,17 @@ settings, and the one small step that applies a plan to a live model.
 Everything but :mod:`freezetune.plan.apply` works on names only (a
 :class:`ModelTree`) and is tested without training."""
 
-from freezetune.plan.apply import apply_plan, is_pinned_eval, pin_eval, trainable_parameters, unpin_eval
+from freezetune.plan.apply import (
+    NORM_TYPES,
+    apply_plan,
+    is_pinned_eval,
+    norm_parameters,
+    pin_eval,
+    set_dtype,
+    stored_dtypes,
+    trainable_parameters,
+    unpin_eval,
+)
 from freezetune.plan.groups import Setting, assign_settings, stage_depths
 from freezetune.plan.rules import (
     FreezeError,
@@ -24,6 +34,7 @@ from freezetune.plan.rules import (
 from freezetune.plan.schedule import Event, Phase, Schedule, build_schedule
 
 __all__ = [
+    "NORM_TYPES",
     "Event",
     "FreezeError",
     "FreezePlan",
@@ -41,10 +52,13 @@ __all__ = [
     "find_head",
     "is_pinned_eval",
     "match_rule",
+    "norm_parameters",
     "pin_eval",
     "plan_from_config",
     "preset_rules",
+    "set_dtype",
     "stage_depths",
+    "stored_dtypes",
     "suggest_names",
     "trainable_parameters",
     "unpin_eval",

@@ -4,7 +4,9 @@ A *delta* stores only the tensors that may have changed (every parameter that
 was ever trainable, every buffer not pinned throughout) plus where the base
 weights came from and a hash of every tensor it leaves out. Frozen tensors are
 bitwise unchanged by training (freezetune.record.integrity checks it), so base plus
-delta is the trained model exactly; a different base is refused by the hash.
+delta is the trained model exactly; a different base is refused by the hash. Frozen
+tensors stored in low precision (``freeze.frozen_dtype``) are hashed so: the delta names
+their dtypes, and the base is cast the same way before it is hashed.
 
 Everything is plain tensors and Python data, so ``torch.load(weights_only=True)``
 reads it; freezetune.record.rundir writes it through a temporary file and ``os.replace``.
@@ -24,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from freezetune.config import ConfigError
+from freezetune.plan import set_dtype
 from freezetune.record.integrity import fixed_tensors, tensor_digest
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
 
 DELTA_FORMAT = "freezetune-delta/1"
 MODEL_FORMAT = "freezetune-model/1"  # model.pt and best.pt: the weights plus classes, preprocessing, config
+# The dtypes freeze.frozen_dtype stores frozen tensors in, by the names a delta records.
+_LOW = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class BaseMismatch(ValueError):
@@ -117,13 +122,20 @@ def model_payload(
     if save == "full":
         return {"model": state}
     keys = delta_keys(model, frozen, pinned)
+    left_out = [k for k in state if k not in set(keys)]
+    # Tensors left out in bf16/fp16 (freeze.frozen_dtype): the base is cast so before it is hashed.
+    dtypes = {k: _dtype_name(state[k].dtype) for k in left_out if state[k].dtype in _LOW.values()}
     return {
         "delta": {
             "format": DELTA_FORMAT,
             "tensors": {k: state[k] for k in keys},
-            "base": {**base, "hash": base_hash(state, keys), "tensors": len(state) - len(keys)},
+            "base": {**base, "hash": base_hash(state, keys), "tensors": len(left_out), "dtypes": dtypes},
         }
     }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def is_delta(obj: Any) -> bool:
@@ -141,7 +153,15 @@ def load_payload(model: nn.Module, obj: dict[str, Any], where: str = "checkpoint
     unknown = sorted(set(delta["tensors"]) - set(state))
     if unknown:
         raise BaseMismatch(f"{where}: the delta holds tensors this model does not have: {unknown[:5]}")
-    now = base_hash(state, list(delta["tensors"]))
+    # Stored as the trained model stored them: frozen tensors in their low precision (bitwise what
+    # training kept, so the hash holds), the delta's own tensors in their saved dtype.
+    recorded = delta["base"].get("dtypes", {})  # none before frozen_dtype existed
+    odd = sorted({name for name in recorded.values() if name not in _LOW})
+    if odd:
+        raise BaseMismatch(f"{where}: the delta records base tensors in dtypes freezetune does not store: {odd}")
+    wanted = {k: _LOW[name] for k, name in recorded.items() if k in state}  # a missing one: the hash tells
+    wanted |= {k: t.dtype for k, t in delta["tensors"].items() if t.dtype in _LOW.values()}
+    now = base_hash({k: t.to(wanted[k]) if k in wanted else t for k, t in state.items()}, list(delta["tensors"]))
     if now != delta["base"]["hash"]:
         src = delta["base"].get("model", {}).get("weights")
         raise BaseMismatch(
@@ -150,6 +170,8 @@ def load_payload(model: nn.Module, obj: dict[str, Any], where: str = "checkpoint
             "the trained model. HINT: restore the original base weights file, or use a checkpoint saved with "
             "train.save: full"
         )
+    for key, dtype in wanted.items():
+        set_dtype(model, key, dtype)
     model.load_state_dict(delta["tensors"], strict=False)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from freezetune.plan.apply import stored_dtypes
 from freezetune.plan.rules import FreezePlan
 
 __all__ = [
@@ -91,20 +92,33 @@ class FrozenLedger:
 
     A schedule moves the ledger from plan to plan: tensors that become frozen are
     hashed then; tensors that an event unfreezes are checked against the digest
-    from when they froze, so "unchanged until its event" is proven per tensor."""
+    from when they froze, so "unchanged until its event" is proven per tensor.
 
-    def __init__(self, model: nn.Module, plan: FreezePlan) -> None:
-        self.model, self.plan = model, plan
-        self.digests = fingerprint(model, plan)
+    With ``frozen_dtype`` (``freeze.frozen_dtype``) a tensor is hashed as it is *stored*
+    while frozen (in bf16, say): :meth:`move_to` runs before the new plan is applied, so it
+    hashes a newly frozen tensor cast as :func:`freezetune.plan.apply_plan` will cast it, and
+    checks a released one before its up-cast."""
+
+    def __init__(self, model: nn.Module, plan: FreezePlan, frozen_dtype: str | None = None) -> None:
+        self.model, self.plan, self.frozen_dtype = model, plan, frozen_dtype
+        self.digests = {n: tensor_digest(t) for n, t in self._as_stored(plan).items()}
+
+    def _as_stored(self, plan: FreezePlan) -> dict[str, torch.Tensor]:
+        """What ``plan`` protects, each tensor in the dtype it is stored in under ``plan``."""
+        tensors = protected_tensors(self.model, plan)
+        if self.frozen_dtype is None:
+            return tensors
+        dtypes = stored_dtypes(self.model, plan, self.frozen_dtype)
+        return {n: t.to(dtypes[n]) if n in dtypes else t for n, t in tensors.items()}  # no copy when equal
 
     def move_to(self, plan: FreezePlan) -> dict[str, bool]:
-        """Follow the trainable set to ``plan``.
+        """Follow the trainable set to ``plan``; call it before applying ``plan``.
 
         Returns:
             For each tensor ``plan`` no longer protects: whether it is still bitwise
             what it was when it froze.
         """
-        before, after = protected_tensors(self.model, self.plan), protected_tensors(self.model, plan)
+        before, after = protected_tensors(self.model, self.plan), self._as_stored(plan)
         released = {n: tensor_digest(before[n]) == d for n, d in self.digests.items() if n not in after}
         # Newly protected tensors are hashed now; the others keep the digest from when they froze.
         self.digests = {n: self.digests.get(n) or tensor_digest(t) for n, t in after.items()}

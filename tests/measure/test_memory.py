@@ -16,10 +16,11 @@ from freezetune.measure import (
     grad_bytes,
     optimizer_state_bytes,
     param_bytes,
+    param_bytes_by_dtype,
     peak_memory,
     storage_bytes,
 )
-from freezetune.plan import apply_plan, describe, plan_from_config
+from freezetune.plan import apply_plan, describe, norm_parameters, plan_from_config
 
 F32 = 4
 
@@ -146,3 +147,25 @@ print(high, low)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     high, low = map(int, done.stdout.split())
     assert low < high - 100 * 1024 * 1024  # the 128 MiB peak is forgotten
+
+
+def test_parameter_bytes_by_dtype() -> None:
+    model = mlp()
+    assert param_bytes_by_dtype(model) == {"float32": 23 * F32}
+    model[0].weight.data = model[0].weight.data.to(torch.bfloat16)
+    assert param_bytes_by_dtype(model) == {"bfloat16": 12 * 2, "float32": 11 * F32}
+
+
+def test_frozen_dtype_bf16_halves_the_frozen_bytes_it_casts_exactly() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    plan = plan_from_config(describe(model), "linear_probe", [], "eval")
+    apply_plan(model, plan, "fp32")
+    trainable, frozen = param_bytes(model)
+    assert (trainable, frozen) == (1539 * F32, 11_176_512 * F32)
+    norms = sum(model.get_parameter(n).numel() for n in norm_parameters(model)) * F32  # kept fp32
+    assert norms == 9600 * F32
+    apply_plan(model, plan, "bf16")
+    assert param_bytes(model) == (trainable, (frozen - norms) // 2 + norms)
+    assert param_bytes_by_dtype(model) == {"bfloat16": (frozen - norms) // 2, "float32": trainable + norms}
+    assert param_bytes_by_dtype(model)["bfloat16"] == 22_333_824

@@ -17,6 +17,7 @@ from freezetune.plan import (
     is_pinned_eval,
     pin_eval,
     plan_from_config,
+    stored_dtypes,
     trainable_parameters,
     unpin_eval,
 )
@@ -280,3 +281,108 @@ def test_an_optimizer_on_trainable_parameters_changes_only_them(model: nn.Sequen
     after = dict(model.named_parameters())
     assert [n for n in before if torch.equal(before[n], after[n])] == until_3.frozen
     assert [n for n in before if not torch.equal(before[n], after[n])] == until_3.trainable
+
+
+# --------------------------------------------------------------------------- frozen_dtype
+
+BF16 = torch.bfloat16
+
+
+def dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    return {n: t.dtype for n, t in model.state_dict().items()}
+
+
+def test_frozen_dtype_stores_frozen_parameters_low_and_normalisation_layers_in_fp32(model: nn.Sequential) -> None:
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = {n: id(p) for n, p in model.named_parameters()}
+    plan = make_plan(model, [{"until": "3"}])
+    assert stored_dtypes(model, plan, "bf16") == {
+        "0.weight": BF16,
+        "0.bias": BF16,
+        "1.weight": torch.float32,  # BatchNorm: frozen, but kept fp32
+        "1.bias": torch.float32,
+        **{n: torch.float32 for n in ("3.weight", "3.bias", "4.weight", "4.bias", "7.weight", "7.bias")},
+    }
+    apply_plan(model, plan, "bf16")
+    got = dtypes(model)
+    assert got["0.weight"] == got["0.bias"] == BF16
+    assert {n for n, d in got.items() if d == BF16} == {"0.weight", "0.bias"}  # buffers never
+    assert got["1.num_batches_tracked"] == torch.int64
+    # The same Parameter objects, holding the bf16 rounding of the weight.
+    assert {n: id(p) for n, p in model.named_parameters()} == ids
+    assert torch.equal(model[0].weight, before["0.weight"].to(BF16))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.dtype == torch.float32)
+
+
+def test_unfreezing_up_casts_in_place_and_freezing_casts_down(model: nn.Sequential) -> None:
+    pretrained = model[0].weight.detach().clone()
+    weight = model[0].weight
+    apply_plan(model, make_plan(model, [{"until": "3"}]), "bf16")
+    apply_plan(model, make_plan(model, [], preset="full"), "bf16")  # an unfreeze event
+    assert model[0].weight is weight and weight.dtype == torch.float32 and weight.requires_grad
+    assert torch.equal(weight, pretrained.to(BF16).float())  # the bf16 rounding, exactly, in fp32
+    assert {d for d in dtypes(model).values()} == {torch.float32, torch.int64}
+    apply_plan(model, make_plan(model, [{"freeze": "7"}]), "fp16")  # a freeze event
+    assert model[7].weight.dtype == model[7].bias.dtype == torch.float16
+    apply_plan(model, make_plan(model, [], preset="full"))  # None: a look at a plan leaves dtypes alone
+    assert model[7].weight.dtype == torch.float16
+    apply_plan(model, make_plan(model, [], preset="full"), "fp32")
+    assert model[7].weight.dtype == torch.float32
+
+
+def test_frozen_dtype_fp32_changes_nothing(model: nn.Sequential) -> None:
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    apply_plan(model, make_plan(model, [], preset="linear_probe"), "fp32")
+    assert all(t.dtype == before[n].dtype and torch.equal(t, before[n]) for n, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "norm", [nn.BatchNorm2d(4), nn.LayerNorm([4, 3, 3]), nn.GroupNorm(2, 4)], ids=lambda m: type(m).__name__
+)
+def test_normalisation_layers_with_bf16_weights_refuse_fp32_inputs_on_cpu(norm: nn.Module) -> None:
+    # Why frozen_dtype keeps them fp32: an fp32 input reaches a norm layer wherever an fp32
+    # tensor joins the stream first (ViT's pos_embedding), and autocast does not cast for it.
+    x = torch.randn(2, 4, 3, 3)
+    with torch.autocast("cpu", dtype=BF16):
+        assert norm.eval()(x).dtype == torch.float32  # fp32 weights: fine
+        assert norm(x.to(BF16)).dtype == BF16
+        norm.to(BF16)
+        with pytest.raises(RuntimeError, match="mixed dtype"):
+            norm(x)
+
+
+def _forward_case(arch: str, preset: str, heavy: bool = False) -> pytest.param:
+    kwargs = {"image_size": 32} if arch.startswith("vit") else {}  # 4 patches of 16 px
+    return pytest.param(arch, kwargs, preset, id=f"{arch}-{preset}", marks=[pytest.mark.heavy] if heavy else [])
+
+
+# bitfit's backward runs through the whole net (2-3 s each): ViT's, with bf16 Linear weights and
+# trainable fp32 biases, is the fast set's; convnext_tiny takes 1.5 s to build.
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "preset"),
+    [
+        _forward_case("resnet18", "linear_probe"),
+        _forward_case("mobilenet_v3_small", "linear_probe"),
+        _forward_case("vit_b_16", "linear_probe"),
+        _forward_case("vit_b_16", "bitfit"),
+        _forward_case("resnet18", "bitfit", heavy=True),
+        _forward_case("mobilenet_v3_small", "bitfit", heavy=True),
+        _forward_case("convnext_tiny", "linear_probe", heavy=True),
+        _forward_case("convnext_tiny", "bitfit", heavy=True),
+    ],
+)
+def test_a_forward_under_autocast_takes_bf16_frozen_weights(arch: str, kwargs: dict, preset: str) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(arch, num_classes=3, **kwargs)
+    apply_plan(net, make_plan(net, [], preset=preset), "bf16")
+    low = [n for n, p in net.named_parameters() if p.dtype == BF16]
+    assert low and all(not net.get_parameter(n).requires_grad for n in low)
+    x = torch.randn(2, 3, 32, 32)  # two images: a BatchNorm that trains needs more than one value
+    with torch.autocast("cpu", dtype=BF16):
+        out = net.train()(x)  # pinned modules stay in eval
+    out.float().sum().backward()
+    assert out.shape == (2, 3) and bool(torch.isfinite(out).all())
+    assert all(p.grad is None for p in net.parameters() if not p.requires_grad)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)

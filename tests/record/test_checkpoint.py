@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from freezetune.plan import set_dtype
 from freezetune.record import (
     BaseMismatch,
     RunDir,
@@ -404,3 +405,65 @@ def test_atomic_write_bytes_uses_a_hidden_sibling_temporary(tmp_path: Path, monk
     assert seen == [".model.pt.tmp"]
     assert listing(tmp_path) == ["model.pt"]
     assert (tmp_path / "model.pt").read_bytes() == b"abc"
+
+
+# --------------------------------------------------------------------------- frozen_dtype
+
+
+def trained_bf16(base_state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """As a freeze.frozen_dtype: bf16 run leaves it: the frozen conv stored in bf16
+    (the BatchNorm, a normalisation layer, in fp32)."""
+    model = trained_from(base_state)
+    for key in ("0.weight", "0.bias"):
+        set_dtype(model, key, torch.bfloat16)
+    return model
+
+
+def test_a_delta_names_the_low_precision_dtypes_of_what_it_leaves_out(base_state: dict[str, torch.Tensor]) -> None:
+    delta = model_payload(trained_bf16(base_state), "delta", FROZEN, PINNED, BASE)["delta"]
+    assert delta["base"]["dtypes"] == {"0.weight": "bfloat16", "0.bias": "bfloat16"}
+    assert model_payload(trained_from(base_state), "delta", FROZEN, PINNED, BASE)["delta"]["base"]["dtypes"] == {}
+
+
+def test_fp32_base_plus_a_bf16_delta_is_the_trained_model_bitwise(base_state: dict[str, torch.Tensor]) -> None:
+    trained = trained_bf16(base_state)
+    buf = io.BytesIO()
+    torch.save(model_payload(trained, "delta", FROZEN, PINNED, BASE), buf)
+    buf.seek(0)
+    model = fresh_base(base_state)  # fp32, as freezetune.models rebuilds a base
+    weight = model[0].weight
+    load_payload(model, torch.load(buf, weights_only=True))
+    assert_same_state(model, trained)  # dtypes included: the conv is bf16 again
+    assert model[0].weight is weight  # cast in place
+
+
+def test_a_bf16_delta_refuses_a_changed_base_and_leaves_it_as_it_was(base_state: dict[str, torch.Tensor]) -> None:
+    payload = model_payload(trained_bf16(base_state), "delta", FROZEN, PINNED, BASE)
+    model = fresh_base(base_state)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] += 1.0  # survives the bf16 rounding
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(BaseMismatch, match="HINT"):
+        load_payload(model, payload)
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_a_bf16_delta_takes_a_base_that_differs_below_bf16s_resolution(base_state: dict[str, torch.Tensor]) -> None:
+    # The hash covers the tensors as training stored them, so a base that rounds to the same
+    # bf16 tensor rebuilds the trained model exactly, which is all the hash promises.
+    trained = trained_bf16(base_state)
+    payload = model_payload(trained, "delta", FROZEN, PINNED, BASE)
+    model = fresh_base(base_state)
+    w = model[0].weight.data
+    w.view(-1).view(torch.int32)[0] ^= 1  # one fp32 ulp
+    assert torch.equal(w.to(torch.bfloat16), base_state["0.weight"].to(torch.bfloat16))
+    load_payload(model, payload)
+    assert_same_state(model, trained)
+
+
+def test_a_delta_recording_another_dtype_is_refused(base_state: dict[str, torch.Tensor]) -> None:
+    payload = model_payload(trained_bf16(base_state), "delta", FROZEN, PINNED, BASE)
+    payload["delta"]["base"]["dtypes"]["0.weight"] = "load"
+    with pytest.raises(BaseMismatch, match=r"ck.pt: the delta records base tensors in dtypes .*\['load'\]"):
+        load_payload(fresh_base(base_state), payload, where="ck.pt")
