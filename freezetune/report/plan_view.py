@@ -166,6 +166,8 @@ def render_cache(previews: list[tuple[int, dict]], mode: str, n_images: int) -> 
             lines.append(f"  from epoch {epoch}: not used: {p['reason']}")
             continue
         shape = "x".join(str(d) for d in p["shape"])
+        if p.get("dtype", "float32") != "float32":  # the compute dtype (train.precision), when not fp32
+            shape += f" {p['dtype']}"
         lines.append(
             f"  from epoch {epoch}: used: the prefix's output '{p['frontier']}' ({shape} per image) is computed once, "
             f"before '{p['first_trainable']}'; {_size(p['bytes'])} in {p['storage']}, "

@@ -4,6 +4,7 @@ Ctrl-C handling, the trainer across schedule phases, and one run end to end."""
 
 from freezetune.train.cache import (
     CacheRefused,
+    Compute,
     FeatureCache,
     Split,
     build_cache,
@@ -26,7 +27,7 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import TrainTarget, cache_on_refused, preview_cache
+from freezetune.train.nets import TrainTarget, cache_on_refused, compute_of, preview_cache
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -51,6 +52,7 @@ __all__ = [
     "CHECKPOINT",
     "STATE_FORMAT",
     "CacheRefused",
+    "Compute",
     "Dist",
     "Diverged",
     "EpochStats",
@@ -70,6 +72,7 @@ __all__ = [
     "cached_loaders",
     "check_optimizer",
     "check_split",
+    "compute_of",
     "evaluate",
     "fit_epoch",
     "group_label",

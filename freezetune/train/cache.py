@@ -10,10 +10,16 @@ suffix trains the model.
 
 The prefix is deterministic by construction (frozen modules are pinned in eval by
 ``freeze.frozen_modules: eval``; Dropout with p = 0 is the same in both modes);
-random augmentation of the input still rules the cache out."""
+random augmentation of the input still rules the cache out.
+
+The prefix runs as a training step runs the network (:class:`Compute`: the same autocast
+precision and input memory format), and its output is stored in the dtype it comes out in
+(bf16 under ``train.precision: bf16``: half the bytes), so the suffix sees bitwise the
+features an uncached step computes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +35,11 @@ from torchvision.ops import StochasticDepth, stochastic_depth
 from freezetune.measure.timing import device_clock
 from freezetune.plan.apply import is_pinned_eval
 from freezetune.utils.modules import eval_mode, first_tensor
+from freezetune.utils.precision import autocast
 
 __all__ = [
     "CacheRefused",
+    "Compute",
     "FeatureCache",
     "Split",
     "build_cache",
@@ -196,16 +204,49 @@ def prefix_problem(augment: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Compute:
+    """How a training step runs the network: on ``device``, under autocast to ``precision``
+    (``train.precision``), with 4-D inputs in channels-last memory format when
+    ``channels_last`` (``train.channels_last``). The prefix runs the same way when the
+    cache is built: autocast and memory format change the bits of a convolution's output."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device in the step's memory format (channels-last needs 4-D)."""
+        memory = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.to(self.device, memory_format=memory)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The step's autocast context (a no-op in fp32)."""
+        return autocast(self.device, self.precision)
+
+
+# How close suffix(prefix(x)) must be to model(x): the same operations on the same input give the
+# same bits, so these only absorb a backend that picks another kernel for the cut graph. Low-precision
+# outputs get torch.testing's tolerances for their dtype.
+_TOLERANCE = {torch.bfloat16: (1.6e-2, 1e-5), torch.float16: (1e-3, 1e-5)}
+
+
 @torch.no_grad()
-def check_split(model: nn.Module, split: Split, x: torch.Tensor) -> float:
-    """Max |suffix(prefix(x)) - model(x)| on a real batch, in eval mode; refuse if not tight."""
-    with eval_mode(model):
+def check_split(model: nn.Module, split: Split, x: torch.Tensor, compute: Compute | None = None) -> float:
+    """Max |suffix(prefix(x)) - model(x)| on a real batch, in eval mode, run as ``compute``
+    says (the run's precision and memory format; default: fp32 on ``x``'s device); refuse if
+    not tight."""
+    compute = compute or Compute(x.device)
+    x = compute.input(x)
+    with eval_mode(model), compute.autocast():
         whole = first_tensor(model(x))
         parts = first_tensor(split.suffix(split.prefix(x)))
     if whole is None or parts is None or whole.shape != parts.shape:
         raise CacheRefused("the split model's output does not have the model's shape")
+    rtol, atol = _TOLERANCE.get(whole.dtype, (1e-5, 1e-6))
+    whole, parts = whole.float(), parts.float()
     diff = (whole - parts).abs().max().item()
-    if not torch.allclose(whole, parts, rtol=1e-5, atol=1e-6):
+    if not torch.allclose(whole, parts, rtol=rtol, atol=atol):
         raise CacheRefused(f"suffix(prefix(x)) differs from model(x) by up to {diff:.3g}")
     return diff
 
@@ -220,10 +261,16 @@ class FeatureCache:
     storage: str  # "memory" or "memmap"
     build_s: float
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The features' dtype: what the prefix produces (bf16 under bf16 autocast)."""
+        return self.train.tensors[0].dtype
+
     def to_json(self) -> dict:
         """As summary.json's ``cache`` keeps it."""
         return {
             "bytes": self.bytes,
+            "dtype": str(self.dtype).removeprefix("torch."),
             "storage": self.storage,
             "build_s": self.build_s,
             "train_shape": list(self.train.tensors[0].shape),
@@ -231,22 +278,39 @@ class FeatureCache:
         }
 
 
-def _features(prefix: nn.Module, ds: Dataset, batch: int, device: torch.device, budget: int, path: Path) -> tuple:
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype a memory-mapped file of ``dtype`` is written in: numpy has no bfloat16,
+    so bf16 features are kept as their bits (int16) and viewed back as bfloat16."""
+    if dtype == torch.bfloat16:
+        return np.dtype(np.int16)
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A ``dtype`` tensor over a new ``.npy`` file at ``path`` (pages in and out as the OS likes)."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+    return torch.from_numpy(mm).view(dtype)  # same item size: a reinterpretation, not a copy
+
+
+def _features(prefix: nn.Module, ds: Dataset, batch: int, compute: Compute, budget: int, path: Path) -> tuple:
     loader = DataLoader(ds, batch_size=batch, shuffle=False)
     out = labels = None
     mapped = False
     start = 0
     for x, y in loader:
-        f = prefix(x.to(device)).to("cpu")
+        with compute.autocast():
+            # Kept in the dtype it comes out in: casting it would change what the suffix sees.
+            f = prefix(compute.input(x)).to("cpu")
         if out is None:
             shape = (len(ds), *f.shape[1:])  # type: ignore[arg-type]
             nbytes = int(np.prod(shape)) * f.element_size()
             if nbytes <= budget:
                 out = torch.empty(shape, dtype=f.dtype)
             else:  # beyond the memory budget: a file in the run folder, paged in by the OS
-                mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-                out, mapped = torch.from_numpy(mm), True
+                out, mapped = _memmap_tensor(path, shape, f.dtype), True
             labels = torch.empty(len(ds), dtype=torch.long)  # type: ignore[arg-type]
+        # A copy by value: channels-last features are stored in the default layout, and the
+        # training step puts them into its memory format as it does images.
         out[start : start + f.shape[0]] = f
         labels[start : start + f.shape[0]] = y
         start += f.shape[0]
@@ -260,17 +324,18 @@ def build_cache(
     train_ds: Dataset,
     val_ds: Dataset,
     batch: int,
-    device: torch.device,
+    compute: Compute,
     max_bytes: int,
     folder: Path,
 ) -> FeatureCache:
-    """Run the prefix once over both datasets, in eval mode, with no autograd state."""
-    start = device_clock(device)
+    """Run the prefix once over both datasets, in eval mode, with no autograd state, under
+    the step's autocast and memory format (``compute``)."""
+    start = device_clock(compute.device)
     with eval_mode(model):
-        tx, ty, t_mapped = _features(split.prefix, train_ds, batch, device, max_bytes, folder / "cache_train.npy")
+        tx, ty, t_mapped = _features(split.prefix, train_ds, batch, compute, max_bytes, folder / "cache_train.npy")
         left = max_bytes - (0 if t_mapped else tx.numel() * tx.element_size())
-        vx, vy, v_mapped = _features(split.prefix, val_ds, batch, device, left, folder / "cache_val.npy")
-    build_s = device_clock(device) - start
+        vx, vy, v_mapped = _features(split.prefix, val_ds, batch, compute, left, folder / "cache_val.npy")
+    build_s = device_clock(compute.device) - start
     total = sum(t.numel() * t.element_size() for t in (tx, ty, vx, vy))
     storage = "memmap" if t_mapped or v_mapped else "memory"
     return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, build_s)

@@ -39,6 +39,7 @@ __all__ = [
     "fit_epoch",
     "no_progress",
     "steps_in",
+    "to_device",
     "train_one_epoch",
 ]
 
@@ -119,6 +120,13 @@ class LoopOptions:
     on_step: Callable[[int, torch.Tensor], None] | None = None  # after each optimizer step: (step, mean loss)
 
 
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """An input batch on ``device``, images (4-D) in channels-last memory format when asked; other
+    inputs (a cached linear probe's 2-D features) as they are."""
+    memory = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
+    return x.to(device, non_blocking=True, memory_format=memory)
+
+
 def steps_in(n_batches: int, accumulate: int, max_steps: int | None = None) -> int:
     """Optimizer steps of an epoch of ``n_batches`` micro-batches (the last group may be short)."""
     n = math.ceil(n_batches / accumulate)
@@ -162,10 +170,7 @@ def train_one_epoch(
         if not group:
             clock.drop_last()
             break
-        memory = torch.channels_last if o.channels_last else torch.contiguous_format
-        group = [
-            (x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)) for x, y in group
-        ]
+        group = [(to_device(x, device, o.channels_last), y.to(device, non_blocking=True)) for x, y in group]
         clock.lap()
         if o.before_step:
             o.before_step(steps)
@@ -240,13 +245,12 @@ def evaluate(
     """(mean loss, accuracy) with no autograd state at all, the forward in ``precision``; the
     model's mode is restored. With ``reduce``, the sums of every process's shard: the metrics
     of the whole set."""
-    memory = torch.channels_last if channels_last else torch.contiguous_format
     with eval_mode(model):
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         n = 0
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
+            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = model(x)
             logits = logits.float()

@@ -4,12 +4,15 @@ prefix (freezetune.train.cache), with the loaders that feed it.
 
 DDP registers the parameters that require grad when it is built, so it is built
 anew whenever the trainable set changes (Lightning #20340); the cache is rebuilt
-at the new frontier for the same reason."""
+at the new frontier for the same reason. With ``train.compile`` the net that trains
+is compiled anew too (its graph guards on every parameter's requires_grad); the net
+that evaluates stays eager."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from freezetune.measure import device_clock
 from freezetune.plan import FreezePlan, Schedule, apply_plan
 from freezetune.train.cache import (
     CacheRefused,
+    Compute,
     Split,
     build_cache,
     cached_loaders,
@@ -33,7 +37,7 @@ from freezetune.train.cache import (
 from freezetune.train.distributed import Dist
 from freezetune.utils import eval_mode
 
-__all__ = ["TrainTarget", "cache_on_refused", "preview_cache"]
+__all__ = ["TrainTarget", "cache_on_refused", "compute_of", "preview_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,18 @@ def cache_on_refused(reason: str, epoch: int | None = None) -> ConfigError:
     (``epoch``: the phase it fails in, for a schedule)."""
     at = f" (from epoch {epoch})" if epoch is not None else ""
     return ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {reason}"])
+
+
+def compute_of(cfg: Config, device: torch.device) -> Compute:
+    """How the run's training step runs the network (precision, memory format) on ``device``."""
+    return Compute(device, cfg.train.precision, cfg.train.channels_last)
+
+
+def _dynamo_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process, from torch._dynamo's counters."""
+    from torch._dynamo.utils import counters  # here: importing dynamo takes a second, only compile needs it
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
 class TrainTarget:
@@ -66,6 +82,10 @@ class TrainTarget:
         self.train_loader: DataLoader = loaders.train
         self.val_loader: DataLoader = loaders.val
         self.cache_info: dict[str, Any] = {"mode": cfg.train.cache_features, "used": False, "reason": None}
+        self.compute = compute_of(cfg, device)
+        # One entry per compiled phase; see compile_json.
+        self._compiles: list[dict[str, Any]] = []
+        self._counts_at_compile = (0, 0)
         self._made_for: FreezePlan | None = None  # the plan `net` and the loaders were made for
 
     def check_cache(self, schedule: Schedule, current: FreezePlan) -> None:
@@ -88,11 +108,16 @@ class TrainTarget:
             apply_plan(self.model, current)
 
     def follow(self, plan: FreezePlan) -> None:
-        """Make what trains fit ``plan`` (already applied to the model); nothing to do
-        when it already does."""
+        """Make what trains fit ``plan`` (already applied to the model), compiled with
+        ``train.compile``; nothing to do when it already does."""
         if self._made_for is plan:
             return
         self._made_for = plan
+        self._build()
+        if self.cfg.train.compile:
+            self._compile(plan)
+
+    def _build(self) -> None:
         self.net = self.eval_net = self.model
         self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
         if self.dist is not None:
@@ -118,6 +143,61 @@ class TrainTarget:
         with self._rng_untouched():
             self._use_cache(split)
 
+    # ------------------------------------------------------------------ torch.compile
+
+    def _compile(self, plan: FreezePlan) -> None:
+        """Compile ``net`` for the phase ``plan`` starts. Dynamo guards each graph on the
+        requires_grad of every parameter it reads, so the previous phase's graphs can never run
+        again; they are dropped (torch._dynamo.reset) rather than left to count towards dynamo's
+        recompile limit (8 per function), past which it would run that function eagerly. ``eval_net``
+        stays eager: compiled, evaluation under inference_mode in eval mode would be other graphs,
+        compiled again in each phase for a few batches."""
+        import torch._dynamo  # here: importing dynamo takes a second, only train.compile needs it
+
+        self._close_compile()
+        torch._dynamo.reset()
+        what = "the model in DDP" if self.dist is not None else "the model"
+        if self.net is not self.model and self.dist is None:
+            what = f"the suffix after the cached '{self.cache_info['frontier']}'"
+        log.info(
+            "%s: compiling the trained part for the new phase (%s, %s trainable parameters); "
+            "the first step pays for the compilation",
+            self.cfg.name,
+            what,
+            f"{plan.numel_trainable:,}",
+        )
+        self.net = torch.compile(self.net)
+        self._counts_at_compile = _dynamo_counts()
+        self._compiles.append(
+            {"net": what, "trainable_params": plan.numel_trainable, "graphs": None, "graph_breaks": None}
+        )
+
+    def _close_compile(self) -> None:
+        """Count what dynamo compiled for the phase now in force (before the next one starts)."""
+        if self._compiles and self._compiles[-1]["graphs"] is None:
+            graphs, breaks = _dynamo_counts()
+            self._compiles[-1].update(
+                graphs=graphs - self._counts_at_compile[0], graph_breaks=breaks - self._counts_at_compile[1]
+            )
+
+    def steps_done(self, durations: list[tuple[float, ...]]) -> None:
+        """Note the first step after a (re)compilation, from a training pass's step durations
+        (data, forward, backward, optimizer; freezetune.train.loop): it includes the compile."""
+        if not self._compiles or "first_step_s" in self._compiles[-1] or not durations:
+            return
+        steps = [sum(d) for d in durations]
+        self._compiles[-1]["first_step_s"] = steps[0]
+        self._compiles[-1]["later_step_s"] = statistics.median(steps[1:]) if len(steps) > 1 else None
+        log.info("%s: compiled; the first step took %.1fs", self.cfg.name, steps[0])
+
+    def compile_json(self) -> dict[str, Any]:
+        """summary.json's ``compile``: whether it was on and, per compiled phase, what was
+        compiled, the graphs dynamo compiled while it lasted (one, or two when an epoch's last
+        batch is smaller: a graph with a dynamic batch size), graph breaks, and the first step's
+        seconds (the compilation) next to the median of the other steps of that epoch."""
+        self._close_compile()
+        return {"enabled": self.cfg.train.compile, "phases_compiled": len(self._compiles), "phases": self._compiles}
+
     def _rng_untouched(self) -> contextlib.AbstractContextManager:
         """Checking the cut and building the cache iterate DataLoaders, and each iteration of one
         without a generator draws from the global RNG: without this, a cached run's Dropout
@@ -130,7 +210,7 @@ class TrainTarget:
             raise CacheRefused(problem)
         split = split_model(self.model)
         x, _ = next(iter(self.loaders.val))
-        self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x.to(self.device))
+        self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x, self.compute)
         return split
 
     def _use_cache(self, split: Split) -> None:
@@ -140,7 +220,7 @@ class TrainTarget:
             self.loaders.train.dataset,
             self.loaders.val.dataset,
             self.cfg.data.batch_size,
-            self.device,
+            self.compute,
             self.cfg.train.cache_max_bytes,
             self.folder,
         )
@@ -155,10 +235,11 @@ class TrainTarget:
         )
         self.cache_info["build_s"] = sum(b["build_s"] for b in builds)
         log.info(
-            "%s: cached the frozen prefix's output (%s, %.1f MiB, %s) in %.1fs",
+            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s) in %.1fs",
             self.cfg.name,
             split.frontier,
             cache.bytes / 2**20,
+            cache.to_json()["dtype"],
             cache.storage,
             cache.build_s,
         )
@@ -170,12 +251,13 @@ class TrainTarget:
 @torch.no_grad()
 def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images: int) -> dict[str, Any]:
     """What the feature cache would be for the plan applied to ``model``, without data:
-    whether it is used, its frontier, its size for ``n_images`` (train + val), where it would
-    be kept, and its build time predicted from one timed batch of the configured shape.
+    whether it is used, its frontier, its size for ``n_images`` (train + val) in the dtype the
+    prefix produces in ``train.precision``, where it would be kept, and its build time predicted
+    from one timed batch of the configured shape.
 
     Returns:
         ``{"used": False, "reason": ...}`` or ``{"used": True, "frontier", "first_trainable",
-        "shape", "bytes", "storage", "build_s"}``.
+        "shape", "dtype", "bytes", "storage", "build_s"}``.
     """
     if cfg.train.cache_features == "off":
         return {"used": False, "reason": "train.cache_features: off"}
@@ -188,9 +270,10 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
         return {"used": False, "reason": str(exc)}
     # A few images, timed and scaled: a full batch of a ViT at 224 px would take plan seconds.
     n, size = min(cfg.data.batch_size, 4), cfg.data.image_size
-    x = torch.randn(n, 3, size, size, device=device)
+    compute = compute_of(cfg, device)
+    x = compute.input(torch.randn(n, 3, size, size))
     times = []
-    with eval_mode(model):
+    with eval_mode(model), compute.autocast():
         features = split.prefix(x)  # warm-up: allocator, kernel choice
         for _ in range(3):  # the median of three: one slow moment of the machine does not decide it
             start = device_clock(device)
@@ -204,6 +287,7 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
         "frontier": split.frontier,
         "first_trainable": split.first_trainable,
         "shape": list(features.shape[1:]),
+        "dtype": str(features.dtype).removeprefix("torch."),
         "bytes": total,
         "storage": "memory" if total <= cfg.train.cache_max_bytes else "memmap",
         "build_s": batch_s * n_images / n,

@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 from freezetune.config import ConfigError, from_dict
 from freezetune.plan import apply_plan, describe, plan_from_config
-from freezetune.train import CacheRefused, check_split, prefix_problem, run, split_model
+from freezetune.report import render_cache
+from freezetune.train import (
+    CacheRefused,
+    Compute,
+    build_cache,
+    check_split,
+    prefix_problem,
+    preview_cache,
+    run,
+    split_model,
+)
 
 
 def cfg(tmp: Path, name: str, **edits: object):
@@ -181,3 +192,104 @@ class _Scale(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.k
+
+
+# ------------------------------------------------------------------ precision
+
+
+def results(tmp: Path, name: str) -> list[dict]:
+    """metrics.jsonl without its timings."""
+    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "samples_per_s")} for row in metrics(tmp, name)]
+
+
+def feature_bytes(summary: dict) -> int:
+    """The cache's bytes without its int64 labels."""
+    c = summary["cache"]
+    return c["bytes"] - 8 * (c["train_shape"][0] + c["val_shape"][0])
+
+
+@pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
+def test_bf16_cache_trains_bitwise_the_uncached_model_in_half_the_bytes(tmp_path: Path, preset: str) -> None:
+    bf16 = {"freeze.preset": preset, "train.precision": "bf16"}
+    on = run(cfg(tmp_path, "on", **bf16, **{"train.cache_features": "on"}))
+    off = run(cfg(tmp_path, "off", **bf16, **{"train.cache_features": "off"}))
+    fp32 = run(cfg(tmp_path, "fp32", **{"freeze.preset": preset, "train.epochs": 1, "train.max_steps_per_epoch": 1}))
+    assert on["cache"]["dtype"] == "bfloat16" and fp32["cache"]["dtype"] == "float32"
+    assert on["cache"]["train_shape"] == fp32["cache"]["train_shape"]
+    assert 2 * feature_bytes(on) == feature_bytes(fp32)
+    # The suffix sees bitwise the features the uncached forward computes: the same run, to the bit.
+    assert results(tmp_path, "on") == results(tmp_path, "off")
+    w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
+    assert w_on.keys() == w_off.keys()
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
+    assert on["frozen_unchanged"] and off["frozen_unchanged"]
+
+
+def test_bf16_cache_spilled_to_a_file_is_the_cache_in_memory(tmp_path: Path) -> None:
+    bf16 = {"freeze.preset": "linear_probe", "train.precision": "bf16", "train.epochs": 1}
+    spilled = run(cfg(tmp_path, "mm", **bf16, **{"train.cache_max_bytes": 0}))
+    in_memory = run(cfg(tmp_path, "mem", **bf16))
+    assert spilled["cache"]["storage"] == "memmap" and in_memory["cache"]["storage"] == "memory"
+    assert spilled["cache"]["dtype"] == "bfloat16" and spilled["cache"]["bytes"] == in_memory["cache"]["bytes"]
+    assert metrics(tmp_path, "mm")[0]["train_loss"] == metrics(tmp_path, "mem")[0]["train_loss"]
+    w_mm, w_mem = weights(tmp_path, "mm"), weights(tmp_path, "mem")
+    assert all(torch.equal(w_mm[k], w_mem[k]) for k in w_mm)
+
+
+def test_build_cache_under_autocast_stores_what_the_prefix_produces(tmp_path: Path) -> None:
+    model = planned("resnet18", "until:layer3").to(memory_format=torch.channels_last)
+    split = split_model(model)
+    images = torch.utils.data.TensorDataset(torch.randn(10, 3, 32, 32), torch.arange(10))
+    compute = Compute(torch.device("cpu"), "bf16", channels_last=True)
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        expected = split.prefix(images.tensors[0].to(memory_format=torch.channels_last))
+    assert expected.dtype == torch.bfloat16 and expected.is_contiguous(memory_format=torch.channels_last)
+    in_memory = build_cache(model, split, images, images, 4, compute, 2**30, tmp_path)
+    spilled = build_cache(model, split, images, images, 4, compute, 0, tmp_path)
+    assert (in_memory.storage, spilled.storage) == ("memory", "memmap")
+    for cache in (in_memory, spilled):
+        assert cache.dtype == torch.bfloat16 and cache.to_json()["dtype"] == "bfloat16"
+        assert torch.equal(cache.train.tensors[0], expected) and torch.equal(cache.val.tensors[0], expected)
+        assert cache.bytes == 2 * expected.numel() * 2 + 2 * 10 * 8
+    # numpy has no bfloat16: the file holds the bits as int16, read back as the same bfloat16 values.
+    on_disk = np.load(tmp_path / "cache_train.npy")
+    assert on_disk.dtype == np.int16 and on_disk.shape == tuple(expected.shape)
+    assert torch.equal(torch.from_numpy(on_disk).view(torch.bfloat16), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_check_split_runs_in_the_runs_precision(channels_last: bool) -> None:
+    model = planned("resnet18", "until:layer3")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    split = split_model(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert check_split(model, split, x, Compute(torch.device("cpu"), "bf16", channels_last)) == 0.0
+    split.prefix = torch.nn.Sequential(split.prefix, _Scale(1.1))  # beyond bf16's tolerance
+    with pytest.raises(CacheRefused, match="differs from model"):
+        check_split(model, split, x, Compute(torch.device("cpu"), "bf16", channels_last))
+
+
+# The linear probe's cached features are 2-D: the step must leave them out of channels-last.
+@pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
+def test_bf16_channels_last_cache_trains_bitwise_the_uncached_model(tmp_path: Path, preset: str) -> None:
+    edits = {"freeze.preset": preset, "train.precision": "bf16", "train.channels_last": True, "train.epochs": 1}
+    on = run(cfg(tmp_path, "on", **edits, **{"train.cache_features": "on"}))
+    run(cfg(tmp_path, "off", **edits, **{"train.cache_features": "off"}))
+    assert on["cache"]["used"] and on["cache"]["dtype"] == "bfloat16"
+    assert metrics(tmp_path, "on")[0]["train_loss"] == metrics(tmp_path, "off")[0]["train_loss"]
+    w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
+
+
+def test_plan_predicts_the_cache_in_the_compute_dtype() -> None:
+    model = planned("resnet18", "until:layer3")
+    previews = {}
+    for precision in ("fp32", "bf16"):
+        c = cfg(Path("unused"), "p", **{"train.precision": precision})
+        previews[precision] = preview_cache(c, model, torch.device("cpu"), 100)
+    fp32, bf16 = previews["fp32"], previews["bf16"]
+    assert (fp32["dtype"], bf16["dtype"]) == ("float32", "bfloat16") and fp32["shape"] == bf16["shape"] == [128, 4, 4]
+    assert fp32["bytes"] == 100 * (128 * 4 * 4 * 4 + 8) and bf16["bytes"] == 100 * (128 * 4 * 4 * 2 + 8)
+    assert "'layer2_1_relu_1' (128x4x4 per image)" in render_cache([(1, fp32)], "auto", 100)
+    assert "'layer2_1_relu_1' (128x4x4 bfloat16 per image)" in render_cache([(1, bf16)], "auto", 100)
