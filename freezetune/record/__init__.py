@@ -1,6 +1,6 @@
 """The run record: the run folder and its atomic writes, checkpoints (full, delta,
-training state), the fingerprints that prove frozen tensors unchanged, and the
-formats of ``metrics.jsonl`` and ``summary.json``."""
+training state), the fingerprints that prove frozen tensors unchanged, the
+formats of ``metrics.jsonl`` and ``summary.json``, and the logs ``train.log`` asks for."""
 
 from freezetune.record.checkpoint import (
     MODEL_FORMAT,
@@ -25,6 +25,7 @@ from freezetune.record.integrity import (
     tensor_digest,
     verify_frozen,
 )
+from freezetune.record.logs import LOG_FILES, SYNC_EVERY, RunLogs, check_logs
 from freezetune.record.rundir import (
     FAILED,
     OWN_FILES,
@@ -39,8 +40,10 @@ from freezetune.record.summary import EpochResult, RunFacts, build_summary, epoc
 __all__ = [
     "MODEL_FORMAT",
     "FAILED",
+    "LOG_FILES",
     "OWN_FILES",
     "RECORD_FILES",
+    "SYNC_EVERY",
     "BaseMismatch",
     "EpochResult",
     "FrozenCheck",
@@ -48,9 +51,11 @@ __all__ = [
     "RunDir",
     "RunExistsError",
     "RunFacts",
+    "RunLogs",
     "atomic_write_bytes",
     "base_hash",
     "build_summary",
+    "check_logs",
     "delta_keys",
     "epoch_row",
     "fingerprint",

@@ -29,14 +29,16 @@ RECORD_FILES = (
     "freeze_plan.json",
     "metrics.jsonl",
     "events.jsonl",
+    "steps.jsonl",
     "summary.json",
     "model.pt",
     "best.pt",
     "checkpoint.pt",
 )
 FAILED = "FAILED"  # a run that stopped on an error: the error line and how to go on
-# Everything freezetune itself may leave in a run folder (the cache spills to .npy files).
-OWN_FILES = (*RECORD_FILES, FAILED, "cache_train.npy", "cache_val.npy")
+# Everything freezetune itself may leave in a run folder: the cache spills to .npy files;
+# train.log: csv and tensorboard add metrics.csv, steps.csv and the folder tb/ (freezetune.record.logs).
+OWN_FILES = (*RECORD_FILES, FAILED, "cache_train.npy", "cache_val.npy", "metrics.csv", "steps.csv", "tb")
 STAGING_SUFFIX = ".overwriting"  # where an --overwrite run writes until it succeeds
 _ASIDE_SUFFIX = ".replaced"  # the previous record, for the moment of the swap
 
@@ -171,7 +173,11 @@ class RunDir:
             self.check_free(self.path, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         for f in OWN_FILES:
-            (self.path / f).unlink(missing_ok=True)
+            target = self.path / f
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # tb/: an earlier run's TensorBoard events
+            else:
+                target.unlink(missing_ok=True)
 
     def commit(self) -> None:
         """Put a finished staged run in place of ``final``: the previous record is moved aside,

@@ -79,6 +79,7 @@ class RunFacts:
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved, and where each value came from
     best: dict[str, Any] | None = None  # the epoch best.pt holds (train.monitor)
     early_stopping: dict[str, Any] | None = None  # null unless train.early_stopping is set
+    compile: dict[str, Any] | None = None  # train.compile: what was compiled per phase (freezetune.train.nets)
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "speed": f.speed,
         "memory": f.memory,
         "cache": f.cache,
+        "compile": f.compile,
         "schedule": f.events,
         "frozen_until_event_unchanged": until_event,
         "optimizer_groups": f.optimizer_groups,

@@ -38,14 +38,16 @@ from freezetune.record import (
     EpochResult,
     RunDir,
     RunFacts,
+    RunLogs,
     build_summary,
+    check_logs,
     epoch_row,
     read_checkpoint,
     serialized_bytes,
 )
 from freezetune.train.distributed import Dist, parameter_digest
 from freezetune.train.interrupt import StopRequest
-from freezetune.train.loop import EpochStats, Progress, no_progress
+from freezetune.train.loop import EpochStats, Progress, no_progress, to_device
 from freezetune.train.monitor import Monitor
 from freezetune.train.setup import Prepared, prepare
 from freezetune.train.trainer import STATE_FORMAT, Partial, Trainer
@@ -88,6 +90,7 @@ def run(
     # on the config is the resolved one, and config.yaml records it.
     cfg, sources = resolve(cfg)
     resolved = to_dict(cfg)
+    check_logs(cfg.train.log)  # a missing tensorboard package: refused before any file is written
     if resume is not None:
         out = RunDir.for_resume(resume, cfg.output_dir, write)
         state = load_resume_state(out.path, resolved)
@@ -127,11 +130,18 @@ def run(
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
     should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
-    with _failure_noted(out), stop:
+    with (
+        _failure_noted(out),
+        stop,
+        # train.log's writers; rows past a resumed checkpoint are dropped, as _restore drops metrics rows.
+        RunLogs(out, cfg.train.log, trainer.steps_per_epoch, trainer.global_step, first - 1) as logs,
+    ):
+        trainer.step_hook = logs.step if out.write else None
         for epoch in range(first, cfg.train.epochs + 1):
             events = trainer.enter_phase(epoch)
             for row in events:
                 out.append_jsonl("events.jsonl", row)
+                logs.event(row, trainer.global_step + 1)  # at the first step it applies to
             if events:
                 last_phase = _LastPhase()
             result, stats, start_state = trainer.fit(
@@ -140,7 +150,9 @@ def run(
             partial = None
             last_phase.add(stats)
             if result is not None:
-                out.append_jsonl("metrics.jsonl", epoch_row(result, trainer.plan, trainer.optimizer.param_groups))
+                row = epoch_row(result, trainer.plan, trainer.optimizer.param_groups)
+                out.append_jsonl("metrics.jsonl", row)
+                logs.epoch(row, trainer.global_step)
                 if on_epoch:
                     on_epoch(result)
                 if monitor.is_new_best(trainer.epochs):
@@ -162,6 +174,7 @@ def run(
                 break
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
         wall = time.perf_counter() - started
+        logs.close()  # before _finish may rename a staged folder
         return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor)
 
 
@@ -406,8 +419,7 @@ def _speed(
     if phases is not None:
         speed.update(phases.to_json())
         speed["train_samples_per_s"] = batch_size * t.accumulate / phases.step  # a step: accumulate batches
-    memory = torch.channels_last if t.channels_last else torch.contiguous_format
-    batches = [x.to(device, memory_format=memory) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
+    batches = [to_device(x, device, t.channels_last) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
     speed.update(eval_speed(net, batches, device, rounds=2, precision=t.precision))
     return speed
 

@@ -250,6 +250,7 @@ def test_a_diverged_run_stops_exit_1_keeps_the_good_checkpoint_and_saves_no_mode
         "events.jsonl",
         "freeze_plan.json",
         "metrics.jsonl",
+        "steps.jsonl",  # epoch 2's finite steps too: a --resume drops them
     ]
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and all(

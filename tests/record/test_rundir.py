@@ -22,12 +22,13 @@ def listing(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- check_free
 
 
-def test_record_files_are_the_documented_eight() -> None:
+def test_record_files_are_the_documented_nine() -> None:
     assert set(RECORD_FILES) == {
         "config.yaml",
         "freeze_plan.json",
         "metrics.jsonl",
         "events.jsonl",
+        "steps.jsonl",
         "summary.json",
         "model.pt",
         "best.pt",
@@ -123,6 +124,21 @@ def test_create_with_overwrite_removes_only_record_files(tmp_path: Path) -> None
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert (tmp_path / "model.pt.bak").read_bytes() == b"backup"
     assert (tmp_path / "plots" / "loss.png").read_bytes() == b"png"
+
+
+def test_create_with_overwrite_removes_the_logs_train_log_asked_for(tmp_path: Path) -> None:
+    """metrics.csv, steps.csv and tb/ (train.log: csv, tensorboard) are freezetune's too: they do
+    not make the folder someone else's, and an overwrite removes them, tb/ with its files."""
+    (tmp_path / "config.yaml").write_text("name: old\n")
+    (tmp_path / "metrics.csv").write_text("epoch\n1\n")
+    (tmp_path / "steps.csv").write_text("step\n1\n")
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.1.host.1.0").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="config.yaml"):
+        RunDir.check_free(tmp_path, overwrite=False)
+    RunDir(tmp_path).create(overwrite=True)
+    assert listing(tmp_path) == ["notes.txt"]
 
 
 def test_overwrite_starts_metrics_afresh(tmp_path: Path) -> None:

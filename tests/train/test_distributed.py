@@ -208,7 +208,16 @@ def test_an_unfreeze_event_under_ddp_keeps_replicas_identical(runs: Runs) -> Non
     assert "2 processes (gloo), global batch 8, replicas bitwise identical: yes" in runs.stdout
     # One writer: the record's files, once each; rank 0's lines only.
     assert sorted(p.name for p in runs.two.iterdir()) == sorted(
-        ["config.yaml", "freeze_plan.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.pt", "best.pt"]
+        [
+            "config.yaml",
+            "freeze_plan.json",
+            "metrics.jsonl",
+            "events.jsonl",
+            "steps.jsonl",
+            "summary.json",
+            "model.pt",
+            "best.pt",
+        ]
     )
     assert runs.stdout.count("val_acc") == 3  # two epoch lines and the final line
 
