@@ -3,10 +3,13 @@ process, with predicted costs), benchmarking freezetune's step against a
 hand-written loop, and the Fashion-MNIST transfer demo."""
 
 from freezetune.apps.benchmark import (
+    BenchPair,
     BenchResult,
     CacheBenchResult,
+    bench_pair,
     benchmark_cache,
     benchmark_config,
+    benchmark_configs,
     hand_written_loop,
 )
 from freezetune.apps.compare import estimate_config, run_action, train_in_subprocess
@@ -14,10 +17,13 @@ from freezetune.apps.demo import demo_report, pretrain_is_current, results_table
 from freezetune.apps.shipped import shipped_config, shipped_configs_dir
 
 __all__ = [
+    "BenchPair",
     "BenchResult",
     "CacheBenchResult",
+    "bench_pair",
     "benchmark_cache",
     "benchmark_config",
+    "benchmark_configs",
     "demo_report",
     "estimate_config",
     "hand_written_loop",

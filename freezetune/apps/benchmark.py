@@ -2,15 +2,23 @@
 
 Both get the same architecture and initial weights, the same freezing (by
 ``requires_grad``, with the same BatchNorm modules in eval), the same optimizer
-and the same batch, already in memory. Rounds alternate A-B and B-A so that
-drift in the machine's speed (turbo, other load) cancels; the result is the
-median of the per-round time ratios."""
+and the same batch, already in memory, and run in the config's precision and
+memory format (``train.precision``, ``train.channels_last``): the hand-written loop
+as a practitioner writes it, with ``torch.autocast``, the loss in fp32, the model and
+its inputs in channels-last, a GradScaler for fp16. The step is a plain one on both
+sides (no accumulation, clipping or label smoothing, no ``train.compile``).
+
+Several configs of one preset and image size (one per precision and memory format)
+are timed together: each round runs every config's two loops, the order reversed
+every other round, so that drift in the machine's speed (turbo, other load) lands on
+all of them alike; each ratio is the median of its per-round ratios."""
 
 from __future__ import annotations
 
 import copy
 import json
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +29,30 @@ import torch.nn.functional as F
 from freezetune.config import Config, load_config
 from freezetune.measure import device_clock
 from freezetune.plan import unpin_eval
-from freezetune.train import make_optimizer, num_outputs, prepare, prepare_model, run, train_one_epoch
+from freezetune.train import LoopOptions, make_optimizer, num_outputs, prepare, prepare_model, run, train_one_epoch
 
-__all__ = ["BenchResult", "CacheBenchResult", "benchmark_cache", "benchmark_config", "hand_written_loop"]
+__all__ = [
+    "BenchPair",
+    "BenchResult",
+    "CacheBenchResult",
+    "bench_pair",
+    "benchmark_cache",
+    "benchmark_config",
+    "benchmark_configs",
+    "hand_written_loop",
+    "memory_format_name",
+]
+
+
+def memory_format_name(channels_last: bool) -> str:
+    """``train.channels_last`` as the table shows it."""
+    return "channels_last" if channels_last else "contiguous"
 
 
 @dataclass
 class BenchResult:
-    """One preset at one image size: both loops' median step and the median ratio."""
+    """One preset at one image size, in one precision and memory format: both loops'
+    median step and the median ratios."""
 
     name: str
     image_size: int
@@ -36,80 +60,156 @@ class BenchResult:
     framework_ms: float  # median per step
     hand_ms: float
     ratio: float  # median over rounds of framework / hand-written
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    # Median over rounds of this framework step / the framework's fp32 step of the same preset
+    # and size timed in the same rounds (contiguous if that was timed, else the same format); None without one.
+    vs_fp32: float | None = None
 
     def to_json(self) -> dict:
         """As runs/benchmark.json stores it."""
         return self.__dict__.copy()
 
 
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def hand_written_loop(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list, frozen_bn: list[nn.Module]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    frozen_bn: list[nn.Module],
+    precision: str = "fp32",
+    channels_last: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """What a practitioner writes by hand: the baseline."""
+    """What a practitioner writes by hand: the baseline. ``precision`` is ``fp32``,
+    ``bf16`` or ``fp16`` (pass a GradScaler with fp16); with ``channels_last`` the model
+    is expected in that format already, and each input batch is converted."""
     model.train()
     for m in frozen_bn:
         m.eval()
+    dtype = _AUTOCAST_DTYPES.get(precision)
     for x, y in batches:
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
 
 
 def _hand_model(reference: nn.Module, bn_eval: set[str]) -> tuple[nn.Module, list[nn.Module]]:
-    """A copy of the framework's model (same weights, same requires_grad flags)
-    stripped of freezetune's BatchNorm pins: the hand loop calls .eval() itself."""
+    """A copy of the framework's model (same weights, same requires_grad flags, same
+    memory format) stripped of freezetune's BatchNorm pins: the hand loop calls .eval() itself."""
     model = copy.deepcopy(reference)
     for m in model.modules():
         unpin_eval(m)
     return model, [m for n, m in model.named_modules() if n in bn_eval]
 
 
-def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResult:
-    """freezetune's step against :func:`hand_written_loop` on one batch, ``rounds`` interleaved rounds."""
-    prepared = prepare_model(cfg)
-    cfg = prepared.cfg  # its preprocessing resolved
-    device = prepared.device
+@dataclass
+class BenchPair:
+    """One config's two loops, each over the same ``steps`` batches, ready to time."""
+
+    cfg: Config  # its preprocessing resolved
+    device: torch.device
+    framework_model: nn.Module
+    hand_model: nn.Module  # a copy of the framework's model before either trained
+    framework: Callable[[], None]  # freezetune's train_one_epoch
+    hand: Callable[[], None]  # hand_written_loop
+
+
+def bench_pair(cfg: Config, steps: int) -> BenchPair:
+    """Build ``cfg``'s model twice over (the same weights, flags and BatchNorm modes), an
+    optimizer (and for fp16 a GradScaler) for each, one random batch, and the two loops."""
+    prepared = prepare_model(cfg)  # in cfg's memory format
+    cfg, device, t = prepared.cfg, prepared.device, prepared.cfg.train  # its preprocessing resolved
     fw_model = prepared.model
     hand_model, frozen_bn = _hand_model(fw_model, set(prepared.plan.bn_eval))
     fw_opt = make_optimizer(fw_model, cfg.train.optimizer)
     hand_opt = make_optimizer(hand_model, cfg.train.optimizer)
+    fp16 = t.precision == "fp16"
+    fw_scaler = torch.amp.GradScaler(device.type) if fp16 else None
+    hand_scaler = torch.amp.GradScaler(device.type) if fp16 else None
+    # The same batch for every config, in the default memory format: both loops convert it, as they
+    # would a loader's batch.
     g = torch.Generator().manual_seed(cfg.seed)
     n, s = cfg.data.batch_size, cfg.data.image_size
     x = torch.randn(n, 3, s, s, generator=g).to(device)
-    y = torch.randint(0, num_outputs(cfg), (n,), generator=g)
-    batch = (x, y.to(device))
-    batches = [batch] * steps
+    y = torch.randint(0, num_outputs(cfg), (n,), generator=g).to(device)
+    batches = [(x, y)] * steps
+    options = LoopOptions(precision=t.precision, channels_last=t.channels_last, scaler=fw_scaler)
 
     def framework() -> None:
-        train_one_epoch(fw_model, fw_opt, batches, device)  # type: ignore[arg-type]
+        train_one_epoch(fw_model, fw_opt, batches, device, options)  # type: ignore[arg-type]
 
     def hand() -> None:
-        hand_written_loop(hand_model, hand_opt, batches, frozen_bn)
+        hand_written_loop(hand_model, hand_opt, batches, frozen_bn, t.precision, t.channels_last, hand_scaler)
 
-    def timed(fn) -> float:
-        t0 = device_clock(device)
+    return BenchPair(cfg, device, fw_model, hand_model, framework, hand)
+
+
+def _reference(pairs: list[BenchPair], i: int) -> int | None:
+    """Which pair's framework step config ``i`` is compared with for ``vs_fp32``."""
+    fp32 = [j for j, p in enumerate(pairs) if p.cfg.train.precision == "fp32"]
+    contiguous = [j for j in fp32 if not pairs[j].cfg.train.channels_last]
+    same = [j for j in fp32 if pairs[j].cfg.train.channels_last == pairs[i].cfg.train.channels_last]
+    return (contiguous or same or [None])[0]
+
+
+def benchmark_configs(cfgs: list[Config], steps: int = 10, rounds: int = 7) -> list[BenchResult]:
+    """freezetune's step against :func:`hand_written_loop` for each config (typically one
+    preset and image size in several precisions and memory formats), all timed in the
+    same ``rounds`` interleaved rounds of ``steps`` steps each."""
+    pairs = [bench_pair(cfg, steps) for cfg in cfgs]
+
+    def timed(pair: BenchPair, fn: Callable[[], None]) -> float:
+        t0 = device_clock(pair.device)
         fn()
-        return device_clock(device) - t0
+        return device_clock(pair.device) - t0
 
-    timed(framework), timed(hand)  # warm-up: allocator, kernel choice, optimizer state
-    fw_times, hand_times, ratios = [], [], []
+    calls = [(i, side) for i in range(len(pairs)) for side in ("framework", "hand")]
+    for i, side in calls:  # warm-up: allocator, kernel choice, optimizer state, the scaler's scale
+        timed(pairs[i], getattr(pairs[i], side))
+    times: dict[tuple[int, str], list[float]] = {c: [] for c in calls}
     for r in range(rounds):
-        if r % 2 == 0:
-            a, b = timed(framework), timed(hand)
-        else:
-            b, a = timed(hand), timed(framework)
-        fw_times.append(a)
-        hand_times.append(b)
-        ratios.append(a / b)
-    return BenchResult(
-        cfg.name,
-        s,
-        str(device),
-        1000 * statistics.median(fw_times) / steps,
-        1000 * statistics.median(hand_times) / steps,
-        statistics.median(ratios),
-    )
+        for i, side in calls if r % 2 == 0 else reversed(calls):
+            times[i, side].append(timed(pairs[i], getattr(pairs[i], side)))
+    results = []
+    for i, pair in enumerate(pairs):
+        fw, hand = times[i, "framework"], times[i, "hand"]
+        ref = _reference(pairs, i)
+        vs_fp32 = None
+        if ref is not None:
+            vs_fp32 = statistics.median(a / b for a, b in zip(fw, times[ref, "framework"], strict=True))
+        t = pair.cfg.train
+        results.append(
+            BenchResult(
+                pair.cfg.name,
+                pair.cfg.data.image_size,
+                str(pair.device),
+                1000 * statistics.median(fw) / steps,
+                1000 * statistics.median(hand) / steps,
+                statistics.median(a / b for a, b in zip(fw, hand, strict=True)),
+                t.precision,
+                memory_format_name(t.channels_last),
+                vs_fp32,
+            )
+        )
+    return results
+
+
+def benchmark_config(cfg: Config, steps: int = 10, rounds: int = 7) -> BenchResult:
+    """freezetune's step against :func:`hand_written_loop` on one batch, ``rounds`` interleaved rounds."""
+    return benchmark_configs([cfg], steps, rounds)[0]
 
 
 @dataclass
@@ -160,11 +260,12 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
     prepared, loaders = prepare(cfg)
     hand_model, frozen_bn = _hand_model(prepared.model, set(prepared.plan.bn_eval))
     optimizer = make_optimizer(hand_model, cfg.train.optimizer)
-    device = prepared.device
+    device, t = prepared.device, cfg.train
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
 
     def epoch() -> None:
         batches = ((x.to(device), y.to(device)) for x, y in loaders.train)
-        hand_written_loop(hand_model, optimizer, batches, frozen_bn)  # type: ignore[arg-type]
+        hand_written_loop(hand_model, optimizer, batches, frozen_bn, t.precision, t.channels_last, scaler)
 
     t0 = device_clock(device)
     epoch()

@@ -1,11 +1,15 @@
 """Time freezetune's training step against a minimal hand-written PyTorch loop.
 
-  freezetune benchmark [--config C.yaml] [--presets full linear_probe until:layer3] [--sizes 32 64] [key=value ...]
+  freezetune benchmark [--config C.yaml] [--presets full linear_probe until:layer3] [--sizes 32 64]
+                       [--precision fp32,bf16] [--memory-format contiguous,channels_last | --channels-last]
+                       [key=value ...]
   freezetune benchmark --cache [CONFIG ...] [--epochs 3] [key=value ...]
   (also python scripts/benchmark.py ...)
 
-Prints, per preset and image size, the median ms/step of both and the median
-of the interleaved per-round ratios (framework / hand-written)."""
+Prints, per preset, image size, precision and memory format, the median ms/step of
+both, the median of the interleaved per-round ratios (freezetune / hand-written), and
+freezetune's step over its fp32 step of the same preset and size (contiguous when that
+is timed too), all timed in the same interleaved rounds."""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from freezetune.apps.benchmark import benchmark_cache, benchmark_config
+from freezetune.apps.benchmark import BenchResult, benchmark_cache, benchmark_configs
 from freezetune.apps.shipped import shipped_config
 from freezetune.cli import common as cli
-from freezetune.config import load_config
+from freezetune.config import ConfigError, load_config
 from freezetune.utils import format_table
 
 
@@ -29,6 +33,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--presets", nargs="+", default=["full", "linear_probe", "until:layer3"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
+    parser.add_argument(
+        "--precision",
+        default=None,
+        metavar="P[,P...]",
+        help="train.precision values to time (fp32, bf16, fp16; default: the config's)",
+    )
+    parser.add_argument(
+        "--memory-format",
+        default=None,
+        metavar="F[,F...]",
+        help="memory formats to time: contiguous, channels_last (train.channels_last; default: the config's)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_const",
+        const="channels_last",
+        dest="memory_format",
+        help="the same as --memory-format channels_last",
+    )
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument(
@@ -50,29 +73,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def body() -> int:
         if args.cache is not None:
             return cache_body()
+        # Comma-separated, so that key=value edits after them stay edits.
+        precisions = [p for p in (args.precision or "").split(",") if p] or [None]
+        formats = [_channels_last(f) for f in (args.memory_format or "").split(",") if f] or [None]
         results = []
         for size in args.sizes:
             for preset in args.presets:
                 edits = [*args.overrides, f"freeze.preset={preset}", f"data.image_size={size}"]
-                cfg = load_config(args.config or shipped_config("bench/resnet18_fake.yaml"), edits)
-                r = benchmark_config(cfg, args.steps, args.rounds)
-                r.name = preset
-                results.append(r)
-                print(
-                    f"{preset} @ {size}px: framework {r.framework_ms:.2f} ms, hand {r.hand_ms:.2f} ms, "
-                    f"ratio {r.ratio:.3f}",
-                    flush=True,
-                )
-        rows = [
-            [r.name, r.image_size, r.device, f"{r.framework_ms:.2f}", f"{r.hand_ms:.2f}", f"{r.ratio:.3f}"]
-            for r in results
-        ]
+                config = args.config or shipped_config("bench/resnet18_fake.yaml")
+                cfgs = [load_config(config, [*edits, *_variant_edits(p, cl)]) for p in precisions for cl in formats]
+                for r in benchmark_configs(cfgs, args.steps, args.rounds):
+                    r.name = preset
+                    results.append(r)
+                    print(
+                        f"{preset} @ {size}px, {r.precision}, {r.memory_format}: freezetune {r.framework_ms:.2f} ms, "
+                        f"hand {r.hand_ms:.2f} ms, ratio {r.ratio:.3f}" + _vs_fp32(r, ", × fp32 "),
+                        flush=True,
+                    )
         print()
-        print(
-            format_table(
-                ["preset", "px", "device", "framework ms/step", "hand ms/step", "ratio"], rows, right={1, 3, 4, 5}
-            )
-        )
+        print(results_table(results))
         out = Path(args.out or "runs/benchmark.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
@@ -132,3 +151,49 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 0
 
     return cli.guarded(body, args.debug)
+
+
+def _variant_edits(precision: str | None, channels_last: bool | None) -> list[str]:
+    edits = [f"train.precision={precision}"] if precision is not None else []
+    return edits + ([f"train.channels_last={str(channels_last).lower()}"] if channels_last is not None else [])
+
+
+def _channels_last(memory_format: str) -> bool:
+    if memory_format not in ("contiguous", "channels_last"):
+        raise ConfigError([f"--memory-format: expected contiguous or channels_last, got {memory_format!r}"])
+    return memory_format == "channels_last"
+
+
+def _vs_fp32(r: BenchResult, prefix: str = "") -> str:
+    return f"{prefix}{r.vs_fp32:.3f}" if r.vs_fp32 is not None else ("" if prefix else "-")
+
+
+def results_table(results: list[BenchResult]) -> str:
+    """The benchmark's table: per preset, size, precision and memory format, both loops'
+    ms/step, their ratio, and freezetune's step over its fp32 step."""
+    rows = [
+        [
+            r.name,
+            r.image_size,
+            r.precision,
+            r.memory_format,
+            r.device,
+            f"{r.framework_ms:.2f}",
+            f"{r.hand_ms:.2f}",
+            f"{r.ratio:.3f}",
+            _vs_fp32(r),
+        ]
+        for r in results
+    ]
+    headers = [
+        "preset",
+        "px",
+        "precision",
+        "memory format",
+        "device",
+        "freezetune ms/step",
+        "hand-written ms/step",
+        "freezetune / hand",
+        "× freezetune fp32",
+    ]
+    return format_table(headers, rows, right={1, 5, 6, 7, 8})

@@ -19,6 +19,10 @@ A config's cost is then arithmetic over its modules, in forward order:
 
 The optimizer step is timed on the config's own trainable parameters. Data
 loading is not predicted: ratios compare compute (forward + backward + optimizer).
+Steps run as the run's training steps do: the forward under autocast to
+``train.precision`` (the loss in fp32), model and input in channels-last memory
+format with ``train.channels_last``; a profile is only valid for the precision and
+memory format it was taken in, which it records.
 Timing inside real steps, not modules in isolation, keeps cache and allocator
 effects in the numbers, so the parts add up to what training measures."""
 
@@ -37,6 +41,7 @@ from freezetune.measure.memory import count_saved_tensors
 from freezetune.measure.timing import device_clock as _clock
 from freezetune.plan.apply import pin_eval, unpin_eval
 from freezetune.utils.modules import first_tensor as _first_tensor
+from freezetune.utils.precision import autocast
 
 __all__ = [
     "Estimate",
@@ -70,11 +75,14 @@ class ModuleProfile:
 
 @dataclass(frozen=True)
 class Profile:
-    """Every top-level module's profile, and full fine-tuning's optimizer step."""
+    """Every top-level module's profile, and full fine-tuning's optimizer step, timed in
+    ``precision`` (autocast's dtype) and, with ``channels_last``, channels-last memory format."""
 
     modules: tuple[ModuleProfile, ...]
     full_optimizer_s: float
     batch: int
+    precision: str = "fp32"
+    channels_last: bool = False
 
     @property
     def full_step_s(self) -> float:
@@ -145,6 +153,8 @@ class Estimate:
             "predicted_saved_activation_bytes": self.saved_bytes,
             "predicted_full_saved_activation_bytes": self.full_saved_bytes,
             "predicted_saved_ratio": self.saved_ratio,
+            "precision": self.profile.precision,
+            "channels_last": self.profile.channels_last,
             "modules": [m.__dict__ for m in self.modules],
         }
 
@@ -167,8 +177,9 @@ class _Mark(torch.autograd.Function):
         return grad, None
 
 
-def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool) -> dict[str, list]:
-    """One instrumented step; per module: [forward_s, backward_s, saved_bytes]."""
+def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool, precision: str) -> dict[str, list]:
+    """One instrumented step, the forward under autocast to ``precision``; per module:
+    [forward_s, backward_s, saved_bytes]."""
     device = x.device
     order: list[str] = []
     times: dict[str, list] = {}
@@ -209,8 +220,9 @@ def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backward: bool
     try:
         with count_saved_tensors(model) as counter:
             counter_box.append(counter)
-            out = _first_tensor(model(x))
-            loss = F.cross_entropy(out, y)
+            with autocast(device, precision):
+                out = _first_tensor(model(x))
+            loss = F.cross_entropy(out.float(), y)  # in fp32, as the training loop computes it
         if backward and loss.requires_grad:
             begin = _clock(device)
             loss.backward()
@@ -244,6 +256,7 @@ def _run_states(
     y: torch.Tensor,
     reps: int,
     optimizer: torch.optim.Optimizer | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict, float]:
     """Medians per state and module over ``reps`` rounds after a warm-up round,
     and the median time of ``optimizer.step()`` after each ``full`` step.
@@ -259,7 +272,7 @@ def _run_states(
             for p in model.parameters():
                 p.grad = None
             with torch.enable_grad() if backward else torch.no_grad():
-                step = _one_step(model, x, y, backward)
+                step = _one_step(model, x, y, backward, precision)
             if state == "full" and optimizer is not None:
                 t0 = _clock(x.device)
                 optimizer.step()
@@ -297,8 +310,10 @@ def _optimizer_time(model: nn.Module, make_optimizer: OptimizerFactory, reps: in
     return statistics.median(times)
 
 
-def _reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool) -> nn.Module:
+def _reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool, channels_last: bool) -> nn.Module:
     m = copy.deepcopy(model).requires_grad_(trainable)
+    if channels_last:
+        m.to(memory_format=torch.channels_last)
     for module in m.modules():
         unpin_eval(module)
         if pin_frozen_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -307,7 +322,14 @@ def _reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool) -> n
 
 
 def profile_model(
-    model: nn.Module, x: torch.Tensor, num_classes: int, make_optimizer: OptimizerFactory, reps: int = 7
+    model: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    make_optimizer: OptimizerFactory,
+    reps: int = 7,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Profile:
     """Time ``reps`` instrumented steps of ``model`` in each reference state (on copies).
 
@@ -317,23 +339,31 @@ def profile_model(
         num_classes: the head's size, for random targets.
         make_optimizer: builds the run's optimizer over a model's trainable parameters.
         reps: timed rounds after one warm-up round; medians are taken.
+        precision: the run's ``train.precision``: the forward runs under autocast to it.
+        channels_last: the run's ``train.channels_last``: the copies and ``x`` in that memory format.
     """
     y = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        full_model = _reference_copy(model, trainable=True, pin_frozen_bn=False)
+        full_model = _reference_copy(model, trainable=True, pin_frozen_bn=False, channels_last=channels_last)
         states = {
             "full": (full_model, x, True),
             "input": (
-                _reference_copy(model, trainable=False, pin_frozen_bn=False),
+                _reference_copy(model, trainable=False, pin_frozen_bn=False, channels_last=channels_last),
                 x.detach().requires_grad_(True),
                 True,
             ),
-            "none": (_reference_copy(model, trainable=False, pin_frozen_bn=True), x, False),
+            "none": (
+                _reference_copy(model, trainable=False, pin_frozen_bn=True, channels_last=channels_last),
+                x,
+                False,
+            ),
         }
         opt = make_optimizer(full_model)
         for group in opt.param_groups:
             group["lr"] = 1e-30  # the copy's weights stay put, while the step does all of its memory traffic
-        measured, full_opt = _run_states(states, y, reps, opt)
+        measured, full_opt = _run_states(states, y, reps, opt, precision)
         full, inp, none = measured["full"], measured["input"], measured["none"]
     children = dict(model.named_children())
     modules = tuple(
@@ -349,7 +379,7 @@ def profile_model(
         )
         for name in full
     )
-    return Profile(modules, full_opt, x.shape[0])
+    return Profile(modules, full_opt, x.shape[0], precision, channels_last)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -387,8 +417,19 @@ def estimate(
     make_optimizer: OptimizerFactory,
     reps: int = 5,
     profile: Profile | None = None,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Estimate:
     """Profile (unless given) and predict for ``model`` with its plan applied;
-    arguments as :func:`profile_model`."""
-    profile = profile or profile_model(model, x, num_classes, make_optimizer, reps)
+    arguments as :func:`profile_model`. A given ``profile`` must have been taken in
+    ``precision`` and memory format (ValueError otherwise)."""
+    if profile is not None and (profile.precision, profile.channels_last) != (precision, channels_last):
+        raise ValueError(
+            f"the profile was taken in {profile.precision}, channels_last={profile.channels_last}; "
+            f"the estimate is for {precision}, channels_last={channels_last}"
+        )
+    profile = profile or profile_model(
+        model, x, num_classes, make_optimizer, reps, precision=precision, channels_last=channels_last
+    )
     return predict(profile, model, _optimizer_time(copy.deepcopy(model), make_optimizer, reps))

@@ -67,6 +67,9 @@ def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None =
             "train_samples_per_s": s["train_samples_per_s"],
             "eval_samples_per_s": s["eval_samples_per_s"],
             "eval_speedup_no_grad": s["eval_speedup_no_grad"],
+            # Written by the runner since train.precision exists; every earlier run trained in fp32.
+            "precision": s.get("precision", "fp32"),
+            "channels_last": bool(s.get("channels_last", False)),
             "memory_bytes": {k: m[k] for k, _ in MEMORY_KINDS},
             "training_memory_bytes": training,
             "training_memory_ratio": training / ref_training if ref_training else 1.0,
@@ -115,11 +118,25 @@ def _mib(n: float) -> str:
     return f"{n / MiB:.1f}"
 
 
+def _precision(row: dict[str, Any]) -> str:
+    return row["precision"] + (", channels_last" if row["channels_last"] else "")
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The comparison as a Markdown table (report.md)."""
     rows = report["rows"]
     predicted = any("predicted_step_ratio" in r for r in rows)
-    headers = ["config", "trainable", "cache", "val acc", "step ms", "× full", "samples/s", "eval no-grad ×"]
+    headers = [
+        "config",
+        "trainable",
+        "cache",
+        "precision",
+        "val acc",
+        "step ms",
+        "× full",
+        "samples/s",
+        "eval no-grad ×",
+    ]
     if predicted:
         headers += ["predicted ×", "error"]
     headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
@@ -129,6 +146,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             r["config"],
             f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
             f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
+            _precision(r),
             f"{r['val_acc']:.4f}",
             f"{1000 * r['step_time_s']:.1f}",
             f"{r['compute_ratio']:.3f}",
@@ -162,6 +180,7 @@ def text_table(report: dict[str, Any]) -> str:
             [
                 r["config"] + (" (cached)" if r["cached"] else ""),
                 f"{r['trainable_pct']:.2f}%",
+                _precision(r),
                 f"{r['val_acc']:.4f}",
                 f"{1000 * r['step_time_s']:.0f}",
                 f"{r['compute_ratio']:.3f}",
@@ -173,6 +192,7 @@ def text_table(report: dict[str, Any]) -> str:
     headers = [
         "config",
         "trainable",
+        "precision",
         "val acc",
         "step ms",
         "compute × full",
@@ -180,7 +200,7 @@ def text_table(report: dict[str, Any]) -> str:
         "train mem × full",
         "peak MiB",
     ]
-    return format_table(headers, rows, right={1, 2, 3, 4, 6, 7})
+    return format_table(headers, rows, right={1, 3, 4, 5, 7, 8})
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -195,6 +215,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "Step time is the median over steps after warm-up; `× full` compares compute "
         "(forward + backward + optimizer), which is also what `predicted ×` estimates. "
         "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
+        "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
+        "and `channels_last` when the model and inputs were in that memory format. "
         f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}. "
         "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only.",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 
@@ -99,3 +100,19 @@ def test_estimate_leaves_the_model_untouched() -> None:
     estimate(model, torch.randn(4, 3, 32, 32), 5, OPT, reps=1)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_profile_runs_in_the_precision_and_memory_format_it_records() -> None:
+    x = torch.randn(16, 3, 32, 32)
+    fp32 = profile_model(resnet18_with("full"), x, 5, OPT, reps=1)
+    bf16 = profile_model(resnet18_with("full"), x, 5, OPT, reps=1, precision="bf16", channels_last=True)
+    assert (fp32.precision, fp32.channels_last, bf16.precision, bf16.channels_last) == ("fp32", False, "bf16", True)
+    # Under autocast the convolutions save their inputs in bf16, half the bytes, and autocast's bf16 copies
+    # of their weights besides: where the activations outweigh the weights (layer1), less in all.
+    saved = {m.name: (a.saved_full, m.saved_full) for a, m in zip(fp32.modules, bf16.modules, strict=True)}
+    assert saved["layer1"][1] < 0.75 * saved["layer1"][0]
+    probe = resnet18_with("linear_probe")
+    est = estimate(probe, x, 5, OPT, reps=1, profile=bf16, precision="bf16", channels_last=True)
+    assert est.to_json()["precision"] == "bf16" and est.to_json()["channels_last"] is True
+    with pytest.raises(ValueError, match="taken in bf16, channels_last=True; the estimate is for fp32"):
+        estimate(probe, x, 5, OPT, reps=1, profile=bf16)

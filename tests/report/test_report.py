@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from freezetune.config import from_dict
-from freezetune.report import build_report, load_run
+from freezetune.report import build_report, load_run, markdown_table, text_table
 from freezetune.train import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +92,18 @@ def test_compare_script_writes_all_three_files(two_runs: list[Path], tmp_path: P
     assert all("predicted_step_ratio" in r for r in data["rows"])
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "report:" in capsys.readouterr().out
+
+
+def test_report_shows_each_runs_precision_fp32_for_older_runs(two_runs: list[Path]) -> None:
+    runs = [load_run(d) for d in two_runs]
+    assert runs[0]["speed"]["precision"] == "fp32"  # the runner writes it
+    runs[1]["speed"] |= {"precision": "bf16", "channels_last": True}
+    del runs[0]["speed"]["precision"], runs[0]["speed"]["channels_last"]  # as a run from before train.precision
+    report = build_report(runs)
+    assert [(r["precision"], r["channels_last"]) for r in report["rows"]] == [("fp32", False), ("bf16", True)]
+    md = markdown_table(report).splitlines()
+    assert md[0].startswith("| config | trainable | cache | precision | val acc |")
+    assert md[2].startswith("| t_full | ") and " | fp32 | " in md[2]
+    assert " | bf16, channels_last | " in md[3]
+    text = text_table(report).splitlines()
+    assert "precision" in text[0] and "bf16, channels_last" in text[3]

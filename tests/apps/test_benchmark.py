@@ -1,0 +1,98 @@
+"""freezetune benchmark: both loops train alike in every precision and memory format, and
+the table has a row per (preset, size, precision, memory format) with the ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from freezetune.apps import bench_pair, benchmark_configs
+from freezetune.cli.benchmark import main
+from freezetune.config import Config, from_dict
+
+
+def tiny(
+    precision: str = "fp32", channels_last: bool = False, preset: str = "until:layer3", arch: str = "resnet18"
+) -> Config:
+    return from_dict(
+        {
+            "name": "bench_tiny",
+            "seed": 1,
+            "model": {"arch": arch, "num_classes": 3},
+            "data": {"dataset": "fake", "image_size": 32, "batch_size": 4},
+            "freeze": {"preset": preset},
+            "train": {
+                "precision": precision,
+                "channels_last": channels_last,
+                "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_loops_train_bitwise_alike(precision: str) -> None:
+    # The same model, batch and optimizer; both loops run the same ops in the same order (autocast,
+    # the loss in fp32, SGD): on one device they must agree bit for bit, in bf16 as in fp32. Two
+    # steps, so momentum and the channels-last weights of the second step are covered.
+    pair = bench_pair(tiny(precision, channels_last=True), steps=2)
+    before = {k: v.clone() for k, v in pair.framework_model.state_dict().items()}
+    pair.framework()
+    pair.hand()
+    fw, hand = pair.framework_model.state_dict(), pair.hand_model.state_dict()
+    assert not torch.equal(fw["layer4.0.conv1.weight"], before["layer4.0.conv1.weight"])  # it trained
+    assert torch.equal(fw["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])  # frozen prefix
+    assert torch.equal(fw["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])  # pinned in eval
+    assert [k for k in fw if not torch.equal(fw[k], hand[k])] == []
+    assert pair.framework_model.layer4[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp16_hand_loop_scales_the_loss_as_freezetune_does(user_models: str) -> None:
+    # fp16 convolutions are slow on a CPU: the tests' small convnet (tests/conftest.py).
+    pair = bench_pair(tiny("fp16", preset="full", arch=f"{user_models}.nets:build"), steps=2)
+    pair.framework()
+    pair.hand()
+    fw, hand = pair.framework_model.state_dict(), pair.hand_model.state_dict()
+    assert [k for k in fw if not torch.equal(fw[k], hand[k])] == []
+
+
+def test_variants_are_timed_together_with_ratios_to_fp32() -> None:
+    results = benchmark_configs([tiny("fp32"), tiny("bf16", channels_last=True)], steps=1, rounds=1)
+    fp32, bf16 = results
+    assert (fp32.precision, fp32.memory_format, bf16.precision, bf16.memory_format) == (
+        "fp32",
+        "contiguous",
+        "bf16",
+        "channels_last",
+    )
+    assert fp32.vs_fp32 == 1.0 and bf16.vs_fp32 is not None and bf16.vs_fp32 > 0
+    assert all(r.framework_ms > 0 and r.hand_ms > 0 and r.ratio > 0 for r in results)
+    # Without an fp32 config among them there is nothing to compare with.
+    assert benchmark_configs([tiny("bf16")], steps=1, rounds=1)[0].vs_fp32 is None
+
+
+def test_cli_sweeps_precisions_and_memory_formats(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--presets", "linear_probe", "--sizes", "32", "--channels-last", "--precision", "fp32,bf16"]
+    argv += ["data.batch_size=2", "--steps", "1", "--rounds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("preset ") :]
+    header = table.splitlines()[0]
+    for column in ("precision", "memory format", "freezetune ms/step", "hand-written ms/step"):
+        assert column in header, column
+    assert "freezetune / hand" in header and "× freezetune fp32" in header
+    rows = json.loads(out.read_text())
+    assert [(r["name"], r["precision"], r["memory_format"]) for r in rows] == [
+        ("linear_probe", "fp32", "channels_last"),
+        ("linear_probe", "bf16", "channels_last"),
+    ]
+    assert rows[0]["vs_fp32"] == 1.0 and rows[1]["vs_fp32"] > 0
+
+
+def test_cli_rejects_an_unknown_memory_format(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--memory-format", "nhwc", "--steps", "1", "--rounds", "1"]) == 2
+    assert "--memory-format: expected contiguous or channels_last, got 'nhwc'" in capsys.readouterr().err
