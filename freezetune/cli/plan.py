@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     f"(predicted for epoch 1's plan; the plan changes at epochs "
                     f"{', '.join(str(ph.start) for ph in p.schedule.phases[1:])})"
                 )
+            t = cfg.train
+            layout = ", channels_last" if t.channels_last else ""
+            print(f"(profiled in {t.precision}{layout}, frozen weights in {cfg.freeze.frozen_dtype})")
             print(render_estimate(estimate_config(cfg, reps=5, prepared=p)))
         return 0
 

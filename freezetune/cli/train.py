@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 command = f"torchrun <the same launch options> {sys.argv[0]}"
             else:
                 command = prog or f"python {sys.argv[0]}"
+            # With key=value edits the original file alone is another config: the run's own config.yaml
+            # (the resolved one it was trained with) resumes it as it was.
+            config = f"{summary['run_dir']}/config.yaml" if args.overrides else args.config
             print(
                 f"{cfg.name}: stopped in epoch {summary['epoch']} after {summary['steps']} steps; checkpoint saved. "
-                f"Continue with: {command} --config {args.config} --resume {summary['run_dir']}"
+                f"Continue with: {command} --config {config} --resume {summary['run_dir']}"
             )
             return cli.EXIT_INTERRUPTED
         if summary["tensors_frozen"] == 0 and not summary["schedule"]:

@@ -205,7 +205,7 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
     if origin is list:
         if not isinstance(value, list):
             problems.append(f"{path}: expected a list, got {value!r}")
-            return []
+            return None  # not [], which later checks would report as a second, invented problem
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_value(item_tp, v, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
     if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):

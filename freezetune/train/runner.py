@@ -113,6 +113,12 @@ def run(
         p.device,
     )
     log.info("%s: preprocessing: %s", cfg.name, Preprocessing.of(cfg.data).describe())
+    if cfg.train.precision == "fp16" and p.device.type == "cpu":
+        log.warning(
+            "%s: train.precision fp16 on the CPU: its kernels are emulated there, often 10-100x slower than fp32; "
+            "bf16 is the CPU's low precision",
+            cfg.name,
+        )
     followed = sorted({src.split(" (scaled")[0] for src in sources.values() if src != "config"})
     if followed:
         log.info("%s: preprocessing not set in the config follows %s", cfg.name, ", ".join(followed))

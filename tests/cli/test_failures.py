@@ -323,11 +323,13 @@ def test_an_interrupted_overwrite_resumes_into_place(
     asked = StopRequest.__call__
     monkeypatch.setattr(StopRequest, "__call__", lambda self: True)
     rc, out, _ = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--overwrite", "--no-progress")
-    assert rc == 130 and "--resume runs/tiny.overwriting" in out
+    # The run had a key=value edit: the hint resumes from the run's own (resolved) config.yaml, which has it.
+    hint = "--config runs/tiny.overwriting/config.yaml --resume runs/tiny.overwriting"
+    assert rc == 130 and hint in out
     assert files(workdir / "runs" / "tiny") == old
     monkeypatch.setattr(StopRequest, "__call__", asked)
-    rc, _, _ = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--resume", "runs/tiny.overwriting")
-    assert rc == 0
+    rc, _, err = command(capsys, "train", *hint.split())
+    assert rc == 0, err
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["mine", "tiny"]
     summary = json.loads((workdir / "runs" / "tiny" / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["run_dir"] == "runs/tiny"

@@ -661,3 +661,9 @@ def test_a_config_knows_whether_its_trainable_set_changes() -> None:
     assert from_dict(
         {"name": "s", "freeze": {"schedule": [{"epoch": 2, "unfreeze": "fc"}]}, "train": {"epochs": 2}}
     ).freeze.scheduled
+
+
+def test_a_scalar_where_a_list_belongs_is_one_problem() -> None:
+    assert problems_of({"name": "exp", "train": {"optimizer": {"name": "adam", "betas": 0.9}}}) == [
+        "train.optimizer.betas: expected a list, got 0.9"
+    ]
