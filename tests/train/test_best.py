@@ -4,6 +4,7 @@ itself, and both surviving an interrupt and --resume bitwise."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,6 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class StopAfter(StopRequest):
-    """Stops at the n-th time the loop asks (after every step but an epoch's last, and after each epoch)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.requested or self.calls >= self.n
 
 
 def test_best_pt_holds_the_best_epoch_where_the_curve_says_so(tmp_path: Path) -> None:
@@ -115,11 +104,11 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(
 
 @pytest.mark.parametrize("stop_at", [3, 9], ids=["in-epoch-1", "in-epoch-3"])
 def test_an_interrupted_early_stopping_run_resumes_to_the_same_end(
-    tmp_path: Path, stopped_early: tuple[Path, dict], stop_at: int
+    tmp_path: Path, stopped_early: tuple[Path, dict], stop_at: int, stop_after: Callable[[int], StopRequest]
 ) -> None:
     ref_folder, ref = stopped_early
     cfg = config(tmp_path, "early", epochs=8, early_stopping={"patience": 2})
-    assert run(cfg, stop=StopAfter(stop_at))["interrupted"]
+    assert run(cfg, stop=stop_after(stop_at))["interrupted"]
     # Resumed from the run's own config.yaml (as `freezetune predict` suggests for an unfinished run): its
     # preprocessing is all explicit there, yet the record still says where each value first came from.
     saved = from_dict(yaml.safe_load((tmp_path / "early" / "config.yaml").read_text()))

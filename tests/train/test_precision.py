@@ -4,6 +4,7 @@ the optimizers, in real runs on the CPU."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,22 +64,14 @@ def test_bf16_trains_evaluates_and_records_its_precision(tmp_path: Path) -> None
     assert abs(summary["final_val_loss"] - fp32["final_val_loss"]) < 0.1
 
 
-class StopAfter(StopRequest):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.requested or self.calls >= self.n
-
-
-def test_fp16_scales_the_loss_and_resumes_bitwise_with_its_scale(tmp_path: Path, user_models: str) -> None:
+def test_fp16_scales_the_loss_and_resumes_bitwise_with_its_scale(
+    tmp_path: Path, user_models: str, stop_after: Callable[[int], StopRequest]
+) -> None:
     # A small convnet of the tests' own (tests/conftest.py): fp16 convolutions are emulated, slowly, on a CPU.
     arch = f"{user_models}.nets:build"
     ref = run(config(tmp_path, "ref", arch, precision="fp16", epochs=2))
     cfg = config(tmp_path, "cut", arch, precision="fp16", epochs=2)
-    assert run(cfg, stop=StopAfter(4))["interrupted"]
+    assert run(cfg, stop=stop_after(4))["interrupted"]
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0  # the GradScaler's state travels with the checkpoint
     done = run(cfg, resume=tmp_path / "cut")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +51,6 @@ def config(tmp: Path, name: str, **edits: Any) -> Config:
             node = node.setdefault(part, {})
         node[last] = value
     return from_dict(tree)
-
-
-class StopAfter(StopRequest):
-    """Asks to stop at the n-th time the loop asks (once after every step but an
-    epoch's last, and once after each epoch)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.requested or self.calls >= self.n
 
 
 def rows(folder: Path, name: str) -> list[dict]:
@@ -140,8 +127,10 @@ def test_a_group_joins_at_the_schedules_lr_of_that_moment(reference: tuple[Path,
     assert sorted(last.values()) == pytest.approx(sorted(0.05 * s * factor for s in (1, 0.5, 0.5)), rel=1e-12)
 
 
-def test_what_an_event_unfreezes_is_bitwise_the_base_until_then(tmp_path: Path) -> None:
-    summary = run(config(tmp_path, "cut"), stop=StopAfter(2 * STEPS))  # stops after epoch 2
+def test_what_an_event_unfreezes_is_bitwise_the_base_until_then(
+    tmp_path: Path, stop_after: Callable[[int], StopRequest]
+) -> None:
+    summary = run(config(tmp_path, "cut"), stop=stop_after(2 * STEPS))  # stops after epoch 2
     assert summary["interrupted"] and summary["epoch"] == 2
     saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["model"]
     base = prepare_model(config(tmp_path, "cut")).model.state_dict()
@@ -191,12 +180,12 @@ def test_cache_on_is_refused_up_front_when_a_later_phase_has_no_frozen_prefix(tm
 
 @pytest.mark.parametrize("stop_at", [2, STEPS, 2 * STEPS + 1], ids=["mid-1", "end-1", "mid-3"])
 def test_a_stopped_and_resumed_run_ends_bitwise_equal(
-    tmp_path: Path, reference: tuple[Path, dict], stop_at: int
+    tmp_path: Path, reference: tuple[Path, dict], stop_at: int, stop_after: Callable[[int], StopRequest]
 ) -> None:
     ref_folder, ref = reference
     cfg = config(tmp_path, "ref")  # same config as the reference, other folder
     cfg.train.output_dir = str(tmp_path / "ref")
-    first = run(cfg, stop=StopAfter(stop_at))
+    first = run(cfg, stop=stop_after(stop_at))
     assert first["interrupted"]
     done = run(cfg, resume=tmp_path / "ref")
     assert "interrupted" not in done
@@ -231,11 +220,11 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(tmp_path: Path, r
 
 
 def test_resume_refuses_another_config_a_finished_run_and_a_folder_without_checkpoint(
-    tmp_path: Path, reference: tuple[Path, dict]
+    tmp_path: Path, reference: tuple[Path, dict], stop_after: Callable[[int], StopRequest]
 ) -> None:
     cfg = config(tmp_path, "ref")
     cfg.train.output_dir = str(tmp_path / "ref")
-    run(cfg, stop=StopAfter(2))
+    run(cfg, stop=stop_after(2))
     changed = config(tmp_path, "ref", **{"train.optimizer.lr": 0.1})
     changed.train.output_dir = str(tmp_path / "ref")
     with pytest.raises(ConfigError, match=r"train.optimizer.lr was 0.05, is now 0.1"):
@@ -321,11 +310,13 @@ def test_delta_checkpoint_refuses_a_changed_base(tmp_path: Path, base_file: Path
         load_state_dict_file(tmp_path / "delta" / "model.pt")
 
 
-def test_a_delta_checkpoint_resumes_exactly_on_its_base(tmp_path: Path) -> None:
+def test_a_delta_checkpoint_resumes_exactly_on_its_base(
+    tmp_path: Path, stop_after: Callable[[int], StopRequest]
+) -> None:
     edits = {"train.save": "delta", "train.epochs": 2, "freeze.gradual": [LAST]}
     whole = run(config(tmp_path, "whole", **edits))
     cfg = config(tmp_path, "cut", **edits)
-    assert run(cfg, stop=StopAfter(STEPS + 2))["interrupted"]  # mid-epoch 2: features.12 trains
+    assert run(cfg, stop=stop_after(STEPS + 2))["interrupted"]  # mid-epoch 2: features.12 trains
     saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     # Only what epochs 1-2 could change: the head, features.12 and its BatchNorm buffers.
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in saved["delta"]["tensors"]} == {"classifier.3", LAST}
@@ -355,9 +346,9 @@ def test_a_delta_against_random_initial_weights_loads_as_weights(tmp_path: Path)
     assert_same_weights(rebuilt, weights(tmp_path / "randfull"))
 
 
-def test_resume_refuses_another_number_of_processes(tmp_path: Path) -> None:
+def test_resume_refuses_another_number_of_processes(tmp_path: Path, stop_after: Callable[[int], StopRequest]) -> None:
     cfg = config(tmp_path, "procs")
-    run(cfg, stop=StopAfter(2))
+    run(cfg, stop=stop_after(2))
     path = tmp_path / "procs" / CHECKPOINT
     state = torch.load(path, weights_only=True)
     torch.save(state | {"world_size": 2}, path)
