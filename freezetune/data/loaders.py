@@ -82,10 +82,13 @@ def class_indices(cfg: DataConfig, names: list[str] | None = None) -> list[int] 
 def class_names(cfg: DataConfig) -> list[str]:
     """The name of each model output of this data, in output order (saved with the model)."""
     everything = _all_names(cfg)
-    indices = class_indices(cfg, everything)
-    if indices is None:
-        return everything
-    return [everything[i] if i < len(everything) else str(i) for i in indices]
+    return _output_names(everything, class_indices(cfg, everything))
+
+
+def _output_names(everything: list[str], indices: list[int] | None, outputs: int = 0) -> list[str]:
+    """The names of the selected labels in output order, then an index for each output beyond them."""
+    names = everything if indices is None else [everything[i] if i < len(everything) else str(i) for i in indices]
+    return names + [str(i) for i in range(len(names), outputs)]
 
 
 class _Relabel(Dataset):
@@ -177,15 +180,14 @@ def build_loaders(cfg: DataConfig, seed: int, num_classes: int | None = None, ch
     # Fake labels are drawn from 0..n-1: enough of them for the highest index asked for.
     fake_k = k if cfg.classes is None or cfg.dataset != "fake" else max(cfg.classes) + 1
     train, val, skipped = _raw_datasets(cfg, seed, fake_k, check_images)
-    indices = class_indices(cfg, train.classes if cfg.dataset == "imagefolder" else None)
-    if cfg.dataset == "imagefolder":
-        _check_folder_classes(cfg, train, indices)
     if cfg.dataset == "fake":
         everything = [str(i) for i in range(fake_k)]
     else:
         everything = train.classes if cfg.dataset == "imagefolder" else _all_names(cfg)
-    names = everything if indices is None else [everything[i] if i < len(everything) else str(i) for i in indices]
-    names += [str(i) for i in range(len(names), k)]
+    indices = class_indices(cfg, everything)
+    if cfg.dataset == "imagefolder":
+        _check_folder_classes(cfg, train, indices)
+    names = _output_names(everything, indices, k)
     train = _select(train, indices, cfg.train_samples, seed)
     val = _select(val, indices, cfg.val_samples, seed + 1)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
