@@ -35,9 +35,10 @@ from freezetune.record.rundir import (
     atomic_write_bytes,
     staging_for,
 )
-from freezetune.record.summary import EpochResult, RunFacts, build_summary, epoch_row
+from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, build_summary, epoch_row
 
 __all__ = [
+    "TIMING_KEYS",
     "MODEL_FORMAT",
     "FAILED",
     "LOG_FILES",

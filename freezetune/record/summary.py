@@ -17,7 +17,7 @@ from freezetune.config.schema import Config
 from freezetune.plan.rules import FreezePlan
 from freezetune.record.integrity import FrozenCheck
 
-__all__ = ["MEMORY_KINDS", "EpochResult", "RunFacts", "build_summary", "epoch_row"]
+__all__ = ["MEMORY_KINDS", "TIMING_KEYS", "EpochResult", "RunFacts", "build_summary", "epoch_row"]
 
 # (summary.json key, label): the memory a training step holds, by kind.
 MEMORY_KINDS = (
@@ -29,6 +29,11 @@ MEMORY_KINDS = (
 )
 
 
+# The fields of an epoch row that are measured time: they differ between any two runs, even
+# bitwise-identical ones (a resumed run against an uninterrupted one, cached against uncached).
+TIMING_KEYS = ("epoch_time_s", "samples_per_s", "train_s")
+
+
 @dataclass
 class EpochResult:
     """One finished epoch, as the training loop reports it."""
@@ -37,16 +42,21 @@ class EpochResult:
     train_loss: float
     val_loss: float
     val_acc: float
-    epoch_time_s: float
+    epoch_time_s: float  # the training pass only: no evaluation, no measurement
     samples_per_s: float
     steps: int
+    # Cumulative training seconds at the end of this epoch: every training pass so far plus
+    # what got them ready (a feature cache build, a compile), without evaluation or
+    # measurement. The x axis of a learning curve: what a run paid to reach this accuracy.
+    train_s: float = 0.0
 
 
-def epoch_row(result: EpochResult, plan: FreezePlan, groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``: the epoch's result, what was trainable, and each
-    optimizer group's LR at the epoch's last step (``groups``: ``optimizer.param_groups``)."""
+def epoch_row(result: EpochResult, plan: FreezePlan, groups: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: the epoch's result, the run's seed, what was trainable,
+    and each optimizer group's LR at the epoch's last step (``groups``: ``optimizer.param_groups``)."""
     return {
         **dataclasses.asdict(result),
+        "seed": seed,
         "trainable_params": plan.numel_trainable,
         "trainable_tensors": len(plan.trainable),
         "optimizer_groups": len(groups),
@@ -113,6 +123,8 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
         "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
         "wall_time_s": f.wall_s,
+        "train_time_s": last.train_s,  # training passes and their set-up, without evaluation (EpochResult.train_s)
+        "seed": f.cfg.seed,
         # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event
         # released unchanged until then, and (torchrun) every rank with the same parameters.
         "frozen_unchanged": bool(unchanged),

@@ -156,7 +156,7 @@ def run(
             partial = None
             last_phase.add(stats)
             if result is not None:
-                row = epoch_row(result, trainer.plan, trainer.optimizer.param_groups)
+                row = epoch_row(result, trainer.plan, trainer.optimizer.param_groups, cfg.seed)
                 out.append_jsonl("metrics.jsonl", row)
                 logs.epoch(row, trainer.global_step)
                 if on_epoch:

@@ -22,6 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from freezetune.config import Config, ConfigError, Preprocessing, weights_kind
 from freezetune.data import Loaders
+from freezetune.measure import device_clock
 from freezetune.plan import FreezePlan, apply_plan
 from freezetune.record import (
     MODEL_FORMAT,
@@ -90,6 +91,8 @@ class Trainer:
         # per-step logs (freezetune.record.logs); None: nothing to call.
         self.step_hook: Callable[[int, torch.Tensor, dict[str, float]], None] | None = None
         self._epoch_first_step = 0
+        # Cumulative training seconds (EpochResult.train_s), a stopped epoch's part included.
+        self.train_s = 0.0
         # Where each preprocessing value came from (freezetune.config.resolve), kept across a resume:
         # a run resumed from its own config.yaml would otherwise say "config" for all of them.
         self.preprocessing_from: dict[str, str] = {}
@@ -173,7 +176,9 @@ class Trainer:
         """Train and evaluate one epoch; returns (result or None if stopped, stats, the
         generator state the epoch started from)."""
         target = self.target
-        target.follow(self.plan)
+        setup_start = device_clock(self.device)
+        target.follow(self.plan)  # builds the feature cache, compiles: training cost too
+        setup_s = device_clock(self.device) - setup_start
         if isinstance(target.train_loader.sampler, DistributedSampler):
             target.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         resume = None
@@ -221,7 +226,11 @@ class Trainer:
         target.steps_done(stats.durations)  # train.compile: the first step after a compile is its cost
         self.check_finite(epoch)
         if result is not None:
+            self.train_s += setup_s + result.epoch_time_s
+            result.train_s = self.train_s
             self.epochs.append(result)
+        else:  # stopped part-way: the steps it took (fit_epoch times only whole epochs)
+            self.train_s += setup_s + sum(sum(d) for d in stats.durations)
         return result, stats, start_state
 
     def _on_step(self, step: int, loss: torch.Tensor) -> None:
@@ -266,6 +275,7 @@ class Trainer:
             "protected": self.ledger.digests,
             "events": self.events,
             "epochs": [vars(e) for e in self.epochs],
+            "train_s": self.train_s,
             "preprocessing_from": self.preprocessing_from,
         }
 
@@ -336,6 +346,7 @@ class Trainer:
         self.events = list(state["events"])
         self.preprocessing_from = dict(state.get("preprocessing_from") or self.preprocessing_from)
         self.epochs = [EpochResult(**e) for e in state["epochs"]]
+        self.train_s = state.get("train_s", self.epochs[-1].train_s if self.epochs else 0.0)
         if partial:
             loss_sum, samples = (
                 partial["per_rank"][rank] if partial.get("per_rank") else (partial["loss_sum"], partial["samples"])

@@ -371,7 +371,7 @@ def test_structural_problems_all_reported_in_one_error(tmp_path: Path) -> None:
 
 def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     (problem,) = problems_of({"name": "exp", "zzzzzz": 1})
-    assert problem.startswith("zzzzzz: unknown key; valid keys: name, seed, model, data, freeze, train")
+    assert problem.startswith("zzzzzz: unknown key; valid keys: name, seed, seeds, model, data, freeze, train")
 
 
 def test_section_must_be_a_mapping() -> None:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from freezetune.config import Config, from_dict
+from freezetune.record import TIMING_KEYS
 from freezetune.train import StopRequest, run
 
 
@@ -117,7 +118,7 @@ def test_an_interrupted_early_stopping_run_resumes_to_the_same_end(
     assert done["preprocessing"] == ref["preprocessing"] and done["preprocessing"]["from"]["mean"] == "fake default"
     for name in ("model.pt", "best.pt"):
         assert same(tensors(tmp_path / "early" / name), tensors(ref_folder / name)), name
-    strip = ("epoch_time_s", "samples_per_s")
+    strip = TIMING_KEYS
     assert [{k: v for k, v in m.items() if k not in strip} for m in metrics(tmp_path / "early")] == [
         {k: v for k, v in m.items() if k not in strip} for m in metrics(ref_folder)
     ]

@@ -12,6 +12,7 @@ import torchvision
 
 from freezetune.config import ConfigError, from_dict
 from freezetune.plan import apply_plan, describe, plan_from_config
+from freezetune.record import TIMING_KEYS
 from freezetune.report import render_cache
 from freezetune.train import (
     CacheRefused,
@@ -199,7 +200,7 @@ class _Scale(torch.nn.Module):
 
 def results(tmp: Path, name: str) -> list[dict]:
     """metrics.jsonl without its timings."""
-    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "samples_per_s")} for row in metrics(tmp, name)]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in metrics(tmp, name)]
 
 
 def feature_bytes(summary: dict) -> int:

@@ -25,6 +25,7 @@ from freezetune.infer import check_batch, export_model, load_run, predict_datase
 from freezetune.measure import param_bytes, param_bytes_by_dtype
 from freezetune.models import load_state_dict_file
 from freezetune.plan import norm_parameters
+from freezetune.record import TIMING_KEYS
 from freezetune.train import CHECKPOINT, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
@@ -173,7 +174,7 @@ def test_a_stopped_and_resumed_run_ends_bitwise_equal(
     theirs = torch.load(ref_folder / "model.pt", weights_only=True)["delta"]
     assert_same_state(mine["tensors"], theirs["tensors"])
     assert mine["base"]["hash"] == theirs["base"]["hash"]
-    strip = ("epoch_time_s", "samples_per_s")
+    strip = TIMING_KEYS
     got = [{k: v for k, v in r.items() if k not in strip} for r in rows(tmp_path / "ref", "metrics.jsonl")]
     want = [{k: v for k, v in r.items() if k not in strip} for r in rows(ref_folder, "metrics.jsonl")]
     assert got == want

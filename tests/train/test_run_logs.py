@@ -17,12 +17,11 @@ import yaml
 
 from freezetune.cli.main import main
 from freezetune.config import Config, from_dict
-from freezetune.record import RECORD_FILES
+from freezetune.record import RECORD_FILES, TIMING_KEYS
 from freezetune.train import StopRequest, run
 
 LOGS = ["jsonl", "csv", "tensorboard"]
 STEPS_PER_EPOCH = 4  # 16 samples, batch 4
-TIMINGS = ("epoch_time_s", "samples_per_s")  # differ between any two runs
 
 
 def raw(tmp: Path, name: str, log: list[str]) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def f32(x: float) -> float:
 
 
 def untimed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 @pytest.fixture(scope="module")

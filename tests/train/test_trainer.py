@@ -23,7 +23,7 @@ import yaml
 
 from freezetune.config import Config, ConfigError, from_dict
 from freezetune.models import build_model, load_state_dict_file
-from freezetune.record import BaseMismatch
+from freezetune.record import TIMING_KEYS, BaseMismatch
 from freezetune.train import CHECKPOINT, LRSchedule, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
@@ -190,7 +190,7 @@ def test_a_stopped_and_resumed_run_ends_bitwise_equal(
     done = run(cfg, resume=tmp_path / "ref")
     assert "interrupted" not in done
     assert_same_weights(weights(tmp_path / "ref"), weights(ref_folder))
-    strip = ("epoch_time_s", "samples_per_s")
+    strip = TIMING_KEYS
     got = [{k: v for k, v in r.items() if k not in strip} for r in rows(tmp_path / "ref", "metrics.jsonl")]
     want = [{k: v for k, v in r.items() if k not in strip} for r in rows(ref_folder, "metrics.jsonl")]
     assert got == want  # losses, accuracies, LRs: exactly
@@ -254,7 +254,7 @@ def test_a_finished_run_that_kept_its_state_extends_exactly(tmp_path: Path) -> N
     extended = run(config(tmp_path, "two", **{**edits, "train.epochs": 3}), resume=tmp_path / "two")
     assert extended["epochs"] == three["epochs"] == 3
     assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "three"))
-    drop = ("epoch_time_s", "samples_per_s")
+    drop = TIMING_KEYS
     strip = lambda r: {k: v for k, v in r.items() if k not in drop}  # noqa: E731
     assert [strip(r) for r in rows(tmp_path / "two", "metrics.jsonl")] == [
         strip(r) for r in rows(tmp_path / "three", "metrics.jsonl")
