@@ -227,6 +227,9 @@ class Config:
 
     name: str = ""
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})  # NumPy's seeds are 32-bit
+    # How many seeds compare and the demo train this config with: seed, seed + 1, ... each in
+    # its own run folder (<output_dir>-seed<S>), for intervals over seeds. train trains `seed` alone.
+    seeds: int = field(default=1, metadata={"min": 1, "max": 1000})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
