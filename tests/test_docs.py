@@ -63,6 +63,7 @@ def test_the_pages_exist() -> None:
         "speed-and-memory.md",
         "cost-model.md",
         "demo.md",
+        "comparing.md",
     ):
         assert page in names, f"docs/{page} is missing"
 

@@ -12,7 +12,7 @@ from freezetune.apps.benchmark import (
     benchmark_configs,
     hand_written_loop,
 )
-from freezetune.apps.compare import estimate_config, run_action, train_in_subprocess
+from freezetune.apps.compare import SeedRun, estimate_config, run_action, seed_runs, train_in_subprocess
 from freezetune.apps.demo import demo_report, pretrain_is_current, results_table, run_demo
 from freezetune.apps.shipped import shipped_config, shipped_configs_dir
 
@@ -20,6 +20,7 @@ __all__ = [
     "BenchPair",
     "BenchResult",
     "CacheBenchResult",
+    "SeedRun",
     "bench_pair",
     "benchmark_cache",
     "benchmark_config",
@@ -31,6 +32,7 @@ __all__ = [
     "results_table",
     "run_action",
     "run_demo",
+    "seed_runs",
     "shipped_config",
     "shipped_configs_dir",
     "train_in_subprocess",

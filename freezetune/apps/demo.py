@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from freezetune.apps.compare import estimate_config
+from freezetune.apps.compare import estimate_config, run_action, seed_runs
 from freezetune.apps.shipped import shipped_config
 from freezetune.config import Config, load_config, resolve, to_dict
 from freezetune.record import EpochResult
-from freezetune.report import build_report, write_report
+from freezetune.report import build_report, load_run, write_report
 from freezetune.train import Progress, no_progress, run
 from freezetune.utils import format_table
 
@@ -65,27 +65,38 @@ def run_demo(
     progress: Progress = no_progress,
     on_epoch: Callable[[str, EpochResult], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or reuse) the pretraining, then every fine-tune; returns their summaries."""
+    """Run (or reuse) the pretraining, then every fine-tune over its seeds (the configs'
+    ``seeds:``), seed by seed across the configs; returns the runs (freezetune.report.load_run).
+    A fine-tune already finished from the same config and backbone is reused, not retrained."""
     overrides = overrides or []
     pre = load_config(shipped_config(PRETRAIN_CONFIG), overrides)
+    plans = [seed_runs(str(shipped_config(path)), overrides) for path in FINETUNE_CONFIGS]  # all errors first
     if pretrain_is_current(pre):
         log.info("pretraining: %s is current for %s, reusing it", pre.output_dir / "model.pt", PRETRAIN_CONFIG)
     else:
         log.info("pretraining %s on classes %s", pre.name, pre.data.classes)
         run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch))
-    summaries = []
-    for path in FINETUNE_CONFIGS:
-        cfg = load_config(shipped_config(path), overrides)
-        log.info("fine-tuning %s (%s)", cfg.name, path)
-        # In-process: run() resets the peak-memory mark, so each run still gets its own peak.
-        summaries.append(run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(cfg.name, on_epoch)))
-    return summaries
+    order = [p[i] for i in range(max(len(p) for p in plans)) for p in plans if i < len(p)]
+    done = {}
+    for r in order:
+        cfg = r.cfg
+        label = f"{cfg.name} seed {cfg.seed}"
+        # A run of the same config whose backbone has not changed since (run_action checks both).
+        if run_action(cfg, overwrite=True) == "reuse":
+            log.info("%s: reusing %s (finished, same config and backbone)", label, cfg.output_dir)
+        else:
+            log.info("fine-tuning %s into %s", label, cfg.output_dir)
+            # In-process: run() resets the peak-memory mark, so each run still gets its own peak.
+            run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(label, on_epoch))
+        done[(cfg.name, cfg.seed)] = load_run(cfg.output_dir)
+    # Config by config, each one's seeds in order: how the tables read.
+    return [done[(p.cfg.name, p.cfg.seed)] for plan in plans for p in plan]
 
 
 def demo_report(
-    summaries: list[dict[str, Any]], overrides: list[str] | None = None, out_dir: str | Path = REPORT_DIR
+    runs: list[dict[str, Any]], overrides: list[str] | None = None, out_dir: str | Path = REPORT_DIR
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Predict each fine-tune's cost, then write the comparison report."""
+    """Predict each fine-tune's cost, then write the comparison report over seeds."""
     cache: dict = {}
     estimates = {}
     for path in FINETUNE_CONFIGS:
@@ -93,7 +104,6 @@ def demo_report(
         if cfg.freeze.scheduled:
             continue  # one prediction per plan: a run whose plan changes has several
         estimates[cfg.name] = estimate_config(cfg, cache=cache).to_json()
-    runs = [s | {"run_dir": s.get("run_dir", f"runs/{s['name']}")} for s in summaries]
     report = build_report(runs, estimates)
     return report, write_report(report, out_dir)
 
@@ -103,19 +113,23 @@ def _tagged(name: str, cb: Callable[[str, EpochResult], None] | None) -> Callabl
 
 
 def results_table(summaries: list[dict[str, Any]]) -> str:
-    """The demo's console table: accuracy, time, checkpoint sizes, the frozen check."""
+    """The demo's console table, one row per run: accuracy, time (``train s``: training passes and
+    cache builds; ``run s``: the whole run, evaluation and measurement included), checkpoint
+    sizes, the frozen check."""
     rows = []
     for s in summaries:
         cache = s.get("cache") or {}
         rows.append(
             [
                 s["name"],
+                str(s.get("seed", 0)),
                 f"{s['params_trainable']:,}",
                 f"{s['trainable_pct']:.2f}%",
                 f"{s['final_val_acc']:.4f}",
                 str(s["epochs"]),
                 f"{s['epoch_time_s']:.1f}",
                 f"{cache['build_s']:.1f}" if cache.get("used") else "-",
+                f"{s.get('train_time_s', s['wall_time_s']):.1f}",
                 f"{s['wall_time_s']:.1f}",
                 f"{s['checkpoint']['full_bytes'] / 2**20:.1f} / {s['checkpoint']['delta_bytes'] / 2**20:.3f}",
                 "yes" if s["frozen_unchanged"] else "NO",
@@ -123,6 +137,7 @@ def results_table(summaries: list[dict[str, Any]]) -> str:
         )
     headers = [
         "config",
+        "seed",
         "trainable params",
         "trainable",
         "val acc",
@@ -130,7 +145,8 @@ def results_table(summaries: list[dict[str, Any]]) -> str:
         "epoch s",
         "cache build s",
         "train s",
+        "run s",
         "model.pt MiB full / delta",
         "frozen unchanged",
     ]
-    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8})
+    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10})

@@ -1,7 +1,8 @@
 """The transfer demo behind `make demo`: freezetune demo [key=value ...] (also python scripts/demo.py)
 
 Pretrains resnet18 on Fashion-MNIST classes 0-4 (skipped when its checkpoint is
-current), fine-tunes on classes 5-9 under seven freezing configs, prints a table and writes runs/report."""
+current), fine-tunes on classes 5-9 under seven freezing configs over their seeds (finished
+runs of the same config are reused), prints the tables and writes runs/report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from freezetune.apps.demo import demo_report, results_table, run_demo
 from freezetune.cli import common as cli
 from freezetune.record import EpochResult
-from freezetune.report import text_table
+from freezetune.report import reference_line, text_table, unresolved_line
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("\npredicting each config's cost from a per-module profile, then writing the report ...", flush=True)
         comparison, paths = demo_report(summaries, args.overrides)
         print()
+        print(reference_line(comparison))
         print(text_table(comparison))
+        print(unresolved_line(comparison))
         print(f"\nreport: {', '.join(str(p) for p in paths)}")
         print(f"demo finished in {time.perf_counter() - start:.0f}s; run records under runs/")
         return 0 if all(s["frozen_unchanged"] for s in summaries) else 1

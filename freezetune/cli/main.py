@@ -13,7 +13,8 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = {
     "train": ("train", "train one config and write its run record"),
     "plan": ("plan", "show what a config freezes, its optimizer groups, schedule and predicted cost"),
-    "compare": ("compare", "train several configs (or read finished runs) and write a comparison report"),
+    "compare": ("compare", "train several configs over seeds (or read finished runs) and write a comparison report"),
+    "report": ("report", "a finished run's own report: its learning curve and what it cost"),
     "benchmark": ("benchmark", "time freezetune's step against a hand-written PyTorch loop"),
     "predict": ("predict", "predict the classes of image files with a finished run's model"),
     "evaluate": ("evaluate", "accuracy, per-class precision/recall and confusion matrix on a labelled folder"),

@@ -1,6 +1,7 @@
 """What people read: the printed plan (module table, autograd probe, optimizer groups,
-schedule, predicted cost) and the comparison report of finished runs (Markdown,
-JSON and a plot), and the confusion matrix plot of an evaluation."""
+schedule, predicted cost), the comparison report of finished runs over seeds (Markdown,
+JSON and plots, with the statistics behind its intervals), and the confusion matrix plot
+of an evaluation."""
 
 from freezetune.report.plan_view import (
     ModuleRow,
@@ -16,28 +17,61 @@ from freezetune.report.plan_view import (
     render_plan,
     render_schedule,
 )
-from freezetune.report.plot import plot_confusion, plot_report
-from freezetune.report.report import MEMORY_KINDS, build_report, load_run, markdown_table, text_table, write_report
+from freezetune.report.plot import plot_confusion, plot_curves, plot_report, plot_tradeoff
+from freezetune.report.report import (
+    DEFAULT_TARGET,
+    MEMORY_KINDS,
+    build_report,
+    config_differences,
+    load_run,
+    parse_target,
+    run_curve,
+)
+from freezetune.report.stats import Difference, Stat, difference, pareto_front, summarize, t_quantile, time_to_target
+from freezetune.report.tables import (
+    markdown_table,
+    outcome_table,
+    reference_line,
+    text_table,
+    unresolved_line,
+    write_report,
+)
 
 __all__ = [
+    "DEFAULT_TARGET",
     "MEMORY_KINDS",
+    "Difference",
+    "Stat",
     "ModuleRow",
     "ParamRow",
     "ProbeRow",
     "build_report",
+    "config_differences",
+    "difference",
     "load_run",
     "markdown_table",
     "module_rows",
+    "outcome_table",
+    "pareto_front",
+    "parse_target",
     "param_rows",
     "plot_confusion",
+    "plot_curves",
     "plot_report",
+    "plot_tradeoff",
     "probe_autograd",
     "render_cache",
     "render_estimate",
     "render_groups",
     "render_params",
     "render_plan",
+    "reference_line",
     "render_schedule",
+    "run_curve",
+    "summarize",
+    "t_quantile",
     "text_table",
+    "time_to_target",
+    "unresolved_line",
     "write_report",
 ]

@@ -1,32 +1,48 @@
-"""Compare finished runs: a Markdown table, a JSON file and a plot.
+"""Compare finished runs: one row per config, its seeds pooled.
 
-Ratios are taken against the reference run: the one that trains every
-parameter (full fine-tuning), else the first run given."""
+Runs are grouped by config name (the seeds of one config share it). Each row holds the means
+of the measured numbers, the 95% intervals over seeds, and each metric's difference to the
+reference config with its interval (freezetune.report.stats). Ratios (×) are means over
+means. The reference is ``--reference NAME``, else the config that trains every parameter,
+else the first config given, and the report says which and why.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from freezetune.config import ConfigError
 from freezetune.record.summary import MEMORY_KINDS
-from freezetune.report.plot import MiB, plot_report
-from freezetune.utils import format_table
+from freezetune.report.stats import difference, pareto_front, summarize, time_to_target
 
-__all__ = ["MEMORY_KINDS", "build_report", "load_run", "markdown_table", "text_table", "write_report"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "MEMORY_KINDS",
+    "build_report",
+    "config_differences",
+    "load_run",
+    "parse_target",
+    "run_curve",
+]
 
 MIN_RATIO_FOR_ERROR = 0.01
+DEFAULT_TARGET = "95%"
 # Memory that freezing can remove: everything but the weights themselves.
 _TRAINING_KINDS = ("grad_bytes", "optimizer_state_bytes", "saved_activation_bytes")
+# Keys that differ between the runs of one config by design, or name the run only.
+_RUN_KEYS = ("name", "seed", "seeds", "train.output_dir")
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
-    """A run folder's summary.json, with its folder added; ConfigError for a folder that holds
-    no finished run."""
+    """A run folder's summary.json, with its folder, its config (``config.yaml``) and its
+    per-epoch rows (``metrics.jsonl``) added; ConfigError for a folder that holds no finished run."""
     path = Path(path)
     if not (path / "summary.json").is_file():
         if (path / "FAILED").is_file():
@@ -36,57 +52,83 @@ def load_run(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: {what}"])
     summary = json.loads((path / "summary.json").read_text())
     summary["run_dir"] = str(path)
+    config = path / "config.yaml"
+    summary["config"] = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    metrics = path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    summary["metrics"] = [json.loads(line) for line in lines if line.strip()]
+    # Runs from before summary.json had a seed: their config says it.
+    summary.setdefault("seed", summary["config"].get("seed", 0))
     return summary
 
 
-def _reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return next((r for r in runs if r["params_trainable"] == r["params_total"]), runs[0])
+def run_curve(run: dict[str, Any]) -> list[tuple[float, float]]:
+    """(cumulative training seconds, validation accuracy) at each epoch end. Runs recorded
+    before ``train_s`` existed: the cumulative epoch times (their cache builds left out)."""
+    curve, total = [], 0.0
+    for row in run.get("metrics", []):
+        total += row["epoch_time_s"]
+        curve.append((row.get("train_s", total), row["val_acc"]))
+    return curve
 
 
-def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Rows of derived numbers, one per run, ratios against the reference run."""
+def _train_time(run: dict[str, Any]) -> float:
+    if "train_time_s" in run:
+        return run["train_time_s"]
+    curve = run_curve(run)
+    return curve[-1][0] if curve else run["wall_time_s"]
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``--target-acc``: ``0.85`` is an accuracy, ``95%`` that share of the reference's mean
+    final accuracy. Returns (``"accuracy"`` or ``"reference"``, the number); ValueError otherwise."""
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100
+            if 0 < value <= 1:
+                return "reference", value
+        else:
+            value = float(text)
+            if 0 < value <= 1:
+                return "accuracy", value
+    except ValueError:
+        pass
+    raise ValueError(f"{text!r}: give an accuracy in (0, 1] (0.85) or a share of the reference's in (0, 100%] (95%)")
+
+
+def build_report(
+    runs: list[dict[str, Any]],
+    estimates: dict[str, dict] | None = None,
+    reference: str | None = None,
+    target: str = DEFAULT_TARGET,
+) -> dict[str, Any]:
+    """One row per config (its runs pooled over seeds), with means, 95% intervals and
+    differences to the reference config; ConfigError for an unknown ``reference`` or runs of
+    one name trained from different configs."""
     estimates = estimates or {}
-    ref = _reference(runs)
-    rs, rm = ref["speed"], ref["memory"]
-    ref_training = sum(rm[k] for k in _TRAINING_KINDS)
+    groups = _group(runs)
+    ref_name, why = _reference(groups, reference)
+    ref = groups[ref_name]
+    kind, value = parse_target(target)
+    ref_acc = summarize([r["final_val_acc"] for r in ref]).mean
+    target_acc = value * ref_acc if kind == "reference" else value
+    target_rule = (
+        f"{100 * value:g}% of {ref_name}'s mean final accuracy ({ref_acc:.4f})"
+        if kind == "reference"
+        else "--target-acc"
+    )
+    means = {name: _means(rs) for name, rs in groups.items()}
+    rm = means[ref_name]
     rows = []
-    for r in runs:
-        s, m = r["speed"], r["memory"]
-        training = sum(m[k] for k in _TRAINING_KINDS)
-        row = {
-            "config": r["name"],
-            "run_dir": r["run_dir"],
-            "params_trainable": r["params_trainable"],
-            "trainable_pct": r["trainable_pct"],
-            "val_acc": r["final_val_acc"],
-            "step_time_s": s["step_time_s"],
-            "step_ratio": s["step_time_s"] / rs["step_time_s"],
-            "compute_time_s": s["compute_time_s"],
-            "compute_ratio": s["compute_time_s"] / rs["compute_time_s"],
-            "phases_s": {k: s[f"{k}_s"] for k in ("data", "forward", "backward", "optimizer")},
-            "train_samples_per_s": s["train_samples_per_s"],
-            "eval_samples_per_s": s["eval_samples_per_s"],
-            "eval_speedup_no_grad": s["eval_speedup_no_grad"],
-            # Written by the runner since train.precision exists; every earlier run trained in fp32.
-            "precision": s.get("precision", "fp32"),
-            "channels_last": bool(s.get("channels_last", False)),
-            "memory_bytes": {k: m[k] for k, _ in MEMORY_KINDS},
-            "training_memory_bytes": training,
-            "training_memory_ratio": training / ref_training if ref_training else 1.0,
-            "saved_ratio": m["saved_activation_bytes"] / rm["saved_activation_bytes"]
-            if rm["saved_activation_bytes"]
-            else 1.0,
-            "peak_bytes": m["peak_bytes"],
-            "peak_kind": m["peak_kind"],
-            "peak_ratio": m["peak_bytes"] / rm["peak_bytes"],
-            "frozen_unchanged": r["frozen_unchanged"],
-            "device": r["device"],
-        }
-        cache = r.get("cache") or {}
-        row["cached"] = bool(cache.get("used"))
-        row["cache_bytes"] = cache.get("bytes", 0) if row["cached"] else 0
-        row["cache_build_s"] = cache.get("build_s", 0.0) if row["cached"] else 0.0
-        est = estimates.get(r["name"])
+    for name, rs in groups.items():
+        m = means[name]
+        row = _row(rs, m, rm, target_acc)
+        if name != ref_name:
+            row["vs_reference"] = {
+                metric: difference(_by_seed(rs, metric), _by_seed(ref, metric)).to_json() for metric in _COMPARED
+            }
+        est = estimates.get(name)
         if est:
             row["predicted_step_ratio"] = _cached_ratio(est) if row["cached"] else est["predicted_step_ratio"]
             # Below 1% of full fine-tuning a step is tens of microseconds, finer than the
@@ -95,7 +137,214 @@ def build_report(runs: list[dict[str, Any]], estimates: dict[str, dict] | None =
                 row["predicted_step_error"] = row["predicted_step_ratio"] / row["compute_ratio"] - 1.0
             row["predicted_saved_ratio"] = est["predicted_saved_ratio"]
         rows.append(row)
-    return {"reference": ref["name"], "device": _device_name(ref["device"]), "rows": rows}
+    time_front = pareto_front([(r["train_time_s"], r["val_acc"]) for r in rows])
+    memory_front = pareto_front([(r["training_memory_bytes"], r["val_acc"]) for r in rows])
+    for row, on_time, on_memory in zip(rows, time_front, memory_front):
+        row["pareto"] = {"time": on_time, "memory": on_memory}
+    return {
+        "reference": ref_name,
+        "reference_why": why,
+        "device": _device_name(ref[0]["device"]),
+        "target_acc": target_acc,
+        "target_rule": target_rule,
+        "config_differences": config_differences({name: rs[0].get("config", {}) for name, rs in groups.items()}),
+        "rows": rows,
+    }
+
+
+# Each metric's difference to the reference, per seed: accuracy, what the run paid for it.
+_COMPARED = {
+    "val_acc": lambda r: r["final_val_acc"],
+    "train_time_s": _train_time,
+    "training_memory_bytes": lambda r: sum(r["memory"][k] for k in _TRAINING_KINDS),
+}
+
+
+def _by_seed(runs: list[dict[str, Any]], metric: str) -> dict[int, float]:
+    return {r["seed"]: _COMPARED[metric](r) for r in runs}
+
+
+def _group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by config name, in the order first given, each group's seeds in order; the runs
+    of one name must come from one config (seed, seeds and the folder aside) and differ in seed."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(r["name"], []).append(r)
+    for name, rs in groups.items():
+        first, seen = rs[0], {}
+        for r in rs:
+            if r["seed"] in seen:
+                raise ConfigError(
+                    [
+                        f"{seen[r['seed']]} and {r['run_dir']} are both {name} with seed {r['seed']}: "
+                        "give each run of a config once"
+                    ]
+                )
+            seen[r["seed"]] = r["run_dir"]
+            keys = config_differences({"a": first.get("config", {}), "b": r.get("config", {})})
+            if keys:
+                raise ConfigError(
+                    [
+                        f"{first['run_dir']} and {r['run_dir']} are both named {name} but their configs differ "
+                        f"in {', '.join(sorted(keys))}: give the configs different names to compare them"
+                    ]
+                )
+        rs.sort(key=lambda r: r["seed"])
+    return groups
+
+
+def _reference(groups: dict[str, list[dict[str, Any]]], chosen: str | None) -> tuple[str, str]:
+    if chosen is not None:
+        if chosen not in groups:
+            raise ConfigError(
+                [f"--reference {chosen}: no such config among the runs; choose one of {', '.join(groups)}"]
+            )
+        return chosen, "chosen with --reference"
+    full = [n for n, rs in groups.items() if rs[0]["params_trainable"] == rs[0]["params_total"]]
+    if full:
+        return full[0], "trains every parameter" + (f" (the first of {len(full)} that do)" if len(full) > 1 else "")
+    first = next(iter(groups))
+    return first, (
+        "NO config trains every parameter, so ratios and differences are against the first config given; "
+        "choose the reference with --reference NAME"
+    )
+
+
+def config_differences(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The config keys (dotted) whose values differ between ``configs`` (name: resolved config
+    tree), each with every config's value (None where a config lacks the key); the keys that
+    name a run or its seed are left out."""
+    flat = {name: _flatten(tree) for name, tree in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f} - set(_RUN_KEYS))
+    out = {}
+    for key in keys:
+        values = {name: f.get(key) for name, f in flat.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            out[key] = values
+    return out
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _means(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over a config's runs of every measured number the row shows."""
+
+    def mean(get: Any) -> float:
+        return math.fsum(get(r) for r in runs) / len(runs)
+
+    return {
+        "step_time_s": mean(lambda r: r["speed"]["step_time_s"]),
+        "compute_time_s": mean(lambda r: r["speed"]["compute_time_s"]),
+        "phases_s": {
+            k: mean(lambda r, k=k: r["speed"][f"{k}_s"]) for k in ("data", "forward", "backward", "optimizer")
+        },
+        "train_samples_per_s": mean(lambda r: r["speed"]["train_samples_per_s"]),
+        "eval_samples_per_s": mean(lambda r: r["speed"]["eval_samples_per_s"]),
+        "eval_speedup_no_grad": mean(lambda r: r["speed"]["eval_speedup_no_grad"]),
+        "memory_bytes": {k: mean(lambda r, k=k: r["memory"][k]) for k, _ in MEMORY_KINDS},
+        "training_memory_bytes": mean(lambda r: sum(r["memory"][k] for k in _TRAINING_KINDS)),
+        "saved_activation_bytes": mean(lambda r: r["memory"]["saved_activation_bytes"]),
+        "peak_bytes": mean(lambda r: r["memory"]["peak_bytes"]),
+        "train_time_s": mean(_train_time),
+    }
+
+
+def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], target_acc: float) -> dict[str, Any]:
+    first = runs[0]
+    cache = first.get("cache") or {}
+    cached = bool(cache.get("used"))
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else 1.0
+
+    per_seed = {r["seed"]: time_to_target(run_curve(r), target_acc) for r in runs}
+    reached = [t for t in per_seed.values() if t is not None]
+    return {
+        "config": first["name"],
+        "run_dirs": [r["run_dir"] for r in runs],
+        "seeds": [r["seed"] for r in runs],
+        "params_trainable": first["params_trainable"],
+        "trainable_pct": first["trainable_pct"],
+        "val_acc": summarize([r["final_val_acc"] for r in runs]).mean,
+        "per_seed_acc": [r["final_val_acc"] for r in runs],
+        "per_seed_train_s": [_train_time(r) for r in runs],
+        "stats": {
+            "val_acc": summarize([r["final_val_acc"] for r in runs]).to_json(),
+            "train_time_s": summarize([_train_time(r) for r in runs]).to_json(),
+            "step_time_s": summarize([r["speed"]["step_time_s"] for r in runs]).to_json(),
+            "training_memory_bytes": summarize([sum(r["memory"][k] for k in _TRAINING_KINDS) for r in runs]).to_json(),
+            "peak_bytes": summarize([r["memory"]["peak_bytes"] for r in runs]).to_json(),
+        },
+        "train_time_s": m["train_time_s"],
+        "train_time_ratio": ratio(m["train_time_s"], rm["train_time_s"]),
+        "step_time_s": m["step_time_s"],
+        "step_ratio": ratio(m["step_time_s"], rm["step_time_s"]),
+        "compute_time_s": m["compute_time_s"],
+        "compute_ratio": ratio(m["compute_time_s"], rm["compute_time_s"]),
+        "phases_s": m["phases_s"],
+        "train_samples_per_s": m["train_samples_per_s"],
+        "eval_samples_per_s": m["eval_samples_per_s"],
+        "eval_speedup_no_grad": m["eval_speedup_no_grad"],
+        # Written by the runner since train.precision exists; every earlier run trained in fp32.
+        "precision": first["speed"].get("precision", "fp32"),
+        "channels_last": bool(first["speed"].get("channels_last", False)),
+        "memory_bytes": m["memory_bytes"],
+        "training_memory_bytes": m["training_memory_bytes"],
+        "training_memory_ratio": ratio(m["training_memory_bytes"], rm["training_memory_bytes"]),
+        "saved_ratio": ratio(m["saved_activation_bytes"], rm["saved_activation_bytes"]),
+        "peak_bytes": m["peak_bytes"],
+        "peak_kind": first["memory"]["peak_kind"],
+        "peak_ratio": ratio(m["peak_bytes"], rm["peak_bytes"]),
+        "frozen_unchanged": all(r["frozen_unchanged"] for r in runs),
+        "device": first["device"],
+        "cached": cached,
+        "cache_bytes": cache.get("bytes", 0) if cached else 0,
+        "cache_build_s": math.fsum((r.get("cache") or {}).get("build_s", 0.0) for r in runs) / len(runs)
+        if cached
+        else 0.0,
+        "time_to_target": {
+            "reached": len(reached),
+            "n": len(runs),
+            "seconds": summarize(reached).to_json() if reached else None,
+            "per_seed": {str(s): t for s, t in per_seed.items()},
+        },
+        "curve": _mean_curve(runs),
+        # Where the trainable set changed: drawn on the learning curve (acting from epoch N's start).
+        "events": [
+            {"epoch": e["epoch"], "label": f"{e['event']} {e.get('target', '')}"}
+            for e in first.get("schedule", [])
+            if e.get("event") in ("freeze", "unfreeze") and e.get("epoch", 1) > 1
+        ],
+    }
+
+
+def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: the mean training seconds and the accuracy's mean and spread over the runs
+    that reached that epoch (early stopping can end seeds at different epochs)."""
+    curves = [run_curve(r) for r in runs]
+    out = []
+    for i in range(max((len(c) for c in curves), default=0)):
+        points = [c[i] for c in curves if len(c) > i]
+        acc = summarize([a for _, a in points])
+        out.append(
+            {
+                "epoch": i + 1,
+                "n": len(points),
+                "train_s": math.fsum(t for t, _ in points) / len(points),
+                "val_acc": acc.mean,
+                "val_acc_std": acc.std,
+                "val_acc_min": min(a for _, a in points),
+                "val_acc_max": max(a for _, a in points),
+            }
+        )
+    return out
 
 
 def _cached_ratio(est: dict) -> float:
@@ -112,120 +361,3 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name()})"
     return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _mib(n: float) -> str:
-    return f"{n / MiB:.1f}"
-
-
-def _precision(row: dict[str, Any]) -> str:
-    return row["precision"] + (", channels_last" if row["channels_last"] else "")
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """The comparison as a Markdown table (report.md)."""
-    rows = report["rows"]
-    predicted = any("predicted_step_ratio" in r for r in rows)
-    headers = [
-        "config",
-        "trainable",
-        "cache",
-        "precision",
-        "val acc",
-        "step ms",
-        "× full",
-        "samples/s",
-        "eval no-grad ×",
-    ]
-    if predicted:
-        headers += ["predicted ×", "error"]
-    headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
-    body = []
-    for r in rows:
-        line = [
-            r["config"],
-            f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
-            f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
-            _precision(r),
-            f"{r['val_acc']:.4f}",
-            f"{1000 * r['step_time_s']:.1f}",
-            f"{r['compute_ratio']:.3f}",
-            f"{r['train_samples_per_s']:.0f}",
-            f"{r['eval_speedup_no_grad']:.2f}",
-        ]
-        if predicted:
-            has = "predicted_step_ratio" in r
-            err = r.get("predicted_step_error")
-            line += [
-                f"{r['predicted_step_ratio']:.3f}" if has else "-",
-                f"{100 * err:+.1f}%" if err is not None else "-",
-            ]
-        line += [_mib(r["memory_bytes"][k]) for k, _ in MEMORY_KINDS]
-        line += [f"{r['training_memory_ratio']:.2f}", _mib(r["peak_bytes"])]
-        body.append(line)
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
-    return "\n".join(out)
-
-
-def text_table(report: dict[str, Any]) -> str:
-    """A compact terminal version of the table."""
-    rows = []
-    for r in report["rows"]:
-        pred = "-"
-        if "predicted_step_ratio" in r:
-            err = r.get("predicted_step_error")
-            pred = f"{r['predicted_step_ratio']:.3f}" + (f" ({100 * err:+.0f}%)" if err is not None else "")
-        rows.append(
-            [
-                r["config"] + (" (cached)" if r["cached"] else ""),
-                f"{r['trainable_pct']:.2f}%",
-                _precision(r),
-                f"{r['val_acc']:.4f}",
-                f"{1000 * r['step_time_s']:.0f}",
-                f"{r['compute_ratio']:.3f}",
-                pred,
-                f"{r['training_memory_ratio']:.2f}",
-                _mib(r["peak_bytes"]),
-            ]
-        )
-    headers = [
-        "config",
-        "trainable",
-        "precision",
-        "val acc",
-        "step ms",
-        "compute × full",
-        "predicted ×",
-        "train mem × full",
-        "peak MiB",
-    ]
-    return format_table(headers, rows, right={1, 3, 4, 5, 7, 8})
-
-
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """report.md, report.json and report.png in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    peak_kind = report["rows"][0]["peak_kind"]
-    md = [
-        f"# freezetune comparison ({len(report['rows'])} runs)",
-        "",
-        f"Device: {report['device']}. Ratios (×) are against `{report['reference']}`. "
-        "Step time is the median over steps after warm-up; `× full` compares compute "
-        "(forward + backward + optimizer), which is also what `predicted ×` estimates. "
-        "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
-        "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
-        "and `channels_last` when the model and inputs were in that memory format. "
-        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}. "
-        "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only.",
-        "",
-        markdown_table(report),
-        "",
-        "![report](report.png)",
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_report(report, out / "report.png")
-    return [out / "report.md", out / "report.json", out / "report.png"]

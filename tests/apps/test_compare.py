@@ -1,10 +1,23 @@
-"""compare's cost prediction: profiled in each config's precision and memory format, and cached so."""
+"""compare: the cost prediction (profiled in each config's precision and memory format, and
+cached so), the runs of each seed, and which finished runs it reuses."""
 
 from __future__ import annotations
 
-from freezetune.apps import estimate_config
-from freezetune.config import Config, from_dict
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from freezetune.apps import estimate_config, run_action, seed_runs
+from freezetune.cli import compare as compare_cli
+from freezetune.config import Config, from_dict, load_config, resolve, to_dict
 from freezetune.measure import Profile
+from freezetune.record import RunExistsError
+from freezetune.train import run
 
 
 def tiny(preset: str, precision: str = "fp32", channels_last: bool = False) -> Config:
@@ -31,3 +44,83 @@ def test_estimate_is_profiled_and_cached_per_precision_and_memory_format() -> No
     # Really profiled in bf16: its layer3 saves bf16 activations (and autocast's bf16 weight copies).
     layer3 = {e.profile.precision: next(m for m in e.modules if m.name == "layer3") for e in (fp32, bf16)}
     assert layer3["bf16"].saved_bytes != layer3["fp32"].saved_bytes
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def write_config(tmp_path: Path, name: str = "tiny", **train: object) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    tree = {
+        "name": name,
+        "model": {"arch": "resnet18", "num_classes": 3},
+        "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
+        "freeze": {"preset": "linear_probe"},
+        # No feature cache: its build (tracing the model) would cost more than these runs.
+        "train": {"epochs": 1, "cache_features": "off", "output_dir": str(tmp_path / "runs" / name), **train},
+    }
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_seed_runs_give_each_seed_its_folder_and_one_seed_the_config_as_it_stands(tmp_path: Path) -> None:
+    file = str(write_config(tmp_path))
+    (single,) = seed_runs(file, [])
+    assert single.overrides == [] and single.cfg.output_dir == tmp_path / "runs" / "tiny"
+    runs = seed_runs(file, ["seed=5"], seeds=3)
+    assert [r.cfg.seed for r in runs] == [5, 6, 7]
+    assert [r.cfg.output_dir.name for r in runs] == ["tiny-seed5", "tiny-seed6", "tiny-seed7"]
+    assert all(r.cfg.seeds == 1 and r.cfg.name == "tiny" for r in runs)  # each run is one seed of config tiny
+    # The config's own seeds: when --seeds is not given.
+    assert len(seed_runs(file, ["seeds=2"])) == 2 and len(seed_runs(file, ["seeds=2"], seeds=1)) == 1
+
+
+def test_finished_seed_runs_are_reused_and_only_the_missing_seed_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    file = write_config(tmp_path)
+    for r in seed_runs(str(file), [], seeds=2):
+        run(r.cfg)
+    stamps = {d.name: (d / "summary.json").stat().st_mtime_ns for d in (tmp_path / "runs").iterdir()}
+    trained: list[list[str]] = []
+
+    def train_here(config: str, overrides: list[str], overwrite: bool = False) -> Path:
+        trained.append(overrides)
+        cfg = load_config(config, overrides)
+        run(cfg)
+        return cfg.output_dir
+
+    monkeypatch.setattr(compare_cli, "train_in_subprocess", train_here)
+    out = tmp_path / "report"
+    assert compare_cli.main(["--configs", str(file), "--seeds", "3", "--no-estimate", "--out", str(out)]) == 0
+    assert trained == [["seed=2", "seeds=1", f"train.output_dir={tmp_path / 'runs' / 'tiny'}-seed2"]]
+    printed = capsys.readouterr().out
+    assert "tiny seed 0: reusing" in printed and "tiny seed 1: reusing" in printed
+    assert "tiny seed 2: training into" in printed
+    assert {d: (tmp_path / "runs" / d / "summary.json").stat().st_mtime_ns for d in stamps} == stamps  # untouched
+    assert json.loads((out / "report.json").read_text())["rows"][0]["seeds"] == [0, 1, 2]
+
+
+def test_a_run_is_not_reused_once_its_weights_file_changed(tmp_path: Path) -> None:
+    weights = tmp_path / "base.pt"
+    torch.save({}, weights)
+    file = write_config(tmp_path)
+    cfg = load_config(file)
+    run(cfg)  # a finished run; its config names no weights file ...
+    assert run_action(cfg, overwrite=False) == "reuse"
+    with_file = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=str(weights)))
+    (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(resolve(with_file)[0])))
+    # ... now it does, and the file is older than the run: reused.
+    os.utime(weights, (0, 0))
+    assert run_action(with_file, overwrite=False) == "reuse"
+    os.utime(weights)  # retrained since: newer than the run's summary.json
+    with pytest.raises(RunExistsError, match=f"its model.weights {weights} changed after it finished"):
+        run_action(with_file, overwrite=False)
+    assert run_action(with_file, overwrite=True) == "replace"
+
+
+def test_compare_refuses_an_unknown_reference_before_training(tmp_path: Path, capsys) -> None:
+    file = write_config(tmp_path)
+    assert compare_cli.main(["--configs", str(file), "--reference", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "--reference nope: no such config here; choose one of tiny" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()

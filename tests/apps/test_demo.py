@@ -114,6 +114,8 @@ def test_a_real_run_is_current_for_its_own_config_only(tmp_path: Path) -> None:
 def summary(name: str, trainable: int, pct: float, acc: float, epoch_s: float, wall_s: float, unchanged: bool) -> dict:
     return {
         "name": name,
+        "seed": 3,
+        "train_time_s": wall_s / 2,
         "params_trainable": trainable,
         "trainable_pct": pct,
         "final_val_acc": acc,
@@ -137,6 +139,7 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     assert len(lines) == 2 + 2  # header, rule, one line per summary
     headers = [
         "config",
+        "seed",
         "trainable params",
         "trainable",
         "val acc",
@@ -144,6 +147,7 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
         "epoch s",
         "cache build s",
         "train s",
+        "run s",
         "model.pt MiB full / delta",
         "frozen unchanged",
     ]
@@ -151,12 +155,14 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split() == [
         "fmnist_full",
+        "3",
         "11,179,077",
         "100.00%",
         "0.9123",
         "2",
         "12.3",
         "-",
+        "617.2",
         "1234.4",
         "42.7",
         "/",
@@ -165,12 +171,14 @@ def test_results_table_has_one_formatted_row_per_summary() -> None:
     ]
     assert lines[3].split() == [
         "fmnist_linear_probe",
+        "3",
         "2,565",
         "0.02%",
         "0.5000",
         "2",
         "3.0",
         "1.5",
+        "2160.8",
         "4321.6",
         "42.7",
         "/",

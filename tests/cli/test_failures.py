@@ -436,9 +436,12 @@ def test_compare_refuses_two_configs_of_one_folder_a_failed_run_and_an_out_that_
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (workdir / "other.yaml").write_text(yaml.safe_dump({**TINY, "freeze": {"preset": "bitfit"}}))  # name: tiny too
+    (workdir / "third.yaml").write_text(yaml.safe_dump({**TINY, "name": "third", "train": {"output_dir": "runs/tiny"}}))
     before = files(workdir.parent)
     rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "other.yaml", "--no-estimate")
-    assert rc == 2 and "tiny.yaml (runs/tiny) and other.yaml (runs/tiny) are the same run folder" in error_line(err)
+    assert rc == 2 and "tiny.yaml (name tiny) and other.yaml (name tiny) are one config name" in error_line(err)
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "third.yaml", "--no-estimate")
+    assert rc == 2 and "tiny.yaml (runs/tiny) and third.yaml (runs/tiny) are the same run folder" in error_line(err)
     rc, _, err = command(capsys, "compare", "runs/mine", "runs/mine")
     assert rc == 2 and "runs/mine and runs/mine are the same run folder" in error_line(err)
     rc, _, err = command(capsys, "compare", "runs/mine")

@@ -58,14 +58,23 @@ def test_summary_has_speed_and_memory_sections(two_runs: list[Path]) -> None:
 
 def test_report_ratios_against_the_full_run(two_runs: list[Path]) -> None:
     report = build_report([load_run(d) for d in reversed(two_runs)])  # reference found, not just first
-    assert report["reference"] == "t_full"
+    assert report["reference"] == "t_full" and report["reference_why"] == "trains every parameter"
     full, probe = sorted(report["rows"], key=lambda r: r["config"])
     assert full["compute_ratio"] == 1.0 and full["training_memory_ratio"] == 1.0
     assert probe["training_memory_ratio"] < 0.05  # no conv gradients, momentum or activations to keep
     assert probe["saved_ratio"] < 0.05
 
 
-def test_compare_script_writes_all_three_files(two_runs: list[Path], tmp_path: Path, capsys) -> None:
+def test_a_run_records_its_seed_and_cumulative_training_seconds(two_runs: list[Path]) -> None:
+    run = load_run(two_runs[1])
+    assert run["seed"] == 0 and [row["seed"] for row in run["metrics"]] == [0]
+    (row,) = run["metrics"]
+    # The probe's cache build counts as training (set-up before the pass), evaluation does not.
+    assert row["train_s"] == run["train_time_s"] >= row["epoch_time_s"] + run["cache"]["build_s"] * 0.99
+    assert run["train_time_s"] < run["wall_time_s"]
+
+
+def test_compare_script_writes_the_report_and_its_plots(two_runs: list[Path], tmp_path: Path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -84,14 +93,23 @@ def test_compare_script_writes_all_three_files(two_runs: list[Path], tmp_path: P
         "optimizer state MiB",
         "saved activations MiB",
         "peak MiB",
+        "Δ acc vs t_full (95% CI)",
+        "train s",
+        "Pareto front",
     ):
         assert f" {column} |" in md, column
-    assert "| t_full |" in md and "| t_probe |" in md and "![report](report.png)" in md
+    assert "| t_full |" in md and "| `t_probe` |" in md
+    for image in ("report.png", "tradeoff.png", "curves.png"):
+        assert f"]({image})" in md
+        assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Reference: `t_full` (trains every parameter)" in md
+    assert "| `freeze.preset` | full | linear_probe |" in md  # the config keys that differ
     data = json.loads((tmp_path / "report.json").read_text())
     assert [r["config"] for r in data["rows"]] == ["t_full", "t_probe"]
     assert all("predicted_step_ratio" in r for r in data["rows"])
-    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "report:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reference: t_full (trains every parameter)" in out and "report:" in out
+    assert "not resolved by these runs: t_probe" in out  # one seed each: no interval
 
 
 def test_report_shows_each_runs_precision_fp32_for_older_runs(two_runs: list[Path]) -> None:
@@ -107,3 +125,28 @@ def test_report_shows_each_runs_precision_fp32_for_older_runs(two_runs: list[Pat
     assert " | bf16, channels_last | " in md[3]
     text = text_table(report).splitlines()
     assert "precision" in text[0] and "bf16, channels_last" in text[3]
+
+
+def test_report_script_writes_a_runs_own_report(two_runs: list[Path], capsys) -> None:
+    spec = importlib.util.spec_from_file_location("report_script", ROOT / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(d) for d in two_runs]) == 0
+    for d in two_runs:
+        md = (d / "report.md").read_text()
+        assert md.startswith(f"# {d.name} (seed 0)")
+        assert "| epoch | train s | epoch s | train loss | val loss | val acc |" in md
+        assert "![learning curve](curve.png)" in md and (d / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    probe = (two_runs[1] / "report.md").read_text()
+    assert "building the feature cache" in probe and "Feature cache: 0.0 MiB" not in probe
+    assert "t_probe (seed 0)" in capsys.readouterr().out
+
+
+def test_report_script_refuses_a_folder_without_a_run_and_writes_nothing(two_runs: list[Path], tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("report_script", ROOT / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = sorted(p.name for p in two_runs[0].iterdir())
+    (tmp_path / "empty").mkdir()
+    assert module.main([str(two_runs[0]), str(tmp_path / "empty")]) == 2
+    assert sorted(p.name for p in two_runs[0].iterdir()) == before

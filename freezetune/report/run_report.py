@@ -1,0 +1,116 @@
+"""One finished run's own report: its learning curve against training seconds, what each
+epoch cost, its step time and memory, its schedule; report.md and curve.png in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from freezetune.record import atomic_write_bytes
+from freezetune.record.summary import MEMORY_KINDS
+from freezetune.report.plot import MiB, plot_run_curve
+from freezetune.report.report import run_curve
+
+__all__ = ["RUN_REPORT_FILES", "write_run_report"]
+
+RUN_REPORT_FILES = ("report.md", "curve.png")
+
+
+def _table(headers: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
+        "| " + " | ".join(line) + " |" for line in body
+    ]
+
+
+def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> list[Path]:
+    """report.md and curve.png for ``run`` (freezetune.report.load_run), in its folder unless
+    ``out_dir`` says otherwise; returns the files written."""
+    out = Path(out_dir or run["run_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    s, m, rows = run["speed"], run["memory"], run.get("metrics", [])
+    curve = run_curve(run)
+    train_s = run.get("train_time_s", curve[-1][0] if curve else run["wall_time_s"])
+    passes = sum(r["epoch_time_s"] for r in rows)
+    cache = run.get("cache") or {}
+    best = run.get("best") or {}
+    md = [
+        f"# {run['name']} (seed {run['seed']})",
+        "",
+        f"Run folder `{run['run_dir']}`, {run['arch']}, device {run['device']}, "
+        f"precision {s.get('precision', 'fp32')}{', channels_last' if s.get('channels_last') else ''}. "
+        f"Trainable at the end: {run['params_trainable']:,} of {run['params_total']:,} parameters "
+        f"({run['trainable_pct']:.2f}%); "
+        f"frozen tensors bitwise unchanged: {'yes' if run['frozen_unchanged'] else 'NO'}.",
+        "",
+        f"Final validation accuracy {run['final_val_acc']:.4f} after {run['epochs']} epochs"
+        + (f"; best {best['val_acc']:.4f} at epoch {best['epoch']} (best.pt)" if best.get("epoch") else "")
+        + ".",
+        "",
+        "## Learning curve",
+        "",
+        "`train s`: cumulative training seconds at the epoch's end (training passes and what got them "
+        "ready: cache builds, compiles; no evaluation or measurement).",
+        "",
+        *_table(
+            ["epoch", "train s", "epoch s", "train loss", "val loss", "val acc", "trainable params", "lr"],
+            [
+                [
+                    str(r["epoch"]),
+                    f"{t:.1f}",
+                    f"{r['epoch_time_s']:.1f}",
+                    f"{r['train_loss']:.4f}",
+                    f"{r['val_loss']:.4f}",
+                    f"{r['val_acc']:.4f}",
+                    f"{r.get('trainable_params', 0):,}",
+                    ", ".join(f"{v:.3g}" for v in (r.get("lr") or {}).values()),
+                ]
+                for r, (t, _) in zip(rows, curve)
+            ],
+        ),
+        "",
+        "![learning curve](curve.png)",
+        "",
+        "## What it cost",
+        "",
+        f"- Training: {train_s:.1f} s ({passes:.1f} s of training passes, "
+        f"{max(train_s - passes, 0.0):.1f} s of set-up"
+        + (f", of which {cache['build_s']:.1f} s building the feature cache" if cache.get("used") else "")
+        + f"); the whole run took {run['wall_time_s']:.1f} s with evaluation and measurement.",
+        f"- Step (median after warm-up, the last phase's trainable set): {1000 * s['step_time_s']:.1f} ms: "
+        + ", ".join(f"{k} {1000 * s[f'{k}_s']:.1f} ms" for k in ("data", "forward", "backward", "optimizer"))
+        + f"; {s['train_samples_per_s']:.0f} samples/s in training, {s['eval_samples_per_s']:.0f} in evaluation "
+        f"({s['eval_speedup_no_grad']:.2f}× the throughput of the same forward with autograd on).",
+        "- Memory of one training step: "
+        + ", ".join(f"{label} {m[key] / MiB:.1f} MiB" for key, label in MEMORY_KINDS)
+        + f"; peak {m['peak_bytes'] / MiB:.1f} MiB ({m['peak_kind']}).",
+        "- Feature cache: "
+        + (
+            f"{cache.get('bytes', 0) / MiB:.1f} MiB, built in {cache.get('build_s', 0.0):.1f} s."
+            if cache.get("used")
+            else f"not used ({cache.get('reason') or 'off'})."
+        ),
+        "",
+    ]
+    events = [e for e in run.get("schedule", []) if e.get("event") != "optimizer"]
+    if events:
+        md += [
+            "## Schedule",
+            "",
+            *_table(
+                ["epoch", "event", "target", "tensors", "params"],
+                [
+                    [
+                        str(e["epoch"]),
+                        e["event"],
+                        f"`{e.get('target', '')}`",
+                        str(e.get("tensors", "")),
+                        str(e.get("params", "")),
+                    ]
+                    for e in events
+                ],
+            ),
+            "",
+        ]
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    plot_run_curve(run, out / "curve.png")
+    return [out / name for name in RUN_REPORT_FILES]

@@ -1,0 +1,297 @@
+"""The comparison as people read it: report.md (with its plots), report.json and the
+console table, from freezetune.report.report.build_report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from freezetune.record import atomic_write_bytes
+from freezetune.record.summary import MEMORY_KINDS
+from freezetune.report.plot import MiB, plot_curves, plot_report, plot_tradeoff
+from freezetune.utils import format_table
+
+__all__ = [
+    "STATS_NOTE",
+    "markdown_table",
+    "outcome_table",
+    "reference_line",
+    "text_table",
+    "unresolved_line",
+    "write_report",
+]
+
+STATS_NOTE = (
+    "Values are means over a config's seeds, `± h` the half-width of their 95% Student-t interval. "
+    "A difference to the reference is taken per seed (runs with the same seed share the data subset, "
+    "its order and the new head's initialization, so pairing them cancels what the seed does to both) "
+    "and its 95% t-interval is shown; it is **resolved** when that interval excludes 0. "
+    "Configs with no seeds in common with the reference get Welch's unpaired interval instead; "
+    "one run alone has no interval and is never resolved. Non-overlapping per-config intervals would be "
+    "a stricter test that ignores the pairing; both intervals are in the table for the reader to check."
+)
+
+
+def _pm(stat: dict[str, Any], fmt: str, scale: float = 1.0) -> str:
+    """'mean ± half-width' of a Stat's JSON (the mean alone for one run)."""
+    mean = format(stat["mean"] * scale, fmt)
+    if stat["high"] is None:
+        return mean
+    return f"{mean} ± {format((stat['high'] - stat['mean']) * scale, fmt)}"
+
+
+def _diff(d: dict[str, Any] | None, fmt: str, scale: float = 1.0, words: bool = True) -> str:
+    """'+0.012 [+0.004, +0.020] resolved' for a Difference's JSON; '-' for the reference itself."""
+    if d is None:
+        return "(reference)" if words else "ref"
+    mean = format(d["mean"] * scale, "+" + fmt)
+    if d["low"] is None:
+        return f"{mean} (no interval: 1 run)" if words else f"{mean} (1 run)"
+    interval = f"[{format(d['low'] * scale, '+' + fmt)}, {format(d['high'] * scale, '+' + fmt)}]"
+    if words:
+        return f"{mean} {interval} {'resolved' if d['resolved'] else 'not resolved'}"
+    return f"{mean} {interval}{' *' if d['resolved'] else ''}"
+
+
+def _to_target(row: dict[str, Any]) -> str:
+    t = row["time_to_target"]
+    if not t["reached"]:
+        return f"not reached (0/{t['n']})"
+    return f"{_pm(t['seconds'], '.1f')} s ({t['reached']}/{t['n']})"
+
+
+def _front(row: dict[str, Any]) -> str:
+    return ", ".join(k for k in ("time", "memory") if row["pareto"][k]) or "-"
+
+
+def outcome_table(report: dict[str, Any]) -> str:
+    """Accuracy against what it cost, over seeds (report.md's first table)."""
+    ref = report["reference"]
+    headers = [
+        "config",
+        "seeds",
+        "val acc",
+        f"Δ acc vs {ref} (95% CI)",
+        "train s",
+        f"train s × {ref}",
+        f"Δ train s vs {ref} (95% CI)",
+        f"time to {report['target_acc']:.3f}",
+        "training MiB",
+        f"× {ref}",
+        "Pareto front",
+    ]
+    body = []
+    for r in report["rows"]:
+        vs = r.get("vs_reference") or {}
+        body.append(
+            [
+                f"`{r['config']}`",
+                str(len(r["seeds"])),
+                _pm(r["stats"]["val_acc"], ".4f"),
+                _diff(vs.get("val_acc"), ".4f"),
+                _pm(r["stats"]["train_time_s"], ".1f"),
+                f"{r['train_time_ratio']:.3f}",
+                _diff(vs.get("train_time_s"), ".1f"),
+                _to_target(r),
+                _pm(r["stats"]["training_memory_bytes"], ".1f", 1 / MiB),
+                f"{r['training_memory_ratio']:.3f}",
+                _front(r),
+            ]
+        )
+    return _markdown(headers, body)
+
+
+def _precision(row: dict[str, Any]) -> str:
+    return row["precision"] + (", channels_last" if row["channels_last"] else "")
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:.1f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Step time and memory per config, means over its seeds (report.md's second table)."""
+    rows = report["rows"]
+    predicted = any("predicted_step_ratio" in r for r in rows)
+    headers = [
+        "config",
+        "trainable",
+        "cache",
+        "precision",
+        "val acc",
+        "step ms",
+        "× full",
+        "samples/s",
+        "eval no-grad ×",
+    ]
+    if predicted:
+        headers += ["predicted ×", "error"]
+    headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
+    body = []
+    for r in rows:
+        line = [
+            r["config"],
+            f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
+            f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
+            _precision(r),
+            f"{r['val_acc']:.4f}",
+            f"{1000 * r['step_time_s']:.1f}",
+            f"{r['compute_ratio']:.3f}",
+            f"{r['train_samples_per_s']:.0f}",
+            f"{r['eval_speedup_no_grad']:.2f}",
+        ]
+        if predicted:
+            has = "predicted_step_ratio" in r
+            err = r.get("predicted_step_error")
+            line += [
+                f"{r['predicted_step_ratio']:.3f}" if has else "-",
+                f"{100 * err:+.1f}%" if err is not None else "-",
+            ]
+        line += [_mib(r["memory_bytes"][k]) for k, _ in MEMORY_KINDS]
+        line += [f"{r['training_memory_ratio']:.2f}", _mib(r["peak_bytes"])]
+        body.append(line)
+    return _markdown(headers, body)
+
+
+def _markdown(headers: list[str], body: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
+    return "\n".join(out)
+
+
+def _differences_table(report: dict[str, Any]) -> str:
+    diffs = report["config_differences"]
+    names = [r["config"] for r in report["rows"]]
+    if not diffs:
+        return "None: the configs differ only in name and seed."
+    body = [[f"`{key}`", *(_value(values.get(n)) for n in names)] for key, values in diffs.items()]
+    return _markdown(["key", *(f"`{n}`" for n in names)], body)
+
+
+def _value(v: Any) -> str:
+    return "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def text_table(report: dict[str, Any]) -> str:
+    """The console version: accuracy over seeds and the difference to the reference, training
+    time, and the step and memory ratios."""
+    rows = []
+    for r in report["rows"]:
+        vs = r.get("vs_reference") or {}
+        pred = "-"
+        if "predicted_step_ratio" in r:
+            err = r.get("predicted_step_error")
+            pred = f"{r['predicted_step_ratio']:.3f}" + (f" ({100 * err:+.0f}%)" if err is not None else "")
+        rows.append(
+            [
+                r["config"] + (" (cached)" if r["cached"] else ""),
+                f"{r['trainable_pct']:.2f}%",
+                _precision(r),
+                str(len(r["seeds"])),
+                _pm(r["stats"]["val_acc"], ".4f"),
+                _diff(vs.get("val_acc"), ".4f", words=False),
+                _pm(r["stats"]["train_time_s"], ".1f"),
+                f"{r['train_time_ratio']:.3f}",
+                f"{r['compute_ratio']:.3f}",
+                pred,
+                f"{r['training_memory_ratio']:.2f}",
+            ]
+        )
+    headers = [
+        "config",
+        "trainable",
+        "precision",
+        "seeds",
+        "val acc ± 95%",
+        "Δ acc [95% CI] (* resolved)",
+        "train s",
+        "train s ×",
+        "compute ×",
+        "predicted ×",
+        "train mem ×",
+    ]
+    return format_table(headers, rows, right={1, 3, 4, 6, 7, 8, 10})
+
+
+def unresolved_line(report: dict[str, Any]) -> str:
+    """Which accuracy differences to the reference these runs do not resolve (printed and written)."""
+    names = [
+        r["config"] for r in report["rows"] if r.get("vs_reference") and not r["vs_reference"]["val_acc"]["resolved"]
+    ]
+    return f"accuracy differences to {report['reference']} not resolved by these runs: " + (
+        ", ".join(names) if names else "none"
+    )
+
+
+def reference_line(report: dict[str, Any]) -> str:
+    """Which run the ratios and differences are against, and why (printed and written)."""
+    return f"reference: {report['reference']} ({report['reference_why']})"
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """report.md, report.json and three plots (report.png: step time and memory; tradeoff.png:
+    accuracy against training time and memory; curves.png: learning curves) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report["rows"]
+    peak_kind = rows[0]["peak_kind"]
+    runs = sum(len(r["seeds"]) for r in rows)
+    md = [
+        f"# freezetune comparison ({len(rows)} configs, {runs} runs)",
+        "",
+        f"Device: {report['device']}. Reference: `{report['reference']}` ({report['reference_why']}). "
+        f"Target accuracy {report['target_acc']:.4f}: {report['target_rule']}.",
+        "",
+        "## Accuracy and what it cost, over seeds",
+        "",
+        STATS_NOTE,
+        "`train s`: training seconds (the training passes plus cache builds and compiles; no evaluation "
+        "or measurement). `time to` the target: the training seconds at the first epoch end whose "
+        "accuracy reached it, over the seeds that did. Pareto front: no other config is both as fast "
+        "(time) or as small (training memory) and as accurate.",
+        "",
+        outcome_table(report),
+        "",
+        unresolved_line(report) + ".",
+        "",
+        "![accuracy against cost](tradeoff.png)",
+        "",
+        "![learning curves](curves.png)",
+        "",
+        "## Step time and memory, means over seeds",
+        "",
+        "Step time is the median over steps after warm-up; `× full` compares compute "
+        "(forward + backward + optimizer) with the reference's, which is also what `predicted ×` estimates. "
+        "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
+        "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
+        "and `channels_last` when the model and inputs were in that memory format. "
+        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}. "
+        "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only.",
+        "",
+        markdown_table(report),
+        "",
+        "![step time and memory](report.png)",
+        "",
+        "## Config keys that differ",
+        "",
+        _differences_table(report),
+        "",
+        "## Runs",
+        "",
+        _markdown(
+            ["config", "seed", "val acc", "train s", "run folder"],
+            [
+                [r["config"], str(seed), f"{acc:.4f}", f"{t:.1f}", f"`{d}`"]
+                for r in rows
+                for seed, acc, t, d in zip(r["seeds"], r["per_seed_acc"], r["per_seed_train_s"], r["run_dirs"])
+            ],
+        ),
+        "",
+    ]
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    plot_report(report, out / "report.png")
+    plot_tradeoff(report, out / "tradeoff.png")
+    plot_curves(report, out / "curves.png")
+    return [out / n for n in ("report.md", "report.json", "report.png", "tradeoff.png", "curves.png")]

@@ -1,0 +1,192 @@
+"""build_report over seeds, on run records made up so that every number is known: grouping,
+the reference and its warning, paired differences, time to target, the Pareto front, the
+config keys that differ."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from freezetune.config import ConfigError
+from freezetune.record.summary import MEMORY_KINDS
+from freezetune.report import build_report, config_differences, outcome_table, parse_target, unresolved_line
+
+CONFIG = {"name": "x", "seed": 0, "seeds": 1, "freeze": {"preset": "full"}, "train": {"epochs": 2, "output_dir": None}}
+
+
+def record(
+    name: str,
+    seed: int,
+    accs: list[float],
+    secs: list[float],
+    *,
+    trainable: int = 100,
+    memory: int = 1000,
+    preset: str = "full",
+) -> dict:
+    """A finished run as load_run gives it: epoch ``i`` ends at ``secs[i]`` training seconds with ``accs[i]``."""
+    config = copy.deepcopy(CONFIG) | {"name": name, "seed": seed}
+    config["freeze"]["preset"] = preset
+    mem = {key: 0 for key, _ in MEMORY_KINDS} | {"grad_bytes": memory, "peak_bytes": 5 * memory, "peak_kind": "rss"}
+    return {
+        "name": name,
+        "seed": seed,
+        "run_dir": f"runs/{name}-seed{seed}",
+        "params_trainable": trainable,
+        "params_total": 100,
+        "trainable_pct": trainable,
+        "final_val_acc": accs[-1],
+        "train_time_s": secs[-1],
+        "wall_time_s": secs[-1] + 5,
+        "speed": {
+            "step_time_s": secs[-1] / 10,
+            "compute_time_s": secs[-1] / 20,
+            **{f"{k}_s": 0.01 for k in ("data", "forward", "backward", "optimizer")},
+            "train_samples_per_s": 100.0,
+            "eval_samples_per_s": 300.0,
+            "eval_speedup_no_grad": 1.5,
+        },
+        "memory": mem,
+        "frozen_unchanged": True,
+        "device": "cpu",
+        "cache": {},
+        "config": config,
+        "metrics": [
+            {"epoch": i + 1, "val_acc": a, "train_s": t, "epoch_time_s": t - (secs[i - 1] if i else 0.0)}
+            for i, (a, t) in enumerate(zip(accs, secs))
+        ],
+        "schedule": [],
+    }
+
+
+def three_seeds(name: str, accs: list[float], secs: list[float], **kw) -> list[dict]:
+    """Seeds 0, 1, 2: final accuracy accs[s], training seconds secs[s] (one epoch at half of each)."""
+    return [record(name, s, [a / 2, a], [t / 2, t], **kw) for s, (a, t) in enumerate(zip(accs, secs))]
+
+
+@pytest.fixture()
+def runs() -> list[dict]:
+    probe = three_seeds("probe", [0.70, 0.72, 0.71], [2.0, 2.2, 2.1], trainable=1, memory=10, preset="linear_probe")
+    full = three_seeds("full", [0.90, 0.91, 0.92], [10.0, 11.0, 12.0])
+    mid = three_seeds("mid", [0.905, 0.905, 0.925], [6.0, 6.0, 6.0], trainable=50, memory=500, preset="until:layer3")
+    return probe + full + mid
+
+
+def row(report: dict, name: str) -> dict:
+    return next(r for r in report["rows"] if r["config"] == name)
+
+
+def test_seeds_are_pooled_per_config_in_the_order_given(runs: list[dict]) -> None:
+    report = build_report(list(reversed(runs[:3])) + runs[3:])
+    assert [r["config"] for r in report["rows"]] == ["probe", "full", "mid"]
+    probe = row(report, "probe")
+    assert probe["seeds"] == [0, 1, 2] and probe["run_dirs"][0] == "runs/probe-seed0"  # sorted by seed
+    acc = probe["stats"]["val_acc"]
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.71) and acc["std"] == pytest.approx(0.01)
+    assert acc["high"] - acc["mean"] == pytest.approx(4.3027 * 0.01 / 3**0.5, abs=1e-5)
+    assert probe["train_time_s"] == pytest.approx(2.1) and probe["train_time_ratio"] == pytest.approx(2.1 / 11)
+
+
+def test_the_reference_is_the_config_that_trains_every_parameter_even_when_not_first(runs: list[dict]) -> None:
+    report = build_report(runs)
+    assert (report["reference"], report["reference_why"]) == ("full", "trains every parameter")
+    assert "vs_reference" not in row(report, "full")
+    d = row(report, "probe")["vs_reference"]["val_acc"]
+    # Per seed: -0.20, -0.19, -0.21: resolved; paired.
+    assert d["method"] == "paired" and d["mean"] == pytest.approx(-0.20) and d["resolved"]
+    m = row(report, "mid")["vs_reference"]["val_acc"]
+    # Per seed: +0.005, -0.005, +0.005: the interval holds 0.
+    assert m["low"] < 0 < m["high"] and not m["resolved"]
+    assert unresolved_line(report) == "accuracy differences to full not resolved by these runs: mid"
+    t = row(report, "mid")["vs_reference"]["train_time_s"]
+    assert t["mean"] == pytest.approx(-5.0) and t["resolved"]  # -4, -5, -6 seconds
+
+
+def test_reference_named_explicitly(runs: list[dict]) -> None:
+    report = build_report(runs, reference="probe")
+    assert (report["reference"], report["reference_why"]) == ("probe", "chosen with --reference")
+    assert row(report, "full")["vs_reference"]["val_acc"]["mean"] == pytest.approx(0.20)
+    with pytest.raises(ConfigError, match="--reference nope: no such config among the runs; choose one of probe"):
+        build_report(runs, reference="nope")
+
+
+def test_without_a_full_run_the_report_says_so_instead_of_silently_taking_the_first(runs: list[dict]) -> None:
+    partial = [r for r in runs if r["name"] != "full"]
+    report = build_report(partial)
+    assert report["reference"] == "probe"  # the first given, and said
+    assert report["reference_why"].startswith("NO config trains every parameter")
+    assert "--reference NAME" in report["reference_why"]
+
+
+def test_time_to_target_counts_the_seeds_that_reach_it(runs: list[dict]) -> None:
+    report = build_report(runs, target="0.7")
+    assert report["target_acc"] == 0.7 and report["target_rule"] == "--target-acc"
+    probe = row(report, "probe")["time_to_target"]
+    # Seeds 0, 1, 2 reach 0.70, 0.72, 0.71 at their last epoch end (2.0, 2.2, 2.1 s).
+    assert (probe["reached"], probe["n"]) == (3, 3) and probe["seconds"]["mean"] == pytest.approx(2.1)
+    report = build_report(runs)  # default: 95% of the reference's mean final accuracy, 0.8645
+    assert report["target_acc"] == pytest.approx(0.95 * 0.91)
+    assert "95% of full's mean final accuracy (0.9100)" in report["target_rule"]
+    assert row(report, "probe")["time_to_target"] == {
+        "reached": 0,
+        "n": 3,
+        "seconds": None,
+        "per_seed": {"0": None, "1": None, "2": None},
+    }
+    assert row(report, "full")["time_to_target"]["seconds"]["mean"] == pytest.approx(11.0)
+    table = outcome_table(report).splitlines()
+    assert "| time to 0.864 |" in table[0]
+    assert "| not reached (0/3) |" in table[2] and "| 11.0 ± 2.5 s (3/3) |" in table[3]  # probe, full
+
+
+def test_target_spellings() -> None:
+    assert parse_target("0.85") == ("accuracy", 0.85)
+    assert parse_target("95%") == ("reference", 0.95)
+    assert parse_target(" 100% ") == ("reference", 1.0)
+    for bad in ("85", "0", "-0.1", "120%", "abc", "%"):
+        with pytest.raises(ValueError, match="give an accuracy in"):
+            parse_target(bad)
+
+
+def test_pareto_fronts_on_time_and_on_memory(runs: list[dict]) -> None:
+    report = build_report(runs)
+    # Time: probe 2.1 s / 0.71, mid 6 s / 0.9117, full 11 s / 0.91: full is slower and less accurate than mid.
+    assert {r["config"]: r["pareto"]["time"] for r in report["rows"]} == {"probe": True, "full": False, "mid": True}
+    assert {r["config"]: r["pareto"]["memory"] for r in report["rows"]} == {"probe": True, "full": False, "mid": True}
+
+
+def test_learning_curve_means_over_seeds(runs: list[dict]) -> None:
+    curve = row(build_report(runs), "full")["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2]
+    assert curve[1]["train_s"] == pytest.approx(11.0) and curve[1]["val_acc"] == pytest.approx(0.91)
+    assert (curve[0]["val_acc_min"], curve[0]["val_acc_max"]) == (0.45, 0.46)
+
+
+def test_a_config_missing_seeds_is_compared_unpaired_or_not_at_all(runs: list[dict]) -> None:
+    one = [r for r in runs if not (r["name"] == "probe" and r["seed"] > 0)]
+    d = row(build_report(one), "probe")["vs_reference"]["val_acc"]
+    assert d["method"] == "none" and d["low"] is None and not d["resolved"]
+    shifted = [r | {"seed": r["seed"] + 10} if r["name"] == "probe" else r for r in runs]
+    assert row(build_report(shifted), "probe")["vs_reference"]["val_acc"]["method"] == "welch"
+
+
+def test_one_seed_given_twice_or_two_configs_under_one_name_are_refused(runs: list[dict]) -> None:
+    twice = runs + [runs[0] | {"run_dir": "elsewhere/probe"}]
+    with pytest.raises(ConfigError, match="runs/probe-seed0 and elsewhere/probe are both probe with seed 0"):
+        build_report(twice)
+    other = copy.deepcopy(runs[1])
+    other["config"]["train"]["epochs"] = 5
+    with pytest.raises(ConfigError, match=r"both named probe but their configs differ in train\.epochs"):
+        build_report([runs[0], other])
+
+
+def test_config_differences_lists_each_key_with_every_configs_value() -> None:
+    a = {"name": "a", "seed": 0, "train": {"epochs": 2, "optimizer": {"lr": 0.1}, "output_dir": "x"}, "tags": []}
+    b = {"name": "b", "seed": 3, "train": {"epochs": 2, "optimizer": {"lr": 0.05}, "output_dir": "y"}}
+    assert config_differences({"a": a, "b": b}) == {
+        "tags": {"a": [], "b": None},
+        "train.optimizer.lr": {"a": 0.1, "b": 0.05},
+    }  # name, seed and the folder differ by design: not listed
+    assert config_differences({"a": a, "a2": a}) == {}
+    assert config_differences({"a": a}) == {}
