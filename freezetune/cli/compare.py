@@ -27,6 +27,7 @@ from freezetune.report import (
     build_report,
     load_run,
     parse_target,
+    ranking_line,
     reference_line,
     text_table,
     unresolved_line,
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(reference_line(report))
         print(text_table(report))
         print(unresolved_line(report))
+        print(ranking_line(report))
         print("\nreport: " + ", ".join(str(p) for p in paths))
         return 0
 

@@ -25,12 +25,14 @@ from freezetune.report.report import (
     config_differences,
     load_run,
     parse_target,
+    ranking,
     run_curve,
 )
 from freezetune.report.stats import Difference, Stat, difference, pareto_front, summarize, t_quantile, time_to_target
 from freezetune.report.tables import (
     markdown_table,
     outcome_table,
+    ranking_line,
     reference_line,
     text_table,
     unresolved_line,
@@ -65,6 +67,8 @@ __all__ = [
     "render_groups",
     "render_params",
     "render_plan",
+    "ranking",
+    "ranking_line",
     "reference_line",
     "render_schedule",
     "run_curve",

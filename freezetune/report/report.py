@@ -27,6 +27,7 @@ __all__ = [
     "MEMORY_KINDS",
     "build_report",
     "config_differences",
+    "ranking",
     "load_run",
     "parse_target",
     "run_curve",
@@ -148,7 +149,31 @@ def build_report(
         "target_acc": target_acc,
         "target_rule": target_rule,
         "config_differences": config_differences({name: rs[0].get("config", {}) for name, rs in groups.items()}),
+        "ranking": ranking(groups),
         "rows": rows,
+    }
+
+
+def ranking(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The configs with two runs or more, by mean final accuracy, best first, and between each
+    neighbour and the next whether the difference is resolved (``>``) or not (``≈``), by the same
+    paired test as the differences to the reference. Configs of one run have no interval: they
+    are listed apart."""
+    ranked = sorted(
+        (name for name, rs in groups.items() if len(rs) > 1),
+        key=lambda n: -summarize([r["final_val_acc"] for r in groups[n]]).mean,
+    )
+    pairs = [
+        difference(_by_seed(groups[a], "val_acc"), _by_seed(groups[b], "val_acc")) for a, b in zip(ranked, ranked[1:])
+    ]
+    order = ranked[:1]
+    for name, d in zip(ranked[1:], pairs):
+        order += [">" if d.resolved else "≈", name]
+    return {
+        "order": ranked,
+        "text": " ".join(order),
+        "pairs": [d.to_json() | {"better": a, "worse": b} for (a, b), d in zip(zip(ranked, ranked[1:]), pairs)],
+        "left_out": [name for name, rs in groups.items() if len(rs) == 1],
     }
 
 

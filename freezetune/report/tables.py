@@ -16,6 +16,7 @@ __all__ = [
     "STATS_NOTE",
     "markdown_table",
     "outcome_table",
+    "ranking_line",
     "reference_line",
     "text_table",
     "unresolved_line",
@@ -224,6 +225,15 @@ def unresolved_line(report: dict[str, Any]) -> str:
     )
 
 
+def ranking_line(report: dict[str, Any]) -> str:
+    """'ranking by final accuracy: a ≈ b > c' (> resolved, ≈ not), and what it leaves out."""
+    rank = report["ranking"]
+    if len(rank["order"]) < 2:
+        return "ranking by final accuracy: needs two configs with two seeds or more"
+    left = f"; one run, left out: {', '.join(rank['left_out'])}" if rank["left_out"] else ""
+    return f"ranking by final accuracy (> resolved, ≈ not resolved by these seeds): {rank['text']}{left}"
+
+
 def reference_line(report: dict[str, Any]) -> str:
     """Which run the ratios and differences are against, and why (printed and written)."""
     return f"reference: {report['reference']} ({report['reference_why']})"
@@ -254,6 +264,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         outcome_table(report),
         "",
         unresolved_line(report) + ".",
+        "",
+        ranking_line(report) + ". Each neighbour is compared with the next by the same paired interval.",
         "",
         "![accuracy against cost](tradeoff.png)",
         "",

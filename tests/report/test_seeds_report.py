@@ -10,7 +10,14 @@ import pytest
 
 from freezetune.config import ConfigError
 from freezetune.record.summary import MEMORY_KINDS
-from freezetune.report import build_report, config_differences, outcome_table, parse_target, unresolved_line
+from freezetune.report import (
+    build_report,
+    config_differences,
+    outcome_table,
+    parse_target,
+    ranking_line,
+    unresolved_line,
+)
 
 CONFIG = {"name": "x", "seed": 0, "seeds": 1, "freeze": {"preset": "full"}, "train": {"epochs": 2, "output_dir": None}}
 
@@ -190,3 +197,19 @@ def test_config_differences_lists_each_key_with_every_configs_value() -> None:
     }  # name, seed and the folder differ by design: not listed
     assert config_differences({"a": a, "a2": a}) == {}
     assert config_differences({"a": a}) == {}
+
+
+def test_ranking_marks_each_neighbour_resolved_or_not_and_leaves_single_runs_out(runs: list[dict]) -> None:
+    lone = record("lone", 0, [0.5, 0.99], [1.0, 2.0])  # the best mean, but one run: no interval
+    report = build_report(runs + [lone])
+    rank = report["ranking"]
+    assert rank["order"] == ["mid", "full", "probe"] and rank["left_out"] == ["lone"]
+    assert rank["text"] == "mid ≈ full > probe"  # mid - full holds 0; full - probe is -0.20 [..] resolved
+    assert [(p["better"], p["worse"], p["resolved"]) for p in rank["pairs"]] == [
+        ("mid", "full", False),
+        ("full", "probe", True),
+    ]
+    assert ranking_line(report) == (
+        "ranking by final accuracy (> resolved, ≈ not resolved by these seeds): mid ≈ full > probe; "
+        "one run, left out: lone"
+    )
