@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--target-acc",
         default=DEFAULT_TARGET,
         type=_target,
-        help=f"time-to-target column: an accuracy (0.85) or a share of the reference's (default {DEFAULT_TARGET})",
+        # argparse %-formats help: a literal % is written %%.
+        help=f"time-to-target column: an accuracy (0.85) or a share of the reference's "
+        f"(default {DEFAULT_TARGET.replace('%', '%%')})",
     )
     parser.add_argument("--out", default="runs/report", help="where the report goes")
     parser.add_argument("--no-estimate", action="store_true", help="skip the predicted column")

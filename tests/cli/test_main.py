@@ -70,7 +70,13 @@ def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path) -> None
     assert compared.returncode == 0, compared.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.json", "report.md", "report.png"]
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "curves.png",
+        "report.json",
+        "report.md",
+        "report.png",
+        "tradeoff.png",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "runs", "tiny.yaml"]
 
 
