@@ -26,9 +26,7 @@ from freezetune.utils import format_table
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="default: the shipped bench/resnet18_fake.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--presets", nargs="+", default=["full", "linear_probe", "until:layer3"])

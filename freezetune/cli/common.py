@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from freezetune.apps.compare import TrainingFailed
 from freezetune.config import Config, ConfigError, load_config
@@ -85,6 +85,16 @@ _OS_HINTS = {
     errno.EPERM: "choose a folder you can write (train.output_dir)",
     errno.EROFS: "the file system is read-only: choose another train.output_dir",
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported like every other: one ``error:``
+    line naming the argument and where the usage is, exit status 2 (argparse prints the whole
+    usage first and prefixes the program's name)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        """Print ``error: message (PROG --help)`` and exit 2."""
+        self.exit(EXIT_CONFIG, f"error: {message} (see {self.prog} --help)\n")
 
 
 def guarded(main: Callable[[], int], debug: bool = False) -> int:

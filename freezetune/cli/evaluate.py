@@ -7,7 +7,6 @@ knows; without it, the run's own validation split. Writes PREFIX.json and PREFIX
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ _PRINTED_MATRIX_MAX = 20  # classes up to which the confusion matrix is printed,
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     add_run_args(parser)
     parser.add_argument(
         "--data", default=None, metavar="DIR", help="a labelled folder, DIR/CLASS/*.png (default: the run's val split)"

@@ -4,7 +4,6 @@ freezetune export --run runs/NAME --format torchscript|exported_program|onnx
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
@@ -27,7 +26,7 @@ from freezetune.infer import (
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     parser.add_argument("--run", required=True, help="a finished run folder (runs/NAME)")
     parser.add_argument("--format", required=True, choices=list(EXPORT_FORMATS), help="the file format to write")
     parser.add_argument(

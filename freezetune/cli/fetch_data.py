@@ -17,7 +17,7 @@ from freezetune.data import ensure_fashion_mnist, export_png_folder
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = cli.Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--root", default="data")
     parser.add_argument("--imagefolder", metavar="DIR", help="also write a sample as PNGs in ImageFolder layout")
     parser.add_argument(

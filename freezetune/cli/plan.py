@@ -28,7 +28,7 @@ from freezetune.utils import autocast
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     cli.add_config_args(parser)
     parser.add_argument(
         "--depth", type=int, default=None, help="aggregate the table at this module depth (1 = top level)"

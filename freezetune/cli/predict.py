@@ -41,7 +41,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     parser.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER", help="files, and folders searched recursively")
     add_run_args(parser)
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")

@@ -9,7 +9,6 @@ Several processes: torchrun --nproc_per_node=N scripts/train.py --config configs
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from freezetune.cli import common as cli
@@ -19,7 +18,7 @@ from freezetune.train import distributed, run
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     cli.add_config_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

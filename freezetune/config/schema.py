@@ -30,7 +30,10 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        head = f"{len(self.problems)} config problem{'s' if len(self.problems) != 1 else ''}{where}:"
+        if len(self.problems) == 1:  # one line: the problem itself, where it is, the fix
+            super().__init__(f"{self.problems[0]}{f' ({source})' if source else ''}")
+            return
+        head = f"{len(self.problems)} config problems{where}:"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
 
 

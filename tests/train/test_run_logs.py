@@ -160,7 +160,7 @@ def test_tensorboard_without_its_package_is_one_config_error_and_writes_nothing(
     err = capsys.readouterr().err
     assert rc == 2
     assert "Traceback" not in err
-    (problem,) = [line for line in err.splitlines() if line.startswith("  - ")]
+    (problem,) = [line[len("error: ") :] for line in err.splitlines() if line.startswith("error: ")]
     assert "train.log: tensorboard needs the tensorboard package" in problem
     assert "pip install 'freezetune[tensorboard]'" in problem
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tb.yaml"]  # no runs/, nothing else
