@@ -13,11 +13,21 @@ import torch
 import yaml
 
 from freezetune.config import Config, load_config, resolve, to_dict, weights_kind
+from freezetune.data import build_loaders
 from freezetune.measure import Estimate, estimate, profile_model
 from freezetune.record import OWN_FILES, RunExistsError
+from freezetune.report import config_differences
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
 
-__all__ = ["SeedRun", "TrainingFailed", "estimate_config", "run_action", "seed_runs", "train_in_subprocess"]
+__all__ = [
+    "SeedRun",
+    "TrainingFailed",
+    "check_runnable",
+    "estimate_config",
+    "run_action",
+    "seed_runs",
+    "train_in_subprocess",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +48,29 @@ class SeedRun:
 
 def seed_runs(file: str, overrides: list[str], seeds: int | None = None) -> list[SeedRun]:
     """The runs that compare trains for one config file: its ``seeds`` (``--seeds``, else the
-    config's own ``seeds:``) from ``seed`` up. One seed is the config's run as it stands;
-    several each get their folder ``<output_dir>-seed<S>`` and ``seeds: 1`` (a run is one
-    seed), so a finished seed is found and reused whatever N a later comparison asks for."""
+    config's own ``seeds:``) from ``seed`` up, each in its folder ``<output_dir>-seed<S>`` with
+    ``seeds: 1`` (a run is one seed), so a finished seed is found and reused whatever N a later
+    comparison asks for. A config of ``seeds: 1`` compared without ``--seeds`` is its run as it
+    stands, in ``<output_dir>``."""
     cfg = load_config(file, overrides)  # every error here, before anything trains
-    n = seeds if seeds is not None else cfg.seeds
-    if n == 1:
+    if seeds is None and cfg.seeds == 1:
         return [SeedRun(file, overrides, cfg)]
+    n = seeds if seeds is not None else cfg.seeds
     out = []
+    # The keys each seed's run sets itself; the user's own (the first seed, the base folder) are in cfg.
+    own = [o for o in overrides if o.split("=", 1)[0].strip() not in ("seed", "seeds", "train.output_dir")]
     for seed in range(cfg.seed, cfg.seed + n):
-        edits = [*overrides, f"seed={seed}", "seeds=1", f"train.output_dir={cfg.output_dir}-seed{seed}"]
+        edits = [*own, f"seed={seed}", "seeds=1", f"train.output_dir={cfg.output_dir}-seed{seed}"]
         out.append(SeedRun(file, edits, load_config(file, edits)))
     return out
+
+
+def check_runnable(cfg: Config) -> None:
+    """What training would refuse at its start, found before a comparison trains anything: the
+    model, its weights and the freezing plan (prepare_model), the data's folders and classes
+    (the images themselves are decoded by each run)."""
+    prepared = prepare_model(cfg)
+    build_loaders(prepared.cfg.data, cfg.seed, prepared.num_classes, check_images=False)
 
 
 def run_action(cfg: Config, overwrite: bool) -> str:
@@ -74,11 +95,26 @@ def run_action(cfg: Config, overwrite: bool) -> str:
         return "train"
     if overwrite:
         return "replace"
-    what = stale or "a different config, or unfinished"
+    what = stale or _what_differs(folder, cfg)
     raise RunExistsError(
         f"{folder} holds another run than {cfg.name}'s config asks for ({what}). "
-        "HINT: pass --overwrite to compare to replace it, or set name=... / train.output_dir=... for new runs"
+        "HINT: pass --overwrite to replace it, or give the config another name in its file to keep both"
     )
+
+
+def _what_differs(folder: Path, cfg: Config) -> str:
+    """Why a run folder does not hold this config's run, as the keys that differ."""
+    if not (folder / "summary.json").is_file():
+        return "an unfinished run"
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return "a run without a readable config.yaml"
+    keys = config_differences({"run": saved or {}, "config": to_dict(resolve(cfg)[0])})
+    if not keys:
+        return "a different config"
+    shown = [f"{k}: {v['run']!r} there, {v['config']!r} now" for k, v in list(keys.items())[:3]]
+    return "its config differs in " + "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def _weights_newer(cfg: Config, finished: Path) -> str:
@@ -99,7 +135,7 @@ def train_in_subprocess(config: str | Path, overrides: list[str], overwrite: boo
     cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--no-progress"]
     if overwrite:
         cmd.append("--overwrite")
-    log.info("training %s: %s", cfg.name, " ".join(cmd[1:]))
+    log.info("training %s: %s", cfg.name, " ".join([Path(sys.executable).name, *cmd[1:]]))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
         raise TrainingFailed(f"training {config} failed with exit status {done.returncode} (its error is above)")

@@ -19,7 +19,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from freezetune.apps.compare import SeedRun, estimate_config, run_action, seed_runs, train_in_subprocess
+from freezetune.apps.compare import (
+    SeedRun,
+    check_runnable,
+    estimate_config,
+    run_action,
+    seed_runs,
+    train_in_subprocess,
+)
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
 from freezetune.report import (
@@ -39,9 +46,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=None, help="configs to train and compare")
     parser.add_argument("items", nargs="*", help="run folders, or key=value edits when --configs is given")
     parser.add_argument(
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             # `--configs a.yaml b.yaml key=value`: argparse hands the edits to --configs too.
             files = [c for c in args.configs if "=" not in c]
             overrides = [c for c in args.configs if "=" in c] + args.items
+            _distinct([str(Path(f).resolve()) for f in files], files, "the same file given twice", "give it once")
             plans = [seed_runs(f, overrides, args.seeds) for f in files]  # every error before any training
             configs = [p[0].cfg for p in plans]
             _distinct(
@@ -94,7 +100,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 "the same run folder",
                 "give each config its own name (or train.output_dir)",
             )
+            _out_not_in(out, [r.cfg.output_dir for r in order])
             actions = [run_action(r.cfg, args.overwrite) for r in order]  # and every refusal
+            for plan in plans:  # the model, weights, plan and data of each config that will train
+                if any(actions[order.index(r)] != "reuse" for r in plan):
+                    check_runnable(plan[0].cfg)
             run_dirs = [_train_or_reuse(r, action) for r, action in zip(order, actions)]
         else:
             if args.items and any("=" in i for i in args.items):
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 parser.error("--seeds needs --configs (run folders already have their seeds)")
             run_dirs = [Path(p) for p in args.items]
             _distinct([str(d.resolve()) for d in run_dirs], [str(d) for d in run_dirs], "the same run folder", "")
+            _out_not_in(out, run_dirs)
             for d in run_dirs:
                 load_run(d)  # a folder without a finished run is named before its config is read
             configs = []
@@ -122,10 +133,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             else {c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled}
         )
         report = build_report(runs, estimates, reference=args.reference, target=args.target_acc)
-        if "NO config" in report["reference_why"]:
-            log.warning(reference_line(report))
         paths = write_report(report, args.out)
-        print(reference_line(report))
+        print(("warning: " if "NO config" in report["reference_why"] else "") + reference_line(report))
+        for warning in report["warnings"]:
+            print(f"warning: {warning}")
         print(text_table(report))
         print(unresolved_line(report))
         print(ranking_line(report))
@@ -143,6 +154,15 @@ def _train_or_reuse(r: SeedRun, action: str) -> Path:
     verb = "replacing the run in" if action == "replace" else "training into"
     print(f"{r.cfg.name}{seed}: {verb} {r.cfg.output_dir}", flush=True)
     return train_in_subprocess(r.file, r.overrides, overwrite=action == "replace")
+
+
+def _out_not_in(out: Path, run_dirs: list[Path]) -> None:
+    """The report's folder is neither a run folder of this comparison nor inside one (a run's
+    own report, freezetune report, would overwrite report.md there)."""
+    where = out.resolve()
+    for d in run_dirs:
+        if where == d.resolve() or d.resolve() in where.parents:
+            raise ConfigError([f"--out {out}: inside the run folder {d}; choose a folder of its own for the report"])
 
 
 def _check_reference(name: str | None, names: list[str]) -> None:

@@ -6,7 +6,6 @@ runs of the same config are reused), prints the tables and writes runs/report.""
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from freezetune.apps.demo import demo_report, results_table, run_demo
@@ -17,7 +16,7 @@ from freezetune.report import ranking_line, reference_line, text_table, unresolv
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = cli.Parser(prog=prog, description=__doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="edits applied to every demo config")
     parser.add_argument("--no-progress", action="store_true")
     cli.add_debug_arg(parser)

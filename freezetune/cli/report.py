@@ -18,9 +18,7 @@ from freezetune.report.run_report import write_run_report
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders (runs/NAME)")
     cli.add_debug_arg(parser)
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.annotate(label, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, 1.4 * max(bottom))  # headroom for the ratio labels and the legend
     ax.set_ylabel("median step time (ms)")
-    ax.set_title("step time by phase (× = compute vs full)")
+    ax.set_title(f"step time by phase (× = compute vs {report['reference']})")
     ax.legend(fontsize=8, ncol=2, loc="upper right")
 
     ax = axes[1]

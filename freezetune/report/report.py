@@ -49,7 +49,13 @@ def load_run(path: str | Path) -> dict[str, Any]:
         if (path / "FAILED").is_file():
             reason = (path / "FAILED").read_text().splitlines()[0]
             raise ConfigError([f"{path} holds a run that failed ({reason}): it has no results to compare"])
-        what = "no such folder" if not path.exists() else "no finished run there (no summary.json)"
+        what = (
+            "no such folder"
+            if not path.exists()
+            else "a file, not a run folder"
+            if path.is_file()
+            else "no finished run there (no summary.json)"
+        )
         raise ConfigError([f"{path}: {what}"])
     summary = json.loads((path / "summary.json").read_text())
     summary["run_dir"] = str(path)
@@ -119,6 +125,7 @@ def build_report(
         if kind == "reference"
         else "--target-acc"
     )
+    differences = config_differences({name: rs[0].get("config", {}) for name, rs in groups.items()})
     means = {name: _means(rs) for name, rs in groups.items()}
     rm = means[ref_name]
     rows = []
@@ -129,15 +136,8 @@ def build_report(
             row["vs_reference"] = {
                 metric: difference(_by_seed(rs, metric), _by_seed(ref, metric)).to_json() for metric in _COMPARED
             }
-        est = estimates.get(name)
-        if est:
-            row["predicted_step_ratio"] = _cached_ratio(est) if row["cached"] else est["predicted_step_ratio"]
-            # Below 1% of full fine-tuning a step is tens of microseconds, finer than the
-            # profile's per-module hooks resolve: a relative error there means nothing.
-            if row["compute_ratio"] >= MIN_RATIO_FOR_ERROR:
-                row["predicted_step_error"] = row["predicted_step_ratio"] / row["compute_ratio"] - 1.0
-            row["predicted_saved_ratio"] = est["predicted_saved_ratio"]
         rows.append(row)
+    _predictions(rows, estimates, ref_name)
     time_front = pareto_front([(r["train_time_s"], r["val_acc"]) for r in rows])
     memory_front = pareto_front([(r["training_memory_bytes"], r["val_acc"]) for r in rows])
     for row, on_time, on_memory in zip(rows, time_front, memory_front):
@@ -148,10 +148,25 @@ def build_report(
         "device": _device_name(ref[0]["device"]),
         "target_acc": target_acc,
         "target_rule": target_rule,
-        "config_differences": config_differences({name: rs[0].get("config", {}) for name, rs in groups.items()}),
+        "config_differences": differences,
+        "warnings": _warnings(differences),
         "ranking": ranking(groups),
         "rows": rows,
     }
+
+
+# Keys whose difference makes accuracies incomparable: another dataset, other classes, another validation set.
+_DATA_KEYS = ("data.dataset", "data.root", "data.classes", "data.val_samples")
+
+
+def _warnings(differences: dict[str, dict[str, Any]]) -> list[str]:
+    keys = [k for k in _DATA_KEYS if k in differences]
+    if not keys:
+        return []
+    return [
+        f"the runs differ in {', '.join(keys)}: they were validated on different data, "
+        "so their accuracies (and the differences between them) are not comparable"
+    ]
 
 
 def ranking(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -370,6 +385,31 @@ def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _predictions(rows: list[dict[str, Any]], estimates: dict[str, dict], ref_name: str) -> None:
+    """The cost model's predicted step ratio against the reference, beside the measured one.
+    A prediction is against full fine-tuning (its profile's full step); against another
+    reference it is the ratio of the two predictions, and none when the reference has none."""
+    ref_row = next(r for r in rows if r["config"] == ref_name)
+
+    def predicted(row: dict[str, Any]) -> float | None:
+        est = estimates.get(row["config"])
+        if not est:
+            return None
+        return _cached_ratio(est) if row["cached"] else est["predicted_step_ratio"]
+
+    ref_pred = predicted(ref_row)
+    for row in rows:
+        pred = predicted(row)
+        if pred is None or not ref_pred:
+            continue
+        row["predicted_step_ratio"] = pred / ref_pred
+        # Below 1% of the reference a step is tens of microseconds, finer than the profile's
+        # per-module hooks resolve: a relative error there means nothing.
+        if row["compute_ratio"] >= MIN_RATIO_FOR_ERROR:
+            row["predicted_step_error"] = row["predicted_step_ratio"] / row["compute_ratio"] - 1.0
+        row["predicted_saved_ratio"] = estimates[row["config"]]["predicted_saved_ratio"]
 
 
 def _cached_ratio(est: dict) -> float:

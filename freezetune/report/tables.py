@@ -28,7 +28,8 @@ STATS_NOTE = (
     "A difference to the reference is taken per seed (runs with the same seed share the data subset, "
     "its order and the new head's initialization, so pairing them cancels what the seed does to both) "
     "and its 95% t-interval is shown; it is **resolved** when that interval excludes 0. "
-    "Configs with no seeds in common with the reference get Welch's unpaired interval instead; "
+    "Configs with fewer than two seeds in common with the reference get Welch's unpaired interval "
+    "instead (marked Welch); "
     "one run alone has no interval and is never resolved. Non-overlapping per-config intervals would be "
     "a stricter test that ignores the pairing; both intervals are in the table for the reader to check."
 )
@@ -50,9 +51,10 @@ def _diff(d: dict[str, Any] | None, fmt: str, scale: float = 1.0, words: bool = 
     if d["low"] is None:
         return f"{mean} (no interval: 1 run)" if words else f"{mean} (1 run)"
     interval = f"[{format(d['low'] * scale, '+' + fmt)}, {format(d['high'] * scale, '+' + fmt)}]"
+    unpaired = " Welch" if d["method"] == "welch" else ""  # no two seeds in common with the reference
     if words:
-        return f"{mean} {interval} {'resolved' if d['resolved'] else 'not resolved'}"
-    return f"{mean} {interval}{' *' if d['resolved'] else ''}"
+        return f"{mean} {interval}{unpaired} {'resolved' if d['resolved'] else 'not resolved'}"
+    return f"{mean} {interval}{unpaired}{' *' if d['resolved'] else ''}"
 
 
 def _to_target(row: dict[str, Any]) -> str:
@@ -114,6 +116,7 @@ def _mib(n: float) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """Step time and memory per config, means over its seeds (report.md's second table)."""
     rows = report["rows"]
+    ref = report["reference"]
     predicted = any("predicted_step_ratio" in r for r in rows)
     headers = [
         "config",
@@ -122,13 +125,13 @@ def markdown_table(report: dict[str, Any]) -> str:
         "precision",
         "val acc",
         "step ms",
-        "× full",
+        f"× {ref}",
         "samples/s",
         "eval no-grad ×",
     ]
     if predicted:
         headers += ["predicted ×", "error"]
-    headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + ["training mem × full", "peak MiB"]
+    headers += [f"{label} MiB" for _, label in MEMORY_KINDS] + [f"training mem × {ref}", "peak MiB"]
     body = []
     for r in rows:
         line = [
@@ -229,7 +232,7 @@ def ranking_line(report: dict[str, Any]) -> str:
     """'ranking by final accuracy: a ≈ b > c' (> resolved, ≈ not), and what it leaves out."""
     rank = report["ranking"]
     if len(rank["order"]) < 2:
-        return "ranking by final accuracy: needs two configs with two seeds or more"
+        return "no ranking: it needs two configs with two seeds or more"
     left = f"; one run, left out: {', '.join(rank['left_out'])}" if rank["left_out"] else ""
     return f"ranking by final accuracy (> resolved, ≈ not resolved by these seeds): {rank['text']}{left}"
 
@@ -253,19 +256,27 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         f"Device: {report['device']}. Reference: `{report['reference']}` ({report['reference_why']}). "
         f"Target accuracy {report['target_acc']:.4f}: {report['target_rule']}.",
         "",
+        *(f"**Warning**: {w}." for w in report.get("warnings", [])),
+        "",
         "## Accuracy and what it cost, over seeds",
         "",
         STATS_NOTE,
         "`train s`: training seconds (the training passes plus cache builds and compiles; no evaluation "
         "or measurement). `time to` the target: the training seconds at the first epoch end whose "
-        "accuracy reached it, over the seeds that did. Pareto front: no other config is both as fast "
-        "(time) or as small (training memory) and as accurate.",
+        "accuracy reached it, over the seeds that did. Pareto front (time, memory): no other config is as "
+        "accurate at less training time (or memory), or more accurate at the same. Intervals are plain "
+        "t-intervals: with few seeds they can reach past 0 or 1.",
         "",
         outcome_table(report),
         "",
         unresolved_line(report) + ".",
         "",
-        ranking_line(report) + ". Each neighbour is compared with the next by the same paired interval.",
+        ranking_line(report)
+        + (
+            ". Each config is compared with the next by the same interval as above."
+            if len(report["ranking"]["order"]) > 1
+            else "."
+        ),
         "",
         "![accuracy against cost](tradeoff.png)",
         "",
@@ -273,7 +284,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "",
         "## Step time and memory, means over seeds",
         "",
-        "Step time is the median over steps after warm-up; `× full` compares compute "
+        f"Step time is the median over steps after warm-up; `× {report['reference']}` compares compute "
         "(forward + backward + optimizer) with the reference's, which is also what `predicted ×` estimates. "
         "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
         "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "

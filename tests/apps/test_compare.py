@@ -124,3 +124,45 @@ def test_compare_refuses_an_unknown_reference_before_training(tmp_path: Path, ca
     assert compare_cli.main(["--configs", str(file), "--reference", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "--reference nope: no such config here; choose one of tiny" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
+
+
+def test_seeds_given_always_use_the_seed_folders(tmp_path: Path) -> None:
+    file = str(write_config(tmp_path))
+    (one,) = seed_runs(file, ["seed=4"], seeds=1)
+    assert one.cfg.output_dir.name == "tiny-seed4" and one.overrides == ["seed=4", "seeds=1", one.overrides[-1]]
+
+
+def test_a_changed_config_is_refused_naming_the_key_that_differs(tmp_path: Path) -> None:
+    file = write_config(tmp_path)
+    run(load_config(file))
+    with pytest.raises(RunExistsError, match=r"its config differs in train\.epochs: 1 there, 2 now\)\. HINT: pass"):
+        run_action(load_config(file, ["train.epochs=2"]), overwrite=False)
+
+
+def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(tmp_path: Path, capsys) -> None:
+    good = write_config(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(good),
+                "name": "bad",
+                "data": {"dataset": "imagefolder", "root": str(tmp_path / "none")},
+                "train": {"output_dir": str(tmp_path / "runs" / "bad")},
+            }
+        )
+    )
+    out = str(tmp_path / "report")
+    assert compare_cli.main(["--configs", str(good), str(bad), "--seeds", "2", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: data.root: imagefolder needs the folders")
+    inside = str(tmp_path / "runs" / "tiny-seed1" / "report")
+    assert compare_cli.main(["--configs", str(good), "--seeds", "2", "--out", inside]) == 2
+    assert f"--out {inside}: inside the run folder {tmp_path / 'runs' / 'tiny-seed1'}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists()
+    with pytest.raises(SystemExit) as exited:  # argparse exits from parse_args
+        compare_cli.main(["--seeds", "0", "runs/x"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # argparse's mistakes: one line too
+    assert line.startswith("error: argument --seeds: '0': give a whole number of seeds, 1 or more (see ")
+    assert line.endswith(" --help)")

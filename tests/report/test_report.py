@@ -85,7 +85,7 @@ def test_compare_script_writes_the_report_and_its_plots(two_runs: list[Path], tm
         "trainable",
         "val acc",
         "step ms",
-        "× full",
+        "× t_full",
         "samples/s",
         "predicted ×",
         "error",

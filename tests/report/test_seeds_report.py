@@ -213,3 +213,30 @@ def test_ranking_marks_each_neighbour_resolved_or_not_and_leaves_single_runs_out
         "ranking by final accuracy (> resolved, ≈ not resolved by these seeds): mid ≈ full > probe; "
         "one run, left out: lone"
     )
+
+
+def test_predictions_are_taken_against_the_reference_whatever_it_is(runs: list[dict]) -> None:
+    estimates = {  # each against full fine-tuning, as the cost model gives them
+        "full": {"predicted_step_ratio": 1.0, "predicted_saved_ratio": 1.0},
+        "probe": {"predicted_step_ratio": 0.1, "predicted_saved_ratio": 0.0},
+        "mid": {"predicted_step_ratio": 0.5, "predicted_saved_ratio": 0.2},
+    }
+    report = build_report(runs, estimates, reference="mid")
+    assert row(report, "full")["predicted_step_ratio"] == pytest.approx(2.0)
+    assert row(report, "probe")["predicted_step_ratio"] == pytest.approx(0.2)
+    # Measured compute: full 11/20 s, mid 6/20 s: 1.833 against mid; the error compares like with like.
+    assert row(report, "full")["predicted_step_error"] == pytest.approx(2.0 / (11 / 6) - 1)
+    del estimates["mid"]  # a reference without a prediction: no predicted column at all
+    assert all("predicted_step_ratio" not in r for r in build_report(runs, estimates, reference="mid")["rows"])
+
+
+def test_runs_validated_on_other_data_are_compared_with_a_warning(runs: list[dict]) -> None:
+    assert build_report(runs)["warnings"] == []
+    other = copy.deepcopy(runs[:3])
+    for r in other:
+        r["config"]["data"] = {"classes": [0, 1]}
+    report = build_report(other + runs[3:])
+    assert report["warnings"] == [
+        "the runs differ in data.classes: they were validated on different data, "
+        "so their accuracies (and the differences between them) are not comparable"
+    ]
