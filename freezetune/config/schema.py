@@ -31,7 +31,7 @@ class ConfigError(ValueError):
         self.source = source
         where = f" in {source}" if source else ""
         if len(self.problems) == 1:  # one line: the problem itself, where it is, the fix
-            super().__init__(f"{self.problems[0]}{f' ({source})' if source else ''}")
+            super().__init__(f"{source}: {self.problems[0]}" if source else self.problems[0])
             return
         head = f"{len(self.problems)} config problems{where}:"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
