@@ -26,6 +26,7 @@ from freezetune.config.records import (
     parse_rules,
 )
 from freezetune.config.schema import (
+    AutoFreezeConfig,
     Config,
     ConfigError,
     DataConfig,
@@ -75,6 +76,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EventSpec",
+    "AutoFreezeConfig",
     "FreezeConfig",
     "GroupRule",
     "ModelConfig",

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 RULE_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type", "until")
-PRESETS = ("full", "linear_probe", "bitfit", "gradual", "until:<module>")
+PRESETS = ("full", "linear_probe", "bitfit", "gradual", "auto", "until:<module>")
 EVENT_KINDS = ("freeze", "unfreeze", "freeze_type", "unfreeze_type")  # rules' selectors but `until`
 _EVENT_KEYS = ("epoch", *EVENT_KINDS, "lr_scale")
 _GROUP_KEYS = ("match", "lr_scale", "weight_decay")

@@ -97,6 +97,22 @@ class DataConfig:
 
 
 @dataclass
+class AutoFreezeConfig:
+    """``freeze.auto``: adaptive freezing (``freeze.preset: auto``, freezetune.plan.auto). After
+    each epoch, the longest prefix of stages (top-level modules) whose gradient-norm change rate
+    fell below ``threshold`` is frozen from the next epoch on."""
+
+    # A stage whose mean gradient norm changed by less than this fraction between two epochs has converged.
+    threshold: float = field(default=0.1, metadata={"min_exclusive": 0.0})
+    # No decision before this many epochs have trained (the first rate needs two epochs anyway).
+    warmup_epochs: int = field(default=2, metadata={"min": 1})
+    # The first top-level module auto never freezes (null: the head). Stages from it on always train.
+    ceiling: Union[str, None] = None
+    # Steps between gradient-norm samples: the signal's cost (one norm per trainable tensor).
+    sample_every: int = field(default=5, metadata={"min": 1})
+
+
+@dataclass
 class FreezeConfig:
     """``freeze``: what is frozen (preset, rules), BatchNorm's policy, and the schedule of events."""
 
@@ -120,11 +136,13 @@ class FreezeConfig:
     # preset gradual (ULMFiT): the head trains alone in epoch 1, then one entry of this list
     # is unfrozen at the start of each following epoch, e.g. [layer4, layer3, layer2].
     gradual: list[str] = field(default_factory=list)
+    # preset auto: when the policy freezes the next stages (AutoFreezeConfig).
+    auto: AutoFreezeConfig = field(default_factory=AutoFreezeConfig)
 
     @property
     def scheduled(self) -> bool:
         """Whether the trainable set changes during the run (one cost prediction does not fit it)."""
-        return bool(self.schedule or self.gradual)
+        return bool(self.schedule or self.gradual or self.preset == "auto")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import torchvision.models as tvm
 
 from freezetune.config.records import PRESETS, parse_events, parse_param_groups, parse_rules
-from freezetune.config.schema import Config, ConfigError
+from freezetune.config.schema import AutoFreezeConfig, Config, ConfigError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -426,6 +426,10 @@ def _freeze_problems(cfg: Config) -> list[str]:
         hint = f"; did you mean {near[0]!r}?" if near else ""
         problems.append(f"freeze.preset: {preset!r} is not one of {', '.join(PRESETS)}{hint}")
     problems.extend(_frozen_dtype_problems(cfg.freeze.frozen_dtype, cfg.train.precision))
+    if preset != "auto" and cfg.freeze.auto != AutoFreezeConfig():
+        problems.append(f"freeze.auto: only used with freeze.preset: auto (the preset is {preset!r})")
+    if preset == "auto" and (cfg.freeze.schedule or cfg.freeze.gradual):
+        problems.append("freeze.schedule: preset 'auto' decides the schedule itself; give no freeze.schedule events")
     return problems
 
 

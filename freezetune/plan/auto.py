@@ -13,7 +13,7 @@ the saved-activation savings follow a prefix, not a stage frozen in the middle.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from freezetune.plan.rules import FreezeError, ModelTree
@@ -96,11 +96,13 @@ def decide(
     frozen: int,
     settings: AutoSettings,
     epochs_total: int,
+    already: Collection[str] = (),
 ) -> AutoDecision:
     """After ``epoch`` (1-based), with ``history[i]`` the per-stage mean gradient norms of epoch
     ``i + 1`` (stages already frozen have none), decide the frozen prefix for the next epoch:
     the ``frozen`` stages stay frozen, and the prefix grows over the following stages whose
-    change rate is below the threshold, stopping at the first that is not."""
+    change rate is below the threshold, stopping at the first that is not. Stages in ``already``
+    (frozen by the config's own rules) count as converged and are passed over, not frozen again."""
 
     def keep(reason: str, rates: dict[str, float | None] | None = None) -> AutoDecision:
         return AutoDecision(epoch, frozen, frozen, (), rates or {}, reason)
@@ -115,7 +117,7 @@ def decide(
     after = frozen
     while after < len(stages):
         rate = rates.get(stages[after])
-        if rate is None or rate >= settings.threshold:
+        if stages[after] not in already and (rate is None or rate >= settings.threshold):
             break
         after += 1
     if after == frozen:
@@ -123,5 +125,5 @@ def decide(
         rate = rates.get(first)
         why = "no signal" if rate is None else f"change rate {rate:.3g} >= {settings.threshold:g}"
         return keep(f"{first} still learning ({why})", rates)
-    chosen = tuple(stages[frozen:after])
+    chosen = tuple(s for s in stages[frozen:after] if s not in already)
     return AutoDecision(epoch, frozen, after, chosen, rates, f"converged: rate < {settings.threshold:g}")

@@ -224,8 +224,8 @@ def find_head(tree: ModelTree) -> str:
 
 def preset_rules(preset: str | None, tree: ModelTree) -> list[Rule]:
     """The rules a preset stands for; they run before the user's own rules."""
-    if preset in (None, "full"):
-        return []
+    if preset in (None, "full", "auto"):
+        return []  # auto starts from the config's own rules and freezes at run time (freezetune.plan.auto)
     origin = f"preset {preset}"
     if preset in ("linear_probe", "gradual"):
         # gradual starts as a linear probe; freezetune.schedule unfreezes the rest epoch by epoch.

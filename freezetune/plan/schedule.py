@@ -141,12 +141,16 @@ def build_schedule(
     raw_events: list | None = None,
     gradual: list[str] | None = None,
     frozen_modules: str = "train",
+    decided: list | None = None,
 ) -> Schedule:
     """Resolve preset, rules and events into one plan per phase; raise FreezeError listing
-    every event that matches nothing or changes nothing."""
+    every event that matches nothing or changes nothing. ``decided``: freeze events that
+    ``freeze.preset: auto`` took during the run (named ``freeze.auto[i]``)."""
     rules, problems = parse_rules(raw_rules)
     events, event_probs = parse_events(raw_events or [])
-    problems += event_probs
+    auto, auto_probs = parse_events(decided or [], origin="freeze.auto")
+    events += auto
+    problems += event_probs + auto_probs
     if problems:
         raise FreezeError(problems)
     base = preset_rules(preset, tree) + rules

@@ -118,6 +118,9 @@ class LoopOptions:
     label_smoothing: float = 0.0
     scaler: torch.amp.GradScaler | None = None  # fp16: scales the loss so small gradients survive
     on_step: Callable[[int, torch.Tensor], None] | None = None  # after each optimizer step: (step, mean loss)
+    # After a step's backward (every micro-batch), before clipping and the optimizer: (step, scaler's
+    # scale or 1.0). freeze.preset auto samples the gradients' norms here (freezetune.train.auto).
+    after_backward: Callable[[int, float], None] | None = None
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -208,6 +211,8 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             continue
+        if o.after_backward is not None:
+            o.after_backward(steps, o.scaler.get_scale() if o.scaler is not None else 1.0)
         if o.clip_grad_norm is not None:
             if o.scaler is not None:
                 o.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones

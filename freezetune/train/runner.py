@@ -163,6 +163,9 @@ def run(
                     on_epoch(result)
                 if monitor.is_new_best(trainer.epochs):
                     out.save_checkpoint(BEST, trainer.model_file(cfg.train.save, epoch, resolved))
+                decided = trainer.decide_auto(epoch)  # before the checkpoint: it holds the decision
+                if decided is not None:
+                    out.append_jsonl("events.jsonl", decided)
             stop_early = result is not None and monitor.should_stop(trainer.epochs)
             if (epoch < cfg.train.epochs and not stop_early) or result is None:  # else model.pt is the record
                 out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
@@ -230,7 +233,8 @@ def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int,
         out.write_yaml("config.yaml", to_dict(trainer.cfg))  # train.epochs raised: the record says so
     # Rows written after the checkpoint (a kill between the two writes) are redone.
     out.keep_jsonl_rows("metrics.jsonl", lambda row: row["epoch"] < first)
-    out.keep_jsonl_rows("events.jsonl", lambda row: row["epoch"] <= state["epoch"])
+    # An auto decision taken after the checkpoint's epoch acts from the next one: kept by when it was taken.
+    out.keep_jsonl_rows("events.jsonl", lambda row: row.get("decided_after_epoch", row["epoch"]) <= state["epoch"])
     log.info(
         "%s: resuming at epoch %d%s from %s",
         trainer.cfg.name,

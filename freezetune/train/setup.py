@@ -17,6 +17,7 @@ from freezetune.models import LoadReport, build_model
 from freezetune.plan import (
     FreezeError,
     FreezePlan,
+    ModelTree,
     Schedule,
     Setting,
     apply_plan,
@@ -33,6 +34,7 @@ __all__ = [
     "prepare",
     "prepare_model",
     "resolve_device",
+    "schedule_for",
     "seed_everything",
     "steps_per_epoch",
 ]
@@ -87,15 +89,7 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     tree = describe(model)
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
-        schedule = build_schedule(
-            tree,
-            cfg.freeze.preset,
-            cfg.freeze.rules,
-            cfg.freeze.batchnorm,
-            cfg.freeze.schedule,
-            cfg.freeze.gradual,
-            cfg.freeze.frozen_modules,
-        )
+        schedule = schedule_for(cfg, tree)
     except FreezeError as exc:
         if problems:  # report the groups' problems with the plan's, in one error
             raise ConfigError(exc.problems + problems) from None
@@ -107,6 +101,21 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     # channels_last changes strides, not values: convolutions pick faster kernels (NHWC), above all in bf16.
     memory = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     return Prepared(cfg, model.to(device, memory_format=memory), schedule.initial, load, device, schedule, settings, k)
+
+
+def schedule_for(cfg: Config, tree: ModelTree, decided: list[dict] | None = None) -> Schedule:
+    """The run's schedule: the config's preset, rules and events, plus the freeze events
+    ``freeze.preset: auto`` has ``decided`` so far (freezetune.train.auto)."""
+    return build_schedule(
+        tree,
+        cfg.freeze.preset,
+        cfg.freeze.rules,
+        cfg.freeze.batchnorm,
+        cfg.freeze.schedule,
+        cfg.freeze.gradual,
+        cfg.freeze.frozen_modules,
+        decided,
+    )
 
 
 def steps_per_epoch(cfg: Config) -> int:

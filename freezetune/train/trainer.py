@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 from freezetune.config import Config, ConfigError, Preprocessing, weights_kind
 from freezetune.data import Loaders
 from freezetune.measure import device_clock
-from freezetune.plan import FreezePlan, apply_plan
+from freezetune.plan import FreezePlan, apply_plan, describe
 from freezetune.record import (
     MODEL_FORMAT,
     EpochResult,
@@ -33,12 +33,13 @@ from freezetune.record import (
     model_payload,
     set_rng_state,
 )
+from freezetune.train.auto import AutoFreezer
 from freezetune.train.distributed import Dist, shard_loaders
 from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch, steps_in
 from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
-from freezetune.train.setup import Prepared
+from freezetune.train.setup import Prepared, schedule_for
 
 __all__ = ["STATE_FORMAT", "Partial", "Trainer"]
 
@@ -85,6 +86,14 @@ class Trainer:
         check_optimizer(self.optimizer, self.model)
         self.ledger = FrozenLedger(self.model, self.plan, cfg.freeze.frozen_dtype)  # digests as each tensor froze
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
+        # freeze.preset auto: the policy that adds freeze events as training goes (freezetune.train.auto).
+        self.auto = (
+            AutoFreezer(
+                self.model, describe(self.model), self.plan, cfg.freeze.auto, cfg.train.epochs, self.device, dist
+            )
+            if cfg.freeze.preset == "auto"
+            else None
+        )
         self.events: list[dict[str, Any]] = []
         self.epochs: list[EpochResult] = []
         # Called after every optimizer step with (global step, mean loss tensor, {group name: lr}):
@@ -210,6 +219,7 @@ class Trainer:
             label_smoothing=t.label_smoothing,
             scaler=self.scaler,
             on_step=self._on_step if self.step_hook is not None else None,
+            after_backward=self.auto.sample if self.auto is not None else None,
         )
         result, stats = fit_epoch(
             epoch,
@@ -232,6 +242,30 @@ class Trainer:
         else:  # stopped part-way: the steps it took (fit_epoch times only whole epochs)
             self.train_s += setup_s + sum(sum(d) for d in stats.durations)
         return result, stats, start_state
+
+    def decide_auto(self, epoch: int) -> dict[str, Any] | None:
+        """After ``epoch`` (freeze.preset auto): the policy decides; the stages it freezes become
+        freeze events at ``epoch + 1`` of a rebuilt schedule, which :meth:`enter_phase` applies
+        like any other. Returns the decision as its events.jsonl row (None without auto)."""
+        if self.auto is None:
+            return None
+        decision, stages = self.auto.end_epoch(epoch)
+        row = self.auto.decisions[-1]
+        rates = ", ".join(f"{s} {r:.3g}" if r is not None else f"{s} -" for s, r in decision.rates.items())
+        if stages:
+            self.schedule = schedule_for(self.cfg, describe(self.model), self.auto.freeze_events())
+            log.info(
+                "%s: auto after epoch %d: freezing %s from epoch %d (gradient-norm change rates: %s; threshold %g)",
+                self.cfg.name,
+                epoch,
+                ", ".join(stages),
+                epoch + 1,
+                rates or "none",
+                self.auto.settings.threshold,
+            )
+        else:
+            log.info("%s: auto after epoch %d: nothing to freeze (%s)", self.cfg.name, epoch, decision.reason)
+        return row
 
     def _on_step(self, step: int, loss: torch.Tensor) -> None:
         if self.step_hook is not None:
@@ -277,6 +311,7 @@ class Trainer:
             "epochs": [vars(e) for e in self.epochs],
             "train_s": self.train_s,
             "preprocessing_from": self.preprocessing_from,
+            "auto": self.auto.state_dict() if self.auto is not None else None,
         }
 
     def model_file(self, save: str, epoch: int, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +356,9 @@ class Trainer:
             )
         rank = self.dist.rank if self.dist is not None else 0
         rng = state["rng_per_rank"][rank] if state.get("rng_per_rank") else state["rng"]
+        if self.auto is not None and state.get("auto"):  # the decisions so far, before their phases replay
+            self.auto.load_state_dict(state["auto"])
+            self.schedule = schedule_for(self.cfg, describe(self.model), self.auto.freeze_events())
         self.replay_phases(epoch)  # a stopped epoch has entered its phase too
         names = [g.get("name") for g in self.optimizer.param_groups]
         if names != state["group_names"]:

@@ -620,7 +620,7 @@ def test_unknown_preset_is_an_error(preset: str) -> None:
     with pytest.raises(FreezeError) as info:
         preset_rules(preset, describe(conv_net()))
     assert info.value.problems == [
-        f"freeze.preset: unknown preset {preset!r}; valid: full, linear_probe, bitfit, gradual, until:<module>"
+        f"freeze.preset: unknown preset {preset!r}; valid: full, linear_probe, bitfit, gradual, auto, until:<module>"
     ]
 
 
