@@ -15,6 +15,7 @@ from freezetune.plan import apply_plan, describe
 from freezetune.report import (
     param_rows,
     probe_autograd,
+    render_auto,
     render_cache,
     render_estimate,
     render_groups,
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         else:
             print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
         print(schedule)
+        if cfg.freeze.preset == "auto":
+            print(render_auto(cfg, tree, p.load.head))
         print()
         print(cache)
         if args.estimate and not args.no_estimate:

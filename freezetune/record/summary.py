@@ -90,6 +90,7 @@ class RunFacts:
     best: dict[str, Any] | None = None  # the epoch best.pt holds (train.monitor)
     early_stopping: dict[str, Any] | None = None  # null unless train.early_stopping is set
     compile: dict[str, Any] | None = None  # train.compile: what was compiled per phase (freezetune.train.nets)
+    auto: dict[str, Any] | None = None  # freeze.preset auto: the stages, and what was decided after each epoch
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -148,4 +149,6 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
     }
     if f.distributed is not None:
         summary["distributed"] = f.distributed
+    if f.auto is not None:
+        summary["auto"] = f.auto
     return summary

@@ -12,6 +12,7 @@ import torch.nn as nn
 from freezetune.config import Config
 from freezetune.measure import Estimate
 from freezetune.plan import FreezePlan, ModelTree, Schedule, Setting
+from freezetune.plan.auto import model_stages
 from freezetune.train.lr_schedule import LRSchedule
 from freezetune.train.optim import group_label
 from freezetune.utils import first_tensor, format_table, train_mode
@@ -24,6 +25,7 @@ __all__ = [
     "param_rows",
     "probe_autograd",
     "render_estimate",
+    "render_auto",
     "render_cache",
     "render_groups",
     "render_params",
@@ -156,6 +158,23 @@ def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> st
         f"epoch's first step: {factors}; a group that joins late gets the multiplier of that moment"
     )
     return "\n".join(lines)
+
+
+def render_auto(cfg: Config, tree: ModelTree, head: str) -> str:
+    """What ``freeze.preset: auto`` will decide at run time, and from what (freezetune.plan.auto)."""
+    a = cfg.freeze.auto
+    stages = model_stages(tree, head, a.ceiling)
+    first = max(a.warmup_epochs, 2)
+    return (
+        f"freeze.preset auto: the plan above is where training starts; the rest is decided at run time.\n"
+        f"  After each epoch from epoch {first} on, the longest prefix of the stages "
+        f"[{', '.join(stages)}] whose mean gradient norm changed by less than {a.threshold:g} (relative) since "
+        f"the epoch before freezes from the next epoch.\n"
+        f"  Never frozen: the head '{head}'"
+        + (f" and everything from '{a.ceiling}' on" if a.ceiling else "")
+        + f". Gradient norms sampled every {a.sample_every} step(s). "
+        "Each decision, with every stage's rate, is an 'auto' row in events.jsonl."
+    )
 
 
 def render_cache(previews: list[tuple[int, dict]], mode: str, n_images: int) -> str:

@@ -357,12 +357,18 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
         },
         "curve": _mean_curve(runs),
         # Where the trainable set changed: drawn on the learning curve (acting from epoch N's start).
-        "events": [
-            {"epoch": e["epoch"], "label": f"{e['event']} {e.get('target', '')}"}
-            for e in first.get("schedule", [])
-            if e.get("event") in ("freeze", "unfreeze") and e.get("epoch", 1) > 1
-        ],
+        "events": _events(first),
+        "auto": bool(first.get("auto")),
     }
+
+
+def _events(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schedule's events by epoch, one label each ("freeze conv1, bn1, layer1")."""
+    by_epoch: dict[tuple[int, str], list[str]] = {}
+    for e in run.get("schedule", []):
+        if e.get("event") in ("freeze", "unfreeze") and e.get("epoch", 1) > 1:
+            by_epoch.setdefault((e["epoch"], e["event"]), []).append(str(e.get("target", "")))
+    return [{"epoch": epoch, "label": f"{kind} {', '.join(targets)}"} for (epoch, kind), targets in by_epoch.items()]
 
 
 def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -89,7 +89,7 @@ def outcome_table(report: dict[str, Any]) -> str:
         vs = r.get("vs_reference") or {}
         body.append(
             [
-                f"`{r['config']}`",
+                f"`{r['config']}`" + (" (auto)" if r.get("auto") else ""),
                 str(len(r["seeds"])),
                 _pm(r["stats"]["val_acc"], ".4f"),
                 _diff(vs.get("val_acc"), ".4f"),
@@ -189,7 +189,7 @@ def text_table(report: dict[str, Any]) -> str:
             pred = f"{r['predicted_step_ratio']:.3f}" + (f" ({100 * err:+.0f}%)" if err is not None else "")
         rows.append(
             [
-                r["config"] + (" (cached)" if r["cached"] else ""),
+                r["config"] + (" (auto)" if r.get("auto") else "") + (" (cached)" if r["cached"] else ""),
                 f"{r['trainable_pct']:.2f}%",
                 _precision(r),
                 str(len(r["seeds"])),

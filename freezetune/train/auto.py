@@ -105,6 +105,21 @@ class AutoFreezer:
         self._sums.copy_(state["sums"])
         self._counts.copy_(state["counts"])
 
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's ``auto``: the stages, the settings, the final prefix and every decision."""
+        s = self.settings
+        return {
+            "stages": self.stages,
+            "threshold": s.threshold,
+            "warmup_epochs": s.warmup_epochs,
+            "ceiling": s.ceiling,
+            "sample_every": s.sample_every,
+            "frozen_prefix": self.stages[: self.frozen],
+            "decisions": [
+                {k: d[k] for k in ("decided_after_epoch", "freeze", "rates", "reason")} for d in self.decisions
+            ],
+        }
+
     def freeze_events(self) -> list[dict[str, Any]]:
         """Every freeze so far as ``freeze.schedule`` events: what rebuilds the run's schedule."""
         return [{"epoch": d["epoch"], "freeze": stage} for d in self.decisions for stage in d["freeze"]]

@@ -352,6 +352,7 @@ def _finish(
         best=_best(monitor, trainer),
         early_stopping=_early_stopping(cfg, monitor, trainer, last),
         distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
+        auto=trainer.auto.to_json() if trainer.auto is not None else None,
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from freezetune.config import from_dict
+from freezetune.config import ConfigError, from_dict
+from freezetune.plan import FreezeError
 from freezetune.record import TIMING_KEYS
 from freezetune.train import StopRequest, run
 
@@ -69,6 +70,24 @@ def test_the_decision_freezes_the_prefix_from_the_next_epoch_and_the_cache_follo
     assert trained[0] == trained[1] == summary["params_total"] > trained[2] == trained[3]
     assert summary["frozen_unchanged"] and summary["cache"]["used"]  # cached at layer2's output from epoch 3
     assert summary["cache"]["frontier"].startswith("layer2")
+    auto = summary["auto"]
+    assert auto["stages"] == ["conv1", "bn1", "layer1", "layer2"]  # the ceiling, layer3, and after: never
+    assert auto["frozen_prefix"] == auto["stages"] and len(auto["decisions"]) == 4
+
+
+def test_auto_settings_need_the_auto_preset_and_replace_a_schedule(tmp_path: Path) -> None:
+    raw = tree(tmp_path / "x")
+    raw["freeze"]["preset"] = "full"
+    with pytest.raises(ConfigError, match="freeze.auto: only used with freeze.preset: auto"):
+        from_dict(raw)
+    raw = tree(tmp_path / "x")
+    raw["freeze"]["schedule"] = [{"epoch": 2, "freeze": "conv1"}]
+    with pytest.raises(ConfigError, match="preset 'auto' decides the schedule itself"):
+        from_dict(raw)
+    raw = tree(tmp_path / "x", ceiling="relu")
+    with pytest.raises(FreezeError, match="freeze.auto.ceiling: 'relu' is no top-level module with parameters"):
+        run(from_dict(raw))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("stop_at", [STEPS * 2, STEPS * 2 + 2], ids=["after-decision", "mid-3"])
