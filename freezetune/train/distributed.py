@@ -62,6 +62,13 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Every buffer (BatchNorm's running statistics) as rank 0 has it, on every rank. In train
+        mode each rank updates its BatchNorm statistics from its own shard between DDP's
+        broadcasts; a stage frozen now must be pinned with the same statistics everywhere."""
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
         out: list[Any] = [None] * self.world

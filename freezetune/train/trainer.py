@@ -120,6 +120,8 @@ class Trainer:
             return []
         # Tensors about to leave protection must still be bitwise what they were.
         new_plan = phase.plan
+        if self.dist is not None:  # a BatchNorm frozen now is pinned with rank 0's statistics, on every rank
+            self.dist.broadcast_buffers(self.model)
         leaving = self.ledger.move_to(new_plan)
         apply_plan(self.model, new_plan, self.cfg.freeze.frozen_dtype)  # up-casts what it unfreezes
         removed = remove_frozen(self.optimizer)

@@ -227,3 +227,56 @@ def prepared_base() -> dict[str, torch.Tensor]:
     from freezetune.train import prepare_model
 
     return prepare_model(from_dict(config_tree(Path("/unused"), 8))).model.state_dict()
+
+
+# --------------------------------------------------------------------------- freeze.preset auto
+
+
+def test_auto_decides_the_same_prefix_on_both_ranks(tmp_path: Path) -> None:
+    """Each rank samples its own gradients' norms; the decision is taken on their all-reduced
+    sums, so both freeze the same stages at the same step (else DDP's rebuild would hang or the
+    replicas would differ). One process with the global batch decides the same."""
+    raw = config_tree(tmp_path / "two", 4)
+    raw["freeze"] = {"preset": "auto", "auto": {"threshold": 1e9, "ceiling": "layer3", "sample_every": 1}}
+    raw["train"]["epochs"] = 3
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(raw))
+    rc, out, err = Launch(tmp_path / "auto.yaml").done()
+    assert rc == 0, f"exit {rc}\n{out}\n{err[-3000:]}"
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["distributed"]["replicas_identical"] is True and summary["frozen_unchanged"]
+    decided = [d["freeze"] for d in summary["auto"]["decisions"]]
+    assert decided == [[], ["conv1", "bn1", "layer1", "layer2"], []]
+    events = [json.loads(line) for line in (tmp_path / "two" / "events.jsonl").read_text().splitlines()]
+    assert [e["target"] for e in events if e["event"] == "freeze"] == ["conv1", "bn1", "layer1", "layer2"]
+
+
+def test_auto_decides_on_the_sums_of_every_rank() -> None:
+    """end_epoch all-reduces the epoch's sums before deciding: a rank whose own norms say
+    "still learning" freezes when the global ones say "converged", as its peers do."""
+    from freezetune.config import AutoFreezeConfig
+    from freezetune.plan import build_plan, describe
+    from freezetune.train.auto import AutoFreezer
+
+    class Peer:
+        """One other rank, whose stage-0 gradient norm is 9 * sqrt(6) in both epochs (one sample each)."""
+
+        calls = 0
+
+        def sum_(self, t: torch.Tensor) -> torch.Tensor:
+            Peer.calls += 1
+            return t + (9 * 6**0.5 if Peer.calls % 2 else 1.0)  # the sums, then the counts
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))  # stage "0", head "1"
+    tree = describe(model)
+    auto = AutoFreezer(
+        model, tree, build_plan(tree, [], "eval"), AutoFreezeConfig(threshold=0.5), 5, torch.device("cpu")
+    )
+    auto.dist = Peer()  # type: ignore[assignment]
+    for epoch, grad in ((1, 1.0), (2, 2.0)):  # our own norm doubles: rate 1.0, still learning alone
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        auto.sample(0)
+        decision, stages = auto.end_epoch(epoch)
+    # Globally: (1 + 9) / 2 -> (2 + 9) / 2 times sqrt(6): rate 0.1, converged.
+    assert auto.history[0]["0"] == pytest.approx(5 * 6**0.5) and auto.history[1]["0"] == pytest.approx(5.5 * 6**0.5)
+    assert decision.rates["0"] == pytest.approx(0.1) and stages == ["0"]
