@@ -16,6 +16,7 @@ all of them alike; each ratio is the median of its per-round ratios."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import statistics
 from collections.abc import Callable, Iterable
@@ -28,14 +29,16 @@ import torch.nn.functional as F
 
 from freezetune.config import Config, load_config
 from freezetune.measure import device_clock
-from freezetune.plan import unpin_eval
+from freezetune.plan import describe, unpin_eval
 from freezetune.train import LoopOptions, make_optimizer, num_outputs, prepare, prepare_model, run, train_one_epoch
 
 __all__ = [
     "BenchPair",
     "BenchResult",
     "CacheBenchResult",
+    "SignalCost",
     "bench_pair",
+    "benchmark_auto_signal",
     "benchmark_cache",
     "benchmark_config",
     "benchmark_configs",
@@ -278,4 +281,54 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
         hand_s,
         summaries["on"]["final_val_acc"],
         summaries["off"]["final_val_acc"],
+    )
+
+
+@dataclass
+class SignalCost:
+    """What freeze.preset auto's gradient-norm sample costs next to a training step."""
+
+    name: str
+    step_ms: float  # median step (forward, backward, optimizer) without sampling
+    sample_ms: float  # median of one sample (every stage's gradient norm)
+    sample_every: int
+
+    @property
+    def per_step(self) -> float:
+        """The sample's share of a step at ``sample_every``."""
+        return self.sample_ms / self.step_ms / self.sample_every
+
+    def to_json(self) -> dict[str, float | int | str]:
+        """As the benchmark's JSON holds it."""
+        return {**dataclasses.asdict(self), "share_per_step": self.per_step}
+
+
+def benchmark_auto_signal(cfg: Config, rounds: int = 41) -> SignalCost:
+    """Steps of ``cfg``'s model on one batch of its shape, each followed (or not) by an auto
+    sample, alternated so that the machine's drift hits both alike; the medians."""
+    from freezetune.train.auto import AutoFreezer
+
+    prepared = prepare_model(cfg)
+    cfg, model, device = prepared.cfg, prepared.model, prepared.device
+    n, size = cfg.data.batch_size, cfg.data.image_size
+    x = torch.randn(n, 3, size, size, device=device)
+    y = torch.randint(0, prepared.num_classes, (n,), device=device)
+    optimizer = make_optimizer(model, cfg.train.optimizer)
+    tree = describe(model)
+    auto = AutoFreezer(model, tree, prepared.plan, cfg.freeze.auto, cfg.train.epochs, device)
+    steps, samples = [], []
+    for i in range(rounds + 3):
+        start = device_clock(device)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        step = device_clock(device) - start
+        start = device_clock(device)
+        auto.sample(0)
+        sample = device_clock(device) - start
+        if i >= 3:  # warm-up steps left out
+            steps.append(step)
+            samples.append(sample)
+    return SignalCost(
+        cfg.name, 1000 * statistics.median(steps), 1000 * statistics.median(samples), cfg.freeze.auto.sample_every
     )

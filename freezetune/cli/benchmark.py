@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from freezetune.apps.benchmark import BenchResult, benchmark_cache, benchmark_configs
+from freezetune.apps.benchmark import BenchResult, benchmark_auto_signal, benchmark_cache, benchmark_configs
 from freezetune.apps.shipped import shipped_config
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "(default: the demo's linear probe and freeze_until_layer3)",
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --cache")
+    parser.add_argument(
+        "--auto-signal",
+        action="store_true",
+        help="instead: what freeze.preset auto's gradient-norm sample costs next to a step of --config's model",
+    )
     cli.add_debug_arg(parser)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
@@ -71,6 +76,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def body() -> int:
         if args.cache is not None:
             return cache_body()
+        if args.auto_signal:
+            cfg = load_config(args.config or shipped_config("bench/resnet18_fake.yaml"), args.overrides)
+            r = benchmark_auto_signal(cfg, args.rounds)
+            print(
+                f"{r.name}: step {r.step_ms:.1f} ms, one sample {r.sample_ms:.2f} ms "
+                f"({100 * r.sample_ms / r.step_ms:.1f}% of a step); sampling every {r.sample_every} steps: "
+                f"{100 * r.per_step:.2f}% of training time"
+            )
+            return 0
         # Comma-separated, so that key=value edits after them stay edits.
         precisions = [p for p in (args.precision or "").split(",") if p] or [None]
         formats = [_channels_last(f) for f in (args.memory_format or "").split(",") if f] or [None]

@@ -96,3 +96,20 @@ def test_cli_sweeps_precisions_and_memory_formats(tmp_path: Path, capsys: pytest
 def test_cli_rejects_an_unknown_memory_format(capsys: pytest.CaptureFixture) -> None:
     assert main(["--memory-format", "nhwc", "--steps", "1", "--rounds", "1"]) == 2
     assert "--memory-format: expected contiguous or channels_last, got 'nhwc'" in capsys.readouterr().err
+
+
+def test_auto_signal_cost_is_measured_beside_the_step() -> None:
+    from freezetune.apps import benchmark_auto_signal
+    from freezetune.config import from_dict
+
+    cfg = from_dict(
+        {
+            "name": "sig",
+            "model": {"arch": "resnet18", "num_classes": 3},
+            "data": {"dataset": "fake", "image_size": 16, "batch_size": 4},
+            "freeze": {"preset": "auto", "auto": {"sample_every": 4}},
+        }
+    )
+    r = benchmark_auto_signal(cfg, rounds=3)
+    assert r.step_ms > 0 and r.sample_ms > 0 and r.sample_every == 4
+    assert r.per_step == r.sample_ms / r.step_ms / 4 and r.to_json()["share_per_step"] == r.per_step
