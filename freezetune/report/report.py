@@ -312,6 +312,10 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
         "seeds": [r["seed"] for r in runs],
         "params_trainable": first["params_trainable"],
         "trainable_pct": first["trainable_pct"],
+        # A run whose trainable set changed (a schedule, auto) started elsewhere: its first epoch's share.
+        "trainable_pct_start": 100.0 * first["metrics"][0]["trainable_params"] / first["params_total"]
+        if first.get("metrics") and "trainable_params" in first["metrics"][0]
+        else first["trainable_pct"],
         "val_acc": summarize([r["final_val_acc"] for r in runs]).mean,
         "per_seed_acc": [r["final_val_acc"] for r in runs],
         "per_seed_train_s": [_train_time(r) for r in runs],

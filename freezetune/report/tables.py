@@ -105,6 +105,13 @@ def outcome_table(report: dict[str, Any]) -> str:
     return _markdown(headers, body)
 
 
+def _share(row: dict[str, Any]) -> str:
+    """The trainable share, '100.00% → 0.02%' for a run whose trainable set changed (a schedule,
+    auto): the step and memory columns describe its last phase."""
+    start, end = row.get("trainable_pct_start", row["trainable_pct"]), row["trainable_pct"]
+    return f"{end:.2f}%" if abs(start - end) < 0.005 else f"{start:.2f}% → {end:.2f}%"
+
+
 def _precision(row: dict[str, Any]) -> str:
     return row["precision"] + (", channels_last" if row["channels_last"] else "")
 
@@ -136,7 +143,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     for r in rows:
         line = [
             r["config"],
-            f"{r['params_trainable']:,} ({r['trainable_pct']:.2f}%)",
+            f"{r['params_trainable']:,} ({_share(r)})",
             f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
             _precision(r),
             f"{r['val_acc']:.4f}",
@@ -190,7 +197,7 @@ def text_table(report: dict[str, Any]) -> str:
         rows.append(
             [
                 r["config"] + (" (auto)" if r.get("auto") else "") + (" (cached)" if r["cached"] else ""),
-                f"{r['trainable_pct']:.2f}%",
+                _share(r),
                 _precision(r),
                 str(len(r["seeds"])),
                 _pm(r["stats"]["val_acc"], ".4f"),

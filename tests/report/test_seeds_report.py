@@ -13,6 +13,7 @@ from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report import (
     build_report,
     config_differences,
+    markdown_table,
     outcome_table,
     parse_target,
     ranking_line,
@@ -240,3 +241,13 @@ def test_runs_validated_on_other_data_are_compared_with_a_warning(runs: list[dic
         "the runs differ in data.classes: they were validated on different data, "
         "so their accuracies (and the differences between them) are not comparable"
     ]
+
+
+def test_a_run_whose_trainable_set_changed_shows_where_it_started(runs: list[dict]) -> None:
+    changed = copy.deepcopy(runs[3:6])  # full, whose last phase trains 1 of 100 parameters
+    for r in changed:
+        r["params_trainable"], r["trainable_pct"] = 1, 1.0
+        r["metrics"][0]["trainable_params"], r["metrics"][1]["trainable_params"] = 100, 1
+    report = build_report(runs[:3] + changed)
+    assert "| 1 (100.00% → 1.00%) |" in markdown_table(report)
+    assert "| 1 (1.00%) |" in markdown_table(report)  # the probe: unchanged, one share
