@@ -361,7 +361,10 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
         },
         "curve": _mean_curve(runs),
         # Where the trainable set changed: drawn on the learning curve (acting from epoch N's start).
-        "events": _events(first),
+        # A run that decides its own schedule (auto) may differ by seed: the first seed's, said so.
+        "events": _events(first)
+        if all(_events(r) == _events(first) for r in runs)
+        else [e | {"label": f"{e['label']} (seed {first['seed']})"} for e in _events(first)],
         "auto": bool(first.get("auto")),
     }
 

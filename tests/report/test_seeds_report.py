@@ -251,3 +251,16 @@ def test_a_run_whose_trainable_set_changed_shows_where_it_started(runs: list[dic
     report = build_report(runs[:3] + changed)
     assert "| 1 (100.00% → 1.00%) |" in markdown_table(report)
     assert "| 1 (1.00%) |" in markdown_table(report)  # the probe: unchanged, one share
+
+
+def test_events_that_differ_by_seed_are_labelled_with_the_seed_they_come_from(runs: list[dict]) -> None:
+    full = copy.deepcopy(runs[3:6])
+    for r, epoch in zip(full, (3, 3, 4)):
+        r["schedule"] = [
+            {"epoch": epoch, "event": "freeze", "target": "conv1"},
+            {"epoch": epoch, "event": "freeze", "target": "bn1"},
+        ]
+    assert row(build_report(runs[:3] + full), "full")["events"] == [{"epoch": 3, "label": "freeze conv1, bn1 (seed 0)"}]
+    for r in full:
+        r["schedule"][0]["epoch"] = r["schedule"][1]["epoch"] = 3
+    assert row(build_report(runs[:3] + full), "full")["events"] == [{"epoch": 3, "label": "freeze conv1, bn1"}]
