@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         # Everything that reads the data or may refuse the config comes before the first line
         # printed: a plan that looks valid and then ends in an error would mislead.
         schedule = render_schedule(p.schedule, cfg, steps_per_epoch(cfg))
+        auto = render_auto(cfg, describe(p.model), p.load.head) if cfg.freeze.preset == "auto" else None
         cache = _cache(cfg, p)
         weights = p.load.source or "none (random initialisation)"
         print(f"config {args.config}: {cfg.model.arch}, weights {weights}, head '{p.load.head}'")
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         else:
             print(render_groups(param_rows(tree, p.schedule, p.settings, cfg)))
         print(schedule)
-        if cfg.freeze.preset == "auto":
-            print(render_auto(cfg, tree, p.load.head))
+        if auto is not None:
+            print(auto)
         print()
         print(cache)
         if args.estimate and not args.no_estimate:

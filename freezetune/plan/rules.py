@@ -50,6 +50,9 @@ class FreezeError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line, as the command prints every single mistake
+            super().__init__(f"freezing plan rejected: {self.problems[0]}")
+            return
         super().__init__("freezing plan rejected:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

@@ -24,7 +24,9 @@ from freezetune.plan import (
     assign_settings,
     build_schedule,
     describe,
+    find_head,
 )
+from freezetune.plan.auto import model_stages
 from freezetune.train.loop import steps_in
 from freezetune.utils import eval_mode, precision_problem
 
@@ -90,6 +92,8 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
         schedule = schedule_for(cfg, tree)
+        if cfg.freeze.preset == "auto":  # a ceiling auto cannot use is refused before anything runs
+            model_stages(tree, find_head(tree), cfg.freeze.auto.ceiling)
     except FreezeError as exc:
         if problems:  # report the groups' problems with the plan's, in one error
             raise ConfigError(exc.problems + problems) from None

@@ -500,3 +500,16 @@ def test_a_bad_image_in_a_class_the_run_does_not_use_is_not_its_problem(
     assert (
         summary["classes"][:2] == ["dog", "cat"] and summary["train_samples"] == 8 and summary["skipped_images"] == []
     )
+
+
+def test_an_auto_ceiling_that_is_no_stage_is_refused_before_the_plan_prints(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = command(
+        capsys, "plan", "--config", "tiny.yaml", "freeze.preset=auto", "freeze.auto.ceiling=relu", "--no-probe"
+    )
+    assert rc == 2 and out == ""
+    assert error_line(err) == (
+        "error: freezing plan rejected: freeze.auto.ceiling: 'relu' is no top-level module with parameters; "
+        "one of conv1, bn1, layer1, layer2, layer3, layer4, fc"
+    )
