@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from freezetune.config import Config, load_config
 from freezetune.measure import device_clock
 from freezetune.plan import describe, unpin_eval
+from freezetune.record import read_jsonl
 from freezetune.train import LoopOptions, make_optimizer, num_outputs, prepare, prepare_model, run, train_one_epoch
 
 __all__ = [
@@ -243,7 +243,7 @@ class CacheBenchResult:
 
 
 def _later_epochs(run_dir: str) -> float:
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     later = [r["epoch_time_s"] for r in rows[1:]] or [rows[0]["epoch_time_s"]]
     return sum(later) / len(later)
 
@@ -315,7 +315,7 @@ def benchmark_auto_signal(cfg: Config, rounds: int = 41) -> SignalCost:
     y = torch.randint(0, prepared.num_classes, (n,), device=device)
     optimizer = make_optimizer(model, cfg.train.optimizer)
     tree = describe(model)
-    auto = AutoFreezer(model, tree, prepared.plan, cfg.freeze.auto, cfg.train.epochs, device)
+    auto = AutoFreezer(model, tree, cfg.freeze.auto, cfg.train.epochs, device)
     steps, samples = [], []
     for i in range(rounds + 3):
         start = device_clock(device)

@@ -24,6 +24,7 @@ __all__ = [
     "TrainingFailed",
     "check_runnable",
     "estimate_config",
+    "interleave",
     "run_action",
     "seed_runs",
     "train_in_subprocess",
@@ -63,6 +64,12 @@ def seed_runs(file: str, overrides: list[str], seeds: int | None = None) -> list
         edits = [*own, f"seed={seed}", "seeds=1", f"train.output_dir={cfg.output_dir}-seed{seed}"]
         out.append(SeedRun(file, edits, load_config(file, edits)))
     return out
+
+
+def interleave(plans: list[list[SeedRun]]) -> list[SeedRun]:
+    """Seed by seed across the configs (A0 B0 A1 B1 ...): a slow minute of the machine hits
+    every config, not one."""
+    return [p[i] for i in range(max(len(p) for p in plans)) for p in plans if i < len(p)]
 
 
 def check_runnable(cfg: Config) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from freezetune.apps.compare import estimate_config, run_action, seed_runs
+from freezetune.apps.compare import estimate_config, interleave, run_action, seed_runs
 from freezetune.apps.shipped import shipped_config
 from freezetune.config import Config, load_config, resolve, to_dict
 from freezetune.record import EpochResult
@@ -76,7 +76,7 @@ def run_demo(
     else:
         log.info("pretraining %s on classes %s", pre.name, pre.data.classes)
         run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch))
-    order = [p[i] for i in range(max(len(p) for p in plans)) for p in plans if i < len(p)]
+    order = interleave(plans)
     done = {}
     for r in order:
         cfg = r.cfg

@@ -23,6 +23,7 @@ from freezetune.apps.compare import (
     SeedRun,
     check_runnable,
     estimate_config,
+    interleave,
     run_action,
     seed_runs,
     train_in_subprocess,
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 "give each config its own name",
             )
             _check_reference(args.reference, [c.name for c in configs])
-            # Seed by seed across the configs: A0 B0 A1 B1 ...
-            order = [p[i] for i in range(max(len(p) for p in plans)) for p in plans if i < len(p)]
+            order = interleave(plans)
             _distinct(
                 [str(r.cfg.output_dir.resolve()) for r in order],
                 [f"{r.file} ({r.cfg.output_dir})" for r in order],

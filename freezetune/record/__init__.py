@@ -33,6 +33,7 @@ from freezetune.record.rundir import (
     RunDir,
     RunExistsError,
     atomic_write_bytes,
+    read_jsonl,
     staging_for,
 )
 from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, build_summary, epoch_row
@@ -54,6 +55,7 @@ __all__ = [
     "RunFacts",
     "RunLogs",
     "atomic_write_bytes",
+    "read_jsonl",
     "base_hash",
     "build_summary",
     "check_logs",

@@ -22,7 +22,16 @@ from typing import Any
 import torch
 import yaml
 
-__all__ = ["FAILED", "OWN_FILES", "RECORD_FILES", "RunDir", "RunExistsError", "atomic_write_bytes", "staging_for"]
+__all__ = [
+    "FAILED",
+    "OWN_FILES",
+    "RECORD_FILES",
+    "RunDir",
+    "RunExistsError",
+    "atomic_write_bytes",
+    "read_jsonl",
+    "staging_for",
+]
 
 RECORD_FILES = (
     "config.yaml",
@@ -41,6 +50,11 @@ FAILED = "FAILED"  # a run that stopped on an error: the error line and how to g
 OWN_FILES = (*RECORD_FILES, FAILED, "cache_train.npy", "cache_val.npy", "metrics.csv", "steps.csv", "tb")
 STAGING_SUFFIX = ".overwriting"  # where an --overwrite run writes until it succeeds
 _ASIDE_SUFFIX = ".replaced"  # the previous record, for the moment of the swap
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (``metrics.jsonl``, ``events.jsonl``), blank lines skipped."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 class RunExistsError(FileExistsError):
@@ -243,7 +257,7 @@ class RunDir:
         """Rewrite ``name`` with only the rows ``keep`` accepts (resume drops rows past the checkpoint)."""
         path = self.path / name
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(path)
             self._put(name, "".join(json.dumps(r) + "\n" for r in rows if keep(r)).encode())
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> int:

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from freezetune.config import ConfigError
+from freezetune.record import read_jsonl
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.stats import difference, pareto_front, summarize, time_to_target
 
@@ -62,8 +63,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
     config = path / "config.yaml"
     summary["config"] = yaml.safe_load(config.read_text()) if config.is_file() else {}
     metrics = path / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    summary["metrics"] = [json.loads(line) for line in lines if line.strip()]
+    summary["metrics"] = read_jsonl(metrics) if metrics.is_file() else []
     # Runs from before summary.json had a seed: their config says it.
     summary.setdefault("seed", summary["config"].get("seed", 0))
     return summary
@@ -192,11 +192,16 @@ def ranking(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def _training_memory(run: dict[str, Any]) -> float:
+    """What freezing can remove from one step's memory: gradients, optimizer state, saved activations."""
+    return sum(run["memory"][k] for k in _TRAINING_KINDS)
+
+
 # Each metric's difference to the reference, per seed: accuracy, what the run paid for it.
 _COMPARED = {
     "val_acc": lambda r: r["final_val_acc"],
     "train_time_s": _train_time,
-    "training_memory_bytes": lambda r: sum(r["memory"][k] for k in _TRAINING_KINDS),
+    "training_memory_bytes": _training_memory,
 }
 
 
@@ -289,7 +294,7 @@ def _means(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "eval_samples_per_s": mean(lambda r: r["speed"]["eval_samples_per_s"]),
         "eval_speedup_no_grad": mean(lambda r: r["speed"]["eval_speedup_no_grad"]),
         "memory_bytes": {k: mean(lambda r, k=k: r["memory"][k]) for k, _ in MEMORY_KINDS},
-        "training_memory_bytes": mean(lambda r: sum(r["memory"][k] for k in _TRAINING_KINDS)),
+        "training_memory_bytes": mean(_training_memory),
         "saved_activation_bytes": mean(lambda r: r["memory"]["saved_activation_bytes"]),
         "peak_bytes": mean(lambda r: r["memory"]["peak_bytes"]),
         "train_time_s": mean(_train_time),
@@ -304,6 +309,8 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
     def ratio(a: float, b: float) -> float:
         return a / b if b else 1.0
 
+    accs, train_s = [r["final_val_acc"] for r in runs], [_train_time(r) for r in runs]
+    acc = summarize(accs)
     per_seed = {r["seed"]: time_to_target(run_curve(r), target_acc) for r in runs}
     reached = [t for t in per_seed.values() if t is not None]
     return {
@@ -316,14 +323,14 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
         "trainable_pct_start": 100.0 * first["metrics"][0]["trainable_params"] / first["params_total"]
         if first.get("metrics") and "trainable_params" in first["metrics"][0]
         else first["trainable_pct"],
-        "val_acc": summarize([r["final_val_acc"] for r in runs]).mean,
-        "per_seed_acc": [r["final_val_acc"] for r in runs],
-        "per_seed_train_s": [_train_time(r) for r in runs],
+        "val_acc": acc.mean,
+        "per_seed_acc": accs,
+        "per_seed_train_s": train_s,
         "stats": {
-            "val_acc": summarize([r["final_val_acc"] for r in runs]).to_json(),
-            "train_time_s": summarize([_train_time(r) for r in runs]).to_json(),
+            "val_acc": acc.to_json(),
+            "train_time_s": summarize(train_s).to_json(),
             "step_time_s": summarize([r["speed"]["step_time_s"] for r in runs]).to_json(),
-            "training_memory_bytes": summarize([sum(r["memory"][k] for k in _TRAINING_KINDS) for r in runs]).to_json(),
+            "training_memory_bytes": summarize([_training_memory(r) for r in runs]).to_json(),
             "peak_bytes": summarize([r["memory"]["peak_bytes"] for r in runs]).to_json(),
         },
         "train_time_s": m["train_time_s"],

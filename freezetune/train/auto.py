@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from freezetune.config import AutoFreezeConfig
-from freezetune.plan import FreezePlan, ModelTree, find_head
+from freezetune.plan import ModelTree, find_head
 from freezetune.plan.auto import AutoDecision, AutoSettings, decide, model_stages
 from freezetune.train.distributed import Dist
 
@@ -32,7 +32,6 @@ class AutoFreezer:
         self,
         model: nn.Module,
         tree: ModelTree,
-        plan: FreezePlan,
         cfg: AutoFreezeConfig,
         epochs: int,
         device: torch.device,
@@ -43,19 +42,18 @@ class AutoFreezer:
         self.epochs, self.device, self.dist = epochs, device, dist
         named = dict(model.named_parameters())
         self._params = [[named[n] for n in named if n == s or n.startswith(s + ".")] for s in self.stages]
-        trainable = set(plan.trainable)
-        # A stage frozen by the config's own rules from the start counts as frozen: the prefix begins after it.
+        # A prefix the config's own rules froze (the plan is applied: requires_grad says so) is the start.
         self.frozen = 0
-        while self.frozen < len(self.stages) and not any(
-            n in trainable
-            for n in named
-            if n == self.stages[self.frozen] or n.startswith(self.stages[self.frozen] + ".")
-        ):
+        while self.frozen < len(self.stages) and not self._trains(self.frozen):
             self.frozen += 1
         self.history: list[dict[str, float]] = []
         self.decisions: list[dict[str, Any]] = []
         self._sums = torch.zeros(len(self.stages), dtype=torch.float64, device=device)
         self._counts = torch.zeros(len(self.stages), dtype=torch.float64, device=device)
+
+    def _trains(self, i: int) -> bool:
+        """Whether stage ``i`` has a trainable parameter now."""
+        return any(p.requires_grad for p in self._params[i])
 
     def sample(self, step: int, scale: float = 1.0) -> None:
         """After step ``step``'s backward: every ``sample_every`` steps, add each stage's
@@ -82,7 +80,7 @@ class AutoFreezer:
         self._counts.zero_()
         self.history.append(means)
         # Stages whose parameters the config's own rules froze: passed over, never frozen again.
-        already = {s for s, params in zip(self.stages, self._params) if not any(p.requires_grad for p in params)}
+        already = {s for i, s in enumerate(self.stages) if not self._trains(i)}
         decision = decide(epoch, self.history, self.stages, self.frozen, self.settings, self.epochs, already)
         self.frozen = decision.frozen_after
         row = decision.to_json(self.stages, self.settings.threshold) | {"norms": means}

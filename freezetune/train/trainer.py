@@ -88,9 +88,7 @@ class Trainer:
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
         # freeze.preset auto: the policy that adds freeze events as training goes (freezetune.train.auto).
         self.auto = (
-            AutoFreezer(
-                self.model, describe(self.model), self.plan, cfg.freeze.auto, cfg.train.epochs, self.device, dist
-            )
+            AutoFreezer(self.model, describe(self.model), cfg.freeze.auto, cfg.train.epochs, self.device, dist)
             if cfg.freeze.preset == "auto"
             else None
         )

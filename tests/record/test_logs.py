@@ -5,7 +5,6 @@ drops, and TensorBoard's event files."""
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,7 @@ import pytest
 import torch
 
 from freezetune.config import ConfigError
-from freezetune.record import RunDir, RunLogs, check_logs
-
-
-def jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from freezetune.record import RunDir, RunLogs, check_logs, read_jsonl
 
 
 def table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -50,7 +45,7 @@ def two_epochs(logs: RunLogs) -> None:
 def test_steps_and_metrics_rows_in_jsonl_and_csv(tmp_path: Path) -> None:
     with RunLogs(RunDir(tmp_path), ["jsonl", "csv"], steps_per_epoch=2) as logs:
         two_epochs(logs)
-    steps = jsonl(tmp_path / "steps.jsonl")
+    steps = read_jsonl(tmp_path / "steps.jsonl")
     assert [(r["step"], r["epoch"], r["loss"]) for r in steps] == [
         (1, 1, 0.5),
         (2, 1, 0.25),
@@ -93,7 +88,7 @@ def test_a_resume_drops_the_rows_past_its_checkpoint(tmp_path: Path) -> None:
         two_epochs(logs)
     with RunLogs(RunDir(tmp_path), ["jsonl", "csv"], steps_per_epoch=2, steps_done=2, epochs_done=1) as logs:
         logs.step(3, torch.tensor(7.0), {"head": 0.25, "layer4": 0.125})
-    assert [(r["step"], r["loss"]) for r in jsonl(tmp_path / "steps.jsonl")] == [(1, 0.5), (2, 0.25), (3, 7.0)]
+    assert [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "steps.jsonl")] == [(1, 0.5), (2, 0.25), (3, 7.0)]
     columns, rows = table(tmp_path / "steps.csv")
     assert [(r["step"], r["loss"]) for r in rows] == [("1", "0.5"), ("2", "0.25"), ("3", "7.0")]
     assert columns == ["step", "epoch", "loss", "lr/head", "lr/layer4"]  # the header as it was

@@ -4,7 +4,6 @@ ends bitwise where the uninterrupted run ends, and a run where nothing converges
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 
 from freezetune.config import ConfigError, from_dict
 from freezetune.plan import FreezeError
-from freezetune.record import TIMING_KEYS
+from freezetune.record import TIMING_KEYS, read_jsonl
 from freezetune.train import StopRequest, run
 
 STEPS = 4  # 32 images, batch 8
@@ -33,7 +32,7 @@ def tree(out: Path, **auto: Any) -> dict[str, Any]:
 
 
 def rows(folder: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
+    return read_jsonl(folder / name)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -254,7 +254,7 @@ def test_auto_decides_on_the_sums_of_every_rank() -> None:
     """end_epoch all-reduces the epoch's sums before deciding: a rank whose own norms say
     "still learning" freezes when the global ones say "converged", as its peers do."""
     from freezetune.config import AutoFreezeConfig
-    from freezetune.plan import build_plan, describe
+    from freezetune.plan import describe
     from freezetune.train.auto import AutoFreezer
 
     class Peer:
@@ -268,9 +268,7 @@ def test_auto_decides_on_the_sums_of_every_rank() -> None:
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))  # stage "0", head "1"
     tree = describe(model)
-    auto = AutoFreezer(
-        model, tree, build_plan(tree, [], "eval"), AutoFreezeConfig(threshold=0.5), 5, torch.device("cpu")
-    )
+    auto = AutoFreezer(model, tree, AutoFreezeConfig(threshold=0.5), 5, torch.device("cpu"))
     auto.dist = Peer()  # type: ignore[assignment]
     for epoch, grad in ((1, 1.0), (2, 2.0)):  # our own norm doubles: rate 1.0, still learning alone
         for p in model.parameters():

@@ -17,7 +17,7 @@ import yaml
 
 from freezetune.cli.main import main
 from freezetune.config import Config, from_dict
-from freezetune.record import RECORD_FILES, TIMING_KEYS
+from freezetune.record import RECORD_FILES, TIMING_KEYS, read_jsonl
 from freezetune.train import StopRequest, run
 
 LOGS = ["jsonl", "csv", "tensorboard"]
@@ -38,10 +38,6 @@ def raw(tmp: Path, name: str, log: list[str]) -> dict[str, Any]:
 
 def config(tmp: Path, name: str, log: list[str] = LOGS) -> Config:
     return from_dict(raw(tmp, name, log))
-
-
-def jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -90,8 +86,8 @@ def unbroken(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_csv_steps_and_tensorboard_agree_with_metrics_jsonl(unbroken: Path) -> None:
-    metrics = jsonl(unbroken / "metrics.jsonl")
-    steps = jsonl(unbroken / "steps.jsonl")
+    metrics = read_jsonl(unbroken / "metrics.jsonl")
+    steps = read_jsonl(unbroken / "steps.jsonl")
     assert sorted(p.name for p in unbroken.iterdir()) == sorted(
         {*RECORD_FILES, "metrics.csv", "steps.csv", "tb"} - {"checkpoint.pt"}
     )
@@ -126,16 +122,16 @@ def test_an_interrupted_and_resumed_run_logs_each_step_and_epoch_once(
     assert run(cfg, stop=stop_after(stop_at))["interrupted"]
     done = torch.load(folder / "checkpoint.pt", weights_only=False)["global_step"]
     # A kill between a log's write and the checkpoint's leaves rows past the checkpoint: the resume drops them.
-    ghost = jsonl(folder / "steps.jsonl")[-1] | {"step": done + 1, "loss": 99.0}
+    ghost = read_jsonl(folder / "steps.jsonl")[-1] | {"step": done + 1, "loss": 99.0}
     with open(folder / "steps.jsonl", "a") as f:
         f.write(json.dumps(ghost) + "\n")
     with open(folder / "steps.csv", "a") as f:
         f.write(f"{done + 1},1,99.0\n")
     run(cfg, resume=folder)
     # Bitwise the unbroken run's rows, once each (on the CPU a resumed run is exact).
-    assert jsonl(folder / "steps.jsonl") == jsonl(unbroken / "steps.jsonl")
+    assert read_jsonl(folder / "steps.jsonl") == read_jsonl(unbroken / "steps.jsonl")
     assert table(folder / "steps.csv") == table(unbroken / "steps.csv")
-    assert untimed(jsonl(folder / "metrics.jsonl")) == untimed(jsonl(unbroken / "metrics.jsonl"))
+    assert untimed(read_jsonl(folder / "metrics.jsonl")) == untimed(read_jsonl(unbroken / "metrics.jsonl"))
     columns, rows = table(folder / "metrics.csv")
     assert (columns, untimed(rows)) == (table(unbroken / "metrics.csv")[0], untimed(table(unbroken / "metrics.csv")[1]))
     # TensorBoard: two sessions' files; the second purges from its first step, so each step shows once.
