@@ -93,6 +93,25 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def set_key(tree: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set the dotted ``key`` of ``tree`` to ``value`` in place, creating the mappings on the way
+    (each one on the way is copied, so a tree shared with another is not changed through it).
+    Returns the dotted prefix that is no mapping when one blocks the way (nothing set), else None."""
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            return ".".join(parts[: i + 1])
+        else:
+            child = node[part] = dict(child)
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` edits; values are parsed as YAML (``2``, ``null``, ``[1, 2]``)."""
     out = _deep_merge({}, tree)
@@ -106,20 +125,9 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                problems.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
-                break
-            else:
-                child = node[part] = dict(child)
-            node = child
-        else:
-            node[parts[-1]] = value
+        blocked = set_key(out, key, value)
+        if blocked:
+            problems.append(f"override {item!r}: {blocked} is not a mapping")
     if problems:
         raise ConfigError(problems, "command line")
     return out

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from freezetune.config import Config, from_dict
+from freezetune.config import Config, from_dict, set_key
 from freezetune.data import build_loaders
 from freezetune.infer import check_batch, export_model, load_run, predict_dataset
 from freezetune.measure import param_bytes, param_bytes_by_dtype
@@ -55,11 +55,7 @@ def config(tmp: Path, name: str, **edits: Any) -> Config:
         },
     }
     for key, value in edits.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        assert set_key(tree, key, value) is None, key
     return from_dict(tree)
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from freezetune.config import Config, ConfigError, from_dict
+from freezetune.config import Config, ConfigError, from_dict, set_key
 from freezetune.models import build_model, load_state_dict_file
 from freezetune.record import TIMING_KEYS, BaseMismatch
 from freezetune.train import CHECKPOINT, LRSchedule, StopRequest, prepare_model, run
@@ -45,11 +45,7 @@ def config(tmp: Path, name: str, **edits: Any) -> Config:
         },
     }
     for key, value in edits.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        assert set_key(tree, key, value) is None, key
     return from_dict(tree)
 
 
