@@ -12,6 +12,7 @@ from freezetune.measure.estimate import (
     estimate,
     predict,
     profile_model,
+    reference_copy,
 )
 from freezetune.measure.memory import (
     SavedBytes,
@@ -48,6 +49,7 @@ __all__ = [
     "peak_memory",
     "predict",
     "profile_model",
+    "reference_copy",
     "reset_peak_memory",
     "storage_bytes",
 ]

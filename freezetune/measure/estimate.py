@@ -52,6 +52,7 @@ __all__ = [
     "estimate",
     "predict",
     "profile_model",
+    "reference_copy",
 ]
 
 # Builds the run's optimizer over a model's trainable parameters (freezetune.train.optim
@@ -310,7 +311,10 @@ def _optimizer_time(model: nn.Module, make_optimizer: OptimizerFactory, reps: in
     return statistics.median(times)
 
 
-def _reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool, channels_last: bool) -> nn.Module:
+def reference_copy(model: nn.Module, trainable: bool, pin_frozen_bn: bool, channels_last: bool) -> nn.Module:
+    """A deep copy of ``model`` in train mode with every parameter's ``requires_grad`` set to
+    ``trainable`` and no module pinned in eval, except BatchNorm when ``pin_frozen_bn``: the
+    network as it would be without the plan (or with everything frozen)."""
     m = copy.deepcopy(model).requires_grad_(trainable)
     if channels_last:
         m.to(memory_format=torch.channels_last)
@@ -346,16 +350,16 @@ def profile_model(
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        full_model = _reference_copy(model, trainable=True, pin_frozen_bn=False, channels_last=channels_last)
+        full_model = reference_copy(model, trainable=True, pin_frozen_bn=False, channels_last=channels_last)
         states = {
             "full": (full_model, x, True),
             "input": (
-                _reference_copy(model, trainable=False, pin_frozen_bn=False, channels_last=channels_last),
+                reference_copy(model, trainable=False, pin_frozen_bn=False, channels_last=channels_last),
                 x.detach().requires_grad_(True),
                 True,
             ),
             "none": (
-                _reference_copy(model, trainable=False, pin_frozen_bn=True, channels_last=channels_last),
+                reference_copy(model, trainable=False, pin_frozen_bn=True, channels_last=channels_last),
                 x,
                 False,
             ),

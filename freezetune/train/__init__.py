@@ -24,6 +24,7 @@ from freezetune.train.loop import (
     evaluate,
     fit_epoch,
     no_progress,
+    to_device,
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
@@ -92,5 +93,6 @@ __all__ = [
     "set_lr",
     "split_model",
     "steps_per_epoch",
+    "to_device",
     "train_one_epoch",
 ]
