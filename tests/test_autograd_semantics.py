@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 
-def seed_example(w_requires_grad: bool = True, b_requires_grad: bool = True):
+def tutorial_example(w_requires_grad: bool = True, b_requires_grad: bool = True):
     torch.manual_seed(0)
     x = torch.ones(5)  # input tensor
     y = torch.zeros(3)  # expected output
@@ -23,7 +23,7 @@ def seed_example(w_requires_grad: bool = True, b_requires_grad: bool = True):
 
 
 def test_grad_fn_names_the_last_operation() -> None:
-    _, _, _, _, z, loss = seed_example()
+    _, _, _, _, z, loss = tutorial_example()
     assert type(z.grad_fn).__name__ == "AddBackward0"
     assert type(loss.grad_fn).__name__ == "BinaryCrossEntropyWithLogitsBackward0"
     assert z.requires_grad and loss.requires_grad
@@ -31,7 +31,7 @@ def test_grad_fn_names_the_last_operation() -> None:
 
 
 def test_leaves_have_no_grad_fn() -> None:
-    x, y, w, b, _, _ = seed_example()
+    x, y, w, b, _, _ = tutorial_example()
     for t in (x, y, w, b):
         assert t.grad_fn is None
         assert t.is_leaf
@@ -40,7 +40,7 @@ def test_leaves_have_no_grad_fn() -> None:
 
 
 def test_backward_gives_analytic_gradients() -> None:
-    x, y, w, b, z, loss = seed_example()
+    x, y, w, b, z, loss = tutorial_example()
     assert w.grad is None and b.grad is None  # nothing before backward
     loss.backward()
     # d mean(BCE(z, y)) / dz = (sigmoid(z) - y) / n, n = 3 outputs.
@@ -55,14 +55,14 @@ def test_backward_gives_analytic_gradients() -> None:
 
 
 def test_second_backward_without_retain_graph_raises() -> None:
-    *_, loss = seed_example()
+    *_, loss = tutorial_example()
     loss.backward()
     with pytest.raises(RuntimeError, match="second time"):
         loss.backward()
 
 
 def test_retain_graph_allows_second_backward_and_grads_accumulate() -> None:
-    _, _, w, b, _, loss = seed_example()
+    _, _, w, b, _, loss = tutorial_example()
     loss.backward(retain_graph=True)
     w1, b1 = w.grad.clone(), b.grad.clone()
     loss.backward()
@@ -71,7 +71,7 @@ def test_retain_graph_allows_second_backward_and_grads_accumulate() -> None:
 
 
 def test_no_grad_records_no_graph() -> None:
-    x, _, w, b, _, _ = seed_example()
+    x, _, w, b, _, _ = tutorial_example()
     with torch.no_grad():
         z = torch.matmul(x, w) + b
     assert z.requires_grad is False
@@ -81,7 +81,7 @@ def test_no_grad_records_no_graph() -> None:
 
 
 def test_detach_shares_storage_and_drops_grad() -> None:
-    *_, z, _ = seed_example()
+    *_, z, _ = tutorial_example()
     z_det = z.detach()
     assert z_det.requires_grad is False
     assert z_det.grad_fn is None
@@ -93,7 +93,7 @@ def test_detach_shares_storage_and_drops_grad() -> None:
 
 
 def test_inference_mode_gives_inference_tensors() -> None:
-    x, _, w, b, _, _ = seed_example()
+    x, _, w, b, _, _ = tutorial_example()
     with torch.inference_mode():
         z = torch.matmul(x, w) + b
     assert z.is_inference()
@@ -107,7 +107,7 @@ def test_inference_mode_gives_inference_tensors() -> None:
 def test_frozen_prefix_records_no_graph() -> None:
     # Input and weights all with requires_grad=False: no node is recorded, which is
     # why the frozen prefix of a network costs no autograd memory.
-    x, _, w, b, z, _ = seed_example(w_requires_grad=False, b_requires_grad=False)
+    x, _, w, b, z, _ = tutorial_example(w_requires_grad=False, b_requires_grad=False)
     assert not x.requires_grad and not w.requires_grad and not b.requires_grad
     assert z.grad_fn is None
     assert z.requires_grad is False
@@ -122,7 +122,7 @@ def test_frozen_prefix_records_no_graph() -> None:
 
 
 def test_frozen_weight_gets_no_grad_while_bias_does() -> None:
-    x, y, w, b, z, loss = seed_example(w_requires_grad=False)
+    x, y, w, b, z, loss = tutorial_example(w_requires_grad=False)
     assert z.grad_fn is not None  # b still requires grad
     loss.backward()
     assert w.grad is None
@@ -131,7 +131,7 @@ def test_frozen_weight_gets_no_grad_while_bias_does() -> None:
 
 
 def test_loss_with_nothing_trainable_cannot_backward() -> None:
-    *_, loss = seed_example(w_requires_grad=False, b_requires_grad=False)
+    *_, loss = tutorial_example(w_requires_grad=False, b_requires_grad=False)
     assert loss.grad_fn is None
     with pytest.raises(RuntimeError, match="does not require grad"):
         loss.backward()
@@ -141,7 +141,7 @@ def test_loss_with_nothing_trainable_cannot_backward() -> None:
 
 
 def test_zero_grad_set_to_none() -> None:
-    _, _, w, b, _, loss = seed_example()
+    _, _, w, b, _, loss = tutorial_example()
     opt = torch.optim.SGD([w, b], lr=0.1)
     loss.backward()
     assert w.grad is not None
@@ -150,7 +150,7 @@ def test_zero_grad_set_to_none() -> None:
 
 
 def test_zero_grad_set_to_none_false_keeps_zero_tensors() -> None:
-    _, _, w, b, _, loss = seed_example()
+    _, _, w, b, _, loss = tutorial_example()
     opt = torch.optim.SGD([w, b], lr=0.1)
     loss.backward()
     opt.zero_grad(set_to_none=False)

@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": ("predict", "predict the classes of image files with a finished run's model"),
     "evaluate": ("evaluate", "accuracy, per-class precision/recall and confusion matrix on a labelled folder"),
     "export": ("export", "write a run's model as TorchScript, ExportedProgram or ONNX, checked against it"),
+    "tour": ("tour", "autograd step by step: PyTorch's tutorial example, then a frozen network's real step"),
     "demo": ("demo", "the Fashion-MNIST transfer demo (pretrain, fine-tune seven ways, report)"),
     "fetch-data": ("fetch_data", "put Fashion-MNIST under data/FashionMNIST/raw"),
 }
