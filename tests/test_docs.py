@@ -56,6 +56,7 @@ def test_the_pages_exist() -> None:
     for page in (
         "configs.md",
         "freezing.md",
+        "autograd.md",
         "schedules.md",
         "checkpoints.md",
         "feature-cache.md",
