@@ -28,7 +28,7 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import TrainTarget, cache_on_refused, compute_of, preview_cache
+from freezetune.train.nets import TrainTarget, cache_batches, cache_on_refused, cache_pays, compute_of, preview_cache
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -85,6 +85,8 @@ __all__ = [
     "prefix_problem",
     "prepare",
     "prepare_model",
+    "cache_batches",
+    "cache_pays",
     "preview_cache",
     "remove_frozen",
     "resolve_device",

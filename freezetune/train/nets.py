@@ -3,8 +3,11 @@ the model wrapped in DDP (torchrun), or the trainable suffix after a cached froz
 prefix (freezetune.train.cache), with the loaders that feed it.
 
 DDP registers the parameters that require grad when it is built, so it is built
-anew whenever the trainable set changes (Lightning #20340); the cache is rebuilt
-at the new frontier for the same reason. With ``train.compile`` the net that trains
+anew whenever the trainable set changes (Lightning #20340); the cache follows the
+new frontier for the same reason: extended from the features it holds when the
+frozen prefix only grew, rebuilt from the images otherwise, and under
+``cache_features: auto`` only when the epochs left repeat more prefix work than the
+build costs (:func:`cache_pays`). With ``train.compile`` the net that trains
 is compiled anew too (its graph guards on every parameter's requires_grad); the net
 that evaluates stays eager."""
 
@@ -27,6 +30,7 @@ from freezetune.plan import FreezePlan, Schedule, apply_plan
 from freezetune.train.cache import (
     CacheRefused,
     Compute,
+    FeatureCache,
     Split,
     build_cache,
     cached_loaders,
@@ -37,7 +41,7 @@ from freezetune.train.cache import (
 from freezetune.train.distributed import Dist
 from freezetune.utils import eval_mode
 
-__all__ = ["TrainTarget", "cache_on_refused", "compute_of", "preview_cache"]
+__all__ = ["TrainTarget", "cache_batches", "cache_on_refused", "cache_pays", "compute_of", "preview_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,27 @@ def cache_on_refused(reason: str, epoch: int | None = None) -> ConfigError:
 def compute_of(cfg: Config, device: torch.device) -> Compute:
     """How the run's training step runs the network (precision, memory format) on ``device``."""
     return Compute(device, cfg.train.precision, cfg.train.channels_last)
+
+
+def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int) -> bool:
+    """Whether building a cache pays for itself: a build runs its prefix once over every
+    batch of the training and validation sets; without it, each of the ``epochs_left``
+    epochs (the current one included) runs the same prefix over the batches it trains and
+    validates on. The per-batch cost is the same on both sides, so it cancels: the build
+    pays when the epochs left do strictly more batches than the build (at a tie the build
+    would also copy every output into storage for nothing)."""
+    return epochs_left * batches_per_epoch > batches_to_build
+
+
+def cache_batches(cfg: Config, n_train: int, n_val: int) -> tuple[int, int]:
+    """(batches an epoch runs through the prefix, batches a cache build runs): an epoch trains on
+    ``train.max_steps_per_epoch`` optimizer steps of ``train.accumulate`` batches at most, and
+    validates on every validation batch; a build covers both sets whole."""
+    batch = cfg.data.batch_size
+    train_batches, val_batches = -(-n_train // batch), -(-n_val // batch)
+    limit = cfg.train.max_steps_per_epoch
+    trained = train_batches if limit is None else min(train_batches, limit * cfg.train.accumulate)
+    return trained + val_batches, train_batches + val_batches
 
 
 def _dynamo_counts() -> tuple[int, int]:
@@ -87,6 +112,7 @@ class TrainTarget:
         self._compiles: list[dict[str, Any]] = []
         self._counts_at_compile = (0, 0)
         self._made_for: FreezePlan | None = None  # the plan `net` and the loaders were made for
+        self._cached: tuple[Split, FeatureCache] | None = None  # the cache `net` trains on, if any
 
     def check_cache(self, schedule: Schedule, current: FreezePlan) -> None:
         """With ``train.cache_features: on``, refuse up front (ConfigError) if any phase's
@@ -107,17 +133,19 @@ class TrainTarget:
         finally:
             apply_plan(self.model, current)
 
-    def follow(self, plan: FreezePlan) -> None:
+    def follow(self, plan: FreezePlan, epochs_left: int | None = None) -> None:
         """Make what trains fit ``plan`` (already applied to the model), compiled with
-        ``train.compile``; nothing to do when it already does."""
+        ``train.compile``; nothing to do when it already does. ``epochs_left`` (the current
+        one included) lets ``cache_features: auto`` skip a cache that would not pay."""
         if self._made_for is plan:
             return
         self._made_for = plan
-        self._build()
+        self._build(epochs_left)
         if self.cfg.train.compile:
             self._compile(plan)
 
-    def _build(self) -> None:
+    def _build(self, epochs_left: int | None = None) -> None:
+        previous, self._cached = self._cached, None
         self.net = self.eval_net = self.model
         self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
         if self.dist is not None:
@@ -140,8 +168,93 @@ class TrainTarget:
             log.info("%s: feature cache not used: %s", self.cfg.name, exc)
             self.cache_info.update(used=False, reason=str(exc))
             return
+        if previous is not None and previous[0].frontier == split.frontier and self._still_frozen(previous[0]):
+            self._train_on(split, previous[1])  # the trainable set changed after the frontier only
+            return
         with self._rng_untouched():
-            self._use_cache(split)
+            extend = self._extension(previous, split)
+            if self.cfg.train.cache_features == "auto" and epochs_left is not None:
+                if not self._pays(split, previous if extend else None, extend, epochs_left):
+                    if previous is not None and self._still_frozen(previous[0]):
+                        self._train_on(*previous)  # the earlier cache still holds a frozen prefix's output
+                    return
+            self._use_cache(split, previous[1] if extend else None, extend)
+
+    @staticmethod
+    def _still_frozen(split: Split) -> bool:
+        """Whether ``split``'s prefix is still all frozen and pinned, so its cached output still holds."""
+        modules = split.prefix.modules()
+        return not any(p.requires_grad for p in split.prefix.parameters()) and not any(
+            m.training for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        )
+
+    def _extension(self, previous: tuple[Split, FeatureCache] | None, split: Split) -> Split | None:
+        """When the frozen prefix only grew since ``previous`` was built, the part between its
+        frontier and the new one (a split of its suffix), checked to give on cached features what
+        ``split``'s prefix gives on images; None when the cache must be rebuilt from the images (it
+        was spilled to a file the new one would overwrite, or the prefix changed otherwise)."""
+        if previous is None or previous[1].storage != "memory":
+            return None
+        old, _ = previous
+        if not self._still_frozen(old):
+            return None  # something in the old prefix trains again (gradual unfreezing)
+        try:
+            middle = split_model(old.suffix)
+        except CacheRefused:
+            return None
+        x, _ = next(iter(self.loaders.val))
+        x = self.compute.input(x)
+        with torch.inference_mode(), eval_mode(self.model), self.compute.autocast():
+            direct, via = split.prefix(x), middle.prefix(self.compute.input(old.prefix(x).to("cpu")))
+        return middle if direct.shape == via.shape and torch.equal(direct.cpu(), via.cpu()) else None
+
+    def _pays(
+        self, split: Split, previous: tuple[Split, FeatureCache] | None, extend: Split | None, epochs_left: int
+    ) -> bool:
+        """``cache_features: auto``: build (or extend) the cache at ``split``'s frontier only if the
+        epochs left would run its prefix over more batches than the build does (:func:`cache_pays`);
+        the decision, with the build's predicted seconds, goes to the log and to summary.json."""
+        batch = self.cfg.data.batch_size
+        per_epoch, to_build = cache_batches(self.cfg, len(self.loaders.train.dataset), len(self.loaders.val.dataset))
+        pays = cache_pays(epochs_left, per_epoch, to_build)
+        # The prefix's seconds per batch, timed once, make the decision readable in the log.
+        prefix = extend.prefix if extend is not None else split.prefix
+        source = previous[1].val if previous is not None and extend is not None else self.loaders.val.dataset
+        x = self.compute.input(torch.stack([source[i][0] for i in range(min(batch, len(source)))]))
+        with torch.inference_mode(), eval_mode(self.model), self.compute.autocast():
+            prefix(x)  # warm-up
+            start = device_clock(self.device)
+            prefix(x)
+            batch_s = device_clock(self.device) - start
+        decision = {
+            "frontier": split.frontier,
+            "from": f"the cached '{previous[0].frontier}'" if extend is not None else "the images",
+            "epochs_left": epochs_left,
+            "build_batches": to_build,
+            "batches_per_epoch": per_epoch,
+            "predicted_build_s": batch_s * to_build,
+            "predicted_saving_s": batch_s * (per_epoch * epochs_left - to_build),
+            "built": pays,
+        }
+        self.cache_info.setdefault("decisions", []).append(decision)
+        log.info(
+            "%s: feature cache at '%s' from %s: %s (a build is ~%.2fs; %d epoch%s left would run the prefix over "
+            "%d batches, the build over %d)",
+            self.cfg.name,
+            split.frontier,
+            decision["from"],
+            "built" if pays else "skipped, it would not pay for itself",
+            decision["predicted_build_s"],
+            epochs_left,
+            "" if epochs_left == 1 else "s",
+            epochs_left * per_epoch,
+            to_build,
+        )
+        if not pays and not self.cache_info["used"]:
+            self.cache_info["reason"] = (
+                f"skipped at '{split.frontier}': {epochs_left} epoch(s) left would not pay for the build"
+            )
+        return pays
 
     # ------------------------------------------------------------------ torch.compile
 
@@ -213,18 +326,21 @@ class TrainTarget:
         self.cache_info["check_max_abs_diff"] = check_split(self.model, split, x, self.compute)
         return split
 
-    def _use_cache(self, split: Split) -> None:
+    def _use_cache(self, split: Split, previous: FeatureCache | None = None, extend: Split | None = None) -> None:
+        """Build the cache at ``split``'s frontier, from the images or, given ``extend``, by running
+        only the newly frozen part over ``previous``'s features; then train on it."""
         cache = build_cache(
             self.model,
-            split,
-            self.loaders.train.dataset,
-            self.loaders.val.dataset,
+            extend or split,
+            previous.train if extend is not None else self.loaders.train.dataset,
+            previous.val if extend is not None else self.loaders.val.dataset,
             self.cfg.data.batch_size,
             self.compute,
             self.cfg.train.cache_max_bytes,
             self.folder,
         )
-        builds = self.cache_info.get("builds", []) + [{"frontier": split.frontier, **cache.to_json()}]
+        built = {"frontier": split.frontier, "extended": extend is not None, **cache.to_json()}
+        builds = self.cache_info.get("builds", []) + [built]
         self.cache_info.update(
             cache.to_json(),
             used=True,
@@ -235,15 +351,20 @@ class TrainTarget:
         )
         self.cache_info["build_s"] = sum(b["build_s"] for b in builds)
         log.info(
-            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s) in %.1fs",
+            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s) in %.1fs%s",
             self.cfg.name,
             split.frontier,
             cache.bytes / 2**20,
             cache.to_json()["dtype"],
             cache.storage,
             cache.build_s,
+            ", extended from the cached features" if extend is not None else "",
         )
+        self._train_on(split, cache)
+
+    def _train_on(self, split: Split, cache: FeatureCache) -> None:
         # The suffix is made of the model's own modules: training it trains the model.
+        self._cached = (split, cache)
         self.net = self.eval_net = split.suffix
         self.train_loader, self.val_loader = cached_loaders(cache, self.cfg.data.batch_size, self.generator)
 
@@ -268,8 +389,11 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
         split = split_model(model)
     except CacheRefused as exc:
         return {"used": False, "reason": str(exc)}
-    # A few images, timed and scaled: a full batch of a ViT at 224 px would take plan seconds.
-    n, size = min(cfg.data.batch_size, 4), cfg.data.image_size
+    # A whole batch where it is cheap: at 32 px four images spend their time in per-operation
+    # overhead, and scaled up predicted builds 10-30x too long. At 224 px (a ViT's batch would take
+    # plan seconds) a few images, whose time is already the convolutions'.
+    size = cfg.data.image_size
+    n = min(cfg.data.batch_size, max(4, 64 * 64 * 64 // (size * size)))
     compute = compute_of(cfg, device)
     x = compute.input(torch.randn(n, 3, size, size))
     times = []

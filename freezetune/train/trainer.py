@@ -186,7 +186,7 @@ class Trainer:
         generator state the epoch started from)."""
         target = self.target
         setup_start = device_clock(self.device)
-        target.follow(self.plan)  # builds the feature cache, compiles: training cost too
+        target.follow(self.plan, self.cfg.train.epochs - epoch + 1)  # builds the cache, compiles: training cost
         setup_s = device_clock(self.device) - setup_start
         if isinstance(target.train_loader.sampler, DistributedSampler):
             target.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank

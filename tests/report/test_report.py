@@ -22,7 +22,13 @@ def tiny(name: str, preset: str, out: Path):
             "model": {"arch": "resnet18", "num_classes": 3},
             "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 24, "val_samples": 8},
             "freeze": {"preset": preset},
-            "train": {"epochs": 1, "output_dir": str(out / name), "optimizer": {"lr": 0.01}},
+            # The probe's cache forced on: under auto a one-epoch run would skip it (it would not pay).
+            "train": {
+                "epochs": 1,
+                "output_dir": str(out / name),
+                "optimizer": {"lr": 0.01},
+                "cache_features": "auto" if preset == "full" else "on",
+            },
         }
     )
 

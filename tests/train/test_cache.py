@@ -18,12 +18,17 @@ from freezetune.train import (
     CacheRefused,
     Compute,
     build_cache,
+    cache_pays,
     check_split,
     prefix_problem,
     preview_cache,
     run,
     split_model,
 )
+
+# One epoch with the cache forced on: under auto a one-epoch run skips the cache (the build costs
+# what the epoch would spend in the prefix anyway), and these tests are about the cache itself.
+ONE_EPOCH_CACHED = {"train.epochs": 1, "train.cache_features": "on"}
 
 
 def cfg(tmp: Path, name: str, **edits: object):
@@ -75,11 +80,11 @@ def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> N
 
 
 def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) -> None:
-    summary = run(cfg(tmp_path, "mm", **{"train.cache_max_bytes": 0, "train.epochs": 1}))
+    summary = run(cfg(tmp_path, "mm", **{"train.cache_max_bytes": 0, **ONE_EPOCH_CACHED}))
     assert summary["cache"]["storage"] == "memmap"
     assert summary["cache"]["bytes"] > 40 * 128 * 4 * 4 * 4
     assert not (tmp_path / "mm" / "cache_train.npy").exists()  # the spill is removed when the run finishes
-    in_memory = run(cfg(tmp_path, "mem", **{"train.epochs": 1}))
+    in_memory = run(cfg(tmp_path, "mem", **ONE_EPOCH_CACHED))
     assert in_memory["cache"]["storage"] == "memory"
     assert metrics(tmp_path, "mm")[0]["train_loss"] == pytest.approx(
         metrics(tmp_path, "mem")[0]["train_loss"], abs=1e-6
@@ -214,7 +219,7 @@ def test_bf16_cache_trains_bitwise_the_uncached_model_in_half_the_bytes(tmp_path
     bf16 = {"freeze.preset": preset, "train.precision": "bf16"}
     on = run(cfg(tmp_path, "on", **bf16, **{"train.cache_features": "on"}))
     off = run(cfg(tmp_path, "off", **bf16, **{"train.cache_features": "off"}))
-    fp32 = run(cfg(tmp_path, "fp32", **{"freeze.preset": preset, "train.epochs": 1, "train.max_steps_per_epoch": 1}))
+    fp32 = run(cfg(tmp_path, "fp32", **{"freeze.preset": preset, **ONE_EPOCH_CACHED, "train.max_steps_per_epoch": 1}))
     assert on["cache"]["dtype"] == "bfloat16" and fp32["cache"]["dtype"] == "float32"
     assert on["cache"]["train_shape"] == fp32["cache"]["train_shape"]
     assert 2 * feature_bytes(on) == feature_bytes(fp32)
@@ -227,7 +232,7 @@ def test_bf16_cache_trains_bitwise_the_uncached_model_in_half_the_bytes(tmp_path
 
 
 def test_bf16_cache_spilled_to_a_file_is_the_cache_in_memory(tmp_path: Path) -> None:
-    bf16 = {"freeze.preset": "linear_probe", "train.precision": "bf16", "train.epochs": 1}
+    bf16 = {"freeze.preset": "linear_probe", "train.precision": "bf16", **ONE_EPOCH_CACHED}
     spilled = run(cfg(tmp_path, "mm", **bf16, **{"train.cache_max_bytes": 0}))
     in_memory = run(cfg(tmp_path, "mem", **bf16))
     assert spilled["cache"]["storage"] == "memmap" and in_memory["cache"]["storage"] == "memory"
@@ -294,3 +299,44 @@ def test_plan_predicts_the_cache_in_the_compute_dtype() -> None:
     assert fp32["bytes"] == 100 * (128 * 4 * 4 * 4 + 8) and bf16["bytes"] == 100 * (128 * 4 * 4 * 2 + 8)
     assert "'layer2_1_relu_1' (128x4x4 per image)" in render_cache([(1, fp32)], "auto", 100)
     assert "'layer2_1_relu_1' (128x4x4 bfloat16 per image)" in render_cache([(1, bf16)], "auto", 100)
+
+
+def test_cache_pays_when_the_epochs_left_repeat_more_prefix_work_than_the_build() -> None:
+    assert cache_pays(epochs_left=2, batches_per_epoch=7, batches_to_build=7)
+    assert not cache_pays(epochs_left=1, batches_per_epoch=7, batches_to_build=7)  # a tie: the copy is extra
+    assert not cache_pays(epochs_left=3, batches_per_epoch=2, batches_to_build=7)  # max_steps_per_epoch: 1
+    assert cache_pays(epochs_left=4, batches_per_epoch=2, batches_to_build=7)
+
+
+def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> dict:
+    """until:layer2, then layer2 frozen too from epoch 2: the frozen prefix grows mid-run."""
+    edits = {"freeze.preset": "until:layer2", "freeze.schedule": [{"epoch": 2, "freeze": "layer2"}]}
+    return run(cfg(tmp_path, name, **edits, **{"train.epochs": epochs, "train.cache_features": cache}))
+
+
+def test_a_grown_prefix_extends_the_cache_from_its_features_and_trains_bitwise_the_uncached_run(
+    tmp_path: Path,
+) -> None:
+    on, off = _grown(tmp_path, "grown", 3, "auto"), _grown(tmp_path, "grown_off", 3, "off")
+    first, second = on["cache"]["builds"]
+    assert first["frontier"].startswith("layer1") and not first["extended"]
+    assert second["frontier"].startswith("layer2") and second["extended"]  # layer2 run over layer1's features
+    assert on["cache"]["frontier"] == second["frontier"]
+    assert [d["built"] for d in on["cache"]["decisions"]] == [True, True]  # 3, then 2 epochs left
+    assert results(tmp_path, "grown") == results(tmp_path, "grown_off")
+    w_on, w_off = weights(tmp_path, "grown"), weights(tmp_path, "grown_off")
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on["frozen_unchanged"] and off["frozen_unchanged"]
+
+
+def test_a_cache_that_would_not_pay_is_skipped_and_the_earlier_one_kept(tmp_path: Path) -> None:
+    on, off = _grown(tmp_path, "late", 2, "auto"), _grown(tmp_path, "late_off", 2, "off")
+    (build,) = on["cache"]["builds"]  # layer2 frozen for the last epoch only: one epoch cannot pay for a build
+    assert build["frontier"].startswith("layer1")
+    assert [d["built"] for d in on["cache"]["decisions"]] == [True, False]
+    skipped = on["cache"]["decisions"][1]
+    assert skipped["frontier"].startswith("layer2") and skipped["epochs_left"] == 1
+    assert skipped["predicted_saving_s"] <= 0 < skipped["predicted_build_s"]
+    assert on["cache"]["used"] and on["cache"]["frontier"] == build["frontier"]  # layer2 runs, frozen, in the suffix
+    assert results(tmp_path, "late") == results(tmp_path, "late_off")
+    w_on, w_off = weights(tmp_path, "late"), weights(tmp_path, "late_off")
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on["frozen_unchanged"] and off["frozen_unchanged"]
