@@ -23,7 +23,15 @@ from freezetune.report import (
     render_plan,
     render_schedule,
 )
-from freezetune.train import Prepared, cache_on_refused, prepare_model, preview_cache, steps_per_epoch
+from freezetune.train import (
+    Prepared,
+    cache_batches,
+    cache_on_refused,
+    cache_pays,
+    prepare_model,
+    preview_cache,
+    steps_per_epoch,
+)
 from freezetune.utils import autocast
 
 
@@ -112,12 +120,21 @@ def _preprocessing(cfg: Config, sources: dict[str, str]) -> str:
 def _cache(cfg: Config, p: Prepared) -> str:
     """The cache preview of every phase (the plan applied in turn, then restored)."""
     loaders = build_loaders(cfg.data, cfg.seed, p.num_classes, check_images=False)
-    n_images = len(loaders.train.dataset) + len(loaders.val.dataset)  # type: ignore[arg-type]
+    n_train, n_val = len(loaders.train.dataset), len(loaders.val.dataset)  # type: ignore[arg-type]
+    n_images, batches = n_train + n_val, cache_batches(cfg, n_train, n_val)
     previews = []
     try:
         for phase in p.schedule.phases:
             apply_plan(p.model, phase.plan)
-            previews.append((phase.start, preview_cache(cfg, p.model, p.device, n_images)))
+            preview = preview_cache(cfg, p.model, p.device, n_images)
+            epochs_left = cfg.train.epochs - phase.start + 1
+            if cfg.train.cache_features == "auto" and preview["used"] and not cache_pays(epochs_left, *batches):
+                preview = {  # what train decides at the phase's start (freezetune.train.nets)
+                    "used": False,
+                    "reason": f"not built: {epochs_left} epoch(s) left would run the prefix over no more "
+                    "batches than a build does, so it would not pay for itself",
+                }
+            previews.append((phase.start, preview))
     finally:
         apply_plan(p.model, p.plan)
     refused = [(epoch, v["reason"]) for epoch, v in previews if not v["used"]]
