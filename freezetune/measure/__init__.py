@@ -25,7 +25,7 @@ from freezetune.measure.memory import (
     reset_peak_memory,
     storage_bytes,
 )
-from freezetune.measure.timing import PHASES, PhaseMedians, StepClock, device_clock, eval_speed, medians
+from freezetune.measure.timing import PHASES, PhaseMedians, StepClock, device_clock, eval_speed, medians, process_age_s
 
 __all__ = [
     "PHASES",
@@ -43,6 +43,7 @@ __all__ = [
     "eval_speed",
     "grad_bytes",
     "medians",
+    "process_age_s",
     "optimizer_state_bytes",
     "param_bytes",
     "param_bytes_by_dtype",

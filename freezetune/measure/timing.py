@@ -5,6 +5,7 @@ events are read once, after the epoch); on CPU it reads ``perf_counter``."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -14,9 +15,28 @@ import torch
 from freezetune.utils.modules import eval_mode
 from freezetune.utils.precision import autocast
 
-__all__ = ["PHASES", "PhaseMedians", "StepClock", "device_clock", "eval_speed", "medians"]
+__all__ = ["PHASES", "PhaseMedians", "StepClock", "device_clock", "eval_speed", "medians", "process_age_s"]
 
 PHASES = ("data", "forward", "backward", "optimizer")
+
+_IMPORTED = time.perf_counter()  # the fallback's origin: when freezetune's measure package first loaded
+
+
+def process_age_s() -> tuple[float, str]:
+    """Seconds since this process started, and from what: on Linux the kernel's record of the
+    start (``/proc/self/stat``'s start time against ``/proc/uptime``, 10 ms resolution), so the
+    interpreter's start and every import count, torch's included; elsewhere the time since
+    freezetune's measure package was imported, which misses what came before it."""
+    try:
+        with open("/proc/self/stat") as f:
+            # The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks since boot
+        return max(0.0, uptime - started), "process start"
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED, "freezetune import"
 
 
 class StepClock:

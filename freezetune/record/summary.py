@@ -91,6 +91,8 @@ class RunFacts:
     early_stopping: dict[str, Any] | None = None  # null unless train.early_stopping is set
     compile: dict[str, Any] | None = None  # train.compile: what was compiled per phase (freezetune.train.nets)
     auto: dict[str, Any] | None = None  # freeze.preset auto: the stages, and what was decided after each epoch
+    # Process start (or freezetune's import) to the training loop: interpreter, imports, model, data.
+    startup: tuple[float, str] | None = None
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -124,6 +126,9 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
         "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
         "wall_time_s": f.wall_s,
+        # Before wall_time_s's clock starts: what a whole process pays beyond it (None when not measured).
+        "startup_s": f.startup[0] if f.startup else None,
+        "startup_from": f.startup[1] if f.startup else None,
         "train_time_s": last.train_s,  # training passes and their set-up, without evaluation (EpochResult.train_s)
         "seed": f.cfg.seed,
         # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event

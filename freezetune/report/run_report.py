@@ -75,7 +75,12 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
         f"- Training: {train_s:.1f} s ({passes:.1f} s of training passes, "
         f"{max(train_s - passes, 0.0):.1f} s of set-up"
         + (f", of which {cache['build_s']:.1f} s building the feature cache" if cache.get("used") else "")
-        + f"); the whole run took {run['wall_time_s']:.1f} s with evaluation and measurement.",
+        + f"); the whole run took {run['wall_time_s']:.1f} s with evaluation and measurement"
+        + (
+            f", after {run['startup_s']:.1f} s of start-up (since the {run['startup_from']}: imports, model, data)."
+            if run.get("startup_s") is not None
+            else "."
+        ),
         f"- Step (median after warm-up, the last phase's trainable set): {1000 * s['step_time_s']:.1f} ms: "
         + ", ".join(f"{k} {1000 * s[f'{k}_s']:.1f} ms" for k in ("data", "forward", "backward", "optimizer"))
         + f"; {s['train_samples_per_s']:.0f} samples/s in training, {s['eval_samples_per_s']:.0f} in evaluation "

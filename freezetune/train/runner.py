@@ -31,6 +31,7 @@ from freezetune.measure import (
     param_bytes,
     param_bytes_by_dtype,
     peak_memory,
+    process_age_s,
     reset_peak_memory,
 )
 from freezetune.record import (
@@ -130,6 +131,7 @@ def run(
     else:
         first, partial = _restore(out, trainer, state)
     started = time.perf_counter()
+    startup = _startup()
     reset_peak_memory(p.device)
     last_phase = _LastPhase()
     monitor = Monitor.of(cfg.train)
@@ -184,7 +186,20 @@ def run(
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
         wall = time.perf_counter() - started
         logs.close()  # before _finish may rename a staged folder
-        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor)
+        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor, startup)
+
+
+_started_in_process: list[bool] = []  # a run already reached its training loop in this process
+
+
+def _startup() -> tuple[float, str] | None:
+    """The process's age as the first run's training loop starts: the interpreter, the imports,
+    the model, its weights, the data and the run folder. None for later runs of the same process
+    (compare, the demo, tests): their start is the earlier runs' time."""
+    if _started_in_process:
+        return None
+    _started_in_process.append(True)
+    return process_age_s()
 
 
 @contextmanager
@@ -310,6 +325,7 @@ def _finish(
     loaders: Loaders,
     dist: Dist | None,
     monitor: Monitor,
+    startup: tuple[float, str] | None = None,
 ) -> dict[str, Any]:
     """Verify, measure, save the model and write summary.json."""
     last = trainer.epochs[-1].epoch  # train.epochs, or the epoch early stopping ended the run after
@@ -335,6 +351,7 @@ def _finish(
         epochs=trainer.epochs,
         check=check,
         wall_s=wall,
+        startup=startup,
         train_samples=len(loaders.train.dataset),  # type: ignore[arg-type]
         skipped_images=loaders.skipped_images,
         weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},

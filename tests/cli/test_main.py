@@ -70,6 +70,8 @@ def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path) -> None
     assert compared.returncode == 0, compared.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
+    # Its own process (compare launches one per run): the start, imports included, is measured.
+    assert summary["startup_s"] > 0.3 and summary["startup_from"] == "process start"
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
         "curves.png",
         "report.json",

@@ -1,12 +1,15 @@
-"""Step timing: phase medians after warm-up, and the no-grad evaluation gap."""
+"""Step timing: phase medians after warm-up, the no-grad evaluation gap, and the process's age."""
 
 from __future__ import annotations
+
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.measure import PHASES, StepClock, eval_speed, medians
+from freezetune.measure import PHASES, StepClock, eval_speed, medians, process_age_s
 
 
 def test_medians_skip_warmup_and_take_whole_step_medians() -> None:
@@ -54,3 +57,13 @@ def test_cuda_clock_times_only_every_nth_step() -> None:
         for _ in PHASES:
             clock.lap()
     assert len(clock.durations()) == 3  # steps 0, 3 and 6
+
+
+def test_process_age_counts_from_the_process_start_and_advances_with_the_clock() -> None:
+    first, origin = process_age_s()
+    time.sleep(0.2)
+    second, _ = process_age_s()
+    if sys.platform == "linux":
+        # torch is imported by now: a process that got here is older than the import alone.
+        assert origin == "process start" and first > 0.3
+    assert 0.15 <= second - first <= 0.5  # /proc's clock ticks are 10 ms

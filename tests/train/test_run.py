@@ -243,8 +243,10 @@ def losses(metrics: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
 
 def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(tmp_path: Path) -> None:
     first = run(tiny_cfg(tmp_path / "a", seed=0))
-    run(tiny_cfg(tmp_path / "b", seed=0))
+    second = run(tiny_cfg(tmp_path / "b", seed=0))
     run(tiny_cfg(tmp_path / "c", seed=1))
+    # A later run of the same process has no start-up of its own (the earlier runs' time).
+    assert second["startup_s"] is None and second["startup_from"] is None
     (state_a, metrics_a), (state_b, metrics_b), (state_c, metrics_c) = (saved(tmp_path / x) for x in "abc")
 
     assert first == json.loads((tmp_path / "a" / "summary.json").read_text())  # run() returns what it wrote
