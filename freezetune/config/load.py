@@ -40,7 +40,8 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     if path.is_dir():
         raise ConfigError([f"{path} is a folder, not a config file (a .yaml file)"])
     if not path.is_file():
-        raise ConfigError([f"file not found: {path}"])
+        what = f"extends in {_seen[-1]}" if _seen else "config"
+        raise ConfigError([f"{what}: file not found: {path}{_nearest_file(path)}"])
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
     except UnicodeDecodeError as exc:
@@ -60,6 +61,20 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     for parent in parents:
         merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
     return _deep_merge(merged, raw)
+
+
+def _nearest_file(path: Path) -> str:
+    """'; did you mean X?' for the closest existing .yaml/.yml file name in the nearest existing
+    folder on the way to ``path`` (a typo in the file name or in a folder), else ''."""
+    folder = path.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    names = [p.name for p in folder.glob("*.y*ml")] + [p.name + "/" for p in folder.iterdir() if p.is_dir()]
+    wanted = path.name if folder == path.parent else path.relative_to(folder).parts[0] + "/"
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    if not close:
+        return f" (no such file in {folder})"
+    return f"; did you mean {folder / close[0]}{'/' if close[0].endswith('/') else ''}?"
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -50,9 +50,12 @@ def _finished_model(run: Path, checkpoint: str) -> Path:
     """The file ``checkpoint`` names in ``run``; ConfigError saying why there is none."""
     if checkpoint not in CHECKPOINT_FILES:
         raise ConfigError([f"--checkpoint: {checkpoint!r} is not one of {', '.join(CHECKPOINT_FILES)}"])
+    if run.is_file():  # runs/NAME/best.pt for runs/NAME: the file is chosen by --checkpoint
+        key = {name: key for key, name in CHECKPOINT_FILES.items()}.get(run.name)
+        which = f" --checkpoint {key}" if key else ""
+        raise ConfigError([f"--run: {run} is a file, not a run folder. HINT: --run {run.parent}{which}"])
     if not run.is_dir():
-        hint = " (a run folder, e.g. runs/NAME, not a file)" if run.exists() else ""
-        raise ConfigError([f"--run: {run}: no such run folder{hint}"])
+        raise ConfigError([f"--run: {run}: no such run folder"])
     finished = (run / "model.pt").is_file() and (run / "summary.json").is_file()
     if not finished:
         if (run / FAILED).is_file():

@@ -186,6 +186,11 @@ PREDICT_MISTAKES = [
     ("top-k 0", ["{tmp}/new/rgb.png", "--top-k", "0"], "--top-k 0: give 1 or more"),
     ("missing run", ["{tmp}/new/rgb.png", "--run", "{tmp}/runs/nope"], "--run: {tmp}/runs/nope: no such run folder"),
     ("unfinished run", ["{tmp}/new/rgb.png", "--run", "{tmp}/half"], "is not finished (it has a checkpoint.pt"),
+    (
+        "run given as its file",
+        ["{tmp}/new/rgb.png", "--run", "{tmp}/half/best.pt"],
+        "--run: {tmp}/half/best.pt is a file, not a run folder. HINT: --run {tmp}/half --checkpoint best",
+    ),
     ("unknown checkpoint", ["{tmp}/new/rgb.png", "--checkpoint", "final"], "'final' is not one of best, last"),
     ("out inside a file", ["{tmp}/new/rgb.png", "--out", "{tmp}/new/rgb.png/p"], "is a file, not a folder"),
 ]
@@ -203,6 +208,7 @@ def test_a_predict_mistake_is_one_error_exit_2_and_writes_nothing(
     (tmp_path / "empty").mkdir()
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "half" / "best.pt").write_bytes(b"")
     before, run_before = files(tmp_path), files(trained["run"])
     rc, out, err = command(capsys, "predict", "--run", trained["run"], *(a.format(tmp=tmp_path) for a in args))
     assert rc == 2 and out == ""

@@ -228,8 +228,22 @@ def test_extends_missing_parent_raises(tmp_path: Path) -> None:
     child = write(tmp_path / "sub" / "child.yaml", "extends: ../nope.yaml\nname: c\n")
     with pytest.raises(ConfigError) as info:
         load_config(child)
-    assert "file not found" in info.value.problems[0]
+    assert info.value.problems[0].startswith(f"extends in {child}: file not found")  # which file says it
     assert "nope.yaml" in info.value.problems[0]
+
+
+def test_a_missing_config_suggests_the_nearest_file_or_folder(tmp_path: Path) -> None:
+    write(tmp_path / "configs" / "examples" / "own_images.yaml", "name: a\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "configs" / "examples" / "own_image.yaml")
+    assert info.value.problems[0].endswith(f"did you mean {tmp_path / 'configs' / 'examples' / 'own_images.yaml'}?")
+    child = write(tmp_path / "child.yaml", "extends: configs/example/own_images.yaml\nname: c\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    assert info.value.problems[0].endswith(f"did you mean {tmp_path / 'configs' / 'examples'}/?")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "zzz" / "qqq.yaml")
+    assert info.value.problems[0].endswith(f"(no such file in {tmp_path})")
 
 
 def test_extends_must_name_files(tmp_path: Path) -> None:
