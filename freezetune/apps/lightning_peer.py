@@ -9,7 +9,6 @@ batches in the same order; what differs is how each freezes, schedules and runs.
 
 from __future__ import annotations
 
-import copy
 import logging
 import statistics
 import traceback
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BackboneFinetuning, BaseFinetuning, Callback
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from freezetune.apps.features import bn_state, head_input_norms
 from freezetune.config import Config, OptimizerConfig, resolve
 from freezetune.data import build_loaders
 from freezetune.measure import device_clock
@@ -33,7 +33,7 @@ from freezetune.train import LRSchedule, num_outputs, resolve_device, seed_every
 from freezetune.train.loop import steps_in
 from freezetune.train.setup import schedule_for
 
-__all__ = ["LIGHTNING_VARIANTS", "PeerModule", "bn_state", "fit_lightning", "head_input_norms", "peer_module"]
+__all__ = ["LIGHTNING_VARIANTS", "PeerModule", "fit_lightning", "peer_module"]
 
 # Each variant: what it does, in the words of the table.
 LIGHTNING_VARIANTS = {
@@ -194,42 +194,6 @@ def _callbacks(variant: str) -> list[Callback]:
     return []
 
 
-@torch.no_grad()
-def head_input_norms(model: nn.Module, head: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """The mean L2 norm of what enters ``head`` for the batch ``x``, with ``model`` in the mode
-    training leaves it in (as given) and in eval mode, and the relative difference between the two
-    (on copies: a BatchNorm in train mode would otherwise update its statistics)."""
-    seen: list[torch.Tensor] = []
-
-    def features(m: nn.Module, mode: str) -> torch.Tensor:
-        copy_ = copy.deepcopy(m)
-        if mode == "eval":
-            copy_.eval()
-        target = dict(m.named_modules())
-        name = next(n for n, mod in target.items() if mod is head)
-        hook = copy_.get_submodule(name).register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten(1)))
-        copy_(x)
-        hook.remove()
-        return seen.pop()
-
-    train, evaluated = features(model, "train"), features(model, "eval")
-    return {
-        "train": train.norm(dim=1).mean().item(),
-        "eval": evaluated.norm(dim=1).mean().item(),
-        "relative_difference": ((train - evaluated).norm() / evaluated.norm()).item(),
-    }
-
-
-def bn_state(model: nn.Module) -> dict[str, int]:
-    """How many BatchNorm modules there are, track running statistics, and are in training mode."""
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    return {
-        "modules": len(bns),
-        "track_running_stats": sum(m.track_running_stats for m in bns),
-        "training": sum(m.training for m in bns),
-    }
-
-
 def _quiet() -> None:
     """No info lines, no advice about workers or eval-mode modules: the worker's output is the JSON."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -270,6 +234,7 @@ def fit_lightning(cfg: Config, variant: str, features: bool = False) -> dict[str
     )
     start = device_clock(device)
     error = None
+    deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer turns it on for the process
     try:
         trainer.fit(module, loaders.train, loaders.val)
     except Exception as exc:  # gradual_lambdalr: reported, not raised
@@ -282,6 +247,8 @@ def fit_lightning(cfg: Config, variant: str, features: bool = False) -> dict[str
             "epoch": trainer.current_epoch + 1,
             "global_step": trainer.global_step,
         }
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     fit_s = device_clock(device) - start
     # The steps of the last phase of freezetune's schedule for this config, after warm-up.
     last = schedule_for(cfg, describe(module.model)).phases[-1].start

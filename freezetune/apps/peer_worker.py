@@ -11,6 +11,7 @@ threads are warm for the other."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from freezetune.apps.features import bn_state, head_input_norms
 from freezetune.config import load_config
 from freezetune.record import read_jsonl
 from freezetune.train import prepare_model, run
@@ -54,7 +56,6 @@ def run_freezetune(config: str, overrides: list[str]) -> dict[str, Any]:
 def freezetune_features(config: str, overrides: list[str]) -> dict[str, Any]:
     """The head input norms of ``config``'s model as freezetune prepares it (plan applied, frozen
     BatchNorm pinned in eval), on the first validation batch; nothing trains."""
-    from freezetune.apps.lightning_peer import bn_state, head_input_norms  # the same measurement for both
     from freezetune.data import build_loaders
     from freezetune.plan import describe, find_head
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = fit_lightning(load_config(config, overrides), spec["variant"], bool(spec.get("features")))
     result["peak_rss_bytes"] = _peak_rss()
+    result["pid"] = os.getpid()
     Path(spec["out"]).write_text(json.dumps(result) + "\n")
     return 0
 
