@@ -171,7 +171,7 @@ def peer_module(cfg: Config, variant: str, steps_per_epoch: int) -> PeerModule:
         if variant == "probe_bn_eval":
             for m in model.modules():
                 if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                    m.eval()  # Lightning >= 2.2 keeps a module's mode across fit and validation
+                    m.eval()  # Lightning (2.6 checked) does not call model.train() in fit; validation restores modes
         return PeerModule(model, head, others, cfg.train.optimizer, factor)
     # Gradual: BackboneFinetuning unfreezes one `backbone` at one epoch; freezetune's config names
     # the stages it unfreezes (freeze.gradual), so they are the backbone. What never unfreezes
