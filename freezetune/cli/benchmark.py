@@ -4,20 +4,28 @@
                        [--precision fp32,bf16] [--memory-format contiguous,channels_last | --channels-last]
                        [key=value ...]
   freezetune benchmark --cache [CONFIG ...] [--epochs 3] [key=value ...]
+  freezetune benchmark --peer lightning [--repeats 3] [--pairs full linear_probe gradual] [key=value ...]
   (also python scripts/benchmark.py ...)
 
 Prints, per preset, image size, precision and memory format, the median ms/step of
 both, the median of the interleaved per-round ratios (freezetune / hand-written), and
 freezetune's step over its fp32 step of the same preset and size (contiguous when that
-is timed too), all timed in the same interleaved rounds."""
+is timed too), all timed in the same interleaved rounds.
+
+With --peer lightning: the demo's full, linear_probe and gradual configs trained by freezetune
+and by Lightning (pip install 'freezetune[peers]'), each run a fresh process, alternated over
+--repeats; per run and pair the process, training and step time, peak RSS, accuracy and the
+first-step losses that show the work was the same (docs/lightning.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from freezetune.apps.benchmark import BenchResult, benchmark_auto_signal, benchmark_cache, benchmark_configs
+from freezetune.apps.peer import PAIRS, benchmark_peer, peer_tables, require_peer
 from freezetune.apps.shipped import shipped_config
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
@@ -53,7 +61,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument(
-        "--out", default=None, help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json)"
+        "--out",
+        default=None,
+        help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json, runs/benchmark_peer.json)",
     )
     parser.add_argument(
         "--cache",
@@ -69,11 +79,27 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         action="store_true",
         help="instead: what freeze.preset auto's gradient-norm sample costs next to a step of --config's model",
     )
+    parser.add_argument(
+        "--peer",
+        default=None,
+        metavar="FRAMEWORK",
+        help="instead: the demo's configs trained by freezetune and by this framework (lightning)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side with --peer, alternated")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        choices=[p.name for p in PAIRS],
+        default=[p.name for p in PAIRS],
+        help="which pairs --peer runs",
+    )
     cli.add_debug_arg(parser)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
 
     def body() -> int:
+        if args.peer is not None:
+            return peer_body()
         if args.cache is not None:
             return cache_body()
         if args.auto_signal:
@@ -160,6 +186,32 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
         print(f"\nepoch times after the first; written to {out}")
+        return 0
+
+    def peer_body() -> int:
+        require_peer(args.peer)  # a missing extra: one error line, exit 2, nothing written
+        if args.repeats < 1:
+            raise ConfigError([f"--repeats: at least 1, got {args.repeats}"])
+        pairs = tuple(p for p in PAIRS if p.name in args.pairs)
+
+        def done(r: dict) -> None:
+            name = r["framework"] if r["variant"] == "config" else f"{r['framework']}:{r['variant']}"
+            print(
+                f"repeat {r['repeat'] + 1}/{args.repeats} {r['pair']} {name}: process {r['wall_s']:.1f}s, "
+                f"train {r['train_s']:.1f}s, val acc {r['val_acc']:.4f}, first loss {r['first_loss']:.6f}",
+                flush=True,
+            )
+
+        report = benchmark_peer(args.overrides, args.repeats, pairs, done)
+        print()
+        print(peer_tables(report))
+        out = Path(args.out or "runs/benchmark_peer.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"\nwritten to {out}")
+        if report.mismatches:
+            print(f"error: not the same work (first losses differ): {', '.join(report.mismatches)}", file=sys.stderr)
+            return 1
         return 0
 
     return cli.guarded(body, args.debug)
