@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 
 from freezetune.config.schema import Config, DataConfig, ModelConfig
 from freezetune.config.validate import timm_name, timm_pretrained_cfg, weights_kind
@@ -118,6 +117,8 @@ def weights_preprocessing(model: ModelConfig) -> tuple[dict[str, Any] | None, st
         return None, None
     kind = weights_kind(model.arch, model.weights)
     if kind == "torchvision":
+        import torchvision.models as tvm  # here: importing torchvision takes a second (validate.py)
+
         name = model.weights.split(".")[-1]
         enum = tvm.get_model_weights(model.arch)
         weights = enum.DEFAULT if name == "DEFAULT" else enum[name]

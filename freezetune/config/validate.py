@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torchvision.models as tvm
-
 from freezetune.config.records import PRESETS, parse_events, parse_param_groups, parse_rules
 from freezetune.config.schema import AutoFreezeConfig, Config, ConfigError
 
@@ -60,6 +58,9 @@ def classification_models() -> list[str]:
     """Names of the torchvision models that end in a class head."""
     # list_models(module=torchvision.models) excludes detection, segmentation,
     # video, optical-flow and quantized models: the ones a class head fits.
+    import torchvision.models as tvm  # here: importing torchvision takes a second (it imports torch's
+    # compile stack), which commands that never check a model name (--help, report) need not pay
+
     return tvm.list_models(module=tvm)
 
 
@@ -99,6 +100,8 @@ def weights_kind(arch: str, weights: str | None) -> str:
 
 
 def _weight_names(arch: str) -> list[str]:
+    import torchvision.models as tvm  # here: see classification_models
+
     try:
         return [w.name for w in tvm.get_model_weights(arch)]
     except (KeyError, ValueError):
