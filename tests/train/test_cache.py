@@ -311,7 +311,8 @@ def test_cache_pays_when_the_epochs_left_repeat_more_prefix_work_than_the_build(
 def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> dict:
     """until:layer2, then layer2 frozen too from epoch 2: the frozen prefix grows mid-run."""
     edits = {"freeze.preset": "until:layer2", "freeze.schedule": [{"epoch": 2, "freeze": "layer2"}]}
-    return run(cfg(tmp_path, name, **edits, **{"train.epochs": epochs, "train.cache_features": cache}))
+    small = {"data.image_size": 16, "data.train_samples": 24, "data.val_samples": 8}  # test time, not coverage
+    return run(cfg(tmp_path, name, **edits, **small, **{"train.epochs": epochs, "train.cache_features": cache}))
 
 
 def test_a_grown_prefix_extends_the_cache_from_its_features_and_trains_bitwise_the_uncached_run(
