@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
@@ -217,6 +218,10 @@ def fit_lightning(cfg: Config, variant: str, features: bool = False) -> dict[str
         head = getattr(module.model, module.head_name)
         return {"head_input_norm": head_input_norms(module.model, head, x), "bn": bn_state(module.model)}
     clock = _Clock(device)
+    # Lightning's default checkpointing stays on (a checkpoint of the model and optimizer at each
+    # epoch's end, replacing the last), into a folder deleted afterwards: freezetune writes its
+    # checkpoint.pt at each epoch's end too, so that a stopped run loses nothing. Equal work.
+    root = tempfile.TemporaryDirectory(prefix="lightning-peer-")
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -224,7 +229,8 @@ def fit_lightning(cfg: Config, variant: str, features: bool = False) -> dict[str
         max_epochs=cfg.train.epochs,
         limit_train_batches=steps,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,
+        default_root_dir=root.name,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -250,6 +256,7 @@ def fit_lightning(cfg: Config, variant: str, features: bool = False) -> dict[str
     finally:
         torch.use_deterministic_algorithms(deterministic)
     fit_s = device_clock(device) - start
+    root.cleanup()
     # The steps of the last phase of freezetune's schedule for this config, after warm-up.
     last = schedule_for(cfg, describe(module.model)).phases[-1].start
     durations = [s for e, s in clock.steps if e >= last]
