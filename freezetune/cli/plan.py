@@ -28,6 +28,7 @@ from freezetune.train import (
     cache_batches,
     cache_on_refused,
     cache_pays,
+    cache_skip_reason,
     prepare_model,
     preview_cache,
     steps_per_epoch,
@@ -129,11 +130,8 @@ def _cache(cfg: Config, p: Prepared) -> str:
             preview = preview_cache(cfg, p.model, p.device, n_images)
             epochs_left = cfg.train.epochs - phase.start + 1
             if cfg.train.cache_features == "auto" and preview["used"] and not cache_pays(epochs_left, *batches):
-                preview = {  # what train decides at the phase's start (freezetune.train.nets)
-                    "used": False,
-                    "reason": f"not built: {epochs_left} epoch(s) left would run the prefix over no more "
-                    "batches than a build does, so it would not pay for itself",
-                }
+                # What train decides at the phase's start (freezetune.train.nets).
+                preview = {"used": False, "reason": cache_skip_reason(epochs_left)}
             previews.append((phase.start, preview))
     finally:
         apply_plan(p.model, p.plan)

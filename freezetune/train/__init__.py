@@ -28,7 +28,15 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import TrainTarget, cache_batches, cache_on_refused, cache_pays, compute_of, preview_cache
+from freezetune.train.nets import (
+    TrainTarget,
+    cache_batches,
+    cache_on_refused,
+    cache_pays,
+    cache_skip_reason,
+    compute_of,
+    preview_cache,
+)
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -87,6 +95,7 @@ __all__ = [
     "prepare_model",
     "cache_batches",
     "cache_pays",
+    "cache_skip_reason",
     "preview_cache",
     "remove_frozen",
     "resolve_device",

@@ -41,7 +41,15 @@ from freezetune.train.cache import (
 from freezetune.train.distributed import Dist
 from freezetune.utils import eval_mode
 
-__all__ = ["TrainTarget", "cache_batches", "cache_on_refused", "cache_pays", "compute_of", "preview_cache"]
+__all__ = [
+    "TrainTarget",
+    "cache_batches",
+    "cache_on_refused",
+    "cache_pays",
+    "cache_skip_reason",
+    "compute_of",
+    "preview_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,30 @@ def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int) 
     pays when the epochs left do strictly more batches than the build (at a tie the build
     would also copy every output into storage for nothing)."""
     return epochs_left * batches_per_epoch > batches_to_build
+
+
+def cache_skip_reason(epochs_left: int) -> str:
+    """Why a build that :func:`cache_pays` turns down is not made (train's record, plan's preview)."""
+    return (
+        f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build "
+        "does, so it would not pay for itself"
+    )
+
+
+def _prefix_seconds(
+    prefix: nn.Module, x: torch.Tensor, model: nn.Module, compute: Compute, repeats: int = 3
+) -> tuple[torch.Tensor, float]:
+    """``prefix``'s output for ``x`` and the median seconds of ``repeats`` timed forwards after a
+    warm-up (allocator, kernel choice), run as a cache build runs it: eval mode, no autograd, the
+    step's autocast. The median: one slow moment of the machine does not decide it."""
+    times = []
+    with torch.inference_mode(), eval_mode(model), compute.autocast():
+        out = prefix(x)
+        for _ in range(repeats):
+            start = device_clock(compute.device)
+            prefix(x)
+            times.append(device_clock(compute.device) - start)
+    return out, statistics.median(times)
 
 
 def cache_batches(cfg: Config, n_train: int, n_val: int) -> tuple[int, int]:
@@ -221,11 +253,7 @@ class TrainTarget:
         prefix = extend.prefix if extend is not None else split.prefix
         source = previous[1].val if previous is not None and extend is not None else self.loaders.val.dataset
         x = self.compute.input(torch.stack([source[i][0] for i in range(min(batch, len(source)))]))
-        with torch.inference_mode(), eval_mode(self.model), self.compute.autocast():
-            prefix(x)  # warm-up
-            start = device_clock(self.device)
-            prefix(x)
-            batch_s = device_clock(self.device) - start
+        _, batch_s = _prefix_seconds(prefix, x, self.model, self.compute)
         decision = {
             "frontier": split.frontier,
             "from": f"the cached '{previous[0].frontier}'" if extend is not None else "the images",
@@ -251,9 +279,7 @@ class TrainTarget:
             to_build,
         )
         if not pays and not self.cache_info["used"]:
-            self.cache_info["reason"] = (
-                f"skipped at '{split.frontier}': {epochs_left} epoch(s) left would not pay for the build"
-            )
+            self.cache_info["reason"] = f"at '{split.frontier}': {cache_skip_reason(epochs_left)}"
         return pays
 
     # ------------------------------------------------------------------ torch.compile
@@ -396,14 +422,7 @@ def preview_cache(cfg: Config, model: nn.Module, device: torch.device, n_images:
     n = min(cfg.data.batch_size, max(4, 64 * 64 * 64 // (size * size)))
     compute = compute_of(cfg, device)
     x = compute.input(torch.randn(n, 3, size, size))
-    times = []
-    with eval_mode(model), compute.autocast():
-        features = split.prefix(x)  # warm-up: allocator, kernel choice
-        for _ in range(3):  # the median of three: one slow moment of the machine does not decide it
-            start = device_clock(device)
-            split.prefix(x)
-            times.append(device_clock(device) - start)
-    batch_s = sorted(times)[1]
+    features, batch_s = _prefix_seconds(split.prefix, x, model, compute)
     per_image = features[0].numel() * features.element_size() + 8  # and its int64 label
     total = per_image * n_images
     return {
