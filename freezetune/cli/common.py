@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -109,6 +110,12 @@ def guarded(main: Callable[[], int], debug: bool = False) -> int:
         return _error(str(exc), EXIT_CONFIG, debug)
     except (Diverged, TrainingFailed) as exc:
         return _error(str(exc), EXIT_FAULT, debug)
+    except BrokenPipeError:
+        # The reader went away (`freezetune tour | head`): it had what it wanted, so no error line.
+        # stdout goes to devnull, or Python's flush at exit would raise the same error again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a test's capture has no fd
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAULT
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         hint = _OS_HINTS.get(exc.errno or 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from freezetune.cli.common import guarded
 from freezetune.cli.main import COMMANDS, main
 
 TINY = {
@@ -97,3 +98,11 @@ def test_plan_refuses_what_train_would_refuse_and_shows_mixed_modes(
     table = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("layer")}
     assert table["layer1"].endswith("mixed (4 of 8 pinned)")  # its 4 convs are pinned, its 4 BatchNorms train
     assert table["layer3"].endswith("train")
+
+
+def test_a_closed_pipe_ends_quietly(capsys: pytest.CaptureFixture[str]) -> None:
+    def body() -> int:
+        raise BrokenPipeError(32, "Broken pipe")  # `freezetune tour | head` once head has its lines
+
+    assert guarded(body) == 1
+    assert capsys.readouterr().err == ""  # no error line: the reader went away, nothing failed
