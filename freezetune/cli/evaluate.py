@@ -22,12 +22,12 @@ from freezetune.infer import (
     LabelledPredictions,
     RunModel,
     evaluation_report,
-    inference_device,
     labelled_images,
     load_run,
     predict_dataset,
     predict_files,
 )
+from freezetune.measure import resolve_device
 from freezetune.report import plot_confusion
 from freezetune.utils.text import format_table
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             source = f"the run's validation split ({data.dataset}{'' if data.dataset == 'fake' else ', ' + data.root})"
             val = _val_split(run)
         out = output_paths(args.out, run.run_dir / "evaluation", (".json", ".png"), args.overwrite)
-        device = inference_device(args.device)
+        device = resolve_device(args.device, "--device")
         if args.data:
             for name in empty:
                 print(f"warning: --data: class folder {Path(args.data) / name} holds no image files", file=sys.stderr)

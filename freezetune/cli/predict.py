@@ -15,7 +15,8 @@ from typing import Any
 
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError
-from freezetune.infer import Prediction, RunModel, find_images, inference_device, load_run, predict_files, top_k
+from freezetune.infer import Prediction, RunModel, find_images, load_run, predict_files, top_k
+from freezetune.measure import resolve_device
 from freezetune.record import atomic_write_bytes
 from freezetune.utils.text import format_table
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         check_counts(args.batch_size, args.top_k)
         files, run = _inputs(args.images, args.run, args.checkpoint)
         out = output_paths(args.out, run.run_dir / "predictions", (".csv", ".json"), args.overwrite)
-        device = inference_device(args.device)
+        device = resolve_device(args.device, "--device")
         predictions = predict_files(run, files, args.batch_size, device)
         bad = [p for p in predictions if p.error]
         if len(bad) == len(predictions):

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -29,6 +28,7 @@ import torch.nn as nn
 from freezetune.config import ConfigError
 from freezetune.data import build_loaders
 from freezetune.infer.runs import RunModel
+from freezetune.record import atomic_files
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -135,15 +135,6 @@ def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in (rest if summary else text).splitlines() if ln.strip()]
     line = re.sub(r"^<class '[\w.]+'>: ", "", lines[0]) if lines else type(exc).__name__
     return line[:300]
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file torch or onnx wrote by name, before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- one writer and one loader per format -------------------------------------------
@@ -304,12 +295,60 @@ def export_model(
             load or run. Nothing is written.
         ExportMismatch: the saved file's outputs differ by more than ``atol``. Nothing is written.
     """
+    path = Path(out_path).expanduser()
+    sidecar = sidecar_path(path)
+    _check_request(fmt, path, sidecar, overwrite, batch)
+    model = run.model.eval()
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # The artifact renamed first: a crash between the two renames leaves a new file whose
+        # sidecar is missing or old, never a sidecar describing a file that is not there. Its
+        # temporary keeps the suffix: torch.export.save/load warn about a file not ending in .pt2.
+        with atomic_files(path, sidecar, keep_suffix=True) as (tmp, tmp_sidecar):
+            start = time.perf_counter()
+            _write(run, fmt, model, batch, tmp)
+            export_s = time.perf_counter() - start
+            start = time.perf_counter()
+            diffs, scale = _check_file(fmt, model, tmp, batch, atol)
+            check_s = time.perf_counter() - start
+            check = {
+                "max_abs_diff": max(diffs.values()),
+                "atol": atol,
+                "max_abs_output": scale,
+                "batch_sizes": {str(n): d for n, d in diffs.items()},
+                "batch": batch_source,
+            }
+            tmp_sidecar.write_text(json.dumps(_sidecar(run, fmt, path, check), indent=2) + "\n")
+    except BaseException:
+        for folder in created:  # the folders this call made, deepest first, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    return ExportResult(
+        format=fmt,
+        path=path,
+        sidecar=sidecar,
+        bytes=path.stat().st_size,
+        max_abs_diff=check["max_abs_diff"],
+        diffs=diffs,
+        max_abs_output=scale,
+        atol=atol,
+        batch_source=batch_source,
+        export_s=export_s,
+        check_s=check_s,
+        notes=_notes(fmt),
+    )
+
+
+def _check_request(fmt: str, path: Path, sidecar: Path, overwrite: bool, batch: torch.Tensor) -> None:
+    """Refuse, before anything is written, what :func:`export_model` cannot do (see its Raises)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError([f"--format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}"])
     if fmt == "onnx":
         require_onnx()
-    path = Path(out_path).expanduser()
-    sidecar = sidecar_path(path)
     for p in (path, sidecar):
         if p.is_dir():
             raise ConfigError([f"--out: {p} is a folder. HINT: give a file path, e.g. {p / EXPORT_FORMATS[fmt]}"])
@@ -317,105 +356,63 @@ def export_model(
         raise ConfigError(
             [f"--out: {path}: torch.export.load expects a file ending in .pt2. HINT: --out {path.with_suffix('.pt2')}"]
         )
-    if not overwrite:
-        existing = [str(p) for p in (path, sidecar) if p.exists()]
-        if existing:
-            raise ConfigError(
-                [
-                    f"--out: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}. "
-                    "HINT: pass --overwrite to replace it, or --out PATH"
-                ]
-            )
+    existing = [str(p) for p in (path, sidecar) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            [
+                f"--out: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}. "
+                "HINT: pass --overwrite to replace it, or --out PATH"
+            ]
+        )
     if batch.ndim != 4 or len(batch) == 0:
         raise ValueError(f"batch: expected [N, 3, H, W] with N >= 1, got {list(batch.shape)}")
 
-    model = run.model.eval()
+
+def _write(run: RunModel, fmt: str, model: nn.Module, batch: torch.Tensor, tmp: Path) -> None:
+    """Export ``model`` as ``fmt`` to ``tmp``; the exporter's error becomes :class:`ExportFailed`."""
     # Two or more rows: torch.export would fix a batch of one as a constant.
     example = _resize(batch, max(2, len(batch))).contiguous()
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The suffix last: torch.export.save/load warn about a file not ending in .pt2.
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
     try:
-        start = time.perf_counter()
-        try:
-            _WRITERS[fmt](model, example, tmp)
-        except Exception as exc:
-            raise ExportFailed(
-                f"--format {fmt}: torch cannot export {run.config.model.arch}: {_first_line(exc)}. "
-                f"HINT: try --format {'exported_program' if fmt != 'exported_program' else 'torchscript'}, "
-                "or --debug for the traceback"
-            ) from exc
-        _fsync(tmp)
-        export_s = time.perf_counter() - start
+        _WRITERS[fmt](model, example, tmp)
+    except Exception as exc:
+        raise ExportFailed(
+            f"--format {fmt}: torch cannot export {run.config.model.arch}: {_first_line(exc)}. "
+            f"HINT: try --format {'exported_program' if fmt != 'exported_program' else 'torchscript'}, "
+            "or --debug for the traceback"
+        ) from exc
 
-        start = time.perf_counter()
-        try:
-            diffs, scale = _compare(model, _LOADERS[fmt](tmp), batch)
-        except Exception as exc:
-            raise ExportFailed(
-                f"--format {fmt}: the written file fails when loaded back and run: {_first_line(exc)}. "
-                "HINT: try another --format, or --debug for the traceback"
-            ) from exc
-        check_s = time.perf_counter() - start
-        worst = max(diffs.values())
-        if not worst <= atol:
-            detail = ", ".join(f"batch of {n}: {d:.3g}" for n, d in diffs.items())
-            raise ExportMismatch(
-                f"--format {fmt}: the exported model's outputs differ from the model's by {worst:.3g} "
-                f"(max abs; --atol {atol:g}; {detail}); nothing written. "
-                "HINT: try another --format, or --atol if this difference is acceptable"
-            )
-        check = {
-            "max_abs_diff": worst,
-            "atol": atol,
-            "max_abs_output": scale,
-            "batch_sizes": {str(n): d for n, d in diffs.items()},
-            "batch": batch_source,
-        }
-        data = json.dumps(_sidecar(run, fmt, path, check), indent=2) + "\n"
-        with open(tmp_sidecar, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # The artifact first: a crash between the two renames leaves a new file whose
-        # sidecar is missing or old, never a sidecar describing a file that is not there.
-        os.replace(tmp, path)
-        os.replace(tmp_sidecar, sidecar)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        tmp_sidecar.unlink(missing_ok=True)
-        for folder in created:  # the folders this call made, deepest first, if still empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_sidecar.unlink(missing_ok=True)
 
-    notes = []
+def _check_file(
+    fmt: str, model: nn.Module, tmp: Path, batch: torch.Tensor, atol: float
+) -> tuple[dict[int, float], float]:
+    """Load ``tmp`` back as ``fmt`` and compare it with ``model`` (:func:`_compare`): raise
+    :class:`ExportFailed` when it does not load or run, :class:`ExportMismatch` beyond ``atol``."""
+    try:
+        diffs, scale = _compare(model, _LOADERS[fmt](tmp), batch)
+    except Exception as exc:
+        raise ExportFailed(
+            f"--format {fmt}: the written file fails when loaded back and run: {_first_line(exc)}. "
+            "HINT: try another --format, or --debug for the traceback"
+        ) from exc
+    worst = max(diffs.values())
+    if not worst <= atol:
+        detail = ", ".join(f"batch of {n}: {d:.3g}" for n, d in diffs.items())
+        raise ExportMismatch(
+            f"--format {fmt}: the exported model's outputs differ from the model's by {worst:.3g} "
+            f"(max abs; --atol {atol:g}; {detail}); nothing written. "
+            "HINT: try another --format, or --atol if this difference is acceptable"
+        )
+    return diffs, scale
+
+
+def _notes(fmt: str) -> list[str]:
+    """What is worth telling the user about an export in ``fmt`` (deprecations)."""
     if fmt == "torchscript":
-        notes.append(
+        return [
             f"torch {torch.__version__.split('+')[0]} deprecates TorchScript (torch.jit); "
             "--format exported_program is its successor"
-        )
-    return ExportResult(
-        format=fmt,
-        path=path,
-        sidecar=sidecar,
-        bytes=path.stat().st_size,
-        max_abs_diff=worst,
-        diffs=diffs,
-        max_abs_output=scale,
-        atol=atol,
-        batch_source=batch_source,
-        export_s=export_s,
-        check_s=check_s,
-        notes=notes,
-    )
+        ]
+    return []
 
 
 def load_snippet(result: ExportResult) -> str:

@@ -25,7 +25,6 @@ __all__ = [
     "LabelledPredictions",
     "Prediction",
     "find_images",
-    "inference_device",
     "labelled_images",
     "predict_dataset",
     "predict_files",
@@ -52,15 +51,6 @@ class LabelledPredictions:
     probs: torch.Tensor  # (n, k) float32
     targets: torch.Tensor  # (n,) int64, model output order
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of each unreadable sample
-
-
-def inference_device(name: str) -> torch.device:
-    """``--device`` as a device: ``cpu``, ``cuda``, or ``auto`` (CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(["--device cuda: torch.cuda.is_available() is False. HINT: --device cpu or --device auto"])
-    return torch.device(name)
 
 
 def _has_image_extension(name: str) -> bool:

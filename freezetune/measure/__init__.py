@@ -3,6 +3,7 @@ without autograd, memory by kind (parameters, gradients, optimizer state, tensor
 saved for backward, process peak), and the per-module profile that predicts a
 plan's cost before training."""
 
+from freezetune.measure.device import resolve_device
 from freezetune.measure.estimate import (
     Estimate,
     ModuleCost,
@@ -52,5 +53,6 @@ __all__ = [
     "profile_model",
     "reference_copy",
     "reset_peak_memory",
+    "resolve_device",
     "storage_bytes",
 ]

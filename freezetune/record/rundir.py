@@ -11,11 +11,12 @@ to go on."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "RECORD_FILES",
     "RunDir",
     "RunExistsError",
+    "atomic_files",
     "atomic_write_bytes",
     "read_jsonl",
     "staging_for",
@@ -61,21 +63,53 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run record, and no one said to replace it."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: a temporary file, fsync, ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _temporary(path: Path, keep_suffix: bool) -> Path:
+    """The hidden sibling ``path`` is written under first (``keep_suffix``: still ending in its suffix)."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}" if keep_suffix else f".{path.name}.tmp")
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk, whoever wrote it, before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: Path, keep_suffix: bool = False) -> Iterator[tuple[Path, ...]]:
+    """Temporary siblings of ``paths`` for the block to write, by name (``torch.save``, an
+    exporter) or by bytes. When the block ends without an error, each is flushed to disk, then
+    each is renamed onto its path in the order given: a crash leaves every file whole, either
+    the new or the previous version. The temporaries are removed whatever happens.
+
+    Args:
+        paths: the files to write.
+        keep_suffix: temporaries that still end in their path's suffix (``.model.tmp.pt2``),
+            for writers that read the suffix; otherwise ``.model.pt2.tmp``.
+    """
+    tmps = tuple(_temporary(p, keep_suffix) for p in paths)
+    try:
+        yield tmps
+        for tmp in tmps:
+            _fsync(tmp)
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)  # only still there when the write failed
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (:func:`atomic_files`)."""
+    try:
+        with atomic_files(path) as (tmp,):
+            tmp.write_bytes(data)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:  # a failed write() names no file: say which one
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there when the write failed
 
 
 def _check_writable(path: Path) -> None:

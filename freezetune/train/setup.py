@@ -13,6 +13,7 @@ import torchvision.models as tvm
 
 from freezetune.config import Config, ConfigError, arch_kind, resolve
 from freezetune.data import Loaders, build_loaders, num_classes_of
+from freezetune.measure import resolve_device
 from freezetune.models import LoadReport, build_model
 from freezetune.plan import (
     FreezeError,
@@ -61,15 +62,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a device; ``auto`` is CUDA when available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(["train.device: 'cuda' asked for, but torch.cuda.is_available() is False"])
-    return torch.device(name)
 
 
 def num_outputs(cfg: Config) -> int:

@@ -18,7 +18,6 @@ from freezetune.data import load_image
 from freezetune.infer import (
     RunModel,
     find_images,
-    inference_device,
     labelled_images,
     predict_dataset,
     predict_files,
@@ -180,9 +179,3 @@ def test_a_dataset_sample_that_fails_to_load_is_skipped_with_its_file(run: RunMo
     ]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA has the device")
-def test_cuda_asked_for_without_it_is_a_config_error() -> None:
-    assert inference_device("cpu") == torch.device("cpu")
-    assert inference_device("auto") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="--device cuda: torch.cuda.is_available.. is False"):
-        inference_device("cuda")
