@@ -11,7 +11,7 @@ from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
 from freezetune.config import Config, Preprocessing, resolve
 from freezetune.data import build_loaders
-from freezetune.plan import apply_plan, describe
+from freezetune.plan import describe
 from freezetune.report import (
     param_rows,
     probe_autograd,
@@ -23,16 +23,7 @@ from freezetune.report import (
     render_plan,
     render_schedule,
 )
-from freezetune.train import (
-    Prepared,
-    cache_batches,
-    cache_on_refused,
-    cache_pays,
-    cache_skip_reason,
-    prepare_model,
-    preview_cache,
-    steps_per_epoch,
-)
+from freezetune.train import Prepared, prepare_model, preview_cache, steps_per_epoch
 from freezetune.utils import autocast
 
 
@@ -119,24 +110,9 @@ def _preprocessing(cfg: Config, sources: dict[str, str]) -> str:
 
 
 def _cache(cfg: Config, p: Prepared) -> str:
-    """The cache preview of every phase (the plan applied in turn, then restored)."""
+    """The cache preview of every phase: what training decides at each phase's start
+    (freezetune.train.preview_cache); under ``on``, what training refuses, plan refuses too."""
     loaders = build_loaders(cfg.data, cfg.seed, p.num_classes, check_images=False)
-    n_train, n_val = len(loaders.train.dataset), len(loaders.val.dataset)  # type: ignore[arg-type]
-    n_images, batches = n_train + n_val, cache_batches(cfg, n_train, n_val)
-    previews = []
-    try:
-        for phase in p.schedule.phases:
-            apply_plan(p.model, phase.plan)
-            preview = preview_cache(cfg, p.model, p.device, n_images)
-            epochs_left = cfg.train.epochs - phase.start + 1
-            if cfg.train.cache_features == "auto" and preview["used"] and not cache_pays(epochs_left, *batches):
-                # What train decides at the phase's start (freezetune.train.nets).
-                preview = {"used": False, "reason": cache_skip_reason(epochs_left)}
-            previews.append((phase.start, preview))
-    finally:
-        apply_plan(p.model, p.plan)
-    refused = [(epoch, v["reason"]) for epoch, v in previews if not v["used"]]
-    if cfg.train.cache_features == "on" and refused:  # what train would refuse, plan refuses too
-        epoch, reason = refused[0]
-        raise cache_on_refused(reason, epoch if p.schedule.changes else None)
-    return render_cache(previews, cfg.train.cache_features, n_images)
+    counts = len(loaders.train.dataset), len(loaders.val.dataset)  # type: ignore[arg-type]
+    previews = preview_cache(cfg, p.model, p.schedule, p.device, counts)
+    return render_cache(previews, cfg.train.cache_features, sum(counts))

@@ -13,6 +13,7 @@ from freezetune.config import Config
 from freezetune.measure import Estimate
 from freezetune.plan import FreezePlan, ModelTree, Schedule, Setting
 from freezetune.plan.auto import model_stages
+from freezetune.train.cache_policy import CacheAction, CacheDecision
 from freezetune.train.lr_schedule import LRSchedule
 from freezetune.train.optim import group_label
 from freezetune.utils import first_tensor, format_table, train_mode
@@ -177,22 +178,34 @@ def render_auto(cfg: Config, tree: ModelTree, head: str) -> str:
     )
 
 
-def render_cache(previews: list[tuple[int, dict]], mode: str, n_images: int) -> str:
-    """What the feature cache will do, phase by phase (freezetune.train.nets.preview_cache)."""
+def render_cache(previews: list[tuple[int, CacheDecision]], mode: str, n_images: int) -> str:
+    """What the feature cache will do, phase by phase: (first epoch, decision) pairs from
+    freezetune.train.preview_cache, the decisions training makes."""
     lines = [f"feature cache (train.cache_features: {mode}), for {n_images:,} images (train + val):"]
-    for epoch, p in previews:
-        if not p["used"]:
-            lines.append(f"  from epoch {epoch}: not used: {p['reason']}")
-            continue
-        shape = "x".join(str(d) for d in p["shape"])
-        if p.get("dtype", "float32") != "float32":  # the compute dtype (train.precision), when not fp32
-            shape += f" {p['dtype']}"
-        lines.append(
-            f"  from epoch {epoch}: used: the prefix's output '{p['frontier']}' ({shape} per image) is computed once, "
-            f"before '{p['first_trainable']}'; {_size(p['bytes'])} in {p['storage']}, "
-            f"built in about {p['build_s']:.1f} s"
-        )
+    for epoch, d in previews:
+        lines.append(f"  from epoch {epoch}: {_cache_line(d)}")
     return "\n".join(lines)
+
+
+def _cache_line(d: CacheDecision) -> str:
+    """One phase's cache decision in words."""
+    if not d.used:
+        return f"not used: {d.reason}"
+    assert d.split is not None
+    if d.action is CacheAction.KEEP and d.held is not None:
+        kept = d.held.split.frontier
+        if kept == d.split.frontier:
+            return f"used: the cache of '{kept}' is kept (the plan changes after it)"
+        return f"used: the cache of '{kept}' is kept, its prefix still frozen; one at '{d.split.frontier}' {d.reason}"
+    assert d.features is not None and d.bytes is not None
+    shape = "x".join(str(n) for n in d.features.shape)
+    if d.features.dtype != torch.float32:  # the compute dtype (train.precision), when not fp32
+        shape += f" {str(d.features.dtype).removeprefix('torch.')}"
+    how = f"extended from {d.source}'s features" if d.action is CacheAction.EXTEND else "built"
+    return (
+        f"used: the prefix's output '{d.split.frontier}' ({shape} per image) is computed once, "
+        f"before '{d.split.first_trainable}'; {_size(d.bytes)} in {d.storage}, {how} in about {d.build_s:.1f} s"
+    )
 
 
 def _size(n: float) -> str:

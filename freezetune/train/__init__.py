@@ -13,6 +13,21 @@ from freezetune.train.cache import (
     prefix_problem,
     split_model,
 )
+from freezetune.train.cache_policy import (
+    CacheAction,
+    CacheDecision,
+    CachePolicy,
+    HeldCache,
+    Weighing,
+    cache_batches,
+    cache_on_refused,
+    cache_pays,
+    cache_skip_reason,
+    compute_of,
+    prefix_still_frozen,
+    preview_cache,
+)
+from freezetune.train.compiled import PhaseCompiler
 from freezetune.train.distributed import Dist
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import (
@@ -28,15 +43,7 @@ from freezetune.train.loop import (
     train_one_epoch,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
-from freezetune.train.nets import (
-    TrainTarget,
-    cache_batches,
-    cache_on_refused,
-    cache_pays,
-    cache_skip_reason,
-    compute_of,
-    preview_cache,
-)
+from freezetune.train.nets import CacheLifecycle, TrainTarget
 from freezetune.train.optim import (
     add_trainable,
     check_optimizer,
@@ -60,21 +67,28 @@ from freezetune.train.trainer import STATE_FORMAT, Trainer
 __all__ = [
     "CHECKPOINT",
     "STATE_FORMAT",
+    "CacheAction",
+    "CacheDecision",
+    "CacheLifecycle",
+    "CachePolicy",
     "CacheRefused",
     "Compute",
     "Dist",
     "Diverged",
     "EpochStats",
     "FeatureCache",
+    "HeldCache",
     "LRSchedule",
     "LoopOptions",
     "Prepared",
+    "PhaseCompiler",
     "Progress",
     "Resume",
     "Split",
     "StopRequest",
     "TrainTarget",
     "Trainer",
+    "Weighing",
     "add_trainable",
     "build_cache",
     "cache_on_refused",
@@ -91,6 +105,7 @@ __all__ = [
     "no_progress",
     "num_outputs",
     "prefix_problem",
+    "prefix_still_frozen",
     "prepare",
     "prepare_model",
     "cache_batches",

@@ -321,15 +321,16 @@ def _features(prefix: nn.Module, ds: Dataset, batch: int, compute: Compute, budg
 def build_cache(
     model: nn.Module,
     split: Split,
-    train_ds: Dataset,
-    val_ds: Dataset,
+    datasets: tuple[Dataset, Dataset],
     batch: int,
     compute: Compute,
     max_bytes: int,
     folder: Path,
 ) -> FeatureCache:
-    """Run the prefix once over both datasets, in eval mode, with no autograd state, under
-    the step's autocast and memory format (``compute``)."""
+    """Run the prefix once over both ``datasets`` (training, validation), in eval mode, with no
+    autograd state, under the step's autocast and memory format (``compute``); features beyond
+    ``max_bytes`` go to ``.npy`` files in ``folder``."""
+    train_ds, val_ds = datasets
     start = device_clock(compute.device)
     with eval_mode(model):
         tx, ty, t_mapped = _features(split.prefix, train_ds, batch, compute, max_bytes, folder / "cache_train.npy")

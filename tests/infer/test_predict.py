@@ -177,5 +177,3 @@ def test_a_dataset_sample_that_fails_to_load_is_skipped_with_its_file(run: RunMo
     assert result.skipped == [
         {"path": str(tmp_path / "owl" / "2.png"), "reason": "UnidentifiedImageError: not an image format PIL can read"}
     ]
-
-

@@ -15,13 +15,13 @@ from freezetune.plan import apply_plan, describe, plan_from_config
 from freezetune.record import TIMING_KEYS
 from freezetune.report import render_cache
 from freezetune.train import (
+    CachePolicy,
     CacheRefused,
     Compute,
     build_cache,
     cache_pays,
     check_split,
     prefix_problem,
-    preview_cache,
     run,
     split_model,
 )
@@ -250,8 +250,8 @@ def test_build_cache_under_autocast_stores_what_the_prefix_produces(tmp_path: Pa
     with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
         expected = split.prefix(images.tensors[0].to(memory_format=torch.channels_last))
     assert expected.dtype == torch.bfloat16 and expected.is_contiguous(memory_format=torch.channels_last)
-    in_memory = build_cache(model, split, images, images, 4, compute, 2**30, tmp_path)
-    spilled = build_cache(model, split, images, images, 4, compute, 0, tmp_path)
+    in_memory = build_cache(model, split, (images, images), 4, compute, 2**30, tmp_path)
+    spilled = build_cache(model, split, (images, images), 4, compute, 0, tmp_path)
     assert (in_memory.storage, spilled.storage) == ("memory", "memmap")
     for cache in (in_memory, spilled):
         assert cache.dtype == torch.bfloat16 and cache.to_json()["dtype"] == "bfloat16"
@@ -293,10 +293,12 @@ def test_plan_predicts_the_cache_in_the_compute_dtype() -> None:
     previews = {}
     for precision in ("fp32", "bf16"):
         c = cfg(Path("unused"), "p", **{"train.precision": precision})
-        previews[precision] = preview_cache(c, model, torch.device("cpu"), 100)
+        policy = CachePolicy.of(c, 100, 0, torch.device("cpu"))
+        previews[precision] = policy.decide(model, policy.probe_batch(32), None, None)
     fp32, bf16 = previews["fp32"], previews["bf16"]
-    assert (fp32["dtype"], bf16["dtype"]) == ("float32", "bfloat16") and fp32["shape"] == bf16["shape"] == [128, 4, 4]
-    assert fp32["bytes"] == 100 * (128 * 4 * 4 * 4 + 8) and bf16["bytes"] == 100 * (128 * 4 * 4 * 2 + 8)
+    assert (fp32.features.dtype, bf16.features.dtype) == (torch.float32, torch.bfloat16)
+    assert list(fp32.features.shape) == list(bf16.features.shape) == [128, 4, 4]
+    assert fp32.bytes == 100 * (128 * 4 * 4 * 4 + 8) and bf16.bytes == 100 * (128 * 4 * 4 * 2 + 8)
     assert "'layer2_1_relu_1' (128x4x4 per image)" in render_cache([(1, fp32)], "auto", 100)
     assert "'layer2_1_relu_1' (128x4x4 bfloat16 per image)" in render_cache([(1, bf16)], "auto", 100)
 

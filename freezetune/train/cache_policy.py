@@ -1,0 +1,394 @@
+"""Whether a phase trains on a frozen-prefix feature cache, and why: built from the images,
+extended from the features already cached, kept, skipped because it would not pay for
+itself, or not used at all.
+
+One :class:`CachePolicy` decides it, for the trainer at each phase's start
+(freezetune.train.nets) and for ``freezetune plan``'s preview of every phase
+(:func:`preview_cache`), so that the plan never says what training does not do. The
+decision is a :class:`CacheDecision`; building the cache it asks for is
+freezetune.train.cache's job, following it across phases freezetune.train.nets's."""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+
+from freezetune.config import Config, ConfigError
+from freezetune.measure import device_clock
+from freezetune.plan import Schedule, apply_plan
+from freezetune.train.cache import CacheRefused, Compute, Split, check_split, prefix_problem, split_model
+from freezetune.utils import eval_mode
+
+__all__ = [
+    "CacheAction",
+    "CacheDecision",
+    "CachePolicy",
+    "HeldCache",
+    "Weighing",
+    "cache_batches",
+    "cache_on_refused",
+    "cache_pays",
+    "cache_skip_reason",
+    "compute_of",
+    "preview_cache",
+    "prefix_still_frozen",
+]
+
+DDP_REASON = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
+OFF_REASON = "train.cache_features: off"
+
+
+def cache_on_refused(reason: str, epoch: int | None = None) -> ConfigError:
+    """The config error for ``train.cache_features: on`` when the cache cannot be used
+    (``epoch``: the phase it fails in, for a schedule)."""
+    at = f" (from epoch {epoch})" if epoch is not None else ""
+    return ConfigError([f"train.cache_features: 'on', but the frozen prefix cannot be cached{at}: {reason}"])
+
+
+def compute_of(cfg: Config, device: torch.device) -> Compute:
+    """How the run's training step runs the network (precision, memory format) on ``device``."""
+    return Compute(device, cfg.train.precision, cfg.train.channels_last)
+
+
+def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int) -> bool:
+    """Whether building a cache pays for itself: a build runs its prefix once over every
+    batch of the training and validation sets; without it, each of the ``epochs_left``
+    epochs (the current one included) runs the same prefix over the batches it trains and
+    validates on. The per-batch cost is the same on both sides, so it cancels: the build
+    pays when the epochs left do strictly more batches than the build (at a tie the build
+    would also copy every output into storage for nothing)."""
+    return epochs_left * batches_per_epoch > batches_to_build
+
+
+def cache_skip_reason(epochs_left: int) -> str:
+    """Why a build that :func:`cache_pays` turns down is not made (train's record, plan's preview)."""
+    return (
+        f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build "
+        "does, so it would not pay for itself"
+    )
+
+
+def cache_batches(cfg: Config, n_train: int, n_val: int) -> tuple[int, int]:
+    """(batches an epoch runs through the prefix, batches a cache build runs): an epoch trains on
+    ``train.max_steps_per_epoch`` optimizer steps of ``train.accumulate`` batches at most, and
+    validates on every validation batch; a build covers both sets whole."""
+    batch = cfg.data.batch_size
+    train_batches, val_batches = -(-n_train // batch), -(-n_val // batch)
+    limit = cfg.train.max_steps_per_epoch
+    trained = train_batches if limit is None else min(train_batches, limit * cfg.train.accumulate)
+    return trained + val_batches, train_batches + val_batches
+
+
+def prefix_still_frozen(split: Split) -> bool:
+    """Whether ``split``'s prefix is still all frozen and pinned, so its cached output still holds."""
+    return not any(p.requires_grad for p in split.prefix.parameters()) and not any(
+        m.training for m in split.prefix.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
+
+
+def _prefix_seconds(
+    prefix: nn.Module, x: torch.Tensor, model: nn.Module, compute: Compute, repeats: int = 3
+) -> tuple[torch.Tensor, float]:
+    """``prefix``'s output for ``x`` and the median seconds of ``repeats`` timed forwards after a
+    warm-up (allocator, kernel choice), run as a cache build runs it: eval mode, no autograd, the
+    step's autocast. The median: one slow moment of the machine does not decide it."""
+    times = []
+    with torch.inference_mode(), eval_mode(model), compute.autocast():
+        out = prefix(x)
+        for _ in range(repeats):
+            start = device_clock(compute.device)
+            prefix(x)
+            times.append(device_clock(compute.device) - start)
+    return out, statistics.median(times)
+
+
+class CacheAction(enum.Enum):
+    """What a phase trains on, as far as the feature cache goes."""
+
+    BUILD = "build"  # a new cache at the phase's frontier, its prefix run over the images
+    EXTEND = "extend"  # a new cache: only the newly frozen part run over the features already cached
+    KEEP = "keep"  # the cache already built stays in use
+    SKIP = "skip"  # no cache: a new one would not pay for itself (cache_features: auto)
+    REFUSED = "refused"  # no cache: the frozen prefix cannot be cached
+    OFF = "off"  # no cache: cache_features: off, or DDP
+
+
+@dataclass(frozen=True)
+class HeldCache:
+    """A cache in use when the plan changes: where it was cut, and whether it is in memory
+    (a cache spilled to a file is never extended: the new one would overwrite the file)."""
+
+    split: Split
+    in_memory: bool
+
+
+@dataclass(frozen=True)
+class Weighing:
+    """``cache_features: auto``'s comparison for a new cache: prefix batches the epochs left
+    would run against the batches a build runs, and the prefix's timed seconds per batch."""
+
+    epochs_left: int
+    batches_per_epoch: int
+    build_batches: int
+    batch_s: float
+
+    @property
+    def pays(self) -> bool:
+        """Whether the build pays for itself (:func:`cache_pays`)."""
+        return cache_pays(self.epochs_left, self.batches_per_epoch, self.build_batches)
+
+    @property
+    def predicted_saving_s(self) -> float:
+        """The prefix seconds the cache saves over the epochs left (negative: it costs)."""
+        return self.batch_s * (self.batches_per_epoch * self.epochs_left - self.build_batches)
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    """What :meth:`CachePolicy.decide` answers for a phase.
+
+    ``reason`` says why no new cache is made (OFF, REFUSED, SKIP, and KEEP in place of a build
+    that would not pay); ``split`` is the phase's cut (None for OFF and REFUSED); ``held`` the
+    cache kept or extended; ``extension`` the newly frozen part an extension runs (set whenever
+    the cache could be extended, also when it is then skipped). For a new cache (BUILD, EXTEND,
+    SKIP, and KEEP instead of one) ``features`` is one image's prefix output, ``batch_s`` the
+    prefix's timed seconds per batch, ``build_s`` the build's predicted seconds, ``bytes`` and
+    ``storage`` its size for every image and where it would be kept; ``weighed`` is auto's
+    comparison when it was made.
+    """
+
+    action: CacheAction
+    reason: str | None = None
+    split: Split | None = field(default=None, repr=False)
+    held: HeldCache | None = field(default=None, repr=False)
+    extension: Split | None = field(default=None, repr=False)
+    check_max_abs_diff: float | None = None
+    features: torch.Tensor | None = field(default=None, repr=False)
+    batch_s: float | None = None
+    build_s: float | None = None
+    bytes: int | None = None
+    storage: str | None = None
+    weighed: Weighing | None = None
+
+    @property
+    def used(self) -> bool:
+        """Whether the phase trains on a cache."""
+        return self.action in (CacheAction.BUILD, CacheAction.EXTEND, CacheAction.KEEP)
+
+    @property
+    def builds(self) -> bool:
+        """Whether a new cache is made at the phase's frontier."""
+        return self.action in (CacheAction.BUILD, CacheAction.EXTEND)
+
+    @property
+    def source(self) -> str:
+        """Where a new cache's prefix starts: the images, or the cached features it extends."""
+        if self.extension is not None and self.held is not None:
+            return f"the cached '{self.held.split.frontier}'"
+        return "the images"
+
+    def to_json(self) -> dict:
+        """``summary.json``'s ``cache.decisions`` row for a weighed decision."""
+        assert self.weighed is not None and self.split is not None and self.build_s is not None
+        w = self.weighed
+        return {
+            "frontier": self.split.frontier,
+            "from": self.source,
+            "epochs_left": w.epochs_left,
+            "build_batches": w.build_batches,
+            "batches_per_epoch": w.batches_per_epoch,
+            "predicted_build_s": self.build_s,
+            "predicted_saving_s": w.predicted_saving_s,
+            "built": w.pays,
+        }
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """The cache rules of one run: ``train.cache_features`` (``mode``), how a step computes
+    (``compute``), the batch counts that decide whether a build pays, the memory budget, and
+    whether the run is distributed (DDP: never cached). Made by :meth:`of`."""
+
+    mode: str
+    compute: Compute
+    batch_size: int
+    batches_per_epoch: int
+    build_batches: int
+    n_images: int
+    max_bytes: int
+    problem: str | None = None  # why the data rules the cache out (prefix_problem), if it does
+    distributed: bool = False
+
+    @classmethod
+    def of(cls, cfg: Config, n_train: int, n_val: int, device: torch.device, distributed: bool = False) -> CachePolicy:
+        """The policy for ``cfg`` on ``device``, for ``n_train`` training and ``n_val`` validation images."""
+        per_epoch, to_build = cache_batches(cfg, n_train, n_val)
+        return cls(
+            cfg.train.cache_features,
+            compute_of(cfg, device),
+            cfg.data.batch_size,
+            per_epoch,
+            to_build,
+            n_train + n_val,
+            cfg.train.cache_max_bytes,
+            prefix_problem(cfg.data.augment),
+            distributed,
+        )
+
+    def unavailable(self) -> CacheDecision | None:
+        """The decision for every phase when no cache can be used whatever the model (``off``,
+        DDP), so no images are needed to make it; None when :meth:`decide` must look."""
+        if self.distributed:  # DDP registers what trains; a suffix on cached features would bypass its all-reduce
+            return CacheDecision(CacheAction.OFF, DDP_REASON if self.mode != "off" else None)
+        if self.mode == "off":
+            return CacheDecision(CacheAction.OFF, OFF_REASON)
+        return None
+
+    def split(self, model: nn.Module, x: torch.Tensor) -> tuple[Split, float]:
+        """``model`` cut at its frozen prefix, checked on the images ``x`` to give what the model
+        gives, and the largest difference; raises :class:`CacheRefused` with the reason."""
+        if self.problem:
+            raise CacheRefused(self.problem)
+        split = split_model(model)
+        return split, check_split(model, split, x, self.compute)
+
+    def decide(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        previous: HeldCache | None,
+        epochs_left: int | None,
+        epoch: int | None = None,
+    ) -> CacheDecision:
+        """What the phase whose plan ``model`` has now trains on.
+
+        Args:
+            model: the model with the phase's plan applied.
+            x: a batch of images as the loaders give them: the split is checked, the prefix
+                (or the extension) timed, and an extension checked on it.
+            previous: the cache in use until now, if any.
+            epochs_left: the epochs from the phase's start to the run's end (None: not weighed).
+            epoch: the phase's first epoch, for the error under ``on`` (None: not named).
+
+        Raises:
+            ConfigError: under ``cache_features: on``, when the prefix cannot be cached.
+        """
+        off = self.unavailable()
+        if off is not None:
+            return off
+        try:
+            split, diff = self.split(model, x)
+        except CacheRefused as exc:
+            if self.mode == "on":
+                raise cache_on_refused(str(exc), epoch) from None
+            return CacheDecision(CacheAction.REFUSED, str(exc))
+        if previous is not None and previous.split.frontier == split.frontier and prefix_still_frozen(previous.split):
+            # The trainable set changed after the frontier only.
+            return CacheDecision(CacheAction.KEEP, split=split, held=previous, check_max_abs_diff=diff)
+        extension = _extension(model, previous, split, x, self.compute)
+        new = self._new_cache(model, x, split, previous if extension is not None else None, extension)
+        weighed = None
+        if self.mode == "auto" and epochs_left is not None:
+            weighed = Weighing(epochs_left, self.batches_per_epoch, self.build_batches, new.batch_s)
+        if weighed is None or weighed.pays:
+            action = CacheAction.EXTEND if extension is not None else CacheAction.BUILD
+            return replace(new, action=action, check_max_abs_diff=diff, weighed=weighed)
+        # Not worth a build: the earlier cache, while its prefix is still frozen, still holds
+        # that prefix's output (what was newly frozen then runs, frozen, in the suffix).
+        keep = previous is not None and prefix_still_frozen(previous.split)
+        return replace(
+            new,
+            action=CacheAction.KEEP if keep else CacheAction.SKIP,
+            reason=cache_skip_reason(epochs_left),  # type: ignore[arg-type]
+            held=previous if keep else new.held,
+            check_max_abs_diff=diff,
+            weighed=weighed,
+        )
+
+    def _new_cache(
+        self, model: nn.Module, x: torch.Tensor, split: Split, extended: HeldCache | None, extension: Split | None
+    ) -> CacheDecision:
+        """A new cache at ``split`` (from ``extended``'s features through ``extension``, or from the
+        images ``x``) predicted: one image's features, the build's seconds, its bytes and storage."""
+        x = self.compute.input(x)
+        if extended is not None and extension is not None:
+            with torch.inference_mode(), eval_mode(model), self.compute.autocast():
+                x = self.compute.input(extended.split.prefix(x).to("cpu"))  # what the cache holds
+        features, seconds = _prefix_seconds((extension or split).prefix, x, model, self.compute)
+        batch_s = seconds * self.batch_size / len(x)  # a whole batch's seconds (plan times fewer images)
+        total = (features[0].numel() * features.element_size() + 8) * self.n_images  # and the int64 labels
+        return CacheDecision(
+            CacheAction.BUILD,
+            split=split,
+            held=extended,
+            extension=extension,
+            features=features[0],
+            batch_s=batch_s,
+            build_s=batch_s * self.build_batches,
+            bytes=total,
+            storage="memory" if total <= self.max_bytes else "memmap",
+        )
+
+    def probe_batch(self, image_size: int) -> torch.Tensor:
+        """Random images of ``image_size`` for :func:`preview_cache`, which reads no data. A whole
+        batch where it is cheap: at 32 px four images spend their time in per-operation overhead,
+        and scaled up predicted builds 10-30x too long. At 224 px (a ViT's batch would take plan
+        seconds) a few images, whose time is already the convolutions'."""
+        n = min(self.batch_size, max(4, 64 * 64 * 64 // (image_size * image_size)))
+        return torch.randn(n, 3, image_size, image_size)
+
+
+def _extension(
+    model: nn.Module, previous: HeldCache | None, split: Split, x: torch.Tensor, compute: Compute
+) -> Split | None:
+    """When the frozen prefix only grew since ``previous`` was built, the part between its
+    frontier and the new one (a split of its suffix), checked to give on cached features what
+    ``split``'s prefix gives on images; None when the cache must be rebuilt from the images (it
+    was spilled to a file the new one would overwrite, or the prefix changed otherwise)."""
+    if previous is None or not previous.in_memory:
+        return None
+    old = previous.split
+    if not prefix_still_frozen(old):
+        return None  # something in the old prefix trains again (gradual unfreezing)
+    try:
+        middle = split_model(old.suffix)
+    except CacheRefused:
+        return None
+    x = compute.input(x)
+    with torch.inference_mode(), eval_mode(model), compute.autocast():
+        direct, via = split.prefix(x), middle.prefix(compute.input(old.prefix(x).to("cpu")))
+    return middle if direct.shape == via.shape and torch.equal(direct.cpu(), via.cpu()) else None
+
+
+def preview_cache(
+    cfg: Config, model: nn.Module, schedule: Schedule, device: torch.device, counts: tuple[int, int]
+) -> list[tuple[int, CacheDecision]]:
+    """What training decides at each phase's start, from the same :meth:`CachePolicy.decide`,
+    with random images of the configured size in place of the data: each phase's plan applied
+    to ``model`` in turn, the first one again at the end. ``counts``: the training and
+    validation images. Returns (the phase's first epoch, the decision) per phase.
+
+    Raises:
+        ConfigError: under ``cache_features: on``, a phase whose prefix cannot be cached (as
+            training refuses it).
+    """
+    policy = CachePolicy.of(cfg, *counts, device)
+    x = policy.probe_batch(cfg.data.image_size)
+    decisions, held = [], None
+    try:
+        for phase in schedule.phases:
+            apply_plan(model, phase.plan)
+            epochs_left = cfg.train.epochs - phase.start + 1
+            d = policy.decide(model, x, held, epochs_left, phase.start if schedule.changes else None)
+            if d.builds:
+                held = HeldCache(d.split, d.storage == "memory")  # type: ignore[arg-type]
+            elif not d.used:
+                held = None
+            decisions.append((phase.start, d))
+    finally:
+        apply_plan(model, schedule.initial)
+    return decisions
