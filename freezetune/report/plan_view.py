@@ -201,7 +201,9 @@ def _cache_line(d: CacheDecision) -> str:
     shape = "x".join(str(n) for n in d.features.shape)
     if d.features.dtype != torch.float32:  # the compute dtype (train.precision), when not fp32
         shape += f" {str(d.features.dtype).removeprefix('torch.')}"
-    how = f"extended from {d.source}'s features" if d.action is CacheAction.EXTEND else "built"
+    how = "built"
+    if d.action is CacheAction.EXTEND and d.held is not None:
+        how = f"extended from the features cached at '{d.held.split.frontier}'"
     return (
         f"used: the prefix's output '{d.split.frontier}' ({shape} per image) is computed once, "
         f"before '{d.split.first_trainable}'; {_size(d.bytes)} in {d.storage}, {how} in about {d.build_s:.1f} s"

@@ -15,6 +15,8 @@ from freezetune.plan import apply_plan, describe, plan_from_config
 from freezetune.record import TIMING_KEYS
 from freezetune.report import render_cache
 from freezetune.train import (
+    CacheAction,
+    CacheDecision,
     CachePolicy,
     CacheRefused,
     Compute,
@@ -22,6 +24,8 @@ from freezetune.train import (
     cache_pays,
     check_split,
     prefix_problem,
+    prepare_model,
+    preview_cache,
     run,
     split_model,
 )
@@ -343,3 +347,71 @@ def test_a_cache_that_would_not_pay_is_skipped_and_the_earlier_one_kept(tmp_path
     assert results(tmp_path, "late") == results(tmp_path, "late_off")
     w_on, w_off = weights(tmp_path, "late"), weights(tmp_path, "late_off")
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on["frozen_unchanged"] and off["frozen_unchanged"]
+
+
+def _decisions_of_plan_and_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, **edits: object):
+    """(plan's preview, the decisions train made, summary.json): plan's previews come from
+    preview_cache, train's from its run, each through a spy on the one CachePolicy.decide."""
+    calls: list[CacheDecision] = []
+    decide = CachePolicy.decide
+
+    def spy(self: CachePolicy, *args: object, **kwargs: object) -> CacheDecision:
+        calls.append(decide(self, *args, **kwargs))  # type: ignore[arg-type]
+        return calls[-1]
+
+    monkeypatch.setattr(CachePolicy, "decide", spy)
+    small = {"data.image_size": 16, "data.train_samples": 24, "data.val_samples": 8}
+    c = cfg(tmp_path, name, **small, **edits)
+    p = prepare_model(c)
+    previews = preview_cache(c, p.model, p.schedule, p.device, (24, 8))
+    assert [d for _, d in previews] == calls  # every preview is what decide answered
+    planned = len(calls)
+    summary = run(c)
+    return previews, calls[planned:], summary
+
+
+@pytest.mark.parametrize(
+    ("epochs", "event", "actions"),
+    [
+        (3, {"epoch": 2, "freeze": "layer2"}, [CacheAction.BUILD, CacheAction.EXTEND]),
+        (2, {"epoch": 2, "freeze": "layer2"}, [CacheAction.BUILD, CacheAction.KEEP]),  # kept: a build would not pay
+        (2, {"epoch": 2, "unfreeze": "layer1"}, [CacheAction.BUILD, CacheAction.SKIP]),  # the old prefix trains again
+        (3, {"epoch": 2, "freeze": "layer4"}, [CacheAction.BUILD, CacheAction.KEEP]),  # after the frontier
+    ],
+)
+def test_plan_previews_the_decisions_training_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int, event: dict, actions: list[CacheAction]
+) -> None:
+    edits = {"freeze.preset": "until:layer2", "freeze.schedule": [event], "train.epochs": epochs}
+    previews, trained, summary = _decisions_of_plan_and_train(tmp_path, monkeypatch, "p", **edits)
+    assert [(e, d.action) for e, d in previews] == [(1, actions[0]), (2, actions[1])]
+    assert [d.action for d in trained] == actions
+    for (_, planned), done in zip(previews, trained):
+        said = [(d.reason, d.split.frontier, d.weighed and d.weighed.pays) for d in (planned, done)]
+        assert said[0] == said[1]
+    assert [d["built"] for d in summary["cache"]["decisions"]] == [d.builds for d in trained if d.weighed]
+    assert [b["extended"] for b in summary["cache"]["builds"]] == [
+        d.action is CacheAction.EXTEND for d in trained if d.builds
+    ]
+    text = render_cache(previews, "auto", 32)
+    if actions[1] is CacheAction.KEEP:
+        kept = " (the plan changes after it)" if event["freeze"] == "layer4" else ", its prefix still frozen; one at"
+        assert f"from epoch 2: used: the cache of '{previews[0][1].split.frontier}' is kept{kept}" in text
+        assert summary["cache"]["used"] and summary["cache"]["frontier"] == previews[0][1].split.frontier
+    elif actions[1] is CacheAction.SKIP:
+        assert "from epoch 2: not used: not built: 1 epoch(s) left" in text
+    else:
+        assert f"extended from the features cached at '{previews[0][1].split.frontier}' in about" in text
+
+
+def test_a_policy_off_or_under_ddp_decides_without_the_model(tmp_path: Path) -> None:
+    model = planned("resnet18", "until:layer3")
+    off = CachePolicy.of(cfg(tmp_path, "off", **{"train.cache_features": "off"}), 40, 16, torch.device("cpu"))
+    ddp = CachePolicy.of(cfg(tmp_path, "ddp"), 40, 16, torch.device("cpu"), distributed=True)
+    assert off.decide(model, torch.empty(0), None, 2) == CacheDecision(CacheAction.OFF, "train.cache_features: off")
+    assert ddp.decide(model, torch.empty(0), None, 2).reason.startswith("off under DDP (multi-process)")
+    on = CachePolicy.of(
+        cfg(tmp_path, "on", **{"train.cache_features": "on", "data.augment": "flip_crop"}), 40, 16, torch.device("cpu")
+    )
+    with pytest.raises(ConfigError, match=r"cannot be cached \(from epoch 3\): data.augment: flip_crop"):
+        on.decide(model, torch.randn(2, 3, 32, 32), None, 2, epoch=3)
