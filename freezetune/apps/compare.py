@@ -14,7 +14,7 @@ import yaml
 
 from freezetune.config import Config, load_config, resolve, to_dict, weights_kind
 from freezetune.data import build_loaders
-from freezetune.measure import Estimate, estimate, profile_model
+from freezetune.measure import Estimate, StepFormat, estimate, profile_model
 from freezetune.record import OWN_FILES, RunExistsError
 from freezetune.report import config_differences
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
@@ -172,4 +172,4 @@ def estimate_config(
         profile = profile_model(prepared.model, x, k, make, reps, precision=t.precision, channels_last=t.channels_last)
         if cache is not None:
             cache[key] = profile
-    return estimate(prepared.model, x, k, make, reps, profile, precision=t.precision, channels_last=t.channels_last)
+    return estimate(prepared.model, x, k, make, reps, profile, StepFormat(t.precision, t.channels_last))

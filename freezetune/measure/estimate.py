@@ -49,6 +49,7 @@ __all__ = [
     "ModuleProfile",
     "OptimizerFactory",
     "Profile",
+    "StepFormat",
     "estimate",
     "predict",
     "profile_model",
@@ -414,6 +415,16 @@ def predict(profile: Profile, model: nn.Module, optimizer_s: float) -> Estimate:
     return Estimate(tuple(costs), optimizer_s, profile)
 
 
+@dataclass(frozen=True)
+class StepFormat:
+    """How a training step runs the network: under autocast to ``precision``
+    (``train.precision``), in channels-last memory format with ``channels_last``
+    (``train.channels_last``). A profile is valid only for the format it was taken in."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+
+
 def estimate(
     model: nn.Module,
     x: torch.Tensor,
@@ -421,13 +432,12 @@ def estimate(
     make_optimizer: OptimizerFactory,
     reps: int = 5,
     profile: Profile | None = None,
-    *,
-    precision: str = "fp32",
-    channels_last: bool = False,
+    step: StepFormat = StepFormat(),
 ) -> Estimate:
     """Profile (unless given) and predict for ``model`` with its plan applied;
-    arguments as :func:`profile_model`. A given ``profile`` must have been taken in
-    ``precision`` and memory format (ValueError otherwise)."""
+    arguments as :func:`profile_model`, ``step`` its precision and memory format. A given
+    ``profile`` must have been taken in ``step``'s format (ValueError otherwise)."""
+    precision, channels_last = step.precision, step.channels_last
     if profile is not None and (profile.precision, profile.channels_last) != (precision, channels_last):
         raise ValueError(
             f"the profile was taken in {profile.precision}, channels_last={profile.channels_last}; "

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from freezetune.config import OptimizerConfig
-from freezetune.measure import ModuleProfile, Profile, estimate, predict, profile_model
+from freezetune.measure import ModuleProfile, Profile, StepFormat, estimate, predict, profile_model
 from freezetune.plan import apply_plan, describe, plan_from_config
 from freezetune.train import make_optimizer
 
@@ -112,7 +112,7 @@ def test_profile_runs_in_the_precision_and_memory_format_it_records() -> None:
     saved = {m.name: (a.saved_full, m.saved_full) for a, m in zip(fp32.modules, bf16.modules, strict=True)}
     assert saved["layer1"][1] < 0.75 * saved["layer1"][0]
     probe = resnet18_with("linear_probe")
-    est = estimate(probe, x, 5, OPT, reps=1, profile=bf16, precision="bf16", channels_last=True)
+    est = estimate(probe, x, 5, OPT, reps=1, profile=bf16, step=StepFormat("bf16", channels_last=True))
     assert est.to_json()["precision"] == "bf16" and est.to_json()["channels_last"] is True
     with pytest.raises(ValueError, match="taken in bf16, channels_last=True; the estimate is for fp32"):
         estimate(probe, x, 5, OPT, reps=1, profile=bf16)
