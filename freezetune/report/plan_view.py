@@ -197,10 +197,10 @@ def _cache_line(d: CacheDecision) -> str:
         if kept == d.split.frontier:
             return f"used: the cache of '{kept}' is kept (the plan changes after it)"
         return f"used: the cache of '{kept}' is kept, its prefix still frozen; one at '{d.split.frontier}' {d.reason}"
-    assert d.features is not None and d.bytes is not None
-    shape = "x".join(str(n) for n in d.features.shape)
-    if d.features.dtype != torch.float32:  # the compute dtype (train.precision), when not fp32
-        shape += f" {str(d.features.dtype).removeprefix('torch.')}"
+    assert d.feature_shape is not None and d.bytes is not None
+    shape = "x".join(str(n) for n in d.feature_shape)
+    if d.feature_dtype != torch.float32:  # the compute dtype (train.precision), when not fp32
+        shape += f" {str(d.feature_dtype).removeprefix('torch.')}"
     how = "built"
     if d.action is CacheAction.EXTEND and d.held is not None:
         how = f"extended from the features cached at '{d.held.split.frontier}'"

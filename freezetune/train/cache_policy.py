@@ -155,10 +155,10 @@ class CacheDecision:
     that would not pay); ``split`` is the phase's cut (None for OFF and REFUSED); ``held`` the
     cache kept or extended; ``extension`` the newly frozen part an extension runs (set whenever
     the cache could be extended, also when it is then skipped). For a new cache (BUILD, EXTEND,
-    SKIP, and KEEP instead of one) ``features`` is one image's prefix output, ``batch_s`` the
-    prefix's timed seconds per batch, ``build_s`` the build's predicted seconds, ``bytes`` and
-    ``storage`` its size for every image and where it would be kept; ``weighed`` is auto's
-    comparison when it was made.
+    SKIP, and KEEP instead of one) ``feature_shape`` and ``feature_dtype`` describe one image's
+    prefix output, ``batch_s`` is the prefix's timed seconds per batch, ``build_s`` the build's
+    predicted seconds, ``bytes`` and ``storage`` its size for every image and where it would be
+    kept; ``weighed`` is auto's comparison when it was made.
     """
 
     action: CacheAction
@@ -167,7 +167,8 @@ class CacheDecision:
     held: HeldCache | None = field(default=None, repr=False)
     extension: Split | None = field(default=None, repr=False)
     check_max_abs_diff: float | None = None
-    features: torch.Tensor | None = field(default=None, repr=False)
+    feature_shape: tuple[int, ...] | None = None
+    feature_dtype: torch.dtype | None = None
     batch_s: float | None = None
     build_s: float | None = None
     bytes: int | None = None
@@ -326,7 +327,8 @@ class CachePolicy:
             split=split,
             held=extended,
             extension=extension,
-            features=features[0],
+            feature_shape=tuple(features.shape[1:]),
+            feature_dtype=features.dtype,
             batch_s=batch_s,
             build_s=batch_s * self.build_batches,
             bytes=total,

@@ -300,8 +300,8 @@ def test_plan_predicts_the_cache_in_the_compute_dtype() -> None:
         policy = CachePolicy.of(c, 100, 0, torch.device("cpu"))
         previews[precision] = policy.decide(model, policy.probe_batch(32), None, None)
     fp32, bf16 = previews["fp32"], previews["bf16"]
-    assert (fp32.features.dtype, bf16.features.dtype) == (torch.float32, torch.bfloat16)
-    assert list(fp32.features.shape) == list(bf16.features.shape) == [128, 4, 4]
+    assert (fp32.feature_dtype, bf16.feature_dtype) == (torch.float32, torch.bfloat16)
+    assert fp32.feature_shape == bf16.feature_shape == (128, 4, 4)
     assert fp32.bytes == 100 * (128 * 4 * 4 * 4 + 8) and bf16.bytes == 100 * (128 * 4 * 4 * 2 + 8)
     assert "'layer2_1_relu_1' (128x4x4 per image)" in render_cache([(1, fp32)], "auto", 100)
     assert "'layer2_1_relu_1' (128x4x4 bfloat16 per image)" in render_cache([(1, bf16)], "auto", 100)
