@@ -10,6 +10,7 @@ each dotted key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -21,6 +22,7 @@ from typing import Any, Union
 
 import yaml
 
+from freezetune.config.records import EventSpec, GroupRule, RecordKind, Rule
 from freezetune.config.schema import Config, ConfigError
 from freezetune.config.validate import semantic_problems
 from freezetune.config.values import number
@@ -186,10 +188,24 @@ def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The fully resolved config as plain data (output_dir filled in)."""
-    out = dataclasses.asdict(cfg)
+    """The fully resolved config as plain data (output_dir filled in); rules, events and groups
+    as the YAML they were read from."""
+    out = _plain(cfg)
     out["train"]["output_dir"] = str(cfg.output_dir)
     return out
+
+
+def _plain(value: Any) -> Any:
+    # dataclasses.asdict, except that a record goes back to its YAML form, not to its fields.
+    if isinstance(value, (Rule, EventSpec, GroupRule)):
+        return value.to_yaml()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def _convert(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
@@ -205,7 +221,9 @@ def _convert(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{_join(path, str(key))}: unknown key{hint}")
     values = {}
     for name, f in fields.items():
-        if name in raw:
+        if name in raw and "records" in f.metadata:
+            values[name] = _records(f.metadata["records"], raw[name], _join(path, name), problems)
+        elif name in raw:
             values[name] = _value(hints[name], raw[name], _join(path, name), f.metadata, problems)
     try:
         return cls(**values)
@@ -254,6 +272,21 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
         return None
     _check_bounds(converted, path, meta, problems)
     return converted
+
+
+def _records(kind: RecordKind[Any], value: Any, path: str, problems: list[str]) -> list[Any] | None:
+    """``freeze.rules``, ``freeze.schedule`` or ``train.param_groups`` read once into typed records
+    (freezetune.config.records): a list of mappings as the schema's other lists are checked, then
+    each mapping through ``kind``; the records with problems are left out, their problems noted."""
+    items = _value(list[dict], value, path, {}, problems)
+    if items is None:
+        return None
+    records = []
+    for i, item in enumerate(items):
+        record = kind.read_one(item, f"{path}[{i}]", problems) if item is not None else None
+        if record is not None:
+            records.append(record)
+    return records
 
 
 _BAD = object()

@@ -10,19 +10,25 @@ it concerns one key, that key's dotted path: ``freeze.schedule[1].lr_scale: expe
 
 from __future__ import annotations
 
+import copy
 import difflib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, Union
 
 from freezetune.config.values import finite_number
 
 __all__ = [
+    "EVENTS",
     "EVENT_KINDS",
+    "GROUPS",
     "PRESETS",
+    "RULES",
     "RULE_KINDS",
     "EventSpec",
     "GroupRule",
+    "Record",
+    "RecordKind",
     "Rule",
     "gradual_events",
     "parse_events",
@@ -48,6 +54,8 @@ class Rule:
     target: str
     origin: str  # where it came from: "freeze.rules[2]" or "preset linear_probe"
     optional: bool = False  # preset helpers that may legitimately match nothing
+    # The mapping it was read from, written back as it was (config.yaml, resume's comparison).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def freezes(self) -> bool:
@@ -56,6 +64,10 @@ class Rule:
 
     def __str__(self) -> str:
         return f"{{{self.kind}: {self.target}}}"
+
+    def to_yaml(self) -> dict[str, Any]:
+        """The rule as the config's YAML holds it."""
+        return _yaml(self.source, {self.kind: self.target})
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,17 @@ class EventSpec:
     target: str
     lr_scale: float  # multiplies the LR of the parameters it unfreezes
     origin: str  # "freeze.schedule[0]" or "freeze.gradual[1]"
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # as Rule.source
 
     @property
     def rule(self) -> Rule:
         """The freezing rule the event appends to the plan when it happens."""
         return Rule(self.kind, self.target, self.origin)  # type: ignore[arg-type]
+
+    def to_yaml(self) -> dict[str, Any]:
+        """The event as ``freeze.schedule`` holds it."""
+        scale = {"lr_scale": self.lr_scale} if self.lr_scale != 1.0 else {}
+        return _yaml(self.source, {"epoch": self.epoch, self.kind: self.target, **scale})
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,21 @@ class GroupRule:
     lr_scale: float
     weight_decay: float | None  # None: the optimizer's weight_decay
     origin: str  # "train.param_groups[0]"
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # as Rule.source
+
+    def to_yaml(self) -> dict[str, Any]:
+        """The group as ``train.param_groups`` holds it."""
+        wd = {"weight_decay": self.weight_decay} if self.weight_decay is not None else {}
+        return _yaml(self.source, {"match": self.match, "lr_scale": self.lr_scale, **wd})
+
+
+Record = Union[Rule, EventSpec, GroupRule]
+
+
+def _yaml(source: Mapping[str, Any] | None, made: dict[str, Any]) -> dict[str, Any]:
+    # A record read from YAML goes back exactly as written (key order, `lr_scale: 1e-1` as text,
+    # an absent default left absent); one made in code has no source and is written from its fields.
+    return copy.deepcopy(dict(source)) if source is not None else made
 
 
 class Fields:
@@ -124,6 +157,44 @@ class Fields:
         return self.number("lr_scale", 1.0, 0.0, inclusive=False) or 1.0
 
 
+@dataclass(frozen=True)
+class RecordKind(Generic[T]):
+    """How one kind of YAML list reads: each item through ``read``, its keys limited to ``keys``.
+
+    The config loader (freezetune.config.load) reads each list once with it, into the typed
+    records the config then holds; the ``parse_*`` functions are the same reading of a whole list."""
+
+    read: Callable[[Fields], T | None]  # builds one record from its Fields, noting problems there
+    example: str  # shown when an item is not a mapping ("an event is a mapping like ...")
+    keys: tuple[str, ...] | None = None  # the keys a record may have; others are reported with this list
+
+    def read_one(self, item: dict[Any, Any], where: str, problems: list[str]) -> T | None:
+        """One mapping named ``where`` (``freeze.rules[2]``) as a record; None, with its problems
+        appended to ``problems``, when it has any."""
+        fields = Fields(item, where)
+        unknown = [str(k) for k in item if self.keys is not None and k not in self.keys]
+        if unknown:
+            fields.problem(f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(self.keys or ())}")
+        record = self.read(fields)
+        problems.extend(fields.problems)
+        return None if fields.problems else record
+
+    def parse(self, raw: Iterable[object], origin: str) -> tuple[list[T], list[str]]:
+        """A whole list, its items named ``origin[i]``; returns (the records without problems,
+        one line per problem, each starting ``origin[i]``)."""
+        records: list[T] = []
+        problems: list[str] = []
+        for i, item in enumerate(raw):
+            where = f"{origin}[{i}]"
+            if not isinstance(item, dict):
+                problems.append(f"{where}: {self.example}; got {item!r}")
+                continue
+            record = self.read_one(item, where, problems)
+            if record is not None:
+                records.append(record)
+        return records, problems
+
+
 def parse_records(
     raw: Iterable[object],
     origin: str,
@@ -131,7 +202,7 @@ def parse_records(
     example: str,
     keys: tuple[str, ...] | None = None,
 ) -> tuple[list[T], list[str]]:
-    """The loop every list of records shares.
+    """The loop every list of records shares (:meth:`RecordKind.parse`).
 
     Args:
         raw: the YAML list.
@@ -143,70 +214,76 @@ def parse_records(
     Returns:
         (the records without problems, one line per problem, each starting ``origin[i]``).
     """
-    records, problems = [], []
-    for i, item in enumerate(raw):
-        where = f"{origin}[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: {example}; got {item!r}")
-            continue
-        fields = Fields(item, where)
-        unknown = [str(k) for k in item if keys is not None and k not in keys]
-        if unknown:
-            fields.problem(f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(keys or ())}")
-        record = read(fields)
-        if fields.problems or record is None:
-            problems.extend(fields.problems)
-            continue
-        records.append(record)
-    return records, problems
+    return RecordKind(read, example, keys).parse(raw, origin)
 
 
 # --------------------------------------------------------------------------- the three kinds
 
 
+def _read_rule(f: Fields) -> Rule | None:
+    if len(f.item) != 1:
+        f.problem(f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}; got {f.item!r}")
+        return None
+    ((kind, _),) = f.item.items()
+    if kind not in RULE_KINDS:
+        near = difflib.get_close_matches(str(kind), RULE_KINDS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        f.problem(f"unknown rule kind {kind!r}; valid: {', '.join(RULE_KINDS)}{hint}")
+        return None
+    target = f.name(kind)
+    return Rule(kind, target, f.where, source=f.item) if target else None
+
+
+def _read_event(f: Fields) -> EventSpec | None:
+    kinds = [k for k in EVENT_KINDS if k in f.item]
+    if len(kinds) != 1:
+        f.problem(f"needs exactly one of {', '.join(EVENT_KINDS)}")
+    epoch = f.item.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        f.problem(f"expected an integer, got {epoch!r}", "epoch")
+    elif epoch < 2:
+        f.problem(f"{epoch}: events start at epoch 2 (what holds from epoch 1 is freeze.rules)", "epoch")
+    target = f.name(kinds[0]) if len(kinds) == 1 else None
+    before = len(f.problems)
+    scale = f.lr_scale()
+    if "lr_scale" in f.item and kinds in (["freeze"], ["freeze_type"]) and len(f.problems) == before:
+        f.problem("only an 'unfreeze' event sets a learning rate", "lr_scale")
+    if f.problems or target is None:
+        return None
+    return EventSpec(epoch, kinds[0], target, scale, f.where, source=f.item)  # type: ignore[arg-type]
+
+
+def _read_group(f: Fields) -> GroupRule | None:
+    match = f.name("match")
+    scale = f.lr_scale()
+    wd = f.number("weight_decay", None, 0.0, inclusive=True) if f.item.get("weight_decay") is not None else None
+    if "lr_scale" not in f.item and "weight_decay" not in f.item:
+        f.problem("sets neither lr_scale nor weight_decay")
+    return GroupRule(match, scale, wd, f.where, source=f.item) if match else None
+
+
+# ``freeze.rules``: one-key mappings ``{kind: target}``.
+RULES: RecordKind[Rule] = RecordKind(_read_rule, f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}")
+# ``freeze.schedule``: ``{epoch: N, unfreeze: P, lr_scale: F}``, ``{epoch: N, freeze: P}``, or the same
+# with ``unfreeze_type`` / ``freeze_type`` and a module class name, as in rules.
+EVENTS: RecordKind[EventSpec] = RecordKind(
+    _read_event, "an event is a mapping like {epoch: 3, unfreeze: layer3}", _EVENT_KEYS
+)
+# ``train.param_groups``: ``{match: P, lr_scale: F, weight_decay: W}``.
+GROUPS: RecordKind[GroupRule] = RecordKind(
+    _read_group, "a group is a mapping like {match: layer4, lr_scale: 0.5}", _GROUP_KEYS
+)
+
+
 def parse_rules(raw: Iterable[object], origin: str = "freeze.rules") -> tuple[list[Rule], list[str]]:
     """``freeze.rules``: one-key mappings ``{kind: target}``; returns (rules, problems)."""
-
-    def read(f: Fields) -> Rule | None:
-        if len(f.item) != 1:
-            f.problem(f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}; got {f.item!r}")
-            return None
-        ((kind, _),) = f.item.items()
-        if kind not in RULE_KINDS:
-            near = difflib.get_close_matches(str(kind), RULE_KINDS, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            f.problem(f"unknown rule kind {kind!r}; valid: {', '.join(RULE_KINDS)}{hint}")
-            return None
-        target = f.name(kind)
-        return Rule(kind, target, f.where) if target else None
-
-    example = f"a rule is a mapping with exactly one key of {', '.join(RULE_KINDS)}"
-    return parse_records(raw, origin, read, example)
+    return RULES.parse(raw, origin)
 
 
 def parse_events(raw: Iterable[object], origin: str = "freeze.schedule") -> tuple[list[EventSpec], list[str]]:
     """``freeze.schedule``: ``{epoch: N, unfreeze: P, lr_scale: F}``, ``{epoch: N, freeze: P}``, or the same
     with ``unfreeze_type`` / ``freeze_type`` and a module class name, as in rules."""
-
-    def read(f: Fields) -> EventSpec | None:
-        kinds = [k for k in EVENT_KINDS if k in f.item]
-        if len(kinds) != 1:
-            f.problem(f"needs exactly one of {', '.join(EVENT_KINDS)}")
-        epoch = f.item.get("epoch")
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            f.problem(f"expected an integer, got {epoch!r}", "epoch")
-        elif epoch < 2:
-            f.problem(f"{epoch}: events start at epoch 2 (what holds from epoch 1 is freeze.rules)", "epoch")
-        target = f.name(kinds[0]) if len(kinds) == 1 else None
-        before = len(f.problems)
-        scale = f.lr_scale()
-        if "lr_scale" in f.item and kinds in (["freeze"], ["freeze_type"]) and len(f.problems) == before:
-            f.problem("only an 'unfreeze' event sets a learning rate", "lr_scale")
-        if f.problems or target is None:
-            return None
-        return EventSpec(epoch, kinds[0], target, scale, f.where)  # type: ignore[arg-type]
-
-    return parse_records(raw, origin, read, "an event is a mapping like {epoch: 3, unfreeze: layer3}", _EVENT_KEYS)
+    return EVENTS.parse(raw, origin)
 
 
 def gradual_events(groups: Iterable[str]) -> list[EventSpec]:
@@ -216,13 +293,4 @@ def gradual_events(groups: Iterable[str]) -> list[EventSpec]:
 
 def parse_param_groups(raw: Iterable[object], origin: str = "train.param_groups") -> tuple[list[GroupRule], list[str]]:
     """``train.param_groups``: ``{match: P, lr_scale: F, weight_decay: W}``; returns (groups, problems)."""
-
-    def read(f: Fields) -> GroupRule | None:
-        match = f.name("match")
-        scale = f.lr_scale()
-        wd = f.number("weight_decay", None, 0.0, inclusive=True) if f.item.get("weight_decay") is not None else None
-        if "lr_scale" not in f.item and "weight_decay" not in f.item:
-            f.problem("sets neither lr_scale nor weight_decay")
-        return GroupRule(match, scale, wd, f.where) if match else None
-
-    return parse_records(raw, origin, read, "a group is a mapping like {match: layer4, lr_scale: 0.5}", _GROUP_KEYS)
+    return GROUPS.parse(raw, origin)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
+from freezetune.config.records import EVENTS, GROUPS, RULES, EventSpec, GroupRule, Rule
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -118,7 +120,8 @@ class FreezeConfig:
 
     # full | linear_probe | bitfit | until:<module>; applied before `rules`.
     preset: Union[str, None] = None
-    rules: list[dict] = field(default_factory=list)
+    # {kind: target} mappings, read once into Rules (freezetune.config.records) by the loader.
+    rules: list[Rule] = field(default_factory=list, metadata={"records": RULES})
     # eval: BatchNorm whose parameters are all frozen stays in eval (running statistics fixed);
     # eval_all: every BatchNorm in eval, its affine parameters trainable where the plan says
     # (mmpretrain's norm_eval); train: all left to the trainer.
@@ -132,7 +135,7 @@ class FreezeConfig:
     frozen_dtype: str = field(default="fp32", metadata=_choice("fp32", "bf16", "fp16"))
     # Events at the start of an epoch: {epoch: N, unfreeze: P, lr_scale: F} or {epoch: N, freeze: P}
     # (freezetune/schedule.py). P is a module name, parameter name or glob, as in `rules`.
-    schedule: list[dict] = field(default_factory=list)
+    schedule: list[EventSpec] = field(default_factory=list, metadata={"records": EVENTS})
     # preset gradual (ULMFiT): the head trains alone in epoch 1, then one entry of this list
     # is unfrozen at the start of each following epoch, e.g. [layer4, layer3, layer2].
     gradual: list[str] = field(default_factory=list)
@@ -205,8 +208,8 @@ class TrainConfig:
     cache_features: str = field(default="auto", metadata=_choice("auto", "on", "off"))
     # In memory up to this many bytes, beyond that a memory-mapped file in the run folder.
     cache_max_bytes: int = field(default=4 * 1024**3, metadata={"min": 0})
-    # Optimizer groups: {match: P, lr_scale: F, weight_decay: W}; scales multiply.
-    param_groups: list[dict] = field(default_factory=list)
+    # Optimizer groups: {match: P, lr_scale: F, weight_decay: W}; scales multiply. Read into GroupRules.
+    param_groups: list[GroupRule] = field(default_factory=list, metadata={"records": GROUPS})
     # Each top-level module gets lr * layer_decay ** (its distance from the head's module).
     layer_decay: Union[float, None] = field(default=None, metadata={"min_exclusive": 0.0, "max": 1.0})
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

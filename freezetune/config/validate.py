@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from freezetune.config.records import PRESETS, parse_events, parse_param_groups, parse_rules
+from freezetune.config.records import PRESETS, EventSpec
 from freezetune.config.schema import AutoFreezeConfig, Config, ConfigError
 
 __all__ = [
@@ -416,10 +416,9 @@ def fashion_mnist_index(name: str) -> int:
 
 
 def _freeze_problems(cfg: Config) -> list[str]:
-    rules = cfg.freeze.rules if isinstance(cfg.freeze.rules, list) else []
-    _, problems = parse_rules(r for r in rules if r is not None)
+    # The rules' and events' own syntax was checked as the loader read them (freezetune.config.records).
     preset = cfg.freeze.preset
-    problems.extend(event_problems(preset, cfg.freeze.schedule, cfg.freeze.gradual, cfg.train.epochs))
+    problems = event_problems(preset, cfg.freeze.schedule, cfg.freeze.gradual, cfg.train.epochs)
     if (
         isinstance(preset, str)
         and preset not in _NAMED_PRESETS
@@ -451,16 +450,17 @@ def _frozen_dtype_problems(frozen: Any, precision: Any) -> list[str]:
     ]
 
 
-def event_problems(preset: Any, raw_events: Any, gradual: Any, epochs: Any) -> list[str]:
-    """What can be wrong with a schedule without looking at a model."""
-    events, problems = parse_events(raw_events if isinstance(raw_events, list) else [])
+def event_problems(preset: Any, events: list[EventSpec] | None, gradual: Any, epochs: Any) -> list[str]:
+    """What can be wrong with a schedule, its events already read (freezetune.config.records), without
+    looking at a model. ``events``, ``gradual`` and ``epochs`` may be None (a type problem reported before)."""
+    problems: list[str] = []
     gradual = gradual if isinstance(gradual, list) else []
     if preset == "gradual" and not gradual:
         problems.append("freeze.gradual: preset 'gradual' needs the groups to unfreeze, e.g. [layer4, layer3, layer2]")
     if gradual and preset != "gradual":
         problems.append(f"freeze.gradual: only used with freeze.preset: gradual (the preset is {preset!r})")
     if isinstance(epochs, int):
-        for ev in events:
+        for ev in events or []:
             if ev.epoch > epochs:
                 problems.append(
                     f"{ev.origin}: epoch {ev.epoch} is past the last epoch (train.epochs is {epochs}): "
@@ -478,8 +478,8 @@ LOGGERS = ("jsonl", "csv", "tensorboard")
 
 
 def _train_problems(cfg: Config) -> list[str]:
-    groups = cfg.train.param_groups if isinstance(cfg.train.param_groups, list) else []
-    _, problems = parse_param_groups(g for g in groups if g is not None)
+    # train.param_groups' syntax was checked as the loader read them (freezetune.config.records).
+    problems = []
     opt = cfg.train.optimizer
     if opt.nesterov is True and opt.name != "sgd":
         problems.append(f"train.optimizer.nesterov: only for sgd (the optimizer is {opt.name})")

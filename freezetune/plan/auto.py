@@ -61,8 +61,7 @@ def model_stages(tree: ModelTree, head: str, ceiling: str | None = None) -> list
     """The stages auto may freeze: the model's top-level modules that own parameters, in order,
     before the head (and before ``ceiling`` when given). FreezeError for a ceiling that is no
     top-level module or comes after the head."""
-    tops = [m.name for m in tree.modules if m.name and "." not in m.name]
-    owning = [t for t in tops if any(p == t or p.startswith(t + ".") for p in tree.param_names)]
+    owning = tree.stages
     head_top = head.split(".")[0]
     if head_top not in owning:
         raise FreezeError([f"freeze.preset auto: the head {head!r} is not under a top-level module"])

@@ -14,10 +14,11 @@ event.lr_scale``: the factors multiply, so each can be read on its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from freezetune.config.records import GroupRule, Rule, parse_param_groups
-from freezetune.plan.rules import ModelTree, find_head, match_rule, suggest_names
+from freezetune.config.records import GroupRule, Rule
+from freezetune.plan.rules import ModelTree, find_head, match_rule, stage_of, suggest_names
 
 __all__ = ["Setting", "assign_settings", "stage_depths"]
 
@@ -32,28 +33,27 @@ class Setting:
 
 
 def stage_depths(tree: ModelTree) -> dict[str, int]:
-    """Each parameter's distance, in top-level modules, from the module holding the head."""
-    stages: list[str] = []  # top-level modules that hold parameters, in registration order
-    stage_of: dict[str, str] = {}
+    """Each parameter's distance, in stages (top-level modules), from the stage holding the head."""
+    stages = tree.stages
+    head_stage = find_head(tree).split(".")[0]
+    head_at = stages.index(head_stage) if head_stage in stages else len(stages) - 1
+    deepest = head_at + 1  # parameters the root owns ("" stage: ViT's class token)
+    depths = {}
     for name in tree.param_names:
-        top = name.split(".")[0] if "." in name else ""  # "" = owned by the root
-        if top and top not in stages:
-            stages.append(top)
-        stage_of[name] = top
-    head_top = find_head(tree).split(".")[0]
-    head_at = stages.index(head_top) if head_top in stages else len(stages) - 1
-    deepest = head_at + 1
-    return {n: (max(head_at - stages.index(s), 0) if s else deepest) for n, s in stage_of.items()}
+        stage = stage_of(name)
+        depths[name] = max(head_at - stages.index(stage), 0) if stage else deepest
+    return depths
 
 
 def assign_settings(
-    tree: ModelTree, raw_groups: list, layer_decay: float | None
+    tree: ModelTree, groups: Sequence[GroupRule], layer_decay: float | None
 ) -> tuple[dict[str, Setting], list[str]]:
-    """Every parameter's :class:`Setting`; returns (settings, problems)."""
-    rules, problems = parse_param_groups(raw_groups)
+    """Every parameter's :class:`Setting` from ``train.param_groups`` (as the config loader read
+    them) and ``train.layer_decay``; returns (settings, problems: a group that matches nothing)."""
+    problems: list[str] = []
     depths = stage_depths(tree) if layer_decay is not None else {}
     chosen: dict[str, GroupRule] = {}
-    for rule in rules:
+    for rule in groups:
         hits = match_rule(Rule("freeze", rule.match, rule.origin), tree)
         if not hits:
             near = suggest_names(Rule("freeze", rule.match, rule.origin), tree)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from freezetune.config.records import PRESETS, Rule, parse_rules
+from freezetune.config.records import PRESETS, Rule
 
 __all__ = [
     "FreezeError",
@@ -38,6 +39,7 @@ __all__ = [
     "match_rule",
     "plan_from_config",
     "preset_rules",
+    "stage_of",
     "suggest_names",
     "unmatched",
 ]
@@ -75,6 +77,11 @@ class ModuleInfo:
         return "_BatchNorm" in self.type_names  # BatchNorm1d/2d/3d, SyncBatchNorm
 
 
+def stage_of(param: str) -> str:
+    """The stage (top-level module) parameter ``param`` belongs to; "" for one the root owns."""
+    return param.split(".")[0] if "." in param else ""
+
+
 @dataclass(frozen=True)
 class ModelTree:
     """Names only: modules in ``named_modules()`` order, parameters with sizes."""
@@ -89,6 +96,13 @@ class ModelTree:
         """Every parameter name, in ``named_parameters()`` order."""
         # named_parameters() walks modules in this same pre-order, own params first.
         return [p for m in self.modules for p in m.params]
+
+    @property
+    def stages(self) -> list[str]:
+        """The model's stages: its top-level modules that own parameters, in registration order.
+        Layer decay counts them back from the head (freezetune.plan.groups); auto freezes a
+        prefix of them (freezetune.plan.auto)."""
+        return list(dict.fromkeys(s for s in map(stage_of, self.param_names) if s))
 
     def module(self, name: str) -> ModuleInfo | None:
         """The module called ``name`` (```` is the root), or None."""
@@ -405,10 +419,8 @@ def _head_or_last(tree: ModelTree) -> str:
 
 
 def plan_from_config(
-    tree: ModelTree, preset: str | None, raw_rules: list, batchnorm: str, frozen_modules: str = "train"
+    tree: ModelTree, preset: str | None, rules: Sequence[Rule], batchnorm: str, frozen_modules: str = "train"
 ) -> FreezePlan:
-    """Preset rules, then the config's rules, resolved into a plan (arguments as :func:`build_plan`)."""
-    rules, problems = parse_rules(raw_rules)
-    if problems:
-        raise FreezeError(problems)
-    return build_plan(tree, preset_rules(preset, tree) + rules, batchnorm, frozen_modules)
+    """Preset rules, then the config's rules (``freeze.rules`` as the config loader read them),
+    resolved into a plan (arguments as :func:`build_plan`)."""
+    return build_plan(tree, preset_rules(preset, tree) + list(rules), batchnorm, frozen_modules)

@@ -13,11 +13,12 @@ start of the next epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from freezetune.config.records import EventSpec, gradual_events, parse_events, parse_rules
+from freezetune.config.records import EventSpec, gradual_events
+from freezetune.config.schema import FreezeConfig
 from freezetune.plan.rules import (
     FreezeError,
     FreezePlan,
@@ -127,60 +128,32 @@ class Schedule:
         return [ev.to_json() for p in self.phases for ev in p.events]
 
 
-# --------------------------------------------------------------------------- config -> events
-
-
 # --------------------------------------------------------------------------- events -> phases
 
 
-def build_schedule(
-    tree: ModelTree,
-    preset: str | None,
-    raw_rules: list,
-    batchnorm: str,
-    raw_events: list | None = None,
-    gradual: list[str] | None = None,
-    frozen_modules: str = "train",
-    decided: list | None = None,
-) -> Schedule:
-    """Resolve preset, rules and events into one plan per phase; raise FreezeError listing
-    every event that matches nothing or changes nothing. ``decided``: freeze events that
-    ``freeze.preset: auto`` took during the run (named ``freeze.auto[i]``)."""
-    rules, problems = parse_rules(raw_rules)
-    events, event_probs = parse_events(raw_events or [])
-    auto, auto_probs = parse_events(decided or [], origin="freeze.auto")
-    events += auto
-    problems += event_probs + auto_probs
-    if problems:
-        raise FreezeError(problems)
-    base = preset_rules(preset, tree) + rules
+def build_schedule(tree: ModelTree, freeze: FreezeConfig, decided: Sequence[EventSpec] = ()) -> Schedule:
+    """Resolve ``freeze``'s preset, rules and events (as the config loader read them) into one
+    plan per phase; raise FreezeError listing every event that matches nothing or changes
+    nothing. ``decided``: freeze events that ``freeze.preset: auto`` took during the run (named
+    ``freeze.auto[i]``)."""
+    base = preset_rules(freeze.preset, tree) + list(freeze.rules)
     # Gradual events first: an explicit schedule event in the same epoch can refine them.
-    specs = sorted(gradual_events(gradual or []) + events, key=lambda e: e.epoch)  # stable sort
-    plan = build_plan(tree, base, batchnorm, frozen_modules)
+    specs = sorted([*gradual_events(freeze.gradual), *freeze.schedule, *decided], key=lambda e: e.epoch)  # stable
+    plan = build_plan(tree, base, freeze.batchnorm, freeze.frozen_modules)
     phases = [Phase(1, plan, ())]
     trainable = {p.name: p.trainable for p in plan.params}
     rules_so_far = list(base)
+    problems: list[str] = []
     for epoch in sorted({e.epoch for e in specs}):
         resolved = []
         for spec in (e for e in specs if e.epoch == epoch):
-            hits = match_rule(spec.rule, tree)
-            if not hits:
-                problems.append(unmatched(spec.rule, tree))
-                continue
-            wanted = not spec.rule.freezes
-            changed = tuple(n for n in hits if trainable[n] != wanted)
-            if not changed:
-                state, verb = ("trainable", "unfreezes") if wanted else ("frozen", "freezes")
-                problems.append(
-                    f"{spec.origin} {spec.rule} at epoch {epoch}: {verb} nothing new, all {len(hits)} "
-                    f"parameter tensors it matches are already {state}"
-                )
-            trainable.update(dict.fromkeys(changed, wanted))
-            rules_so_far.append(spec.rule)
-            resolved.append(Event(spec, changed, sum(tree.numel[n] for n in changed)))
+            event = _resolve(spec, tree, trainable, problems)
+            if event is not None:  # one that matches nothing is reported once, here, not again by build_plan
+                rules_so_far.append(spec.rule)
+                resolved.append(event)
         try:
             # build_plan reports a pattern that matches nothing, with the nearest names.
-            plan = build_plan(tree, rules_so_far, batchnorm, frozen_modules)
+            plan = build_plan(tree, rules_so_far, freeze.batchnorm, freeze.frozen_modules)
         except FreezeError as exc:
             problems.extend(f"{p} (at epoch {epoch})" for p in exc.problems)
             continue
@@ -188,3 +161,22 @@ def build_schedule(
     if problems:
         raise FreezeError(list(dict.fromkeys(problems)))
     return Schedule(tuple(phases))
+
+
+def _resolve(spec: EventSpec, tree: ModelTree, trainable: dict[str, bool], problems: list[str]) -> Event | None:
+    """``spec`` against the model: the parameters it changes, ``trainable`` updated. An event that
+    matches nothing (None) or changes nothing is noted in ``problems``."""
+    hits = match_rule(spec.rule, tree)
+    if not hits:
+        problems.append(unmatched(spec.rule, tree))
+        return None
+    wanted = not spec.rule.freezes
+    changed = tuple(n for n in hits if trainable[n] != wanted)
+    if not changed:
+        state, verb = ("trainable", "unfreezes") if wanted else ("frozen", "freezes")
+        problems.append(
+            f"{spec.origin} {spec.rule} at epoch {spec.epoch}: {verb} nothing new, all {len(hits)} "
+            f"parameter tensors it matches are already {state}"
+        )
+    trainable.update(dict.fromkeys(changed, wanted))
+    return Event(spec, changed, sum(tree.numel[n] for n in changed))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from freezetune.config import AutoFreezeConfig
+from freezetune.config import AutoFreezeConfig, EventSpec
 from freezetune.plan import ModelTree, find_head
 from freezetune.plan.auto import AutoDecision, AutoSettings, decide, model_stages
 from freezetune.train.distributed import Dist
@@ -118,6 +118,7 @@ class AutoFreezer:
             ],
         }
 
-    def freeze_events(self) -> list[dict[str, Any]]:
-        """Every freeze so far as ``freeze.schedule`` events: what rebuilds the run's schedule."""
-        return [{"epoch": d["epoch"], "freeze": stage} for d in self.decisions for stage in d["freeze"]]
+    def freeze_events(self) -> list[EventSpec]:
+        """Every freeze so far as schedule events (``freeze.auto[i]``): what rebuilds the run's schedule."""
+        freezes = [(d["epoch"], stage) for d in self.decisions for stage in d["freeze"]]
+        return [EventSpec(epoch, "freeze", stage, 1.0, f"freeze.auto[{i}]") for i, (epoch, stage) in enumerate(freezes)]

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import Config, ConfigError, arch_kind, resolve
+from freezetune.config import Config, ConfigError, EventSpec, arch_kind, resolve
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.measure import resolve_device
 from freezetune.models import LoadReport, build_model
@@ -99,19 +99,10 @@ def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.dev
     return Prepared(cfg, model.to(device, memory_format=memory), schedule.initial, load, device, schedule, settings, k)
 
 
-def schedule_for(cfg: Config, tree: ModelTree, decided: list[dict] | None = None) -> Schedule:
+def schedule_for(cfg: Config, tree: ModelTree, decided: list[EventSpec] | None = None) -> Schedule:
     """The run's schedule: the config's preset, rules and events, plus the freeze events
     ``freeze.preset: auto`` has ``decided`` so far (freezetune.train.auto)."""
-    return build_schedule(
-        tree,
-        cfg.freeze.preset,
-        cfg.freeze.rules,
-        cfg.freeze.batchnorm,
-        cfg.freeze.schedule,
-        cfg.freeze.gradual,
-        cfg.freeze.frozen_modules,
-        decided,
-    )
+    return build_schedule(tree, cfg.freeze, decided or ())
 
 
 def steps_per_epoch(cfg: Config) -> int:
