@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freezetune.config import Config, ConfigError, apply_overrides, from_dict, load_config, load_yaml_tree, to_dict
+from freezetune.config import (
+    Config,
+    ConfigError,
+    EventSpec,
+    GroupRule,
+    Rule,
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_yaml_tree,
+    to_dict,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -187,7 +198,8 @@ def test_extends_replaces_lists_whole(tmp_path: Path) -> None:
         """,
     )
     cfg = load_config(child)
-    assert cfg.freeze.rules == [{"freeze_type": "BatchNorm2d"}]
+    assert cfg.freeze.rules == [Rule("freeze_type", "BatchNorm2d", "freeze.rules[0]")]
+    assert to_dict(cfg)["freeze"]["rules"] == [{"freeze_type": "BatchNorm2d"}]
     assert cfg.data.classes == [7, 8]
     assert cfg.freeze.preset == "linear_probe"  # sibling key in the same mapping is kept
 
@@ -604,6 +616,53 @@ def test_round_trip_through_from_dict(tmp_path: Path) -> None:
     # And it survives the YAML file written to the run folder.
     saved = write(tmp_path / "run" / "config.yaml", yaml.safe_dump(d))
     assert load_config(saved) == again
+
+
+def test_records_are_read_once_into_typed_records() -> None:
+    cfg = from_dict(
+        {
+            "name": "exp",
+            "freeze": {
+                "rules": [{"freeze": "layer1"}],
+                "schedule": [{"unfreeze": "layer1", "epoch": 2, "lr_scale": 0.5}],
+            },
+            "train": {"epochs": 2, "param_groups": [{"match": "fc", "weight_decay": 0}]},
+        }
+    )
+    assert cfg.freeze.rules == [Rule("freeze", "layer1", "freeze.rules[0]")]
+    assert cfg.freeze.schedule == [EventSpec(2, "unfreeze", "layer1", 0.5, "freeze.schedule[0]")]
+    assert cfg.train.param_groups == [GroupRule("fc", 1.0, 0.0, "train.param_groups[0]")]
+
+
+def test_records_are_written_back_exactly_as_read() -> None:
+    # Key order, a YAML 1.1 exponent read as text, a default left out and a null written out:
+    # config.yaml and resume's comparison see the mapping the user wrote, not one rebuilt from fields.
+    events = [{"unfreeze": "layer4", "lr_scale": "1e-1", "epoch": 2}, {"epoch": 2, "freeze": "layer3"}]
+    groups = [{"match": "fc", "weight_decay": None, "lr_scale": 2}, {"lr_scale": 1.0, "match": "layer4"}]
+    tree = {"name": "exp", "freeze": {"schedule": events}, "train": {"epochs": 2, "param_groups": groups}}
+    d = to_dict(from_dict(tree))
+    assert d["freeze"]["schedule"] == events and list(d["freeze"]["schedule"][0]) == ["unfreeze", "lr_scale", "epoch"]
+    assert d["train"]["param_groups"] == groups and list(d["train"]["param_groups"][0]) == list(groups[0])
+    d["freeze"]["schedule"][0]["epoch"] = 3  # a copy: the config's records keep their source
+    assert to_dict(from_dict(tree))["freeze"]["schedule"][0]["epoch"] == 2
+
+
+def test_records_made_in_code_are_written_from_their_fields() -> None:
+    assert Rule("until", "layer3", "x").to_yaml() == {"until": "layer3"}
+    assert EventSpec(3, "unfreeze", "layer4", 0.1, "x").to_yaml() == {"epoch": 3, "unfreeze": "layer4", "lr_scale": 0.1}
+    assert EventSpec(3, "freeze", "layer4", 1.0, "x").to_yaml() == {"epoch": 3, "freeze": "layer4"}
+    assert GroupRule("fc", 2.0, None, "x").to_yaml() == {"match": "fc", "lr_scale": 2.0}
+    assert GroupRule("fc", 1.0, 0.0, "x").to_yaml() == {"match": "fc", "lr_scale": 1.0, "weight_decay": 0.0}
+
+
+def test_a_bad_record_keeps_the_index_it_has_in_the_file() -> None:
+    # A null or non-mapping item is a type problem; the items after it keep their own index.
+    assert problems_of({"name": "exp", "freeze": {"rules": [None, "layer1", {"freez": "fc"}]}}) == [
+        "freeze.rules[0]: must not be null",
+        "freeze.rules[1]: expected a mapping, got 'layer1'",
+        "freeze.rules[2]: unknown rule kind 'freez'; valid: freeze, unfreeze, freeze_type, unfreeze_type, until; "
+        "did you mean 'freeze'?",
+    ]
 
 
 def test_round_trip_with_explicit_output_dir_is_exact() -> None:

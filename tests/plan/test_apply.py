@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from freezetune.config import RULES
 from freezetune.plan import (
     FreezePlan,
     apply_plan,
@@ -39,7 +40,7 @@ def tiny_model() -> nn.Sequential:
 
 
 def make_plan(model: nn.Module, raw_rules: list, preset: str | None = None, batchnorm: str = "eval") -> FreezePlan:
-    return plan_from_config(describe(model), preset, raw_rules, batchnorm)
+    return plan_from_config(describe(model), preset, RULES.read_all(raw_rules, "freeze.rules"), batchnorm)
 
 
 def batch() -> torch.Tensor:

@@ -5,7 +5,7 @@ on a model whose root owns a parameter (deepest); :func:`assign_settings`
 (``layer_decay ** depth``, the last matching ``param_groups`` entry wins,
 ``weight_decay`` None unless set, the factors multiply, the ``source`` text, a
 match hitting nothing reported with the nearest names); and every problem
-:func:`parse_param_groups` reports, with its exact wording.
+:func:`parse_param_groups` reports (the loader's reading of ``train.param_groups``), with its exact wording.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.config import GroupRule, parse_param_groups
+from freezetune.config import GROUPS, ConfigError, GroupRule, from_dict, parse_param_groups
 from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths
 
 
@@ -26,6 +26,10 @@ def resnet18(meta_tree: Callable[..., ModelTree]) -> ModelTree:
 
 
 RESNET_DEPTH = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4, "bn1": 5, "conv1": 6}
+
+
+def read(raw: list) -> list[GroupRule]:
+    return GROUPS.read_all(raw, "train.param_groups")
 
 
 def under(tree: ModelTree, prefix: str) -> list[str]:
@@ -115,7 +119,7 @@ def test_layer_decay_scales_by_depth(resnet18: ModelTree) -> None:
 
 def test_param_groups_last_match_wins(resnet18: ModelTree) -> None:
     groups = [{"match": "layer4", "lr_scale": 2.0}, {"match": "layer4.1", "lr_scale": 3.0}]
-    settings, problems = assign_settings(resnet18, groups, None)
+    settings, problems = assign_settings(resnet18, read(groups), None)
     assert problems == []
     for name in under(resnet18, "layer4.0"):
         assert settings[name] == Setting(2.0, None, "train.param_groups[0]")
@@ -123,13 +127,13 @@ def test_param_groups_last_match_wins(resnet18: ModelTree) -> None:
         assert settings[name] == Setting(3.0, None, "train.param_groups[1]")
     assert settings["layer3.0.conv1.weight"] == Setting(1.0, None, "")
     # Reversed, the broader rule wins everywhere.
-    settings, _ = assign_settings(resnet18, groups[::-1], None)
+    settings, _ = assign_settings(resnet18, read(groups[::-1]), None)
     assert {settings[n].lr_scale for n in under(resnet18, "layer4")} == {2.0}
 
 
 def test_weight_decay_is_none_unless_the_group_sets_it(resnet18: ModelTree) -> None:
     groups = [{"match": "*bias", "weight_decay": 0}, {"match": "fc", "lr_scale": 10}]
-    settings, problems = assign_settings(resnet18, groups, None)
+    settings, problems = assign_settings(resnet18, read(groups), None)
     assert problems == []
     assert settings["layer1.0.bn1.bias"] == Setting(1.0, 0.0, "train.param_groups[0]")
     assert settings["layer1.0.bn1.weight"].weight_decay is None
@@ -139,14 +143,16 @@ def test_weight_decay_is_none_unless_the_group_sets_it(resnet18: ModelTree) -> N
 
 
 def test_weight_decay_zero_is_kept_distinct_from_unset(resnet18: ModelTree) -> None:
-    settings, _ = assign_settings(resnet18, [{"match": "conv1", "weight_decay": 0.0}], None)
+    settings, _ = assign_settings(resnet18, read([{"match": "conv1", "weight_decay": 0.0}]), None)
     assert settings["conv1.weight"].weight_decay == 0.0
     assert settings["conv1.weight"].weight_decay is not None
     assert settings["conv1.weight"].lr_scale == 1.0
 
 
 def test_layer_decay_and_group_scale_multiply(resnet18: ModelTree) -> None:
-    settings, problems = assign_settings(resnet18, [{"match": "layer3", "lr_scale": 8, "weight_decay": 1e-3}], 0.5)
+    settings, problems = assign_settings(
+        resnet18, read([{"match": "layer3", "lr_scale": 8, "weight_decay": 1e-3}]), 0.5
+    )
     assert problems == []
     assert settings["layer3.1.conv2.weight"] == Setting(0.5**2 * 8, 1e-3, "layer_decay^2, train.param_groups[0]")
     assert settings["layer3.1.conv2.weight"].lr_scale == 2.0
@@ -155,7 +161,7 @@ def test_layer_decay_and_group_scale_multiply(resnet18: ModelTree) -> None:
 
 def test_group_matching_by_glob_and_parameter_name(resnet18: ModelTree) -> None:
     settings, problems = assign_settings(
-        resnet18, [{"match": "layer*.0.conv1.weight", "lr_scale": 0.5}, {"match": "fc.bias", "lr_scale": 4}], None
+        resnet18, read([{"match": "layer*.0.conv1.weight", "lr_scale": 0.5}, {"match": "fc.bias", "lr_scale": 4}]), None
     )
     assert problems == []
     halved = sorted(n for n, s in settings.items() if s.lr_scale == 0.5)
@@ -165,7 +171,7 @@ def test_group_matching_by_glob_and_parameter_name(resnet18: ModelTree) -> None:
 
 def test_group_matching_nothing_is_a_problem_with_nearest_names(resnet18: ModelTree) -> None:
     settings, problems = assign_settings(
-        resnet18, [{"match": "layer5", "lr_scale": 2}, {"match": "*.bais", "weight_decay": 0}], None
+        resnet18, read([{"match": "layer5", "lr_scale": 2}, {"match": "*.bais", "weight_decay": 0}]), None
     )
     assert problems == [
         "train.param_groups[0]: match 'layer5' matches no parameter; nearest names: layer4, layer3, layer2",
@@ -174,9 +180,16 @@ def test_group_matching_nothing_is_a_problem_with_nearest_names(resnet18: ModelT
     assert set(settings.values()) == {Setting(1.0, None, "")}  # still a setting for everything
 
 
-def test_parse_problems_are_returned_by_assign_settings(resnet18: ModelTree) -> None:
-    settings, problems = assign_settings(resnet18, [{"match": "fc"}], 0.5)
+def test_parse_problems_are_reported_by_the_loader_and_the_bad_group_never_reaches_assign_settings(
+    resnet18: ModelTree,
+) -> None:
+    groups, problems = parse_param_groups([{"match": "fc"}])
     assert problems == ["train.param_groups[0]: sets neither lr_scale nor weight_decay"]
+    with pytest.raises(ConfigError) as info:
+        from_dict({"name": "t", "train": {"param_groups": [{"match": "fc"}]}})
+    assert info.value.problems == problems
+    settings, problems = assign_settings(resnet18, groups, 0.5)
+    assert problems == []
     assert settings["fc.weight"] == Setting(1.0, None, "layer_decay^0")  # the bad group is ignored
 
 

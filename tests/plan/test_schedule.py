@@ -18,7 +18,16 @@ from collections.abc import Callable
 
 import pytest
 
-from freezetune.config import ConfigError, EventSpec, event_problems, from_dict, parse_events
+from freezetune.config import (
+    EVENTS,
+    RULES,
+    ConfigError,
+    EventSpec,
+    FreezeConfig,
+    event_problems,
+    from_dict,
+    parse_events,
+)
 from freezetune.plan import FreezeError, ModelTree, Schedule, build_schedule
 
 # --------------------------------------------------------------------------- fixtures and helpers
@@ -51,7 +60,19 @@ def schedule(
     rules: list | None = None,
     batchnorm: str = "eval",
 ) -> Schedule:
-    return build_schedule(tree, preset, rules or [], batchnorm, events or [], gradual)
+    freeze = FreezeConfig(
+        preset=preset,
+        rules=RULES.read_all(rules or [], "freeze.rules"),
+        batchnorm=batchnorm,
+        frozen_modules="train",
+        schedule=EVENTS.read_all(events or [], "freeze.schedule"),
+        gradual=gradual or [],
+    )
+    return build_schedule(tree, freeze)
+
+
+def events_of(raw: list) -> list[EventSpec]:
+    return EVENTS.read_all(raw, "freeze.schedule")
 
 
 def rejected(tree: ModelTree, **kwargs: object) -> list[str]:
@@ -363,12 +384,27 @@ def test_every_bad_event_is_reported_at_once(resnet18: ModelTree) -> None:
     assert problems[1].startswith("freeze.schedule[1] {freeze: layer3} at epoch 3: freezes nothing new")
 
 
-def test_malformed_events_are_rejected_before_resolving(resnet18: ModelTree) -> None:
-    problems = rejected(resnet18, preset="linear_probe", events=[{"epoch": 1, "unfreeze": "layer5"}])
-    # Only the parse problem: the pattern is never resolved.
-    assert problems == [
+def test_malformed_events_are_rejected_before_resolving() -> None:
+    # Only the parse problem, from the loader: the pattern is never resolved.
+    assert config_problems({"preset": "linear_probe", "schedule": [{"epoch": 1, "unfreeze": "layer5"}]}) == [
         "freeze.schedule[0].epoch: 1: events start at epoch 2 (what holds from epoch 1 is freeze.rules)"
     ]
+    with pytest.raises(ConfigError) as info:
+        events_of([{"epoch": 1, "unfreeze": "layer5"}])
+    assert info.value.problems == [
+        "freeze.schedule[0].epoch: 1: events start at epoch 2 (what holds from epoch 1 is freeze.rules)"
+    ]
+
+
+def test_decided_auto_events_join_the_schedule_under_their_own_origin(resnet18: ModelTree) -> None:
+    decided = [
+        EventSpec(2, "freeze", "conv1", 1.0, "freeze.auto[0]"),
+        EventSpec(3, "freeze", "layer1", 1.0, "freeze.auto[1]"),
+    ]
+    s = build_schedule(resnet18, FreezeConfig(preset="auto"), decided)
+    assert [ph.start for ph in s.phases] == [1, 2, 3]
+    assert [ev.spec.origin for ev in s.events_at(3)] == ["freeze.auto[1]"]
+    assert s.plan_at(3).frozen == under(resnet18, "conv1", "layer1")
 
 
 # --------------------------------------------------------------------------- parse_events
@@ -476,14 +512,14 @@ def test_parse_events_reports_every_problem_of_one_event() -> None:
 
 
 def test_event_problems_accepts_a_consistent_schedule() -> None:
-    assert event_problems("gradual", [{"epoch": 3, "unfreeze": "layer2"}], ["layer4", "layer3"], 3) == []
+    assert event_problems("gradual", events_of([{"epoch": 3, "unfreeze": "layer2"}]), ["layer4", "layer3"], 3) == []
 
 
 def test_event_problems_flags_an_event_past_the_last_epoch() -> None:
-    assert event_problems(None, [{"epoch": 3, "unfreeze": "layer4"}], [], 2) == [
+    assert event_problems(None, events_of([{"epoch": 3, "unfreeze": "layer4"}]), [], 2) == [
         "freeze.schedule[0]: epoch 3 is past the last epoch (train.epochs is 2): it would never happen"
     ]
-    assert event_problems(None, [{"epoch": 2, "unfreeze": "layer4"}], [], 2) == []  # the last epoch is fine
+    assert event_problems(None, events_of([{"epoch": 2, "unfreeze": "layer4"}]), [], 2) == []  # the last epoch is fine
 
 
 def test_event_problems_flags_gradual_preset_without_groups() -> None:
@@ -508,14 +544,18 @@ def test_event_problems_flags_too_few_epochs_for_the_gradual_groups() -> None:
     assert event_problems("gradual", [], ["layer4", "layer3"], 3) == []
 
 
-def test_event_problems_includes_parse_problems() -> None:
-    assert event_problems(None, [{"epoch": 1, "freeze": "fc"}], [], 4) == [
+def test_event_problems_leaves_parse_problems_to_the_loader() -> None:
+    # The loader reads freeze.schedule once; event_problems gets only the events that read well.
+    events, problems = parse_events([{"epoch": 1, "freeze": "fc"}])
+    assert problems == [
         "freeze.schedule[0].epoch: 1: events start at epoch 2 (what holds from epoch 1 is freeze.rules)"
     ]
+    assert event_problems(None, events, [], 4) == []
+    assert config_problems({"schedule": [{"epoch": 1, "freeze": "fc"}]}, epochs=4) == problems
 
 
 def test_event_problems_skips_epoch_checks_when_epochs_is_not_an_integer() -> None:
-    assert event_problems("gradual", [{"epoch": 9, "unfreeze": "layer4"}], ["layer4", "layer3"], None) == []
+    assert event_problems("gradual", events_of([{"epoch": 9, "unfreeze": "layer4"}]), ["layer4", "layer3"], None) == []
 
 
 # --------------------------------------------------------------------------- through the config loader
@@ -536,7 +576,7 @@ def test_from_dict_accepts_a_valid_schedule() -> None:
         config({"preset": "gradual", "gradual": ["layer4"], "schedule": [{"epoch": 2, "freeze": "layer4.1"}]})
     )
     assert cfg.freeze.gradual == ["layer4"]
-    assert cfg.freeze.schedule == [{"epoch": 2, "freeze": "layer4.1"}]
+    assert cfg.freeze.schedule == [EventSpec(2, "freeze", "layer4.1", 1.0, "freeze.schedule[0]")]
 
 
 def test_from_dict_reports_event_problems_with_the_dotted_origin() -> None:
@@ -567,5 +607,4 @@ def test_from_dict_accepts_lr_scale_as_exponent_string() -> None:
     cfg = from_dict(
         config({"preset": "linear_probe", "schedule": [{"epoch": 2, "unfreeze": "layer4", "lr_scale": "1e-1"}]})
     )
-    events, problems = parse_events(cfg.freeze.schedule)
-    assert problems == [] and events[0].lr_scale == 0.1
+    assert cfg.freeze.schedule[0].lr_scale == 0.1
