@@ -1,6 +1,7 @@
 """The YAML lists of records in a config: freezing rules (``freeze.rules``), schedule
 events (``freeze.schedule``, ``freeze.gradual``) and optimizer groups
-(``train.param_groups``), read by one loop into typed records.
+(``train.param_groups``), read by one loop into typed records: once, by the config loader
+(freezetune.config.load), into the Config that freezetune.plan then takes.
 
 Only their *syntax* is checked here (shape, keys, types, numbers); whether a name
 matches anything in a model is freezetune.plan's business, once a model exists.

@@ -1,5 +1,6 @@
-"""Checks of a typed config that need more than types: names of models, weights,
-presets, and the syntax of rules, schedule events and optimizer groups.
+"""Checks of a typed config that need more than types: names of models, weights and
+presets, and how the schedule fits the run (the syntax of rules, schedule events and
+optimizer groups is checked as the loader reads them, freezetune.config.records).
 
 Anything that needs the built model (does a pattern match?) is checked when the
 plan is built (freezetune.plan)."""

@@ -29,6 +29,7 @@ from freezetune.plan.rules import (
     match_rule,
     plan_from_config,
     preset_rules,
+    stage_of,
     suggest_names,
 )
 from freezetune.plan.schedule import Event, Phase, Schedule, build_schedule
@@ -58,6 +59,7 @@ __all__ = [
     "preset_rules",
     "set_dtype",
     "stage_depths",
+    "stage_of",
     "stored_dtypes",
     "suggest_names",
     "trainable_parameters",

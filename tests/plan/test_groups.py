@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from freezetune.config import GROUPS, ConfigError, GroupRule, from_dict, parse_param_groups
-from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths
+from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths, stage_of
+from freezetune.plan.auto import model_stages
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,20 @@ def test_stage_depths_counts_root_owned_parameters_as_deepest() -> None:
         "head.weight": 0,
         "head.bias": 0,
     }
+
+
+def test_stages_are_the_top_level_modules_that_own_parameters_for_decay_and_auto_alike() -> None:
+    tree = describe(RootOwned())
+    assert tree.stages == ["stem", "stem_bn", "body", "head"]  # the root's own "scale" is in none
+    assert [stage_of(n) for n in ("scale", "stem.weight", "body.1.bias")] == ["", "stem", "body"]
+    # auto freezes a prefix of the same list: the stages before the head's.
+    assert model_stages(tree, "head") == tree.stages[:-1]
+    # A top-level module without parameters (ReLU) or whose only weight is tied to an earlier one is no stage.
+    tied = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    tied.add_module("3", nn.Linear(2, 2))
+    tied[3].weight = tied[0].weight
+    tied[3].bias = tied[0].bias
+    assert describe(tied).stages == ["0", "2"]
 
 
 def test_stage_depths_head_nested_in_a_top_level_module() -> None:
