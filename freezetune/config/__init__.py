@@ -3,7 +3,15 @@ edits, the records inside it (rules, events, groups) and their validation.
 
 The bottom layer: nothing here imports another freezetune package but utils."""
 
-from freezetune.config.load import apply_overrides, from_dict, load_config, load_yaml_tree, set_key, to_dict
+from freezetune.config.load import (
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_yaml_tree,
+    read_records,
+    set_key,
+    to_dict,
+)
 from freezetune.config.preprocess import (
     AUGMENTS,
     Preprocessing,
@@ -105,6 +113,7 @@ __all__ = [
     "parse_param_groups",
     "parse_records",
     "parse_rules",
+    "read_records",
     "semantic_problems",
     "set_key",
     "to_dict",

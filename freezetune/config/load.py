@@ -17,8 +17,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -27,7 +28,9 @@ from freezetune.config.schema import Config, ConfigError
 from freezetune.config.validate import semantic_problems
 from freezetune.config.values import number
 
-__all__ = ["apply_overrides", "from_dict", "load_config", "load_yaml_tree", "to_dict"]
+__all__ = ["apply_overrides", "from_dict", "load_config", "load_yaml_tree", "read_records", "to_dict"]
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- loading
@@ -185,6 +188,20 @@ def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def read_records(kind: RecordKind[T], raw: Iterable[object], origin: str) -> list[T]:
+    """One list of records written in code, read as the loader reads a config's:
+    ``read_records(RULES, [{"freeze": "layer1"}], "freeze.rules")`` for
+    :func:`freezetune.plan.plan_from_config`.
+
+    Raises:
+        ConfigError: listing every problem, each named ``origin[i]``.
+    """
+    records, problems = kind.parse(raw, origin)
+    if problems:
+        raise ConfigError(problems)
+    return records
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -195,20 +195,6 @@ class RecordKind(Generic[T]):
                 records.append(record)
         return records, problems
 
-    def read_all(self, raw: Iterable[object], origin: str) -> list[T]:
-        """A list written in code, that must be well formed (``RULES.read_all([{"freeze": "layer1"}],
-        "freeze.rules")`` for :func:`freezetune.plan.plan_from_config`): its records.
-
-        Raises:
-            ValueError: (a ConfigError) listing every problem.
-        """
-        records, problems = self.parse(raw, origin)
-        if problems:
-            from freezetune.config.schema import ConfigError  # schema imports this module for its kinds
-
-            raise ConfigError(problems)
-        return records
-
 
 def parse_records(
     raw: Iterable[object],

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from freezetune.config import RULES, OptimizerConfig
+from freezetune.config import RULES, OptimizerConfig, read_records
 from freezetune.measure import ModuleProfile, Profile, StepFormat, estimate, predict, profile_model
 from freezetune.plan import apply_plan, describe, plan_from_config
 from freezetune.train import make_optimizer
@@ -22,7 +22,9 @@ def OPT(model: torch.nn.Module) -> torch.optim.Optimizer:
 def resnet18_with(preset: str, rules: list | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5)
-    apply_plan(model, plan_from_config(describe(model), preset, RULES.read_all(rules or [], "freeze.rules"), "eval"))
+    apply_plan(
+        model, plan_from_config(describe(model), preset, read_records(RULES, rules or [], "freeze.rules"), "eval")
+    )
     return model
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from freezetune.config import RULES, ConfigError, ModelConfig, from_dict
+from freezetune.config import RULES, ConfigError, ModelConfig, from_dict, read_records
 from freezetune.infer import load_run
 from freezetune.models import build_model
 from freezetune.plan import FreezeError, describe, find_head, plan_from_config
@@ -62,7 +62,7 @@ def test_rules_name_the_modules_of_ones_own_model(user_models: str) -> None:
     tree = describe(model)
     assert tree.param_names == TINYNET_PARAMS
     assert plan_from_config(tree, "linear_probe", [], "eval").trainable == ["fc.weight", "fc.bias"]
-    until = plan_from_config(tree, "until:body", RULES.read_all([{"unfreeze": "stem.1"}], "freeze.rules"), "eval")
+    until = plan_from_config(tree, "until:body", read_records(RULES, [{"unfreeze": "stem.1"}], "freeze.rules"), "eval")
     assert until.frozen == ["stem.0.weight", "stem.0.bias"]
 
 

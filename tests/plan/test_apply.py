@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.config import RULES
+from freezetune.config import RULES, read_records
 from freezetune.plan import (
     FreezePlan,
     apply_plan,
@@ -40,7 +40,7 @@ def tiny_model() -> nn.Sequential:
 
 
 def make_plan(model: nn.Module, raw_rules: list, preset: str | None = None, batchnorm: str = "eval") -> FreezePlan:
-    return plan_from_config(describe(model), preset, RULES.read_all(raw_rules, "freeze.rules"), batchnorm)
+    return plan_from_config(describe(model), preset, read_records(RULES, raw_rules, "freeze.rules"), batchnorm)
 
 
 def batch() -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.config import GROUPS, ConfigError, GroupRule, from_dict, parse_param_groups
+from freezetune.config import GROUPS, ConfigError, GroupRule, from_dict, parse_param_groups, read_records
 from freezetune.plan import ModelTree, Setting, assign_settings, describe, stage_depths, stage_of
 from freezetune.plan.auto import model_stages
 
@@ -30,7 +30,7 @@ RESNET_DEPTH = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4, "bn
 
 
 def read(raw: list) -> list[GroupRule]:
-    return GROUPS.read_all(raw, "train.param_groups")
+    return read_records(GROUPS, raw, "train.param_groups")
 
 
 def under(tree: ModelTree, prefix: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.config import RULES, ConfigError, Rule, from_dict, parse_rules
+from freezetune.config import RULES, ConfigError, Rule, from_dict, parse_rules, read_records
 from freezetune.plan import (
     FreezeError,
     FreezePlan,
@@ -85,7 +85,7 @@ NET_PARAMS = [
 
 
 def plan(model: nn.Module, raw_rules: list, preset: str | None = None, batchnorm: str = "eval") -> FreezePlan:
-    return plan_from_config(describe(model), preset, RULES.read_all(raw_rules, "freeze.rules"), batchnorm)
+    return plan_from_config(describe(model), preset, read_records(RULES, raw_rules, "freeze.rules"), batchnorm)
 
 
 def rule(kind: str, target: str) -> Rule:
@@ -242,7 +242,7 @@ def test_the_loader_reports_every_rule_problem_at_once() -> None:
         "freeze.rules[3]",
     ]
     with pytest.raises(ConfigError) as info:
-        RULES.read_all(raw, "freeze.rules")  # rules written in code: the same problems
+        read_records(RULES, raw, "freeze.rules")  # rules written in code: the same problems
     assert [p.split(":")[0] for p in info.value.problems] == [
         "freeze.rules[1]",
         "freeze.rules[2].freeze",
@@ -701,12 +701,12 @@ def test_resnet18_linear_probe_and_bitfit(resnet18: ModelTree) -> None:
 
 def test_resnet18_typo_suggests_nearest_layers(resnet18: ModelTree) -> None:
     with pytest.raises(FreezeError) as info:
-        plan_from_config(resnet18, None, RULES.read_all([{"freeze": "layer5"}], "freeze.rules"), "eval")
+        plan_from_config(resnet18, None, read_records(RULES, [{"freeze": "layer5"}], "freeze.rules"), "eval")
     assert info.value.problems == [
         "freeze.rules[0] {freeze: layer5}: matches no parameter; nearest names: layer4, layer3, layer2"
     ]
     with pytest.raises(FreezeError) as info:
-        plan_from_config(resnet18, None, RULES.read_all([{"freeze_type": "BatchNorm"}], "freeze.rules"), "eval")
+        plan_from_config(resnet18, None, read_records(RULES, [{"freeze_type": "BatchNorm"}], "freeze.rules"), "eval")
     assert info.value.problems == [
         "freeze.rules[0] {freeze_type: BatchNorm}: matches no parameter; nearest names: _BatchNorm, BatchNorm2d"
     ]
@@ -714,7 +714,7 @@ def test_resnet18_typo_suggests_nearest_layers(resnet18: ModelTree) -> None:
 
 def test_resnet18_nothing_trainable_hint_names_fc(resnet18: ModelTree) -> None:
     with pytest.raises(FreezeError, match=r"HINT: unfreeze the head, e.g. add \{unfreeze: fc\}"):
-        plan_from_config(resnet18, None, RULES.read_all([{"freeze": "*"}], "freeze.rules"), "eval")
+        plan_from_config(resnet18, None, read_records(RULES, [{"freeze": "*"}], "freeze.rules"), "eval")
 
 
 def test_mobilenet_v3_small_head_is_classifier_3(mobilenet: ModelTree) -> None:
@@ -735,7 +735,7 @@ def test_vit_b_16_tree(vit: ModelTree) -> None:
 
 def test_vit_b_16_until_encoder_layer_6(vit: ModelTree) -> None:
     p = plan_from_config(
-        vit, None, RULES.read_all([{"until": "encoder.layers.encoder_layer_6"}], "freeze.rules"), "eval"
+        vit, None, read_records(RULES, [{"until": "encoder.layers.encoder_layer_6"}], "freeze.rules"), "eval"
     )
     layers_0_to_5 = tuple(f"encoder.layers.encoder_layer_{i}." for i in range(6))
     expected = ["class_token", "conv_proj.weight", "conv_proj.bias", "encoder.pos_embedding"] + [

@@ -27,6 +27,7 @@ from freezetune.config import (
     event_problems,
     from_dict,
     parse_events,
+    read_records,
 )
 from freezetune.plan import FreezeError, ModelTree, Schedule, build_schedule
 
@@ -62,17 +63,17 @@ def schedule(
 ) -> Schedule:
     freeze = FreezeConfig(
         preset=preset,
-        rules=RULES.read_all(rules or [], "freeze.rules"),
+        rules=read_records(RULES, rules or [], "freeze.rules"),
         batchnorm=batchnorm,
         frozen_modules="train",
-        schedule=EVENTS.read_all(events or [], "freeze.schedule"),
+        schedule=read_records(EVENTS, events or [], "freeze.schedule"),
         gradual=gradual or [],
     )
     return build_schedule(tree, freeze)
 
 
 def events_of(raw: list) -> list[EventSpec]:
-    return EVENTS.read_all(raw, "freeze.schedule")
+    return read_records(EVENTS, raw, "freeze.schedule")
 
 
 def rejected(tree: ModelTree, **kwargs: object) -> list[str]:

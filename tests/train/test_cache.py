@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from freezetune.config import RULES, ConfigError, from_dict
+from freezetune.config import RULES, ConfigError, from_dict, read_records
 from freezetune.plan import apply_plan, describe, plan_from_config
 from freezetune.record import TIMING_KEYS
 from freezetune.report import render_cache
@@ -158,7 +158,7 @@ def test_a_dropout_in_the_frozen_part_is_pinned_so_the_cut_passes_it() -> None:
         torch.nn.Flatten(),
         torch.nn.Linear(4 * 6 * 6, 2),
     )
-    rules = RULES.read_all([{"freeze": "*"}, {"unfreeze": "4"}], "freeze.rules")
+    rules = read_records(RULES, [{"freeze": "*"}, {"unfreeze": "4"}], "freeze.rules")
     apply_plan(model, plan_from_config(describe(model), None, rules, "eval", "eval"))
     assert split_model(model.train()).frontier == "_3"  # Dropout '1' is frozen and pinned in eval
     apply_plan(model, plan_from_config(describe(model), None, rules, "eval", "train"))
