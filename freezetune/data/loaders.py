@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
-from freezetune.config import FASHION_MNIST_CLASSES, ConfigError, DataConfig, Preprocessing, fashion_mnist_index
+from freezetune.config import ConfigError, DataConfig, Preprocessing
+from freezetune.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_index
 from freezetune.data.imagefolder import checked_image_folder, folder_classes
 from freezetune.data.transforms import eval_transform, train_transform
 
