@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from freezetune.apps import estimate_config, run_action, seed_runs
+from freezetune.checks import resolve
 from freezetune.cli import compare as compare_cli
-from freezetune.config import Config, from_dict, load_config, resolve, to_dict
+from freezetune.config import Config, from_dict, load_config, to_dict
 from freezetune.measure import Profile
 from freezetune.record import RunExistsError
 from freezetune.train import run
