@@ -5,7 +5,8 @@ A config file is plain YAML; it may name a parent with ``extends: other.yaml``
 The merged mapping is converted into dataclasses by :func:`from_dict`, which
 collects *every* problem (unknown key, wrong type, bad choice, and the checks of
 freezetune.config.validate) before raising one :class:`ConfigError` that names
-each dotted key.
+each dotted key; :func:`read_config` returns them instead, for freezetune.checks
+to add the model's and the data's.
 """
 
 from __future__ import annotations

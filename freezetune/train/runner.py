@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from freezetune.checks import as_resolved
+from freezetune.checks import check
 from freezetune.config import Config, ConfigError, Preprocessing, Resolved, to_dict
 from freezetune.data import Loaders
 from freezetune.measure import (
@@ -77,8 +77,8 @@ def run(
     """Train ``cfg`` and write its run record; returns the summary.
 
     Args:
-        cfg: the config, resolved once by the caller (freezetune.checks.load, as the commands
-            do), or a plain config, resolved here.
+        cfg: the config checked and resolved once by the caller (freezetune.checks.load, as the
+            commands do), or a plain config, checked and resolved here (freezetune.checks.check).
         overwrite: replace a run record already in the output folder.
         progress: wraps each epoch's batches (the CLI passes tqdm bars).
         on_epoch: called with each finished epoch's result.
@@ -92,7 +92,7 @@ def run(
     write = dist is None or dist.is_main
     # Preprocessing keys left null follow the weights (freezetune.checks.resolve); from here
     # on the config is the resolved one, and config.yaml records it.
-    checked = as_resolved(cfg)
+    checked = cfg if isinstance(cfg, Resolved) else check(cfg)
     cfg, sources = checked
     resolved = to_dict(cfg)
     check_logs(cfg.train.log)  # a missing tensorboard package: refused before any file is written
