@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freezetune.config import Config, ConfigError, apply_overrides, from_dict, load_config, load_yaml_tree, to_dict
+from freezetune.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_yaml_tree,
+    mark_edited,
+    read_config,
+    to_dict,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -326,6 +336,21 @@ def test_override_of_unknown_key_is_caught_by_validation(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path / "c.yaml", "name: exp\n"), ["train.epoch=3"])
     assert info.value.problems == ["train.epoch: unknown key; did you mean epochs? (set on the command line)"]
+
+
+def test_read_config_returns_the_problems_for_a_caller_to_add_its_own(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "name: exp\ntrain: {epochz: 3}\n")
+    cfg, problems = read_config(path, ["train.epoch=3", "seed=2"])
+    assert cfg.seed == 2 and cfg.train.epochs == Config().train.epochs  # converted as far as it goes
+    assert problems == [
+        "train.epochz: unknown key; did you mean epochs?",
+        "train.epoch: unknown key; did you mean epochs? (set on the command line)",
+    ]
+    assert mark_edited(["seed: x", "seeds: y", "train.epochs: z"], ["seed=1", "train=2"]) == [
+        "seed: x (set on the command line)",
+        "seeds: y",
+        "train.epochs: z (set on the command line)",
+    ]
 
 
 # --------------------------------------------------------------------------- strictness
