@@ -4,6 +4,7 @@ docs/architecture.md generated from the code as it is."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,35 @@ def test_architecture_doc_is_current() -> None:
         [sys.executable, "scripts/architecture.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_import_freezetune_its_config_and_help_load_no_torch() -> None:
+    # One fresh interpreter (what a user's `freezetune --help` is): torch's import costs seconds.
+    code = (
+        "import runpy, sys\n"
+        "import freezetune, freezetune.config\n"
+        "sys.argv = ['freezetune', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('freezetune', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))\n"
+        "print('heavy:', heavy[:5])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: freezetune COMMAND")
+    assert done.stdout.rstrip().splitlines()[-1] == "heavy: []"
+
+
+def test_the_config_layer_imports_no_framework_and_no_users_code() -> None:
+    # Not even inside a function: the config is syntax, types, bounds and inheritance; what the model
+    # and the data say is asked by freezetune.checks, above freezetune.models and freezetune.data.
+    banned = ("torch", "torchvision", "timm", "importlib")
+    found = []
+    for path in sorted((PACKAGE / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in banned]
+    assert found == []

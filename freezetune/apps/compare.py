@@ -12,9 +12,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from freezetune.config import Config, load_config, resolve, to_dict, weights_kind
+from freezetune import checks
+from freezetune.checks import resolve
+from freezetune.config import Config, load_config, to_dict
 from freezetune.data import build_loaders
 from freezetune.measure import Estimate, StepFormat, estimate, profile_model
+from freezetune.models import weights_kind
 from freezetune.record import OWN_FILES, RunExistsError
 from freezetune.report import config_differences
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
@@ -53,7 +56,7 @@ def seed_runs(file: str, overrides: list[str], seeds: int | None = None) -> list
     ``seeds: 1`` (a run is one seed), so a finished seed is found and reused whatever N a later
     comparison asks for. A config of ``seeds: 1`` compared without ``--seeds`` is its run as it
     stands, in ``<output_dir>``."""
-    cfg = load_config(file, overrides)  # every error here, before anything trains
+    cfg = checks.load(file, overrides).cfg  # every error here, the model's and the data's too, before anything trains
     if seeds is None and cfg.seeds == 1:
         return [SeedRun(file, overrides, cfg)]
     n = seeds if seeds is not None else cfg.seeds
@@ -138,7 +141,7 @@ def _weights_newer(cfg: Config, finished: Path) -> str:
 def train_in_subprocess(config: str | Path, overrides: list[str], overwrite: bool = False) -> Path:
     """``python -m freezetune train --config ...`` in a fresh interpreter (the installed
     package, wherever it runs from), so each run's peak memory is its own; returns the run folder."""
-    cfg = load_config(config, overrides)  # fail here, with the message, before spawning
+    cfg = checks.load(config, overrides).cfg  # fail here, with the message, before spawning
     cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--no-progress"]
     if overwrite:
         cmd.append("--overwrite")

@@ -25,7 +25,8 @@ from lightning.pytorch.callbacks import BackboneFinetuning, BaseFinetuning, Call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from freezetune.apps.features import bn_state, head_input_norms
-from freezetune.config import Config, OptimizerConfig, resolve
+from freezetune.checks import resolve
+from freezetune.config import Config, OptimizerConfig
 from freezetune.data import build_loaders
 from freezetune.measure import device_clock
 from freezetune.models import build_model

@@ -7,9 +7,10 @@ import argparse
 
 import torch
 
+from freezetune import checks
 from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
-from freezetune.config import Config, Preprocessing, resolve
+from freezetune.config import Config, Preprocessing, Source
 from freezetune.data import build_loaders
 from freezetune.plan import describe
 from freezetune.report import (
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"--depth {args.depth}: 1 is the top level; give 1 or more")
 
     def body() -> int:
-        cfg, sources = resolve(cli.config_from_args(args))
-        p = prepare_model(cfg)
+        checked = checks.load(args.config, args.overrides)
+        cfg, sources = checked
+        p = prepare_model(checked)
         probe = None
         if not args.no_probe:
             # A random batch of the configured shape: the probe reads autograd's
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 probe = probe_autograd(p.model, x)
         # Everything that reads the data or may refuse the config comes before the first line
         # printed: a plan that looks valid and then ends in an error would mislead.
-        schedule = render_schedule(p.schedule, cfg, steps_per_epoch(cfg))
+        schedule = render_schedule(p.schedule, cfg, steps_per_epoch(checked))
         auto = render_auto(cfg, describe(p.model), p.load.head) if cfg.freeze.preset == "auto" else None
         cache = _cache(cfg, p)
         weights = p.load.source or "none (random initialisation)"
@@ -97,13 +99,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return cli.guarded(body, args.debug)
 
 
-def _preprocessing(cfg: Config, sources: dict[str, str]) -> str:
+def _preprocessing(cfg: Config, sources: dict[str, Source]) -> str:
     """The resolved preprocessing, and where the values the config left open came from."""
     line = f"preprocessing: {Preprocessing.of(cfg.data).describe()}"
     followed: dict[str, list[str]] = {}
     for key, source in sources.items():
-        if source != "config":
-            followed.setdefault(source, []).append(key)
+        if source.kind != "config":
+            followed.setdefault(str(source), []).append(key)
     for source, keys in followed.items():
         line += f"\n  {', '.join(keys)} from {source}"
     return line

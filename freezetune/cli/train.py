@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from freezetune import checks
 from freezetune.cli import common as cli
 from freezetune.record import EpochResult
 from freezetune.train import distributed, run
@@ -32,7 +33,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     cli.setup_logging(quiet=not main_rank)  # other ranks log warnings only
 
     def body() -> int:
-        cfg = cli.config_from_args(args)
+        # Every problem of the config, its model and its data at once, before anything is written;
+        # resolved here once, and passed down.
+        checked = checks.load(args.config, args.overrides)
+        cfg = checked.cfg
         dist = device = None
         if launch is not None:
             dist, device = distributed.init(launch, cfg.train.device)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         progress = cli.tqdm_progress(cli.progress_enabled(main_rank and not args.no_progress))
         try:
             summary = run(
-                cfg,
+                checked,
                 overwrite=args.overwrite,
                 progress=progress,
                 on_epoch=report,

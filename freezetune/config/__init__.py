@@ -1,24 +1,31 @@
 """Strict, typed configuration: the schema, loading with ``extends`` and ``key=value``
-edits, the records inside it (rules, events, groups) and their validation.
+edits, the records inside it (rules, events, groups) and their validation: syntax, types,
+bounds and inheritance.
 
-The bottom layer: nothing here imports another freezetune package but utils."""
+The bottom layer: nothing here imports another freezetune package but utils, nor torch,
+torchvision, timm or the user's code (what the model and the data say about a config is
+checked by freezetune.checks, one layer above them)."""
 
 from freezetune.config.load import (
     apply_overrides,
+    convert,
     from_dict,
     load_config,
     load_yaml_tree,
+    mark_edited,
+    read_config,
     read_records,
     set_key,
     to_dict,
 )
 from freezetune.config.preprocess import (
     AUGMENTS,
+    CONFIG,
     Preprocessing,
+    Resolved,
+    Source,
     dataset_defaults,
-    resolve,
     resolve_data,
-    weights_preprocessing,
 )
 from freezetune.config.records import (
     EVENT_KINDS,
@@ -49,38 +56,19 @@ from freezetune.config.schema import (
     SchedulerConfig,
     TrainConfig,
 )
-from freezetune.config.validate import (
-    FASHION_MNIST_CLASSES,
-    TIMM_PREFIX,
-    arch_kind,
-    classification_models,
-    event_problems,
-    exception_line,
-    fashion_mnist_index,
-    load_callable,
-    semantic_problems,
-    timm_name,
-    timm_pretrained_cfg,
-    weights_kind,
-)
+from freezetune.config.validate import event_problems, exception_line, semantic_problems
 from freezetune.config.values import finite_number, number
 
 __all__ = [
-    "TIMM_PREFIX",
-    "arch_kind",
     "exception_line",
-    "load_callable",
-    "timm_name",
-    "timm_pretrained_cfg",
     "AUGMENTS",
-    "FASHION_MNIST_CLASSES",
+    "CONFIG",
+    "Resolved",
+    "Source",
     "EarlyStoppingConfig",
     "Preprocessing",
     "dataset_defaults",
-    "fashion_mnist_index",
-    "resolve",
     "resolve_data",
-    "weights_preprocessing",
     "EVENT_KINDS",
     "EVENTS",
     "GROUPS",
@@ -101,21 +89,22 @@ __all__ = [
     "SchedulerConfig",
     "TrainConfig",
     "apply_overrides",
-    "classification_models",
+    "convert",
     "event_problems",
     "finite_number",
     "from_dict",
     "gradual_events",
     "load_config",
     "load_yaml_tree",
+    "mark_edited",
     "number",
     "parse_events",
     "parse_param_groups",
     "parse_records",
     "parse_rules",
+    "read_config",
     "read_records",
     "semantic_problems",
     "set_key",
     "to_dict",
-    "weights_kind",
 ]

@@ -5,7 +5,8 @@ A config file is plain YAML; it may name a parent with ``extends: other.yaml``
 The merged mapping is converted into dataclasses by :func:`from_dict`, which
 collects *every* problem (unknown key, wrong type, bad choice, and the checks of
 freezetune.config.validate) before raising one :class:`ConfigError` that names
-each dotted key.
+each dotted key; :func:`read_config` returns them instead, for freezetune.checks
+to add the model's and the data's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ from freezetune.config.schema import Config, ConfigError
 from freezetune.config.validate import semantic_problems
 from freezetune.config.values import number
 
-__all__ = ["apply_overrides", "from_dict", "load_config", "load_yaml_tree", "read_records", "to_dict"]
+__all__ = [
+    "apply_overrides",
+    "convert",
+    "from_dict",
+    "load_config",
+    "load_yaml_tree",
+    "mark_edited",
+    "read_config",
+    "read_records",
+    "set_key",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -39,22 +51,7 @@ T = TypeVar("T")
 def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read ``path`` and merge it over the files it ``extends`` (depth first)."""
     path = Path(path).resolve()
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise ConfigError([f"extends: cycle {chain}"], str(path))
-    if path.is_dir():
-        raise ConfigError([f"{path} is a folder, not a config file (a .yaml file)"])
-    if not path.is_file():
-        what = f"extends in {_seen[-1]}" if _seen else "config"
-        raise ConfigError([f"{what}: file not found: {path}{_nearest_file(path)}"])
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"not UTF-8 text (byte {exc.start}): save the config as UTF-8"], str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"top level must be a mapping, got {type(raw).__name__}"], str(path))
+    raw = _read_yaml(path, _seen)
     parents = raw.pop("extends", None)
     if parents is None:
         return raw
@@ -66,6 +63,28 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, 
     for parent in parents:
         merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
     return _deep_merge(merged, raw)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The mapping of one config file; ConfigError when it is no such file (``seen``: the files
+    that extend it, to name the chain) or not a YAML mapping."""
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError([f"extends: cycle {chain}"], str(path))
+    if path.is_dir():
+        raise ConfigError([f"{path} is a folder, not a config file (a .yaml file)"])
+    if not path.is_file():
+        what = f"extends in {seen[-1]}" if seen else "config"
+        raise ConfigError([f"{what}: file not found: {path}{_nearest_file(path)}"])
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start}): save the config as UTF-8"], str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"top level must be a mapping, got {type(raw).__name__}"], str(path))
+    return raw
 
 
 def _nearest_file(path: Path) -> str:
@@ -154,17 +173,33 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, merge, override and validate a config file; raise ConfigError on any problem."""
+    """Load, merge, override and validate a config file; raise ConfigError on any problem.
+
+    Checks the config alone; freezetune.checks.load adds what the model and the data say."""
+    cfg, problems = read_config(path, overrides)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, list[str]]:
+    """Load, merge, override and convert a config file, and every problem found on the way
+    (:func:`mark_edited` marked), so that a caller can add its own before raising.
+
+    Raises:
+        ConfigError: only when there is nothing to convert: no such file, not YAML, a malformed
+            ``key=value``.
+    """
     tree = apply_overrides(load_yaml_tree(path), overrides or [])
-    try:
-        return from_dict(tree, source=str(path))
-    except ConfigError as exc:
-        edited = [item.partition("=")[0] for item in overrides or []]
-        if not edited:
-            raise
-        # Say which problems come from a key=value edit rather than from the file.
-        marked = [p + (" (set on the command line)" if _under_any(p, edited) else "") for p in exc.problems]
-        raise ConfigError(marked, str(path)) from None
+    cfg, problems = convert(tree)
+    return cfg, mark_edited(problems, overrides or [])
+
+
+def mark_edited(problems: list[str], overrides: list[str]) -> list[str]:
+    """``problems`` with `` (set on the command line)`` added to each one about a key that a
+    ``key=value`` edit in ``overrides`` set, rather than the file."""
+    edited = [item.partition("=")[0] for item in overrides]
+    return [p + (" (set on the command line)" if _under_any(p, edited) else "") for p in problems]
 
 
 def _under_any(problem: str, keys: list[str]) -> bool:
@@ -177,6 +212,15 @@ def _under_any(problem: str, keys: list[str]) -> bool:
 
 def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
     """Convert a merged mapping into a validated :class:`Config`."""
+    cfg, problems = convert(tree)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def convert(tree: dict[str, Any]) -> tuple[Config, list[str]]:
+    """A merged mapping as a :class:`Config`, and every problem with it, one line each (empty:
+    none). A key with a problem holds None or its default, so that later checks can go on."""
     problems: list[str] = []
     cfg = _convert(Config, tree, "", problems)
     try:
@@ -185,9 +229,7 @@ def from_dict(tree: dict[str, Any], source: str | None = None) -> Config:
         problems.extend(semantic_problems(cfg))
     except (TypeError, AttributeError):
         pass  # a value too broken to check further is already reported above
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
+    return cfg, problems
 
 
 def read_records(kind: RecordKind[T], raw: Iterable[object], origin: str) -> list[T]:
@@ -259,8 +301,7 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
         if shorthand and isinstance(value, str):
             value = {shorthand: value}
         return _convert(tp, value, path, problems)
-    origin = typing.get_origin(tp)
-    if origin is list:
+    if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             problems.append(f"{path}: expected a list, got {value!r}")
             return None  # not [], which later checks would report as a second, invented problem
@@ -269,23 +310,8 @@ def _value(tp: Any, value: Any, path: str, meta: Any, problems: list[str]) -> An
     if isinstance(value, bool) and meta and {"on", "off"} <= set(meta.get("choices", ())):
         value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads a bare on/off as a boolean
     converted = _scalar(tp, value)
-    if converted is _BAD and isinstance(value, bool) and meta and meta.get("was_switch"):
-        now = meta["was_switch"] if value else "none"
-        problems.append(
-            f"{path}: a choice now, not a switch: {now!r} for what {str(value).lower()} meant; "
-            f"one of {', '.join(meta['choices'])}"
-        )
-        return None
-    if converted is _BAD and tp is str and meta and meta.get("choices"):
-        quoted = " (YAML reads an unquoted on/off/yes/no as true/false: quote it)" if isinstance(value, bool) else ""
-        problems.append(f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}{quoted}")
-        return None
-    if converted is _BAD and tp is str and isinstance(value, dict) and len(value) == 1 and None in value.values():
-        # `preset: until:` is read as the mapping {until: None}
-        problems.append(f"{path}: expected a string, got the mapping {value!r}: quote it, e.g. 'until:layer3'")
-        return None
     if converted is _BAD:
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        problems.append(_scalar_problem(tp, value, path, meta))
         return None
     _check_bounds(converted, path, meta, problems)
     return converted
@@ -304,6 +330,23 @@ def _records(kind: RecordKind[Any], value: Any, path: str, problems: list[str]) 
         if record is not None:
             records.append(record)
     return records
+
+
+def _scalar_problem(tp: Any, value: Any, path: str, meta: Any) -> str:
+    """Why ``value`` is no ``tp``, with the likely cause where YAML's reading explains it."""
+    if isinstance(value, bool) and meta and meta.get("was_switch"):
+        now = meta["was_switch"] if value else "none"
+        return (
+            f"{path}: a choice now, not a switch: {now!r} for what {str(value).lower()} meant; "
+            f"one of {', '.join(meta['choices'])}"
+        )
+    if tp is str and meta and meta.get("choices"):
+        quoted = " (YAML reads an unquoted on/off/yes/no as true/false: quote it)" if isinstance(value, bool) else ""
+        return f"{path}: expected one of {', '.join(meta['choices'])}, got {value!r}{quoted}"
+    if tp is str and isinstance(value, dict) and len(value) == 1 and None in value.values():
+        # `preset: until:` is read as the mapping {until: None}
+        return f"{path}: expected a string, got the mapping {value!r}: quote it, e.g. 'until:layer3'"
+    return f"{path}: expected {_type_name(tp)}, got {value!r}"
 
 
 _BAD = object()

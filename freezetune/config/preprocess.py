@@ -5,32 +5,29 @@ the dataset, in that order.
 Pretrained weights expect the input they were trained on. torchvision's weights carry
 it (``weights.transforms()``: resize 256, center crop 224, ImageNet mean/std for most),
 and a freezetune ``model.pt`` carries what its run used; a key the config leaves null
-takes that value, else the dataset's default. :func:`resolve` returns the config with
-every key filled in (what ``config.yaml`` records, so a rerun of it needs no weights to
-know its preprocessing) and, per key, where the value came from. The transforms built
-from it live in freezetune.data.transforms."""
+takes that value, else the dataset's default. :func:`resolve_data` fills in every key
+(what ``config.yaml`` records, so a rerun of it needs no weights to know its preprocessing)
+and says, per key, where the value came from. Reading the weights is freezetune.models'
+job (``weights_preprocessing``), resolving a whole config freezetune.checks' (``resolve``);
+the transforms built from it live in freezetune.data.transforms."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
-
-from freezetune.config.schema import Config, DataConfig, ModelConfig
-from freezetune.config.validate import timm_name, timm_pretrained_cfg, weights_kind
+from freezetune.config.schema import Config, DataConfig
 
 __all__ = [
     "AUGMENTS",
     "KEYS",
     "Preprocessing",
+    "CONFIG",
+    "Resolved",
+    "Source",
     "dataset_defaults",
-    "resolve",
     "resolve_data",
-    "weights_preprocessing",
 ]
 
 KEYS = ("image_size", "resize_size", "interpolation", "mean", "std", "augment")
@@ -63,7 +60,7 @@ class Preprocessing:
         """The preprocessing of a resolved ``data`` section (:func:`resolve`)."""
         missing = [k for k in KEYS if getattr(data, k) is None]
         if missing:
-            raise ValueError(f"data.{', data.'.join(missing)} not resolved: call freezetune.config.resolve first")
+            raise ValueError(f"data.{', data.'.join(missing)} not resolved: call freezetune.checks.resolve first")
         return cls.from_json({k: getattr(data, k) for k in KEYS})
 
     @classmethod
@@ -106,118 +103,62 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
     }
 
 
-def weights_preprocessing(model: ModelConfig) -> tuple[dict[str, Any] | None, str | None]:
-    """The preprocessing ``model.weights`` were trained with, and a name for where it came
-    from; (None, None) when the weights do not say (none, or a plain state_dict file).
+@dataclass(frozen=True)
+class Source:
+    """Where one resolved preprocessing value came from."""
 
-    Reads no network: torchvision's come from the weights enum's ``transforms()``, timm's
-    (``timm/<name>`` with DEFAULT) from its registry's pretrained config, a freezetune file's
-    from its ``preprocessing`` entry (memory-mapped, tensors not read)."""
-    if not isinstance(model.arch, str) or not isinstance(model.weights, str):
-        return None, None
-    kind = weights_kind(model.arch, model.weights)
-    if kind == "torchvision":
-        import torchvision.models as tvm  # here: importing torchvision takes a second (validate.py)
+    kind: str  # config | weights | dataset
+    name: str = ""  # the weights (torchvision:<enum>, timm:<name>, a file) or the dataset
+    # resize_size only: the source's resize/crop ratio, scaled to the image_size the config chose.
+    scaled: tuple[int, int] | None = None
 
-        name = model.weights.split(".")[-1]
-        enum = tvm.get_model_weights(model.arch)
-        weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
-        t = weights.transforms()  # torchvision's ImageClassification: sizes, interpolation, mean/std
-        crop, resize = _first(t.crop_size), _first(t.resize_size)
-        return {
-            "image_size": crop,
-            "resize_size": resize,
-            "interpolation": t.interpolation.value,
-            "mean": list(t.mean),
-            "std": list(t.std),
-            # torchvision's reference recipes train with RandomResizedCrop + flip.
-            "augment": "flip_crop",
-        }, f"torchvision:{weights}"
-    if kind == "timm":
-        return _timm_preprocessing(model.arch)
-    if kind == "file":
-        saved = _saved_preprocessing(Path(model.weights).expanduser())
-        return (saved, str(model.weights)) if saved else (None, None)
-    return None, None
+    @property
+    def origin(self) -> str:
+        """``config``, the weights' name or ``<dataset> default``: the source without its scaling."""
+        if self.kind == "config":
+            return "config"
+        return self.name if self.kind == "weights" else f"{self.name} default"
+
+    def __str__(self) -> str:
+        return self.origin + (f" (scaled {self.scaled[0]}/{self.scaled[1]})" if self.scaled else "")
 
 
-def _timm_preprocessing(arch: str) -> tuple[dict[str, Any] | None, str | None]:
-    """What timm's own ``resolve_data_config`` + ``create_transform`` would do at evaluation, from
-    the pretrained config in timm's registry (no model built, nothing downloaded)."""
-    pcfg = timm_pretrained_cfg(arch)
-    if pcfg is None:
-        return None, None
-    size = int(pcfg.input_size[-1])
-    crop_pct = pcfg.crop_pct or 0.875  # timm.data.DEFAULT_CROP_PCT
-    # timm's crop_mode squash/border (about 1 in 14 pretrained configs) has no equivalent here:
-    # the center crop of the resized shorter side is what the rest use.
-    interpolation = pcfg.interpolation if pcfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
-    return {
-        "image_size": size,
-        "resize_size": math.floor(size / crop_pct),  # as timm.data.transforms_factory computes scale_size
-        "interpolation": interpolation,
-        "mean": list(pcfg.mean),
-        "std": list(pcfg.std),
-        "augment": "flip_crop",  # timm's train transform: RandomResizedCrop + flip (+ its own extras)
-    }, f"timm:{pcfg.hf_hub_id or timm_name(arch)}"
+CONFIG = Source("config")
 
 
-def _first(size: Any) -> int:
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+class Resolved(NamedTuple):
+    """A config with every preprocessing key set, and where each value came from (made once per
+    run by freezetune.checks, and passed down)."""
 
-
-def _saved_preprocessing(path: Path) -> dict[str, Any] | None:
-    """``preprocessing`` of a freezetune model.pt; None for anything else. A file that cannot
-    be read is reported when the model loads it (freezetune.models), not here."""
-    if not path.is_file():
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unreadable, not a zip-format file, ...: the loader says why later
-        return None
-    saved = obj.get("preprocessing") if isinstance(obj, dict) else None
-    if not isinstance(saved, dict) or any(k not in saved for k in KEYS):
-        return None
-    return {k: saved[k] for k in KEYS}
-
-
-def resolve(cfg: Config) -> tuple[Config, dict[str, str]]:
-    """``cfg`` with every preprocessing key set, and where each value came from
-    (``config``, the weights' name, or ``<dataset> default``). A resolved config resolves
-    to itself."""
-    if all(getattr(cfg.data, k) is not None for k in KEYS):
-        return cfg, {k: "config" for k in KEYS}
-    base, source = weights_preprocessing(cfg.model)
-    data, sources = resolve_data(cfg.data, base, source)
-    return dataclasses.replace(cfg, data=data), sources
+    cfg: Config
+    sources: dict[str, Source]
 
 
 def resolve_data(
     data: DataConfig, base: dict[str, Any] | None = None, source: str | None = None
-) -> tuple[DataConfig, dict[str, str]]:
+) -> tuple[DataConfig, dict[str, Source]]:
     """``data`` with every preprocessing key set: from itself, else ``base`` (the weights'
     preprocessing, named ``source``), else the dataset's default."""
     default = dataset_defaults(data.dataset)
+    fallback = Source("weights", str(source)) if base is not None else Source("dataset", data.dataset)
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    sources: dict[str, Source] = {}
     for key in KEYS:
         if getattr(data, key) is not None:
-            values[key], sources[key] = getattr(data, key), "config"
+            values[key], sources[key] = getattr(data, key), CONFIG
         elif key == "resize_size":
             continue  # follows the crop size, below
-        elif base is not None:
-            values[key], sources[key] = base[key], str(source)
         else:
-            values[key], sources[key] = default[key], f"{data.dataset} default"
+            values[key], sources[key] = (base if base is not None else default)[key], fallback
     if data.resize_size is None:
         # The resize keeps the source's margin around the crop (256/224 for ImageNet weights),
         # also when the config chose another image_size.
         ref = base if base is not None else default
         scaled = round(values["image_size"] * ref["resize_size"] / ref["image_size"])
         values["resize_size"] = max(values["image_size"], scaled)
-        sources["resize_size"] = str(source) if base is not None else f"{data.dataset} default"
-        if sources["image_size"] == "config" and values["image_size"] != ref["image_size"]:
-            sources["resize_size"] += f" (scaled {ref['resize_size']}/{ref['image_size']})"
+        sources["resize_size"] = fallback
+        if sources["image_size"] == CONFIG and values["image_size"] != ref["image_size"]:
+            sources["resize_size"] = dataclasses.replace(fallback, scaled=(ref["resize_size"], ref["image_size"]))
     values["mean"] = [float(v) for v in values["mean"]]
     values["std"] = [float(v) for v in values["std"]]
     return dataclasses.replace(data, **values), {k: sources[k] for k in KEYS}

@@ -68,7 +68,7 @@ class DataConfig:
 
     The preprocessing keys (image_size .. augment) left null follow the weights: torchvision
     weights' own ``transforms()``, or what a freezetune model.pt was trained with; else the
-    dataset's default (freezetune.config.preprocess, docs/preprocessing.md)."""
+    dataset's default (freezetune.checks.resolve, docs/preprocessing.md)."""
 
     dataset: str = field(default="fake", metadata=_choice("fashion_mnist", "fake", "imagefolder"))
     root: str = "data"

@@ -13,9 +13,17 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from freezetune.config import FASHION_MNIST_CLASSES, ConfigError
+from freezetune.config import ConfigError
 
-__all__ = ["DEBIAN_FMNIST_DIR", "FMNIST_FILES", "ensure_fashion_mnist", "export_png_folder", "folder_name"]
+__all__ = [
+    "DEBIAN_FMNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "FMNIST_FILES",
+    "ensure_fashion_mnist",
+    "export_png_folder",
+    "fashion_mnist_index",
+    "folder_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,34 @@ FMNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 DEBIAN_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# torchvision.datasets.FashionMNIST.classes, in label order (here so that a config naming them
+# is checked without the dataset on disk).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def name_key(name: str) -> str:
+    """Fashion-MNIST names match ignoring case and punctuation: sneaker, Ankle boot, t_shirt_top."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def fashion_mnist_index(name: str) -> int:
+    """The Fashion-MNIST class index of ``name`` (as :func:`name_key` matches it); KeyError if none."""
+    keys = [name_key(c) for c in FASHION_MNIST_CLASSES]
+    if name_key(name) not in keys:
+        raise KeyError(name)
+    return keys.index(name_key(name))
 
 
 def ensure_fashion_mnist(root: str | Path, system_dir: Path = DEBIAN_FMNIST_DIR, download: bool = True) -> Path:

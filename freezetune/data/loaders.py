@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
-from freezetune.config import FASHION_MNIST_CLASSES, ConfigError, DataConfig, Preprocessing, fashion_mnist_index
+from freezetune.config import ConfigError, DataConfig, Preprocessing
+from freezetune.data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist_index
 from freezetune.data.imagefolder import checked_image_folder, folder_classes
 from freezetune.data.transforms import eval_transform, train_transform
 
@@ -64,7 +65,7 @@ def class_indices(cfg: DataConfig, names: list[str] | None = None) -> list[int] 
     if cfg.classes is None or all(isinstance(c, int) for c in cfg.classes):
         return cfg.classes
     if cfg.dataset == "fashion_mnist":
-        return [fashion_mnist_index(c) for c in cfg.classes]  # checked by the config already
+        return [fashion_mnist_index(c) for c in cfg.classes]  # checked by freezetune.checks already
     names = names if names is not None else _all_names(cfg)
     unknown = [c for c in cfg.classes if c not in names]
     if unknown:

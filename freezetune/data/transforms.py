@@ -1,4 +1,4 @@
-"""The image transforms of a resolved preprocessing (freezetune.config.preprocess), in
+"""The image transforms of a resolved preprocessing (freezetune.config.Preprocessing), in
 torchvision's ``transforms.v2``.
 
 Evaluation is torchvision's ``ImageClassification`` (what ``weights.transforms()``

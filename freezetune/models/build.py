@@ -19,16 +19,8 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import (
-    ConfigError,
-    ModelConfig,
-    arch_kind,
-    exception_line,
-    load_callable,
-    timm_name,
-    timm_pretrained_cfg,
-    weights_kind,
-)
+from freezetune.config import ConfigError, ModelConfig, exception_line
+from freezetune.models.arch import arch_kind, load_callable, timm_name, timm_pretrained_cfg, weights_kind
 from freezetune.plan.rules import describe, find_head
 from freezetune.record.checkpoint import is_delta, load_payload, read_checkpoint
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from freezetune.config import Config, ConfigError, Preprocessing, resolve, to_dict
+from freezetune.checks import check
+from freezetune.config import Config, ConfigError, Preprocessing, Resolved, to_dict
 from freezetune.data import Loaders
 from freezetune.measure import (
     SavedBytes,
@@ -64,7 +65,7 @@ BEST = "best.pt"  # the model after the best epoch by train.monitor, as model.pt
 
 
 def run(
-    cfg: Config,
+    cfg: Config | Resolved,
     overwrite: bool = False,
     progress: Progress = no_progress,
     on_epoch: Callable[[EpochResult], None] | None = None,
@@ -76,6 +77,8 @@ def run(
     """Train ``cfg`` and write its run record; returns the summary.
 
     Args:
+        cfg: the config checked and resolved once by the caller (freezetune.checks.load, as the
+            commands do), or a plain config, checked and resolved here (freezetune.checks.check).
         overwrite: replace a run record already in the output folder.
         progress: wraps each epoch's batches (the CLI passes tqdm bars).
         on_epoch: called with each finished epoch's result.
@@ -87,9 +90,10 @@ def run(
         device: overrides ``train.device`` (torchrun gives each rank its own).
     """
     write = dist is None or dist.is_main
-    # Preprocessing keys left null follow the weights (freezetune.config.preprocess); from here
+    # Preprocessing keys left null follow the weights (freezetune.checks.resolve); from here
     # on the config is the resolved one, and config.yaml records it.
-    cfg, sources = resolve(cfg)
+    checked = cfg if isinstance(cfg, Resolved) else check(cfg)
+    cfg, sources = checked
     resolved = to_dict(cfg)
     check_logs(cfg.train.log)  # a missing tensorboard package: refused before any file is written
     if resume is not None:
@@ -99,9 +103,9 @@ def run(
         out, state = RunDir.for_new_run(cfg.output_dir, overwrite, write), None
     if dist is not None:
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
-    p, loaders = prepare(cfg, device)
+    p, loaders = prepare(checked, device)
     trainer = Trainer(cfg, p, loaders, out.path, dist)
-    trainer.preprocessing_from = sources
+    trainer.preprocessing_from = {key: str(source) for key, source in sources.items()}
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     log.info(
         "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
@@ -120,7 +124,7 @@ def run(
             "bf16 is the CPU's low precision",
             cfg.name,
         )
-    followed = sorted({src.split(" (scaled")[0] for src in sources.values() if src != "config"})
+    followed = sorted({src.origin for src in sources.values() if src.kind != "config"})
     if followed:
         log.info("%s: preprocessing not set in the config follows %s", cfg.name, ", ".join(followed))
     staged = f" (written to {out.path} until it succeeds)" if out.staged else ""

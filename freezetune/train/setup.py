@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import Config, ConfigError, EventSpec, arch_kind, resolve
+from freezetune.checks import as_resolved
+from freezetune.config import Config, ConfigError, EventSpec, Resolved
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.measure import resolve_device
-from freezetune.models import LoadReport, build_model
+from freezetune.models import LoadReport, arch_kind, build_model
 from freezetune.plan import (
     FreezeError,
     FreezePlan,
@@ -69,10 +70,13 @@ def num_outputs(cfg: Config) -> int:
     return cfg.model.num_classes or num_classes_of(cfg.data)
 
 
-def prepare_model(cfg: Config, num_classes: int | None = None, device: torch.device | None = None) -> Prepared:
+def prepare_model(
+    cfg: Config | Resolved, num_classes: int | None = None, device: torch.device | None = None
+) -> Prepared:
     """Build the model, load its weights and apply the freezing plan (no data, no files).
-    ``Prepared.cfg`` is ``cfg`` with its preprocessing resolved (freezetune.config.resolve)."""
-    cfg, _ = resolve(cfg)
+    ``Prepared.cfg`` is ``cfg`` with its preprocessing resolved (freezetune.checks.resolve,
+    unless ``cfg`` is resolved already)."""
+    cfg = as_resolved(cfg).cfg
     device = device or resolve_device(cfg.train.device)
     problem = precision_problem(device, cfg.train.precision)
     if problem:
@@ -105,9 +109,9 @@ def schedule_for(cfg: Config, tree: ModelTree, decided: list[EventSpec] | None =
     return build_schedule(tree, cfg.freeze, decided or ())
 
 
-def steps_per_epoch(cfg: Config) -> int:
+def steps_per_epoch(cfg: Config | Resolved) -> int:
     """Optimizer steps per epoch (what the LR schedule is laid out over)."""
-    cfg, _ = resolve(cfg)
+    cfg = as_resolved(cfg).cfg
     if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
         return 1  # the multiplier is 1 at every step: no need to read the data
     n = len(build_loaders(cfg.data, cfg.seed, num_outputs(cfg), check_images=False).train)
@@ -170,9 +174,10 @@ def _size_hint(model: nn.Module, cfg: Config) -> str:
     )
 
 
-def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
+def prepare(cfg: Config | Resolved, device: torch.device | None = None) -> tuple[Prepared, Loaders]:
     """:func:`prepare_model` and the data loaders."""
-    cfg, _ = resolve(cfg)
+    resolved = as_resolved(cfg)
+    cfg = resolved.cfg
     k = num_outputs(cfg)
     data_k = num_classes_of(cfg.data) if cfg.data.dataset != "fake" else k
     if data_k > k:
@@ -182,6 +187,6 @@ def prepare(cfg: Config, device: torch.device | None = None) -> tuple[Prepared, 
                 "takes the data's count"
             ]
         )
-    prepared = prepare_model(cfg, k, device)
+    prepared = prepare_model(resolved, k, device)
     loaders = build_loaders(cfg.data, cfg.seed, k)
     return prepared, loaders

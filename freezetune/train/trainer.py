@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from freezetune.config import Config, ConfigError, Preprocessing, weights_kind
+from freezetune.config import Config, ConfigError, Preprocessing
 from freezetune.data import Loaders
 from freezetune.measure import device_clock
+from freezetune.models import weights_kind
 from freezetune.plan import FreezePlan, apply_plan, describe
 from freezetune.record import (
     MODEL_FORMAT,
@@ -100,7 +101,7 @@ class Trainer:
         self._epoch_first_step = 0
         # Cumulative training seconds (EpochResult.train_s), a stopped epoch's part included.
         self.train_s = 0.0
-        # Where each preprocessing value came from (freezetune.config.resolve), kept across a resume:
+        # Where each preprocessing value came from (freezetune.checks.resolve), kept across a resume:
         # a run resumed from its own config.yaml would otherwise say "config" for all of them.
         self.preprocessing_from: dict[str, str] = {}
 

@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure",),
     ("record",),
     ("data", "models"),
+    ("checks",),
     ("train", "infer"),
     ("report",),
     ("apps",),

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from freezetune.apps import estimate_config, run_action, seed_runs
+from freezetune.checks import resolve
 from freezetune.cli import compare as compare_cli
-from freezetune.config import Config, from_dict, load_config, resolve, to_dict
+from freezetune.config import Config, from_dict, load_config, to_dict
 from freezetune.measure import Profile
 from freezetune.record import RunExistsError
 from freezetune.train import run
@@ -155,7 +156,8 @@ def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(tmp
     out = str(tmp_path / "report")
     assert compare_cli.main(["--configs", str(good), str(bad), "--seeds", "2", "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: data.root: imagefolder needs the folders")
+    # Found with the config's own checks (freezetune.checks), so the line names the file too.
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: data.root: imagefolder needs the folders")
     inside = str(tmp_path / "runs" / "tiny-seed1" / "report")
     assert compare_cli.main(["--configs", str(good), "--seeds", "2", "--out", inside]) == 2
     assert f"--out {inside}: inside the run folder {tmp_path / 'runs' / 'tiny-seed1'}" in capsys.readouterr().err

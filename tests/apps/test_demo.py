@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from freezetune.apps import pretrain_is_current, results_table
-from freezetune.config import Config, from_dict, resolve, to_dict
+from freezetune.checks import resolve
+from freezetune.config import Config, from_dict, to_dict
 from freezetune.train import run
 
 TINY = {

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from freezetune.cli.main import main
+from freezetune.cli.train import main as train_main
 
 TINY = {
     "name": "tiny",
@@ -513,3 +514,27 @@ def test_an_auto_ceiling_that_is_no_stage_is_refused_before_the_plan_prints(
         "error: freezing plan rejected: freeze.auto.ceiling: 'relu' is no top-level module with parameters; "
         "one of conv1, bn1, layer1, layer2, layer3, layer4, fc"
     )
+
+
+def test_config_model_and_data_mistakes_are_reported_together(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bad key (the config's), a bad weights name (the model's) and a missing folder (the data's): one
+    # run reports all three, and another only after fixing the first would be a round trip too many.
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"]["epochz"] = 3
+    cfg["model"]["weights"] = "IMAGENET_V9"
+    cfg["data"] = {"dataset": "imagefolder", "root": "no_images"}
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    before = files(workdir.parent)
+    rc = train_main(["--config", "bad.yaml", "--no-progress", "train.device=cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert error_line(err).splitlines() == [
+        "error: 3 config problems in bad.yaml:",
+        "  - train.epochz: unknown key; did you mean epochs?",
+        "  - model.weights: 'IMAGENET_V9' is not a weights name of resnet18; valid: DEFAULT, IMAGENET1K_V1",
+        "  - data.root: imagefolder needs the folders no_images/train, no_images/val",
+    ]
+    assert files(workdir.parent) == before
+    assert not (workdir / "runs" / "tiny").exists()

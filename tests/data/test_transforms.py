@@ -9,7 +9,8 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
-from freezetune.config import AUGMENTS, Preprocessing, from_dict, resolve
+from freezetune.checks import resolve
+from freezetune.config import AUGMENTS, Preprocessing, from_dict
 from freezetune.data import eval_transform, train_transform
 
 

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from freezetune.checks import check_dict
 from freezetune.config import ConfigError, from_dict
 from freezetune.train import run
 
@@ -96,6 +97,6 @@ def test_fashion_mnist_classes_by_name() -> None:
     data = from_dict({"name": "n", "data": {"dataset": "fashion_mnist", "classes": ["sneaker", "Ankle boot"]}}).data
     assert class_indices(data) == [7, 9] and class_names(data) == ["Sneaker", "Ankle boot"]
     with pytest.raises(ConfigError, match=r"data.classes: \['sandals'\] not among Fashion-MNIST's classes"):
-        from_dict({"name": "n", "data": {"dataset": "fashion_mnist", "classes": ["sneaker", "sandals"]}})
+        check_dict({"name": "n", "data": {"dataset": "fashion_mnist", "classes": ["sneaker", "sandals"]}})
     with pytest.raises(ConfigError, match="fake data has no class names"):
-        from_dict({"name": "n", "data": {"classes": ["a", "b"]}})
+        check_dict({"name": "n", "data": {"classes": ["a", "b"]}})

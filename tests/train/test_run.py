@@ -31,7 +31,8 @@ import torch.nn as nn
 import torchvision
 import yaml
 
-from freezetune.config import Config, from_dict, load_config, resolve, to_dict
+from freezetune.checks import resolve
+from freezetune.config import Config, from_dict, load_config, to_dict
 from freezetune.plan import FreezeError
 from freezetune.record import RECORD_FILES
 from freezetune.train import run

@@ -1,5 +1,6 @@
 """model.arch beyond torchvision: an import path (``module.sub:callable``) and ``timm/<name>``.
-Each mistake is one problem naming its key; timm's preprocessing comes from its registry."""
+Each mistake is one problem naming its key (freezetune.models' checks, as freezetune.checks
+reports them); timm's preprocessing comes from its registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from freezetune.config import ConfigError, ModelConfig, from_dict, resolve, weights_kind, weights_preprocessing
+from freezetune.checks import check_dict, resolve
+from freezetune.config import ConfigError, ModelConfig, from_dict
+from freezetune.models import weights_kind, weights_preprocessing
 
 pytest.importorskip("timm")
 
@@ -24,12 +27,12 @@ def config(arch: str, **model: Any) -> dict[str, Any]:
 
 def problems(arch: str, **model: Any) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        from_dict(config(arch, **model))
+        check_dict(config(arch, **model))
     return info.value.problems
 
 
 def test_an_import_path_and_its_kwargs_are_accepted(user_models: str) -> None:
-    cfg = from_dict(config(f"{user_models}.nets:build", kwargs={"width": 4}))
+    cfg = check_dict(config(f"{user_models}.nets:build", kwargs={"width": 4})).cfg
     assert cfg.model.kwargs == {"width": 4}
 
 
@@ -144,4 +147,15 @@ def test_timm_default_weights_bring_timms_preprocessing(arch: str, expected: tup
 
 def test_timm_without_weights_keeps_the_datasets_preprocessing() -> None:
     cfg, sources = resolve(from_dict(config("timm/test_resnet")))
-    assert cfg.data.image_size == 32 and set(sources.values()) == {"fake default"}
+    assert cfg.data.image_size == 32 and {str(s) for s in sources.values()} == {"fake default"}
+
+
+def test_the_config_layer_alone_never_imports_the_users_module(user_models: str) -> None:
+    # freezetune.config checks syntax and types only: whether the callable exists is freezetune.models'
+    # question, asked by freezetune.checks.
+    arch = f"{user_models}.broken:build"
+    assert from_dict(config(arch)).model.arch == arch
+    assert f"{user_models}.broken" not in sys.modules
+    with pytest.raises(ConfigError) as info:
+        check_dict(config(arch))
+    assert info.value.problems[0].startswith(f"model.arch: importing '{user_models}.broken' raised RuntimeError")
