@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cache = _cache(cfg, p)
         weights = p.load.source or "none (random initialisation)"
         print(f"config {args.config}: {cfg.model.arch}, weights {weights}, head '{p.load.head}'")
+        if p.threads is not None:  # the estimate and the cache's build prediction time steps on these threads
+            print(p.threads.describe())
+            if p.threads.warning():
+                print(f"warning: {p.threads.warning()}")
         print(_preprocessing(cfg, sources))
         tree = describe(p.model)
         print(render_plan(tree, p.plan, probe, args.depth, p.schedule))

@@ -227,6 +227,10 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata=_choice("fp32", "bf16", "fp16"))
     # Model and inputs in channels-last memory format (faster convolutions in low precision).
     channels_last: bool = False
+    # torch's intra-op CPU threads (torch.set_num_threads), set before the model is built; null
+    # leaves torch's own count (OMP_NUM_THREADS when set). 1 on a machine busy with other work:
+    # one thread waiting for a core stalls every operation (freezetune.train.threads).
+    threads: Union[int, None] = field(default=None, metadata={"min": 1, "max": 1024})
     # Micro-batches per optimizer step; steps (LR schedule, max_steps_per_epoch, logs) count
     # optimizer steps, and an epoch's last group may hold fewer micro-batches.
     accumulate: int = field(default=1, metadata={"min": 1})

@@ -93,6 +93,7 @@ class RunFacts:
     auto: dict[str, Any] | None = None  # freeze.preset auto: the stages, and what was decided after each epoch
     # Process start (or freezetune's import) to the training loop: interpreter, imports, model, data.
     startup: tuple[float, str] | None = None
+    threads: dict[str, object] | None = None  # torch's threads, their source, the cores and load at the start
 
 
 def build_summary(f: RunFacts) -> dict[str, Any]:
@@ -140,6 +141,7 @@ def build_summary(f: RunFacts) -> dict[str, Any]:
         "loaded_tensors": f.weights["loaded"],
         "new_tensors": f.weights["new"],
         "device": f.device,
+        "threads": f.threads,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "speed": f.speed,

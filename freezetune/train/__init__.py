@@ -62,6 +62,7 @@ from freezetune.train.setup import (
     seed_everything,
     steps_per_epoch,
 )
+from freezetune.train.threads import Threads, set_threads
 from freezetune.train.trainer import STATE_FORMAT, Trainer
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "Resume",
     "Split",
     "StopRequest",
+    "Threads",
     "TrainTarget",
     "Trainer",
     "Weighing",
@@ -117,6 +119,7 @@ __all__ = [
     "run",
     "seed_everything",
     "set_lr",
+    "set_threads",
     "split_model",
     "steps_per_epoch",
     "to_device",

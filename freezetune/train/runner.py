@@ -107,6 +107,10 @@ def run(
     trainer = Trainer(cfg, p, loaders, out.path, dist)
     trainer.preprocessing_from = {key: str(source) for key, source in sources.items()}
     trainer.check_cache_plan()  # may refuse the config: still nothing written
+    if p.threads is not None:  # the run's first lines: a busy machine explains a slow run before it is slow
+        log.info("%s: %s", cfg.name, p.threads.describe())
+        if p.threads.warning():
+            log.warning("%s: %s", cfg.name, p.threads.warning())
     log.info(
         "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
         cfg.name,
@@ -374,6 +378,7 @@ def _finish(
         early_stopping=_early_stopping(cfg, monitor, trainer, last),
         distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
         auto=trainer.auto.to_json() if trainer.auto is not None else None,
+        threads=p.threads.to_json() if p.threads is not None else None,
     )
     summary = build_summary(facts)
     out.write_json("summary.json", summary)

@@ -30,6 +30,7 @@ from freezetune.plan import (
 )
 from freezetune.plan.auto import model_stages
 from freezetune.train.loop import steps_in
+from freezetune.train.threads import Threads, set_threads
 from freezetune.utils import eval_mode, precision_problem
 
 __all__ = [
@@ -56,6 +57,7 @@ class Prepared:
     schedule: Schedule
     settings: dict[str, Setting]
     num_classes: int
+    threads: Threads | None = None  # set before the model was built (train.threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -81,6 +83,8 @@ def prepare_model(
     problem = precision_problem(device, cfg.train.precision)
     if problem:
         raise ConfigError([problem])
+    # Before the model is built: its initialisation and weight loading already compute.
+    threads = set_threads(cfg.train.threads, cfg.data.num_workers)
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
@@ -100,7 +104,8 @@ def prepare_model(
     apply_plan(model, schedule.initial, cfg.freeze.frozen_dtype)
     # channels_last changes strides, not values: convolutions pick faster kernels (NHWC), above all in bf16.
     memory = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    return Prepared(cfg, model.to(device, memory_format=memory), schedule.initial, load, device, schedule, settings, k)
+    model = model.to(device, memory_format=memory)
+    return Prepared(cfg, model, schedule.initial, load, device, schedule, settings, k, threads)
 
 
 def schedule_for(cfg: Config, tree: ModelTree, decided: list[EventSpec] | None = None) -> Schedule:
