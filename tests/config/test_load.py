@@ -495,6 +495,26 @@ def test_an_invalid_epoch_count_adds_no_second_problem() -> None:
     assert problems_of({"name": "exp", "train": {"epochs": -1}}) == ["train.epochs: -1 must be >= 1"]
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (0, "train.threads: 0 must be >= 1"),
+        (-2, "train.threads: -2 must be >= 1"),
+        (1.5, "train.threads: expected an integer, got 1.5"),
+        ("auto", "train.threads: expected an integer, got 'auto'"),
+        (True, "train.threads: expected an integer, got True"),
+        (4096, "train.threads: 4096 must be <= 1024"),
+    ],
+)
+def test_train_threads_is_a_count_of_one_or_more(value: object, problem: str) -> None:
+    assert problems_of({"name": "exp", "train": {"threads": value}}) == [problem]
+
+
+def test_train_threads_defaults_to_torchs_own_and_takes_an_edit() -> None:
+    assert from_dict({"name": "exp"}).train.threads is None
+    assert from_dict({"name": "exp", "train": {"threads": 1}}).train.threads == 1
+
+
 def test_class_list_mixing_indices_and_names_is_refused() -> None:
     assert problems_of({"name": "exp", "data": {"classes": [1, "two"]}}) == [
         "data.classes: [1, 'two'] must be all class indices (integers) or all class names (strings)"

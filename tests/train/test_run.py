@@ -381,6 +381,15 @@ def test_summary_agrees_with_the_plan_metrics_and_checkpoint(cli: Cli, record: R
     assert s["head"] == "fc"
     assert s["loaded_tensors"] == [k for k in cli.ckpt if not k.startswith("fc.")]
     assert s["new_tensors"] == ["fc.weight", "fc.bias"]
+    # The subprocess runs with OMP_NUM_THREADS=1 and no train.threads: torch as that set it, said first.
+    assert {k: s["threads"][k] for k in ("torch", "from", "omp_num_threads")} == {
+        "torch": 1,
+        "from": "OMP_NUM_THREADS",
+        "omp_num_threads": None,
+    }
+    assert s["threads"]["cores"] == os.cpu_count() and s["threads"]["load_1min"] >= 0
+    first = cli.train.done().stderr.splitlines()[0]
+    assert re.fullmatch(r"\S+: threads: 1 \(OMP_NUM_THREADS\), \d+ cores, 1-minute load \d+\.\d\d", first), first
 
 
 def test_model_pt_holds_the_full_state_dict_config_and_epoch(record: Record) -> None:
