@@ -105,9 +105,13 @@ def others_load(load_1min: float, cpu_s: float, age_s: float) -> float:
 
 def threads_that_fit(cores: int, others: float) -> int:
     """The most threads that each get a core of their own while others' load holds the rest: the
-    cores less the others' load rounded to the nearest whole busy process (0.5 of slack for the
-    load's noise: a shell, a short test), at least 1."""
-    return max(1, cores - math.floor(others + 0.5))
+    cores less the whole busy processes in others' load, at least 1.
+
+    A fraction of a process is not counted: the average trails a burst (a shell, a short compile)
+    by a minute, and a warning it set off would cost a quiet machine's second thread (2 threads
+    ran a 32 px resnet18 step in 110 ms against 1 thread's 180 ms on 2 idle cores), while a whole
+    busy process on a thread's core costs 4-10x (docs/speed-and-memory.md, "Threads")."""
+    return max(1, cores - math.floor(others))
 
 
 def set_threads(configured: int | None, workers: int = 0) -> Threads:

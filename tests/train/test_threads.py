@@ -50,7 +50,7 @@ def test_the_own_share_is_what_the_load_average_counted_of_this_process() -> Non
 
 @pytest.mark.parametrize(
     ("cores", "others", "fit"),
-    [(2, 0.0, 2), (2, 0.49, 2), (2, 0.5, 1), (2, 1.0, 1), (2, 2.0, 1), (2, 7.0, 1), (16, 3.4, 13), (16, 3.6, 12)],
+    [(2, 0.0, 2), (2, 0.99, 2), (2, 1.0, 1), (2, 2.0, 1), (2, 7.0, 1), (16, 3.9, 13), (16, 4.0, 12), (1, 0.0, 1)],
 )
 def test_the_threads_that_fit_are_the_cores_others_leave_free(cores: int, others: float, fit: int) -> None:
     assert threads_that_fit(cores, others) == fit
