@@ -110,7 +110,7 @@ def threads_that_fit(cores: int, others: float) -> int:
     A fraction of a process is not counted: the average trails a burst (a shell, a short compile)
     by a minute, and a warning it set off would cost a quiet machine's second thread (2 threads
     ran a 32 px resnet18 step in 110 ms against 1 thread's 180 ms on 2 idle cores), while a whole
-    busy process on a thread's core costs 4-10x (docs/speed-and-memory.md, "Threads")."""
+    busy process on a thread's core cost 3-10x (docs/speed-and-memory.md, "Threads")."""
     return max(1, cores - math.floor(others))
 
 
