@@ -5,9 +5,9 @@ torch's CPU kernels split each operation over its intra-op threads and wait for 
 When other processes keep the cores busy, one descheduled thread stalls every operation: on a
 2-core machine running two busy processes, a resnet18 step took 1.7 s with torch's default of
 2 threads and 0.4 s with 1 (issue 25; 3-10x on the shared machine in docs/speed-and-memory.md,
-"Threads"). So a run says its thread
-count and where it came from (``train.threads``, ``OMP_NUM_THREADS`` or torch's default), and
-warns once at the start when the cores other processes leave free are fewer than its threads."""
+"Threads"). So a run says its thread count and where it came from (``train.threads``,
+``OMP_NUM_THREADS`` or torch's default), and warns once at the start when the cores other
+processes leave free are fewer than its threads."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def threads_that_fit(cores: int, others: float) -> int:
 
     A fraction of a process is not counted: the average trails a burst (a shell, a short compile)
     by a minute, and a warning it set off would cost a quiet machine's second thread (2 threads
-    ran a 32 px resnet18 step in 110 ms against 1 thread's 180 ms on 2 idle cores), while a whole
+    ran a resnet18 step in 110 ms against 1 thread's 180 ms on 2 idle cores, issue 25), while whole
     busy processes on the threads' cores cost 3-10x (docs/speed-and-memory.md, "Threads")."""
     return max(1, cores - math.floor(others))
 
