@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging
+import os
+import random
+import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -112,3 +122,86 @@ def stop_after() -> Callable[[int], StopRequest]:
             return self.requested or self.calls >= self.n
 
     return StopAfter
+
+
+# --------------------------------------------------------------------------- the CLI, in this process
+
+
+@dataclass
+class CliResult:
+    """What a command left behind: its exit status and everything it printed."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Give back what a command changes in the process: the working directory, the root logger
+    (each command calls logging.basicConfig), torch's thread count, default dtype and the seeds."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    cwd = os.getcwd()
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        np.random.set_state(rng[2])
+
+
+def run_cli(argv: Sequence[str], cwd: Path | None = None) -> CliResult:
+    """``freezetune ARGV`` (``freezetune.cli.main.main``) in this process, from ``cwd``: what a
+    subprocess would print and return, without paying a fresh interpreter's torch import (seconds
+    of CPU each). The root logger starts empty, as in a fresh process, so the command's own
+    logging.basicConfig sends its log lines to the captured stderr."""
+    from freezetune.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with _process_state_kept():
+        logging.getLogger().handlers[:] = []
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(list(argv))
+            except SystemExit as exc:  # argparse: --help and usage errors
+                rc = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    return CliResult(rc, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def freezetune_cli() -> Callable[..., CliResult]:
+    """``freezetune_cli(["train", "--config", ...], cwd=folder)``: the command run in this
+    process (see :func:`run_cli`); module-scoped fixtures may use it (capsys may not)."""
+    return run_cli
+
+
+@pytest.fixture
+def compare_trains_here(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """``freezetune compare --configs`` trains each run in a fresh interpreter by design (its
+    peak memory is its own). Here that command (``python -m freezetune train ...``) runs in this
+    process instead, printing where the child's output would go; returns the commands it ran."""
+    import freezetune.apps.compare as compare
+
+    ran: list[list[str]] = []
+
+    def run_here(cmd: list[str], check: bool = False) -> subprocess.CompletedProcess:
+        assert cmd[:3] == [sys.executable, "-m", "freezetune"], cmd
+        ran.append(cmd[3:])
+        from freezetune.cli.main import main
+
+        with _process_state_kept():
+            rc = main(cmd[3:])
+        return subprocess.CompletedProcess(cmd, rc)
+
+    monkeypatch.setattr(compare, "subprocess", SimpleNamespace(run=run_here))
+    return ran

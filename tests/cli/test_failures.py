@@ -353,6 +353,7 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_is_there_with_debug(
 # --------------------------------------------------------------------------- compare: reuse, refuse, replace
 
 
+@pytest.mark.usefixtures("compare_trains_here")  # the runs train in this process, as the command would
 def test_compare_reuses_a_finished_run_and_replaces_another_only_when_told(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,10 +4,9 @@ and commands run from a working directory that is not the repository."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,19 +21,6 @@ TINY = {
     "freeze": {"preset": "linear_probe"},
     "train": {"epochs": 1, "device": "cpu"},
 }
-
-
-def freezetune(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "freezetune", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,16 +45,18 @@ def test_each_command_names_itself_in_its_help(capsys: pytest.CaptureFixture[str
         assert capsys.readouterr().out.startswith(f"usage: freezetune {name}")
 
 
-def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path) -> None:
+def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path, freezetune_cli: Callable[..., Any]) -> None:
     # Nothing refers to the repository: the config is here, the runs go here, and
-    # compare launches training through the package (python -m freezetune train).
+    # compare launches training through the package (python -m freezetune train), in a
+    # fresh interpreter started from here: that one is the real console entry; plan and
+    # compare themselves run in this process, from this folder.
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    planned = freezetune(tmp_path, "plan", "--config", "tiny.yaml", "--depth", "1", "--no-estimate")
-    assert planned.returncode == 0, planned.stderr
+    planned = freezetune_cli(["plan", "--config", "tiny.yaml", "--depth", "1", "--no-estimate"], cwd=tmp_path)
+    assert planned.rc == 0, planned.stderr
     assert "parameters: 11,178,051 total, 1,539 trainable" in planned.stdout
 
-    compared = freezetune(tmp_path, "compare", "--configs", "tiny.yaml", "--no-estimate", "--out", "report")
-    assert compared.returncode == 0, compared.stderr
+    compared = freezetune_cli(["compare", "--configs", "tiny.yaml", "--no-estimate", "--out", "report"], cwd=tmp_path)
+    assert compared.rc == 0, compared.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
     # Its own process (compare launches one per run): the start, imports included, is measured.

@@ -1,14 +1,12 @@
 """End to end: the real CLI on a tiny checkpoint and fake data, and in-process
 runs (``freezetune.run.run``) for reproducibility and the BatchNorm policy.
 
-Each subprocess pays for importing torch and torchvision (5 s or more on a
-small machine), so the CLI cases that do not depend on each other start
-together, in the background, when the first CLI test asks for them, and every
-CLI test waits only for the result it needs. The second run into the same
-folder calls ``scripts/train.py``'s own ``main()`` in process instead: its
-exit path (``cli.guarded`` -> status 2) is the one the two error subprocesses
-already cover. The in-process runs come first in the file, so they never
-compete with the subprocesses for the CPU."""
+The commands run in this process through ``freezetune.cli.main.main`` (conftest's
+``freezetune_cli``), their output captured: a subprocess would pay for importing torch
+and torchvision (seconds of CPU each) and test nothing more. One command still runs as
+the user runs it, ``python scripts/train.py`` in a fresh interpreter: the config error,
+whose exit status and clean stderr are the real script's; it starts first, in the
+background, while the others run here."""
 
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,16 @@ def make_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+class Ran:
+    """A command that ran in this process: the same ``done()`` as :class:`Launched`."""
+
+    def __init__(self, result: Done) -> None:
+        self._done = result
+
+    def done(self) -> Done:
+        return self._done
+
+
 @dataclass
 class Cli:
     tmp: Path
@@ -125,14 +134,14 @@ class Cli:
     ckpt_path: Path
     ckpt: dict[str, torch.Tensor]
     overrides: list[str]
-    train: Launched
+    train: Ran
     config_error: Launched
-    freeze_error: Launched
-    plan: Launched
+    freeze_error: Ran
+    plan: Ran
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory):
+def cli(tmp_path_factory: pytest.TempPathFactory, freezetune_cli: Callable[..., Done]):
     tmp = tmp_path_factory.mktemp("cli")
     ckpt_path = tmp / "resnet18_3class.pt"
     ckpt = make_checkpoint(ckpt_path)
@@ -154,33 +163,34 @@ def cli(tmp_path_factory: pytest.TempPathFactory):
     )
     overrides = ["train.epochs=2", "freeze.preset=until:layer3", "train.optimizer.lr=0.05", "seed=3"]
     cfg = str(config)
-    launched = [
-        Launched("train.py", "--config", cfg, *overrides, "--no-progress"),
-        Launched(
-            "train.py",
-            "--config",
-            cfg,
-            f"train.output_dir={tmp / 'config_error'}",
-            "train.epoch=3",
-            "freeze.preset=linear_prob",
-            "--no-progress",
-        ),
-        Launched(
-            "train.py",
-            "--config",
-            cfg,
-            f"train.output_dir={tmp / 'freeze_error'}",
-            "freeze.rules=[{freeze: layer9}]",
-            "--no-progress",
-        ),
-        # --no-estimate: the estimate has its own tests (test_estimate.py); its profile is seconds of CPU.
-        Launched("plan.py", "--config", cfg, "freeze.preset=until:layer3", "--no-estimate"),
-    ]
+    config_error = Launched(
+        "train.py",
+        "--config",
+        cfg,
+        f"train.output_dir={tmp / 'config_error'}",
+        "train.epoch=3",
+        "freeze.preset=linear_prob",
+        "--no-progress",
+    )
     try:
-        yield Cli(tmp, config, out, ckpt_path, ckpt, overrides, *launched)
+        train = Ran(freezetune_cli(["train", "--config", cfg, *overrides, "--no-progress"]))
+        freeze_error = Ran(
+            freezetune_cli(
+                [
+                    "train",
+                    "--config",
+                    cfg,
+                    f"train.output_dir={tmp / 'freeze_error'}",
+                    "freeze.rules=[{freeze: layer9}]",
+                    "--no-progress",
+                ]
+            )
+        )
+        # --no-estimate: the estimate has its own tests (test_estimate.py); its profile is seconds of CPU.
+        plan = Ran(freezetune_cli(["plan", "--config", cfg, "freeze.preset=until:layer3", "--no-estimate"]))
+        yield Cli(tmp, config, out, ckpt_path, ckpt, overrides, train, config_error, freeze_error, plan)
     finally:
-        for proc in launched:
-            proc.kill()
+        config_error.kill()
 
 
 @dataclass
@@ -460,7 +470,7 @@ def test_a_rule_matching_nothing_exits_2_with_the_nearest_names(cli: Cli) -> Non
     assert not (cli.tmp / "freeze_error").exists()
 
 
-# --------------------------------------------------------------------------- scripts/plan.py
+# --------------------------------------------------------------------------- freezetune plan
 
 
 def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
