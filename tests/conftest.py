@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import logging
@@ -10,10 +11,11 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from freezetune.config import Config, from_dict, set_key
 from freezetune.plan import ModelTree, describe
 from freezetune.train import StopRequest
 
@@ -41,6 +44,42 @@ def meta_model() -> Callable[..., nn.Module]:
 def meta_tree() -> Callable[..., ModelTree]:
     """``meta_tree("resnet18", num_classes=3)``: the names-only view plans are built on."""
     return lambda arch, **kwargs: describe(_meta_model(arch, **kwargs))
+
+
+# --------------------------------------------------------------------------- the tiny run
+
+
+# The run most tests train or refuse: resnet18 with 3 classes on 32 px FakeData, 8 training and
+# 4 validation images in batches of 4 (two steps an epoch), one epoch on the CPU, linear probe.
+# A test states only what it changes, as dotted keys (freezetune.config.set_key).
+TINY_RUN: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"arch": "resnet18", "num_classes": 3},
+    "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
+    "freeze": {"preset": "linear_probe"},
+    "train": {"epochs": 1, "device": "cpu"},
+}
+
+
+def _tiny_tree(edits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    tree = copy.deepcopy(TINY_RUN)
+    for key, value in (edits or {}).items():
+        blocked = set_key(tree, key, value)
+        assert blocked is None, f"{key}: {blocked} is no mapping in the tiny run"
+    return tree
+
+
+@pytest.fixture(scope="session")
+def tiny_tree() -> Callable[..., dict[str, Any]]:
+    """``tiny_tree({"train.epochs": 2, "train.output_dir": str(out)})``: the tiny run's config as
+    plain data (to write as YAML), with those keys set; a fresh copy each call."""
+    return _tiny_tree
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Config]:
+    """``tiny_config({"seed": 3})``: the tiny run's validated :class:`Config`, with those keys set."""
+    return lambda edits=None: from_dict(_tiny_tree(edits))
 
 
 # A package of the user's own models, for model.arch: "ftuser.nets:build". Written under tmp_path and

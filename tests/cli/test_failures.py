@@ -23,19 +23,12 @@ from PIL import Image
 from freezetune.cli.main import main
 from freezetune.cli.train import main as train_main
 
-TINY = {
-    "name": "tiny",
-    "model": {"arch": "resnet18", "num_classes": 3},
-    "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
-    "freeze": {"preset": "linear_probe"},
-    "train": {"epochs": 1, "device": "cpu"},
-}
-
 
 @pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory with the user's own things in it, and a clean root logger
-    (each command calls logging.basicConfig; what it installs goes away with the test)."""
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tree: Callable[..., dict]) -> Path:
+    """A working directory with the user's own things in it, tiny.yaml (conftest's tiny run)
+    among them, and a clean root logger (each command calls logging.basicConfig; what it
+    installs goes away with the test)."""
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
@@ -43,7 +36,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "notes.txt").write_text("the user's notes")
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     (tmp_path / "runs" / "mine" / "keep.txt").write_text("not freezetune's")
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
     return tmp_path
 
 
@@ -84,7 +77,7 @@ def png_folder(root: Path, classes: dict[str, int], split_sizes: tuple[int, int]
 
 
 def imagefolder_config(workdir: Path, root: str = "images", **data: object) -> None:
-    cfg = json.loads(json.dumps(TINY))
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())  # the tiny run workdir wrote
     cfg["data"] = {"dataset": "imagefolder", "root": root, "image_size": 16, "batch_size": 2, **data}
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -435,10 +428,11 @@ def test_torchvision_weights_that_cannot_be_fetched_name_the_cache_path(
 
 
 def test_compare_refuses_two_configs_of_one_folder_a_failed_run_and_an_out_that_is_a_file(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, capsys: pytest.CaptureFixture[str], tiny_tree: Callable[..., dict]
 ) -> None:
-    (workdir / "other.yaml").write_text(yaml.safe_dump({**TINY, "freeze": {"preset": "bitfit"}}))  # name: tiny too
-    (workdir / "third.yaml").write_text(yaml.safe_dump({**TINY, "name": "third", "train": {"output_dir": "runs/tiny"}}))
+    tiny = tiny_tree()
+    (workdir / "other.yaml").write_text(yaml.safe_dump({**tiny, "freeze": {"preset": "bitfit"}}))  # name: tiny too
+    (workdir / "third.yaml").write_text(yaml.safe_dump({**tiny, "name": "third", "train": {"output_dir": "runs/tiny"}}))
     before = files(workdir.parent)
     rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "other.yaml", "--no-estimate")
     assert rc == 2 and "tiny.yaml (name tiny) and other.yaml (name tiny) are one config name" in error_line(err)

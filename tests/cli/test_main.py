@@ -14,14 +14,6 @@ import yaml
 from freezetune.cli.common import guarded
 from freezetune.cli.main import COMMANDS, main
 
-TINY = {
-    "name": "tiny",
-    "model": {"arch": "resnet18", "num_classes": 3},
-    "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
-    "freeze": {"preset": "linear_probe"},
-    "train": {"epochs": 1, "device": "cpu"},
-}
-
 
 def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
@@ -45,12 +37,14 @@ def test_each_command_names_itself_in_its_help(capsys: pytest.CaptureFixture[str
         assert capsys.readouterr().out.startswith(f"usage: freezetune {name}")
 
 
-def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path, freezetune_cli: Callable[..., Any]) -> None:
+def test_plan_train_and_compare_from_an_unrelated_folder(
+    tmp_path: Path, freezetune_cli: Callable[..., Any], tiny_tree: Callable[..., dict]
+) -> None:
     # Nothing refers to the repository: the config is here, the runs go here, and
     # compare launches training through the package (python -m freezetune train), in a
     # fresh interpreter started from here: that one is the real console entry; plan and
     # compare themselves run in this process, from this folder.
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
     planned = freezetune_cli(["plan", "--config", "tiny.yaml", "--depth", "1", "--no-estimate"], cwd=tmp_path)
     assert planned.rc == 0, planned.stderr
     assert "parameters: 11,178,051 total, 1,539 trainable" in planned.stdout
@@ -72,10 +66,10 @@ def test_plan_train_and_compare_from_an_unrelated_folder(tmp_path: Path, freezet
 
 
 def test_plan_refuses_what_train_would_refuse_and_shows_mixed_modes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_tree: Callable[..., dict]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
     with pytest.raises(SystemExit) as done:
         main(["plan", "--config", "tiny.yaml", "--depth", "0"])
     assert done.value.code == 2 and "--depth 0: 1 is the top level" in capsys.readouterr().err

@@ -31,7 +31,7 @@ import torchvision
 import yaml
 
 from freezetune.checks import resolve
-from freezetune.config import Config, from_dict, load_config, to_dict
+from freezetune.config import Config, load_config, to_dict
 from freezetune.plan import FreezeError
 from freezetune.record import RECORD_FILES
 from freezetune.train import run
@@ -227,19 +227,30 @@ def two_class_resnet18() -> nn.Module:
 # --------------------------------------------------------------------------- in-process runs
 
 
-def tiny_cfg(
-    out: Path, seed: int = 0, preset: str = "full", batchnorm: str = "eval", rules: list | None = None, **model: Any
-) -> Config:
-    return from_dict(
-        {
-            "name": "tiny",
-            "seed": seed,
-            "model": {"arch": "resnet18", "weights": None, **model},
-            "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 16, "val_samples": 8},
-            "freeze": {"preset": preset, "batchnorm": batchnorm, "rules": rules or []},
-            "train": {"epochs": 1, "device": "cpu", "output_dir": str(out)},
-        }
-    )
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_config: Callable[..., Config]) -> Callable[..., Config]:
+    """conftest's tiny run as this file trains it: FakeData's 10 classes, 16 + 8 images in
+    batches of 8 (two steps an epoch: the BatchNorm counts below), every parameter trainable."""
+
+    def make(
+        out: Path, seed: int = 0, preset: str = "full", batchnorm: str = "eval", rules: list | None = None, **model: Any
+    ) -> Config:
+        return tiny_config(
+            {
+                "seed": seed,
+                "model.num_classes": None,
+                "data.batch_size": 8,
+                "data.train_samples": 16,
+                "data.val_samples": 8,
+                "freeze.preset": preset,
+                "freeze.batchnorm": batchnorm,
+                "freeze.rules": rules or [],
+                "train.output_dir": str(out),
+                **{f"model.{key}": value for key, value in model.items()},
+            }
+        )
+
+    return make
 
 
 def saved(out: Path) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -252,7 +263,9 @@ def losses(metrics: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
     return [(m["train_loss"], m["val_loss"], m["val_acc"]) for m in metrics]
 
 
-def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(tmp_path: Path) -> None:
+def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(
+    tmp_path: Path, tiny_cfg: Callable[..., Config]
+) -> None:
     first = run(tiny_cfg(tmp_path / "a", seed=0))
     second = run(tiny_cfg(tmp_path / "b", seed=0))
     run(tiny_cfg(tmp_path / "c", seed=1))
@@ -269,7 +282,7 @@ def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(tmp_path: Pa
     assert losses(metrics_a) != losses(metrics_c)
 
 
-def test_fine_tune_from_a_freezetune_checkpoint(tmp_path: Path) -> None:
+def test_fine_tune_from_a_freezetune_checkpoint(tmp_path: Path, tiny_cfg: Callable[..., Config]) -> None:
     """The demo's flow: a run's model.pt is the next run's weights, head reset."""
     run(tiny_cfg(tmp_path / "a"))
     state_a, _ = saved(tmp_path / "a")
@@ -285,7 +298,7 @@ def test_fine_tune_from_a_freezetune_checkpoint(tmp_path: Path) -> None:
     assert not torch.equal(state_a["fc.weight"], state_b["fc.weight"])
 
 
-def test_a_rejected_config_leaves_an_existing_run_untouched(tmp_path: Path) -> None:
+def test_a_rejected_config_leaves_an_existing_run_untouched(tmp_path: Path, tiny_cfg: Callable[..., Config]) -> None:
     # Even with overwrite=True: every check runs before the first file is touched.
     run(tiny_cfg(tmp_path))
     before = folder_state(tmp_path)
@@ -295,7 +308,7 @@ def test_a_rejected_config_leaves_an_existing_run_untouched(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("batchnorm", ["eval", "train"])
-def test_linear_probe_batchnorm_policy(tmp_path: Path, batchnorm: str) -> None:
+def test_linear_probe_batchnorm_policy(tmp_path: Path, batchnorm: str, tiny_cfg: Callable[..., Config]) -> None:
     out = tmp_path / batchnorm
     summary = run(tiny_cfg(out, preset="linear_probe", batchnorm=batchnorm))
     plan = json.loads((out / "freeze_plan.json").read_text())
@@ -558,7 +571,7 @@ def test_rerun_into_the_same_folder_needs_overwrite(
 
 
 def test_output_dir_that_is_a_file_is_a_run_folder_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_cfg: Callable[..., Config]
 ) -> None:
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))
