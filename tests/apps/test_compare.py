@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,21 +51,29 @@ def test_estimate_is_profiled_and_cached_per_precision_and_memory_format() -> No
 # --------------------------------------------------------------------------- seeds
 
 
-def write_config(tmp_path: Path, name: str = "tiny", **train: object) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    tree = {
-        "name": name,
-        "model": {"arch": "resnet18", "num_classes": 3},
-        "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
-        "freeze": {"preset": "linear_probe"},
-        # No feature cache: its build (tracing the model) would cost more than these runs.
-        "train": {"epochs": 1, "cache_features": "off", "output_dir": str(tmp_path / "runs" / name), **train},
-    }
-    path.write_text(yaml.safe_dump(tree))
-    return path
+@pytest.fixture(scope="session")
+def write_config(tiny_tree: Callable[..., dict]) -> Callable[..., Path]:
+    """``write_config(tmp_path, name, **train)``: conftest's tiny run as ``name.yaml``, training into
+    ``runs/name``, with those ``train`` keys."""
+
+    def write(tmp_path: Path, name: str = "tiny", **train: object) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        edits = {
+            "name": name,
+            # No feature cache: its build (tracing the model) would cost more than these runs.
+            "train.cache_features": "off",
+            "train.output_dir": str(tmp_path / "runs" / name),
+            **{f"train.{key}": value for key, value in train.items()},
+        }
+        path.write_text(yaml.safe_dump(tiny_tree(edits)))
+        return path
+
+    return write
 
 
-def test_seed_runs_give_each_seed_its_folder_and_one_seed_the_config_as_it_stands(tmp_path: Path) -> None:
+def test_seed_runs_give_each_seed_its_folder_and_one_seed_the_config_as_it_stands(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
     file = str(write_config(tmp_path))
     (single,) = seed_runs(file, [])
     assert single.overrides == [] and single.cfg.output_dir == tmp_path / "runs" / "tiny"
@@ -77,7 +86,7 @@ def test_seed_runs_give_each_seed_its_folder_and_one_seed_the_config_as_it_stand
 
 
 def test_finished_seed_runs_are_reused_and_only_the_missing_seed_trains(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, write_config: Callable[..., Path]
 ) -> None:
     file = write_config(tmp_path)
     for r in seed_runs(str(file), [], seeds=2):
@@ -102,7 +111,7 @@ def test_finished_seed_runs_are_reused_and_only_the_missing_seed_trains(
     assert json.loads((out / "report.json").read_text())["rows"][0]["seeds"] == [0, 1, 2]
 
 
-def test_a_run_is_not_reused_once_its_weights_file_changed(tmp_path: Path) -> None:
+def test_a_run_is_not_reused_once_its_weights_file_changed(tmp_path: Path, write_config: Callable[..., Path]) -> None:
     weights = tmp_path / "base.pt"
     torch.save({}, weights)
     file = write_config(tmp_path)
@@ -120,27 +129,33 @@ def test_a_run_is_not_reused_once_its_weights_file_changed(tmp_path: Path) -> No
     assert run_action(with_file, overwrite=True) == "replace"
 
 
-def test_compare_refuses_an_unknown_reference_before_training(tmp_path: Path, capsys) -> None:
+def test_compare_refuses_an_unknown_reference_before_training(
+    tmp_path: Path, capsys, write_config: Callable[..., Path]
+) -> None:
     file = write_config(tmp_path)
     assert compare_cli.main(["--configs", str(file), "--reference", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "--reference nope: no such config here; choose one of tiny" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
 
 
-def test_seeds_given_always_use_the_seed_folders(tmp_path: Path) -> None:
+def test_seeds_given_always_use_the_seed_folders(tmp_path: Path, write_config: Callable[..., Path]) -> None:
     file = str(write_config(tmp_path))
     (one,) = seed_runs(file, ["seed=4"], seeds=1)
     assert one.cfg.output_dir.name == "tiny-seed4" and one.overrides == ["seed=4", "seeds=1", one.overrides[-1]]
 
 
-def test_a_changed_config_is_refused_naming_the_key_that_differs(tmp_path: Path) -> None:
+def test_a_changed_config_is_refused_naming_the_key_that_differs(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
     file = write_config(tmp_path)
     run(load_config(file))
     with pytest.raises(RunExistsError, match=r"its config differs in train\.epochs: 1 there, 2 now\)\. HINT: pass"):
         run_action(load_config(file, ["train.epochs=2"]), overwrite=False)
 
 
-def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(tmp_path: Path, capsys) -> None:
+def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(
+    tmp_path: Path, capsys, write_config: Callable[..., Path]
+) -> None:
     good = write_config(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,34 @@ LOGS = ["jsonl", "csv", "tensorboard"]
 STEPS_PER_EPOCH = 4  # 16 samples, batch 4
 
 
-def raw(tmp: Path, name: str, log: list[str]) -> dict[str, Any]:
-    # Epoch 2 unfreezes layer4: an event, and a second optimizer group (a new lr/ column).
-    return {
-        "name": name,
-        "seed": 3,
-        "model": {"arch": "resnet18", "num_classes": 3},
-        "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 16, "val_samples": 8},
-        "freeze": {"preset": "gradual", "gradual": ["layer4"]},
-        "train": {"epochs": 2, "device": "cpu", "output_dir": str(tmp / name), "log": log},
-    }
+@pytest.fixture(scope="session")
+def raw(tiny_tree: Callable[..., dict]) -> Callable[..., dict[str, Any]]:
+    """``raw(tmp, name, log)``: conftest's tiny run, 16 images (4 steps an epoch) for 2 epochs,
+    logging to ``log``."""
+
+    def make(tmp: Path, name: str, log: list[str]) -> dict[str, Any]:
+        # Epoch 2 unfreezes layer4: an event, and a second optimizer group (a new lr/ column).
+        return tiny_tree(
+            {
+                "name": name,
+                "seed": 3,
+                "data.train_samples": 16,
+                "data.val_samples": 8,
+                "freeze.preset": "gradual",
+                "freeze.gradual": ["layer4"],
+                "train.epochs": 2,
+                "train.output_dir": str(tmp / name),
+                "train.log": log,
+            }
+        )
+
+    return make
 
 
-def config(tmp: Path, name: str, log: list[str] = LOGS) -> Config:
-    return from_dict(raw(tmp, name, log))
+@pytest.fixture(scope="session")
+def config(raw: Callable[..., dict[str, Any]]) -> Callable[..., Config]:
+    """``config(tmp, name, log=LOGS)``: :func:`raw`'s run as a :class:`Config`."""
+    return lambda tmp, name, log=LOGS: from_dict(raw(tmp, name, log))
 
 
 def table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -78,7 +93,7 @@ def untimed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def unbroken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unbroken(tmp_path_factory: pytest.TempPathFactory, config: Callable[..., Config]) -> Path:
     pytest.importorskip("tensorboard")
     tmp = tmp_path_factory.mktemp("logs")
     run(config(tmp, "unbroken"))
@@ -115,7 +130,7 @@ def test_csv_steps_and_tensorboard_agree_with_metrics_jsonl(unbroken: Path) -> N
 
 @pytest.mark.parametrize("stop_at", [2, 4], ids=["in-epoch-1", "after-epoch-1"])
 def test_an_interrupted_and_resumed_run_logs_each_step_and_epoch_once(
-    tmp_path: Path, unbroken: Path, stop_after: type[StopRequest], stop_at: int
+    tmp_path: Path, unbroken: Path, stop_after: type[StopRequest], stop_at: int, config: Callable[..., Config]
 ) -> None:
     cfg = config(tmp_path, "resumed")
     folder = tmp_path / "resumed"
@@ -142,7 +157,7 @@ def test_an_interrupted_and_resumed_run_logs_each_step_and_epoch_once(
 
 
 def test_tensorboard_without_its_package_is_one_config_error_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], raw: Callable[..., dict]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()  # main() calls logging.basicConfig: undo what it installs
