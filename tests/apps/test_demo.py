@@ -14,6 +14,8 @@ from freezetune.checks import resolve
 from freezetune.config import Config, from_dict, to_dict
 from freezetune.train import run
 
+# Not conftest's tiny run: the shape of the demo's pretraining run (every parameter trains, FakeData's
+# 10 classes), which pretrain_is_current compares configs against.
 TINY = {
     "name": "tiny_pretrain",
     "seed": 0,

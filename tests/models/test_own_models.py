@@ -30,6 +30,8 @@ TINYNET_PARAMS = [
 ]
 
 
+# Not conftest's tiny run: the user's own model (model.arch names a callable), and FakeData's
+# classes chosen by index.
 def config(out: Path, arch: str, preset: str = "full", **model: Any) -> dict[str, Any]:
     return {
         "name": "own",

@@ -17,6 +17,8 @@ from freezetune.record import TIMING_KEYS
 from freezetune.train import StopRequest, run
 
 
+# Not conftest's tiny run: mobilenet_v3_small, 4 epochs of 32 images with val_loss monitored, so that
+# the best epoch can be another than the last; the tests count its epochs and files.
 def config(tmp: Path, name: str, **train: Any) -> Config:
     # Fake images are noise: the validation loss wanders, which gives a best epoch that is not the last.
     return from_dict(

@@ -35,6 +35,8 @@ from freezetune.train import (
 ONE_EPOCH_CACHED = {"train.epochs": 1, "train.cache_features": "on"}
 
 
+# Not conftest's tiny run: frozen until layer3, 40 + 16 images, 2 epochs of SGD with momentum and
+# weight decay: the cached and uncached runs must agree over several steps and an epoch boundary.
 def cfg(tmp: Path, name: str, **edits: object):
     tree = {
         "name": name,

@@ -41,6 +41,7 @@ def cases() -> list:
     return out
 
 
+# Not conftest's tiny run: one run per architecture, each at its own image size (ARCHS).
 def config(tmp: Path, arch: str, preset: str, cache: str):
     size = ARCHS[arch][0]
     return from_dict(

@@ -15,6 +15,8 @@ from freezetune.config import from_dict
 from freezetune.train import run
 
 
+# Not conftest's tiny run: any arch, 16 px, 32 images in full batches of 8 and an unfreeze at
+# epoch 2: what torch.compile must recompile for, and nothing else.
 def cfg(tmp: Path, arch: str, name: str, **train: Any):
     return from_dict(
         {

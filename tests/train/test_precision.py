@@ -19,6 +19,8 @@ from freezetune.train.loop import LoopOptions, steps_in, train_one_epoch
 from freezetune.utils import precision_problem
 
 
+# Not conftest's tiny run: any arch (own models freeze until:body), 4 classes, 48 images, and every
+# BatchNorm in eval, so that how a batch is split or accumulated cannot change the result.
 def config(tmp: Path, name: str, arch: str = "resnet18", **train: Any) -> Any:
     data = train.pop("data", {})
     freeze = {"preset": "until:layer3"} if arch == "resnet18" else {"preset": "until:body"}

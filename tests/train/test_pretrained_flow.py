@@ -40,6 +40,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tens
     return state
 
 
+# Not conftest's tiny run: a folder of images at 64 px and torchvision's weights from the
+# temporary hub cache.
 def config(tmp_path: Path, name: str, **model: object) -> dict:
     return {
         "name": name,

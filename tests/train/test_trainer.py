@@ -29,6 +29,8 @@ from freezetune.train import CHECKPOINT, LRSchedule, StopRequest, prepare_model,
 STEPS = 4  # 32 images / batch 8
 
 
+# Not conftest's tiny run: mobilenet_v3_small unfrozen gradually over 3 epochs of STEPS steps, with
+# layer decay and a warm-up: resume and extend must carry every piece of the trainer's state.
 def config(tmp: Path, name: str, **edits: Any) -> Config:
     tree: dict[str, Any] = {
         "name": name,
