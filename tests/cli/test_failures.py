@@ -512,11 +512,11 @@ def test_an_auto_ceiling_that_is_no_stage_is_refused_before_the_plan_prints(
 
 
 def test_config_model_and_data_mistakes_are_reported_together(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, capsys: pytest.CaptureFixture[str], tiny_tree: Callable[..., dict]
 ) -> None:
     # A bad key (the config's), a bad weights name (the model's) and a missing folder (the data's): one
     # run reports all three, and another only after fixing the first would be a round trip too many.
-    cfg = json.loads(json.dumps(TINY))
+    cfg = tiny_tree()
     cfg["train"]["epochz"] = 3
     cfg["model"]["weights"] = "IMAGENET_V9"
     cfg["data"] = {"dataset": "imagefolder", "root": "no_images"}
