@@ -489,13 +489,15 @@ def test_a_rule_matching_nothing_exits_2_with_the_nearest_names(cli: Cli) -> Non
 def test_plan_script_prints_table_totals_and_autograd_probe(cli: Cli) -> None:
     done = cli.plan.done()
     assert done.rc == 0, done.stderr
-    lines = done.stdout.splitlines()
+    # A loaded machine adds a threads warning under the threads line (tests/train/test_threads.py checks it).
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("warning: ")]
     assert lines[0] == f"config {cli.config}: resnet18, weights {cli.ckpt_path}, head 'fc'"
+    assert re.fullmatch(r"threads: \d+ \(.+\), \d+ cores?, 1-minute load [\d.]+", lines[1]), lines[1]
     # A plain state_dict says nothing of its preprocessing: the dataset's defaults fill what the config leaves open.
-    assert lines[1].startswith("preprocessing: resize 32 (bilinear), center crop 32")
-    assert lines[2].strip() == "resize_size, interpolation, mean, std, augment from fake default"
-    assert lines[3].split() == ["module", "type", "params", "status", "mode"]
-    table_lines = lines[5 : lines.index("")]  # the per-module table ends at the first blank line
+    assert lines[2].startswith("preprocessing: resize 32 (bilinear), center crop 32")
+    assert lines[3].strip() == "resize_size, interpolation, mean, std, augment from fake default"
+    assert lines[4].split() == ["module", "type", "params", "status", "mode"]
+    table_lines = lines[6 : lines.index("")]  # the per-module table ends at the first blank line
     table = {line.split()[0]: line.split(None, 1)[1] for line in table_lines}
     # One row per module that owns parameters: 20 conv, 20 BatchNorm, the head.
     assert len(table) == len(table_lines) == 41
