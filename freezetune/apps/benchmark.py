@@ -1,7 +1,8 @@
 """The framework's training step against a minimal hand-written PyTorch loop.
 
 Both get the same architecture and initial weights, the same freezing (by
-``requires_grad``, with the same BatchNorm modules in eval), the same optimizer
+``requires_grad``, with the same modules in eval: the plan's frozen BatchNorm and, under
+``freeze.frozen_modules: eval``, every frozen module), the same optimizer
 and the same batch, already in memory, and run in the config's precision and
 memory format (``train.precision``, ``train.channels_last``): the hand-written loop
 as a practitioner writes it, with ``torch.autocast``, the loss in fp32, the model and
@@ -11,7 +12,13 @@ sides (no accumulation, clipping or label smoothing, no ``train.compile``).
 Several configs of one preset and image size (one per precision and memory format)
 are timed together: each round runs every config's two loops, the order reversed
 every other round, so that drift in the machine's speed (turbo, other load) lands on
-all of them alike; each ratio is the median of its per-round ratios."""
+all of them alike; each ratio is the median of its per-round ratios.
+
+The modes matter beyond BatchNorm: a frozen ``nn.MultiheadAttention`` in eval, with nothing
+needing its gradient, runs PyTorch's fused inference kernel (``torch._native_multi_head_attention``;
+CPU autocast does not turn it off), which on vit_b_16 in bf16 made a step 20x faster than the same
+blocks in train mode (docs/speed-and-memory.md). A hand loop that left them in train mode would
+time that difference, not freezetune's overhead."""
 
 from __future__ import annotations
 
@@ -68,6 +75,8 @@ class BenchResult:
     # Median over rounds of this framework step / the framework's fp32 step of the same preset
     # and size timed in the same rounds (contiguous if that was timed, else the same format); None without one.
     vs_fp32: float | None = None
+    held_in_eval: int = 0  # modules both loops train with in eval (the plan's pins)
+    fast_attention: int = 0  # of those, nn.MultiheadAttention (PyTorch's fused inference path)
 
     def to_json(self) -> dict:
         """As runs/benchmark.json stores it."""
@@ -81,17 +90,19 @@ def hand_written_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterable,
-    frozen_bn: list[nn.Module],
+    held_in_eval: list[nn.Module],
     precision: str = "fp32",
     channels_last: bool = False,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """What a practitioner writes by hand: the baseline. ``precision`` is ``fp32``,
     ``bf16`` or ``fp16`` (pass a GradScaler with fp16); with ``channels_last`` the model
-    is expected in that format already, and each input batch is converted."""
+    is expected in that format already, and each input batch is converted. ``held_in_eval``
+    are the modules that freezetune's plan keeps in eval (its frozen BatchNorm and frozen modules),
+    as a practitioner following the plan sets them."""
     model.train()
-    for m in frozen_bn:
-        m.eval()
+    for m in held_in_eval:
+        m.training = False  # this module only: eval() would also take along a child that the plan leaves training
     dtype = _AUTOCAST_DTYPES.get(precision)
     for x, y in batches:
         if channels_last:
@@ -109,13 +120,15 @@ def hand_written_loop(
             optimizer.step()
 
 
-def _hand_model(reference: nn.Module, bn_eval: set[str]) -> tuple[nn.Module, list[nn.Module]]:
+def _hand_model(reference: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     """A copy of the framework's model (same weights, same requires_grad flags, same
-    memory format) stripped of freezetune's BatchNorm pins: the hand loop calls .eval() itself."""
-    model = copy.deepcopy(reference)
+    memory format) stripped of freezetune's pins, and the modules that the pins hold in eval
+    through ``train()``: the hand loop puts those in eval itself."""
+    model = copy.deepcopy(reference).train()  # the pinned modules stay in eval
+    held = [m for m in model.modules() if not m.training]
     for m in model.modules():
         unpin_eval(m)
-    return model, [m for n, m in model.named_modules() if n in bn_eval]
+    return model, held
 
 
 @dataclass
@@ -128,6 +141,7 @@ class BenchPair:
     hand_model: nn.Module  # a copy of the framework's model before either trained
     framework: Callable[[], None]  # freezetune's train_one_epoch
     hand: Callable[[], None]  # hand_written_loop
+    held_in_eval: list[nn.Module] = dataclasses.field(default_factory=list)  # the hand model's, as the plan pins
 
 
 def bench_pair(cfg: Config, steps: int) -> BenchPair:
@@ -136,7 +150,7 @@ def bench_pair(cfg: Config, steps: int) -> BenchPair:
     prepared = prepare_model(cfg)  # in cfg's memory format
     cfg, device, t = prepared.cfg, prepared.device, prepared.cfg.train  # its preprocessing resolved
     fw_model = prepared.model
-    hand_model, frozen_bn = _hand_model(fw_model, set(prepared.plan.bn_eval))
+    hand_model, held = _hand_model(fw_model)
     fw_opt = make_optimizer(fw_model, cfg.train.optimizer)
     hand_opt = make_optimizer(hand_model, cfg.train.optimizer)
     fp16 = t.precision == "fp16"
@@ -155,9 +169,9 @@ def bench_pair(cfg: Config, steps: int) -> BenchPair:
         train_one_epoch(fw_model, fw_opt, batches, device, options)  # type: ignore[arg-type]
 
     def hand() -> None:
-        hand_written_loop(hand_model, hand_opt, batches, frozen_bn, t.precision, t.channels_last, hand_scaler)
+        hand_written_loop(hand_model, hand_opt, batches, held, t.precision, t.channels_last, hand_scaler)
 
-    return BenchPair(cfg, device, fw_model, hand_model, framework, hand)
+    return BenchPair(cfg, device, fw_model, hand_model, framework, hand, held)
 
 
 def _reference(pairs: list[BenchPair], i: int) -> int | None:
@@ -205,6 +219,8 @@ def benchmark_configs(cfgs: list[Config], steps: int = 10, rounds: int = 7) -> l
                 t.precision,
                 memory_format_name(t.channels_last),
                 vs_fp32,
+                len(pair.held_in_eval),
+                sum(isinstance(m, nn.MultiheadAttention) for m in pair.held_in_eval),
             )
         )
     return results
@@ -261,14 +277,14 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
         summaries[mode] = run(load_config(config, edits), overwrite=True)
     cfg = load_config(config, overrides)
     prepared, loaders = prepare(cfg)
-    hand_model, frozen_bn = _hand_model(prepared.model, set(prepared.plan.bn_eval))
+    hand_model, held = _hand_model(prepared.model)
     optimizer = make_optimizer(hand_model, cfg.train.optimizer)
     device, t = prepared.device, cfg.train
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
 
     def epoch() -> None:
         batches = ((x.to(device), y.to(device)) for x, y in loaders.train)
-        hand_written_loop(hand_model, optimizer, batches, frozen_bn, t.precision, t.channels_last, scaler)
+        hand_written_loop(hand_model, optimizer, batches, held, t.precision, t.channels_last, scaler)
 
     t0 = device_clock(device)
     epoch()

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = Path(args.out or "runs/benchmark.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
-        print(f"\nworst ratio {max(r.ratio for r in results):.3f}; written to {out}")
+        print()
+        print(modes_note(results))
+        print(f"{highest_ratio(results)}; written to {out}")
         return 0
 
     def cache_body() -> int:
@@ -230,6 +232,33 @@ def _channels_last(memory_format: str) -> bool:
 
 def _vs_fp32(r: BenchResult, prefix: str = "") -> str:
     return f"{prefix}{r.vs_fp32:.3f}" if r.vs_fp32 is not None else ("" if prefix else "-")
+
+
+def highest_ratio(results: list[BenchResult]) -> str:
+    """The row where freezetune's step costs most next to the hand-written one's: its overhead at worst.
+    Below 1 freezetune was faster on every row, which is the machine's noise unless it is far below 1."""
+    r = max(results, key=lambda r: r.ratio)
+    return (
+        f"highest freezetune / hand ratio {r.ratio:.3f} ({r.name} @ {r.image_size}px, {r.precision}, "
+        f"{r.memory_format}): freezetune's overhead at worst; 1.000 is none"
+    )
+
+
+def modes_note(results: list[BenchResult]) -> str:
+    """What the module modes of both loops were: the plan's pins, on both sides, so that the
+    ratio is freezetune's overhead and not the plan's choice of modes."""
+    held = sorted({r.held_in_eval for r in results})
+    note = (
+        f"Both loops train with the plan's pinned modules in eval ({', '.join(map(str, held))} of them: "
+        "freeze.batchnorm, freeze.frozen_modules), the hand-written loop by setting them itself."
+    )
+    if any(r.fast_attention for r in results):
+        note += (
+            " Frozen nn.MultiheadAttention in eval runs PyTorch's fused inference path "
+            "(torch._native_multi_head_attention) on both sides: far faster than in train mode, "
+            "a saving of freeze.frozen_modules: eval, not of the loop (docs/speed-and-memory.md)."
+        )
+    return note
 
 
 def results_table(results: list[BenchResult]) -> str:

@@ -4,14 +4,17 @@ the table has a row per (preset, size, precision, memory format) with the ratios
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from freezetune.apps import bench_pair, benchmark_configs
 from freezetune.cli.benchmark import main
-from freezetune.config import Config, from_dict
+from freezetune.config import Config, from_dict, to_dict
+from freezetune.plan import is_pinned_eval
 
 
 def tiny(
@@ -113,3 +116,69 @@ def test_auto_signal_cost_is_measured_beside_the_step() -> None:
     r = benchmark_auto_signal(cfg, rounds=3)
     assert r.step_ms > 0 and r.sample_ms > 0 and r.sample_every == 4
     assert r.per_step == r.sample_ms / r.step_ms / 4 and r.to_json()["share_per_step"] == r.per_step
+
+
+def tiny_vit(precision: str = "fp32") -> Config:
+    # torchvision's own VisionTransformer, two blocks: the first frozen (and pinned in eval by the
+    # default freeze.frozen_modules: eval), the second and the head training.
+    vit = {"image_size": 32, "patch_size": 16, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
+    return from_dict(
+        {
+            "name": "bench_vit",
+            "seed": 1,
+            "model": {
+                "arch": "torchvision.models.vision_transformer:VisionTransformer",
+                "num_classes": 3,
+                "kwargs": vit,
+            },
+            "data": {"dataset": "fake", "image_size": 32, "batch_size": 4},
+            "freeze": {"preset": "until:encoder.layers.encoder_layer_1"},
+            "train": {"precision": precision, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
+        }
+    )
+
+
+def _native_mha_calls(fn: Callable[[], None]) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_native_multi_head_attention")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_hand_loop_holds_the_plans_frozen_modules_in_eval(precision: str) -> None:
+    # A frozen nn.MultiheadAttention in eval takes PyTorch's fused inference kernel (CPU autocast does
+    # not stop it); in train mode it does not. The hand loop must run the frozen block as freezetune
+    # does, or the benchmark times the modes (20x on vit_b_16 in bf16), not freezetune's overhead.
+    pair = bench_pair(tiny_vit(precision), steps=2)
+    fw, hand = pair.framework_model, pair.hand_model
+    names = {id(m): n for n, m in hand.named_modules()}
+    held = sorted(names[id(m)] for m in pair.held_in_eval)
+    assert held == sorted(n for n, m in fw.train().named_modules() if not m.training)
+    assert "encoder.layers.encoder_layer_0.self_attention" in held
+    assert "encoder.layers.encoder_layer_1.self_attention" not in held and "heads.head" not in held
+    assert not any(is_pinned_eval(m) for m in hand.modules())  # the hand loop sets the modes itself
+    # The frozen block's attention, once a step (the profiler lists it twice under autocast: its cast, then the op).
+    calls = _native_mha_calls(pair.framework)
+    assert calls == (2 if precision == "fp32" else 4) and _native_mha_calls(pair.hand) == calls
+    assert {n for n, m in hand.named_modules() if not m.training} == set(held)
+    fw_state, hand_state = fw.state_dict(), hand.state_dict()
+    assert [k for k in fw_state if not torch.equal(fw_state[k], hand_state[k])] == []
+    # Without the plan's modes (the hand loop before it held them) the frozen block takes the slow path.
+    hand.train()
+    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        x = torch.randn(2, 3, 32, 32)
+        assert _native_mha_calls(lambda: hand(x)) == 0
+
+
+def test_results_and_output_say_what_both_loops_hold_in_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (vit,) = benchmark_configs([tiny_vit()], steps=1, rounds=1)
+    assert (vit.held_in_eval, vit.fast_attention) == (14, 1)
+    assert vit.to_json()["fast_attention"] == 1
+    config = tmp_path / "vit.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_vit())))
+    argv = ["--config", str(config), "--presets", "until:encoder.layers.encoder_layer_1", "--sizes", "32"]
+    assert main([*argv, "--steps", "1", "--rounds", "1", "--out", str(tmp_path / "b.json")]) == 0
+    text = capsys.readouterr().out
+    assert "Both loops train with the plan's pinned modules in eval (14 of them" in text
+    assert "torch._native_multi_head_attention" in text
+    assert "highest freezetune / hand ratio " in text and "(until:encoder.layers.encoder_layer_1 @ 32px, fp32" in text
