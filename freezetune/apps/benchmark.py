@@ -14,11 +14,13 @@ are timed together: each round runs every config's two loops, the order reversed
 every other round, so that drift in the machine's speed (turbo, other load) lands on
 all of them alike; each ratio is the median of its per-round ratios.
 
-The modes matter beyond BatchNorm: a frozen ``nn.MultiheadAttention`` in eval, with nothing
+The modes matter beyond BatchNorm. A frozen ``nn.MultiheadAttention`` in eval, with nothing
 needing its gradient, runs PyTorch's fused inference kernel (``torch._native_multi_head_attention``;
-CPU autocast does not turn it off), which on vit_b_16 in bf16 made a step 20x faster than the same
-blocks in train mode (docs/speed-and-memory.md). A hand loop that left them in train mode would
-time that difference, not freezetune's overhead."""
+CPU autocast does not turn it off). In train mode it takes the general path, whose input
+projection on a batch-first input with no gradient to keep goes through a weight broadcast to
+every sequence position and a bmm (pytorch/pytorch#126973): on CPU a vit_b_16 block's forward
+1.8x slower in fp32 and 18x in bf16, the whole step 20x. A hand loop that left the frozen blocks
+in train mode would time that, not freezetune's overhead."""
 
 from __future__ import annotations
 

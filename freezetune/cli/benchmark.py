@@ -255,8 +255,9 @@ def modes_note(results: list[BenchResult]) -> str:
     if any(r.fast_attention for r in results):
         note += (
             " Frozen nn.MultiheadAttention in eval runs PyTorch's fused inference path "
-            "(torch._native_multi_head_attention) on both sides: far faster than in train mode, "
-            "a saving of freeze.frozen_modules: eval, not of the loop (docs/speed-and-memory.md)."
+            "(torch._native_multi_head_attention) on both sides; in train mode it can be many times slower "
+            "(pytorch/pytorch#126973), a saving of freeze.frozen_modules: eval, not of the loop "
+            "(docs/speed-and-memory.md)."
         )
     return note
 
