@@ -248,6 +248,10 @@ def modes_note(results: list[BenchResult]) -> str:
     """What the module modes of both loops were: the plan's pins, on both sides, so that the
     ratio is freezetune's overhead and not the plan's choice of modes."""
     held = sorted({r.held_in_eval for r in results})
+    if held == [0]:
+        return (
+            "The plan pins no module in eval (freeze.batchnorm, freeze.frozen_modules): both loops train every module."
+        )
     note = (
         f"Both loops train with the plan's pinned modules in eval ({', '.join(map(str, held))} of them: "
         "freeze.batchnorm, freeze.frozen_modules), the hand-written loop by setting them itself."

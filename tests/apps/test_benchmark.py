@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from freezetune.apps import bench_pair, benchmark_configs
-from freezetune.cli.benchmark import main
+from freezetune.apps import BenchResult, bench_pair, benchmark_configs
+from freezetune.cli.benchmark import highest_ratio, main, modes_note
 from freezetune.config import Config, from_dict, to_dict
 from freezetune.plan import is_pinned_eval
 
@@ -182,3 +182,19 @@ def test_results_and_output_say_what_both_loops_hold_in_eval(tmp_path: Path, cap
     assert "Both loops train with the plan's pinned modules in eval (14 of them" in text
     assert "torch._native_multi_head_attention" in text
     assert "highest freezetune / hand ratio " in text and "(until:encoder.layers.encoder_layer_1 @ 32px, fp32" in text
+
+
+def test_modes_note_and_highest_ratio_name_their_rows() -> None:
+    def row(name: str, ratio: float, held: int, attention: int = 0) -> BenchResult:
+        return BenchResult(name, 32, "cpu", 2.0, 2.0 / ratio, ratio, held_in_eval=held, fast_attention=attention)
+
+    assert modes_note([row("full", 1.0, 0)]) == (
+        "The plan pins no module in eval (freeze.batchnorm, freeze.frozen_modules): both loops train every module."
+    )
+    note = modes_note([row("full", 1.0, 0), row("linear_probe", 0.9, 60)])
+    assert note.startswith("Both loops train with the plan's pinned modules in eval (0, 60 of them")
+    assert "MultiheadAttention" not in note
+    assert "torch._native_multi_head_attention" in modes_note([row("vit", 1.0, 14, attention=1)])
+    assert highest_ratio([row("full", 0.97, 0), row("linear_probe", 1.04, 60)]).startswith(
+        "highest freezetune / hand ratio 1.040 (linear_probe @ 32px, fp32, contiguous)"
+    )
