@@ -21,6 +21,7 @@ from freezetune.models import weights_kind
 from freezetune.record import OWN_FILES, RunExistsError
 from freezetune.report import config_differences
 from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
+from freezetune.utils import TrainingFailed
 
 __all__ = [
     "SeedRun",
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingFailed(RuntimeError):
-    """A config's training process exited with an error (it printed its own message)."""
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freezetune.apps.compare import TrainingFailed
 from freezetune.apps.shipped import shipped_config
 from freezetune.config import ConfigError
-from freezetune.utils import format_table
+from freezetune.utils import TrainingFailed, format_table
 
 __all__ = [
     "FIRST_LOSS_TOLERANCE",
