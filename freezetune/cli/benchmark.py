@@ -24,9 +24,17 @@ import json
 import sys
 from pathlib import Path
 
-from freezetune.apps.benchmark import BenchResult, benchmark_auto_signal, benchmark_cache, benchmark_configs
-from freezetune.apps.peer import PAIRS, benchmark_peer, peer_tables, require_peer
 from freezetune.apps.shipped import shipped_config
+from freezetune.bench import (
+    PAIRS,
+    BenchResult,
+    benchmark_auto_signal,
+    benchmark_cache,
+    benchmark_configs,
+    benchmark_peer,
+    peer_tables,
+    require_peer,
+)
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
 from freezetune.utils import format_table

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train", "infer"),
     ("report",),
     ("apps",),
+    ("bench",),
     ("cli",),
 )
 

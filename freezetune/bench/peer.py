@@ -2,10 +2,10 @@
 
 Each pair trains one shipped config of the Fashion-MNIST transfer demo twice: with freezetune
 (``freezetune.train.run``, as a user runs it) and with Lightning the way its documentation
-does it (freezetune.apps.lightning_peer). Both build the model, the fresh head and the
+does it (freezetune.bench.lightning_peer). Both build the model, the fresh head and the
 DataLoaders with freezetune's code from the same config and seed, so the same weights see
 the same batches in the same order under the same optimizer and LR schedule. Every run is
-a fresh process (freezetune.apps.peer_worker), the pair's runs alternated and their order
+a fresh process (freezetune.bench.peer_worker), the pair's runs alternated and their order
 reversed every other repeat, so that drift in the machine's speed lands on both sides alike.
 
 That the work really was the same is checked, not assumed: where it should be, the first
@@ -58,7 +58,7 @@ class Side:
 
     Args:
         framework: ``freezetune`` or ``lightning``.
-        variant: for Lightning, a key of freezetune.apps.lightning_peer.LIGHTNING_VARIANTS.
+        variant: for Lightning, a key of freezetune.bench.lightning_peer.LIGHTNING_VARIANTS.
         same_work: whether it does exactly freezetune's work, so the first losses must agree.
     """
 
@@ -109,9 +109,9 @@ def require_peer(peer: str) -> None:
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``spec`` in a fresh ``python -m freezetune.apps.peer_worker``; returns its result
+    """Run ``spec`` in a fresh ``python -m freezetune.bench.peer_worker``; returns its result
     with ``wall_s``, the whole process from start to exit as seen from here."""
-    cmd = [sys.executable, "-m", "freezetune.apps.peer_worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "freezetune.bench.peer_worker", json.dumps(spec)]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start

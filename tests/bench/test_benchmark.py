@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from freezetune.apps import bench_pair, benchmark_configs
+from freezetune.bench import bench_pair, benchmark_configs
 from freezetune.cli.benchmark import main
 from freezetune.config import Config, from_dict
 
@@ -99,7 +99,7 @@ def test_cli_rejects_an_unknown_memory_format(capsys: pytest.CaptureFixture) -> 
 
 
 def test_auto_signal_cost_is_measured_beside_the_step() -> None:
-    from freezetune.apps import benchmark_auto_signal
+    from freezetune.bench import benchmark_auto_signal
     from freezetune.config import from_dict
 
     cfg = from_dict(
