@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
+from freezetune.apps import Comparison, predict_costs, run_action, run_comparison, seed_runs, summary_lines
 from freezetune.apps import compare as compare_app
-from freezetune.apps import run_action, seed_runs
 from freezetune.checks import resolve
 from freezetune.cli import compare as compare_cli
-from freezetune.config import load_config, to_dict
+from freezetune.config import ConfigError, load_config, to_dict
 from freezetune.record import RunExistsError
 from freezetune.train import run
 
@@ -155,3 +155,38 @@ def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(
     (line,) = capsys.readouterr().err.strip().splitlines()  # argparse's mistakes: one line too
     assert line.startswith("error: argument --seeds: '0': give a whole number of seeds, 1 or more (see ")
     assert line.endswith(" --help)")
+
+
+# --------------------------------------------------------------------------- the comparison itself
+
+
+def test_run_comparison_of_finished_runs_writes_the_report_and_says_where(tmp_path: Path) -> None:
+    file = write_config(tmp_path)
+    cfgs = [load_config(file, [f"seed={s}", f"train.output_dir={tmp_path / 'runs' / f'tiny-seed{s}'}"]) for s in (0, 1)]
+    for cfg in cfgs:
+        run(cfg)
+    inside = Comparison(out=cfgs[0].output_dir / "report", run_dirs=[c.output_dir for c in cfgs], estimate=False)
+    with pytest.raises(ConfigError, match=r"--out .*/report: inside the run folder .*tiny-seed0; choose a folder"):
+        run_comparison(inside)
+    assert not inside.out.exists()
+    request = dataclasses.replace(inside, out=tmp_path / "report")
+    report, paths = run_comparison(request)
+    assert [row["seeds"] for row in report["rows"]] == [[0, 1]]
+    assert {p.name for p in paths} >= {"report.md", "report.json"} and all(p.parent == request.out for p in paths)
+    assert json.loads((request.out / "report.json").read_text())["rows"][0]["seeds"] == [0, 1]
+    lines = summary_lines(report, paths).splitlines()
+    assert lines[-1] == "report: " + ", ".join(str(p) for p in paths) and lines[-2] == ""
+
+
+def test_predict_costs_names_each_config_and_skips_a_scheduled_one(tmp_path: Path) -> None:
+    probe = load_config(write_config(tmp_path))
+    until = load_config(write_config(tmp_path), ["name=until", "freeze.preset=until:layer3"])
+    gradual = load_config(
+        write_config(tmp_path), ["name=gradual", "freeze.preset=gradual", "freeze.gradual=[layer4]", "train.epochs=2"]
+    )
+    assert gradual.freeze.scheduled
+    costs = predict_costs([probe, until, gradual])
+    assert sorted(costs) == ["tiny", "until"]  # a plan per phase: no single prediction fits gradual
+    # The linear probe's backward stops at the head: it saves less for backward than until:layer3.
+    saved = {name: c["predicted_saved_activation_bytes"] for name, c in costs.items()}
+    assert saved["tiny"] < saved["until"]
