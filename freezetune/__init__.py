@@ -1,7 +1,7 @@
 """freezetune: explicit, verified parameter freezing for fine-tuning torchvision models.
 
 Subpackages by role, lower never importing higher (docs/architecture.md):
-utils < config < plan < measure < record < data, models < checks < train, infer < report < apps < cli.
+utils < config < plan < measure < record < data, models < checks < train, infer < report < apps < bench < cli.
 The names below are the ones most scripts need; each subpackage exports its own."""
 
 from __future__ import annotations

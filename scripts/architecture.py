@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from freezetune.utils.imports import architecture_markdown
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tools/ is repository tooling, not installed: import it from here
+
+from tools.import_graph import architecture_markdown  # noqa: E402
 
 
 def main() -> int:

@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 
 import freezetune
-from freezetune.utils.imports import LAYERS, import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
+# tools/ is repository tooling, not installed: importable from the repository root, which
+# pytest's --import-mode=importlib does not put on sys.path.
+sys.path.insert(0, str(ROOT))
+from tools.import_graph import LAYERS, import_graph  # noqa: E402
+
 PACKAGE = Path(freezetune.__file__).parent
 
 

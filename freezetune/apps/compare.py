@@ -1,43 +1,55 @@
-"""Run several configs, each in its own process (so its peak memory is its own),
-and predict each one's cost from the per-module profile."""
+"""Compare freezing configs over seeds (``freezetune compare``): train each config, each run
+in its own process (so its peak memory is its own), or take finished run folders; predict
+each config's cost from the per-module profile; write the comparison report.
+
+Every mistake (a config, two configs of one folder or one name, an unknown reference, a report
+folder inside a run) is found before anything trains."""
 
 from __future__ import annotations
 
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from freezetune import checks
 from freezetune.checks import resolve
-from freezetune.config import Config, load_config, to_dict
+from freezetune.config import Config, ConfigError, load_config, to_dict
 from freezetune.data import build_loaders
-from freezetune.measure import Estimate, StepFormat, estimate, profile_model
 from freezetune.models import weights_kind
 from freezetune.record import OWN_FILES, RunExistsError
-from freezetune.report import config_differences
-from freezetune.train import Prepared, make_optimizer, num_outputs, prepare_model
+from freezetune.report import (
+    DEFAULT_TARGET,
+    build_report,
+    config_differences,
+    load_run,
+    ranking_line,
+    reference_line,
+    text_table,
+    unresolved_line,
+    write_report,
+)
+from freezetune.train import estimate_config, prepare_model
+from freezetune.utils import TrainingFailed
 
 __all__ = [
+    "Comparison",
     "SeedRun",
     "TrainingFailed",
     "check_runnable",
-    "estimate_config",
     "interleave",
+    "predict_costs",
     "run_action",
+    "run_comparison",
     "seed_runs",
+    "summary_lines",
     "train_in_subprocess",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingFailed(RuntimeError):
-    """A config's training process exited with an error (it printed its own message)."""
 
 
 @dataclass(frozen=True)
@@ -152,27 +164,129 @@ def train_in_subprocess(config: str | Path, overrides: list[str], overwrite: boo
     return cfg.output_dir
 
 
-def estimate_config(
-    cfg: Config, reps: int = 7, cache: dict | None = None, prepared: Prepared | None = None
-) -> Estimate:
-    """The prediction for ``cfg`` on one batch of its shape (weights do not change timing),
-    its steps in the run's precision and memory format (``train.precision``, ``train.channels_last``).
+@dataclass(frozen=True)
+class Comparison:
+    """What ``freezetune compare`` is asked for: config ``files`` to train (with ``overrides``,
+    ``seeds`` per config, ``overwrite`` for runs of other configs), or finished ``run_dirs``;
+    the report's folder, its ``reference`` config, its time-to-target and whether to predict costs."""
 
-    ``cache`` shares the profile between configs of the same architecture, batch shape,
-    class count, optimizer, precision and memory format; ``prepared`` reuses a model already built."""
-    prepared = prepared or prepare_model(cfg)
-    cfg = prepared.cfg  # its preprocessing resolved: the image size the weights want
-    size, n, t = cfg.data.image_size, cfg.data.batch_size, cfg.train
-    k = num_outputs(cfg)
-    x = torch.randn(n, 3, size, size, device=prepared.device)
-    key = (cfg.model.arch, size, n, k, t.optimizer.name, str(prepared.device), t.precision, t.channels_last)
-    profile = cache.get(key) if cache is not None else None
+    out: Path
+    files: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    run_dirs: list[Path] = field(default_factory=list)
+    seeds: int | None = None
+    overwrite: bool = False
+    reference: str | None = None
+    target: str = DEFAULT_TARGET
+    estimate: bool = True
 
-    def make(model: torch.nn.Module) -> torch.optim.Optimizer:
-        return make_optimizer(model, t.optimizer)
 
-    if profile is None:
-        profile = profile_model(prepared.model, x, k, make, reps, precision=t.precision, channels_last=t.channels_last)
-        if cache is not None:
-            cache[key] = profile
-    return estimate(prepared.model, x, k, make, reps, profile, StepFormat(t.precision, t.channels_last))
+def run_comparison(request: Comparison) -> tuple[dict, list[Path]]:
+    """Train (or reuse) the runs of ``request.files``, or take ``request.run_dirs`` as they are,
+    and write the comparison report to ``request.out``; returns the report and the files written.
+    Every refusal comes before anything trains."""
+    out = request.out
+    if out.exists() and (not out.is_dir() or (out / "summary.json").is_file()):
+        raise ConfigError(
+            [f"--out {out}: {'a file' if not out.is_dir() else 'a run folder'}; choose a folder for the report"]
+        )
+    run_dirs, configs = _train_configs(request) if request.files else _finished_runs(request)
+    runs = [load_run(d) for d in run_dirs]
+    estimates = predict_costs(configs) if request.estimate else {}
+    report = build_report(runs, estimates, reference=request.reference, target=request.target)
+    return report, write_report(report, out)
+
+
+def predict_costs(configs: list[Config]) -> dict[str, dict]:
+    """Each config's predicted cost by its name (one profile per architecture and batch shape).
+    A scheduled config has one plan per phase: no single prediction fits it, so it has none."""
+    cache: dict = {}
+    return {c.name: estimate_config(c, cache=cache).to_json() for c in configs if not c.freeze.scheduled}
+
+
+def summary_lines(report: dict, paths: list[Path]) -> str:
+    """What compare prints once the report is written: the reference, the warnings, the table,
+    the differences not resolved, the ranking and the files."""
+    lines = [("warning: " if "NO config" in report["reference_why"] else "") + reference_line(report)]
+    lines += [f"warning: {warning}" for warning in report["warnings"]]
+    lines += [text_table(report), unresolved_line(report), ranking_line(report)]
+    return "\n".join(lines) + "\n\nreport: " + ", ".join(str(p) for p in paths)
+
+
+def _train_configs(request: Comparison) -> tuple[list[Path], list[Config]]:
+    """Check every config and every run folder, then train (or reuse) seed by seed across them."""
+    files = request.files
+    _distinct([str(Path(f).resolve()) for f in files], files, "the same file given twice", "give it once")
+    plans = [seed_runs(f, request.overrides, request.seeds) for f in files]  # every error before any training
+    configs = [p[0].cfg for p in plans]
+    _distinct(
+        [c.name for c in configs],
+        [f"{f} (name {c.name})" for f, c in zip(files, configs)],
+        "one config name, and a comparison pools the runs of one name",
+        "give each config its own name",
+    )
+    _check_reference(request.reference, [c.name for c in configs])
+    order = interleave(plans)
+    _distinct(
+        [str(r.cfg.output_dir.resolve()) for r in order],
+        [f"{r.file} ({r.cfg.output_dir})" for r in order],
+        "the same run folder",
+        "give each config its own name (or train.output_dir)",
+    )
+    _out_not_in(request.out, [r.cfg.output_dir for r in order])
+    actions = [run_action(r.cfg, request.overwrite) for r in order]  # and every refusal
+    for plan in plans:  # the model, weights, plan and data of each config that will train
+        if any(actions[order.index(r)] != "reuse" for r in plan):
+            check_runnable(plan[0].cfg)
+    return [_train_or_reuse(r, action) for r, action in zip(order, actions)], configs
+
+
+def _finished_runs(request: Comparison) -> tuple[list[Path], list[Config]]:
+    """The run folders as given, each holding a finished run, and one config per name in them."""
+    run_dirs = request.run_dirs
+    _distinct([str(d.resolve()) for d in run_dirs], [str(d) for d in run_dirs], "the same run folder", "")
+    _out_not_in(request.out, run_dirs)
+    for d in run_dirs:
+        load_run(d)  # a folder without a finished run is named before its config is read
+    configs: list[Config] = []
+    for d in run_dirs:
+        cfg = load_config(d / "config.yaml")
+        if cfg.name not in (c.name for c in configs):
+            configs.append(cfg)  # one prediction per config, whatever its seeds
+    _check_reference(request.reference, [c.name for c in configs])
+    return run_dirs, configs
+
+
+def _train_or_reuse(r: SeedRun, action: str) -> Path:
+    seed = f" seed {r.cfg.seed}" if r.cfg.output_dir.name.endswith(f"-seed{r.cfg.seed}") else ""
+    if action == "reuse":
+        print(f"{r.cfg.name}{seed}: reusing {r.cfg.output_dir} (finished, same config)", flush=True)
+        return r.cfg.output_dir
+    verb = "replacing the run in" if action == "replace" else "training into"
+    print(f"{r.cfg.name}{seed}: {verb} {r.cfg.output_dir}", flush=True)
+    return train_in_subprocess(r.file, r.overrides, overwrite=action == "replace")
+
+
+def _out_not_in(out: Path, run_dirs: list[Path]) -> None:
+    """The report's folder is neither a run folder of this comparison nor inside one (a run's
+    own report, freezetune report, would overwrite report.md there)."""
+    where = out.resolve()
+    for d in run_dirs:
+        if where == d.resolve() or d.resolve() in where.parents:
+            raise ConfigError([f"--out {out}: inside the run folder {d}; choose a folder of its own for the report"])
+
+
+def _check_reference(name: str | None, names: list[str]) -> None:
+    """An unknown --reference is refused before anything trains."""
+    if name is not None and name not in names:
+        raise ConfigError([f"--reference {name}: no such config here; choose one of {', '.join(names)}"])
+
+
+def _distinct(keys: list[str], labels: list[str], what: str, fix: str) -> None:
+    """Refuse two configs that would write one run folder (the second would replace the first),
+    one run folder given twice, or two configs of one name (their seeds would be pooled)."""
+    seen: dict[str, str] = {}
+    for key, label in zip(keys, labels):
+        if key in seen:
+            raise ConfigError([f"{seen[key]} and {label} are {what}" + (f": {fix}" if fix else "")])
+        seen[key] = label

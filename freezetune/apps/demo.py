@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from freezetune.apps.compare import estimate_config, interleave, run_action, seed_runs
+from freezetune.apps.compare import interleave, run_action, seed_runs
 from freezetune.apps.shipped import shipped_config
 from freezetune.checks import resolve
 from freezetune.config import Config, load_config, to_dict
 from freezetune.record import EpochResult
 from freezetune.report import build_report, load_run, write_report
-from freezetune.train import Progress, no_progress, run
+from freezetune.train import Progress, estimate_config, no_progress, run
 from freezetune.utils import format_table
 
 __all__ = [

@@ -317,6 +317,27 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
 
 def network_step(cfg: Config, source: str, repeats: int = 5) -> TourStep:
     """Step 5: the same facts on ``cfg``'s network and a real batch of its training data."""
+    facts, seen = _network_facts(cfg, repeats)
+    return TourStep(
+        5,
+        "The same on a network: a freezing config's real step",
+        ["Module.requires_grad_(False)", "Tensor.grad_fn", "torch.autograd.graph.saved_tensors_hooks"],
+        [
+            _NOTES + "#saved-tensors",
+            "https://pytorch.org/docs/stable/autograd.html#torch.autograd.graph.saved_tensors_hooks",
+        ],
+        _network_lines(cfg, source, repeats, facts, seen),
+        "Freezing a prefix is step 3 at scale: its parameters are leaves that require no grad and its input "
+        "is the image, so its operations record no nodes and save no tensors for backward, and backward "
+        "stops where the graph starts. The optimizer holds only the trainable parameters, so the frozen ones "
+        "end the step bitwise as they were.",
+        facts,
+    )
+
+
+def _network_facts(cfg: Config, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One real step of ``cfg``'s network, frozen and without the freeze, then ``repeats`` timed
+    steps of each: the facts step 5 checks, and what else its lines show (the batch, the device)."""
     p, loaders = prepare(cfg)
     model = p.model.train()  # modules the plan pins stay in eval
     x, y = next(iter(loaders.train))
@@ -345,13 +366,39 @@ def network_step(cfg: Config, source: str, repeats: int = 5) -> TourStep:
         times["frozen"].append(_step(model, optimizer, x, y, cfg)[0])
         times["unfrozen"].append(_step(unfrozen, optimizer_unfrozen, x, y, cfg)[0])
     t_frozen, t_unfrozen = (statistics.median(times[k]) for k in ("frozen", "unfrozen"))
-    rows = [[r.name, r.type_name, str(r.requires_grad), r.grad_fn or "None"] for r in probe]
-    start = next((r.name for r in probe if r.grad_fn is not None), None)
+    facts = {
+        "frozen": len(frozen),
+        "trainable": len(trainable),
+        "grads_none": grads_none,
+        "unchanged": unchanged,
+        "buffers_unchanged": buffers_unchanged,
+        "with_grad": with_grad,
+        "in_optimizer": in_optimizer,
+        "graph_start": next((r.name for r in probe if r.grad_fn is not None), None),
+        "probe": probe,
+        "saved": saved.activations,
+        "saved_unfrozen": saved_unfrozen.activations,
+        "step_s": t_frozen,
+        "step_unfrozen_s": t_unfrozen,
+    }
+    seen = {
+        "batch": len(y),
+        "shape": "x".join(map(str, x.shape[1:])),
+        "device": p.device.type,
+        "frozen_grads_none": sum(t.grad is None for t in frozen.values()),  # after the timed steps too
+    }
+    return facts, seen
+
+
+def _network_lines(cfg: Config, source: str, repeats: int, f: dict[str, Any], seen: dict[str, Any]) -> list[str]:
+    """Step 5's lines: the forward pass module by module, the real step, the step without the freeze."""
+    rows = [[r.name, r.type_name, str(r.requires_grad), r.grad_fn or "None"] for r in f["probe"]]
+    start = f["graph_start"]
     mib = 2**20
     autocast_note = ", their autocast copies included" if cfg.train.precision != "fp32" else ""
-    lines = [
-        f"config {source}: {cfg.model.arch}, {len(frozen)} frozen and {len(trainable)} trainable parameter tensors,"
-        f" a batch of {len(y)} images of its training data ({'x'.join(map(str, x.shape[1:]))}), {cfg.train.precision}",
+    return [
+        f"config {source}: {cfg.model.arch}, {f['frozen']} frozen and {f['trainable']} trainable parameter tensors,"
+        f" a batch of {seen['batch']} images of its training data ({seen['shape']}), {cfg.train.precision}",
         "one forward pass; each top-level module's output:",
         *format_table(["module", "type", "requires_grad", "grad_fn"], rows).splitlines(),
         f"the graph starts at {start!r}: the modules before it recorded nothing, as w did in step 3"
@@ -359,44 +406,16 @@ def network_step(cfg: Config, source: str, repeats: int = 5) -> TourStep:
         else "no module recorded a graph: nothing trains",
         "",
         "one real step (forward, loss.backward(), optimizer.step()):",
-        f"  frozen parameters with .grad None: {sum(t.grad is None for t in frozen.values())} of {len(frozen)}",
-        f"  frozen parameters bitwise unchanged: {unchanged}; their BatchNorm statistics: {buffers_unchanged}",
-        f"  trainable parameters with a gradient: {with_grad} of {len(trainable)}; the optimizer holds "
-        f"{in_optimizer} tensors, only those",
+        f"  frozen parameters with .grad None: {seen['frozen_grads_none']} of {f['frozen']}",
+        f"  frozen parameters bitwise unchanged: {f['unchanged']}; their BatchNorm statistics: "
+        f"{f['buffers_unchanged']}",
+        f"  trainable parameters with a gradient: {f['with_grad']} of {f['trainable']}; the optimizer holds "
+        f"{f['in_optimizer']} tensors, only those",
         "",
         "the same step without the freeze (everything trainable, BatchNorm in train mode):",
-        f"  saved for backward (beyond the parameters{autocast_note}): {saved.activations / mib:.2f} MiB frozen vs "
-        f"{saved_unfrozen.activations / mib:.2f} MiB unfrozen "
-        f"(x{saved.activations / max(saved_unfrozen.activations, 1):.2f})",
-        f"  one step: {t_frozen * 1e3:.1f} ms frozen vs {t_unfrozen * 1e3:.1f} ms unfrozen "
-        f"(x{t_frozen / t_unfrozen:.2f}; medians of {repeats}, alternated, on {p.device.type})",
+        f"  saved for backward (beyond the parameters{autocast_note}): {f['saved'] / mib:.2f} MiB frozen vs "
+        f"{f['saved_unfrozen'] / mib:.2f} MiB unfrozen "
+        f"(x{f['saved'] / max(f['saved_unfrozen'], 1):.2f})",
+        f"  one step: {f['step_s'] * 1e3:.1f} ms frozen vs {f['step_unfrozen_s'] * 1e3:.1f} ms unfrozen "
+        f"(x{f['step_s'] / f['step_unfrozen_s']:.2f}; medians of {repeats}, alternated, on {seen['device']})",
     ]
-    return TourStep(
-        5,
-        "The same on a network: a freezing config's real step",
-        ["Module.requires_grad_(False)", "Tensor.grad_fn", "torch.autograd.graph.saved_tensors_hooks"],
-        [
-            _NOTES + "#saved-tensors",
-            "https://pytorch.org/docs/stable/autograd.html#torch.autograd.graph.saved_tensors_hooks",
-        ],
-        lines,
-        "Freezing a prefix is step 3 at scale: its parameters are leaves that require no grad and its input "
-        "is the image, so its operations record no nodes and save no tensors for backward, and backward "
-        "stops where the graph starts. The optimizer holds only the trainable parameters, so the frozen ones "
-        "end the step bitwise as they were.",
-        {
-            "frozen": len(frozen),
-            "trainable": len(trainable),
-            "grads_none": grads_none,
-            "unchanged": unchanged,
-            "buffers_unchanged": buffers_unchanged,
-            "with_grad": with_grad,
-            "in_optimizer": in_optimizer,
-            "graph_start": start,
-            "probe": probe,
-            "saved": saved.activations,
-            "saved_unfrozen": saved_unfrozen.activations,
-            "step_s": t_frozen,
-            "step_unfrozen_s": t_unfrozen,
-        },
-    )

@@ -24,9 +24,18 @@ import json
 import sys
 from pathlib import Path
 
-from freezetune.apps.benchmark import BenchResult, benchmark_auto_signal, benchmark_cache, benchmark_configs
-from freezetune.apps.peer import PAIRS, benchmark_peer, peer_tables, require_peer
 from freezetune.apps.shipped import shipped_config
+from freezetune.bench import (
+    PAIRS,
+    BenchResult,
+    CacheBenchResult,
+    benchmark_auto_signal,
+    benchmark_cache,
+    benchmark_configs,
+    benchmark_peer,
+    peer_tables,
+    require_peer,
+)
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
 from freezetune.utils import format_table
@@ -34,6 +43,21 @@ from freezetune.utils import format_table
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = _parser(prog).parse_intermixed_args(argv)  # key=value edits may follow the flags too
+    cli.setup_logging()
+    # Four benchmarks behind one command: --peer, --cache and --auto-signal each choose one instead of the step's.
+    if args.peer is not None:
+        command = _peer
+    elif args.cache is not None:
+        command = _cache
+    elif args.auto_signal:
+        command = _auto_signal
+    else:
+        command = _step
+    return cli.guarded(lambda: command(args), args.debug)
+
+
+def _parser(prog: str | None) -> cli.Parser:
     parser = cli.Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="default: the shipped bench/resnet18_fake.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -94,129 +118,133 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="which pairs --peer runs",
     )
     cli.add_debug_arg(parser)
-    args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
-    cli.setup_logging()
+    return parser
 
-    def body() -> int:
-        if args.peer is not None:
-            return peer_body()
-        if args.cache is not None:
-            return cache_body()
-        if args.auto_signal:
-            cfg = load_config(args.config or shipped_config("bench/resnet18_fake.yaml"), args.overrides)
-            r = benchmark_auto_signal(cfg, args.rounds)
-            print(
-                f"{r.name}: step {r.step_ms:.1f} ms, one sample {r.sample_ms:.2f} ms "
-                f"({100 * r.sample_ms / r.step_ms:.1f}% of a step); sampling every {r.sample_every} steps: "
-                f"{100 * r.per_step:.2f}% of training time"
-            )
-            return 0
-        # Comma-separated, so that key=value edits after them stay edits.
-        precisions = [p for p in (args.precision or "").split(",") if p] or [None]
-        formats = [_channels_last(f) for f in (args.memory_format or "").split(",") if f] or [None]
-        results = []
-        for size in args.sizes:
-            for preset in args.presets:
-                edits = [*args.overrides, f"freeze.preset={preset}", f"data.image_size={size}"]
-                config = args.config or shipped_config("bench/resnet18_fake.yaml")
-                cfgs = [load_config(config, [*edits, *_variant_edits(p, cl)]) for p in precisions for cl in formats]
-                for r in benchmark_configs(cfgs, args.steps, args.rounds):
-                    r.name = preset
-                    results.append(r)
-                    print(
-                        f"{preset} @ {size}px, {r.precision}, {r.memory_format}: freezetune {r.framework_ms:.2f} ms, "
-                        f"hand {r.hand_ms:.2f} ms, ratio {r.ratio:.3f}" + _vs_fp32(r, ", × fp32 "),
-                        flush=True,
-                    )
-        print()
-        print(results_table(results))
-        out = Path(args.out or "runs/benchmark.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
-        print()
-        print(modes_note(results))
-        print(f"{highest_ratio(results)}; written to {out}")
-        return 0
 
-    def cache_body() -> int:
-        # `--cache a.yaml key=value`: argparse hands the edits to --cache too.
-        overrides = [c for c in args.cache if "=" in c] + args.overrides
-        configs = [c for c in args.cache if "=" not in c] or [
-            shipped_config("fmnist/linear_probe.yaml"),
-            shipped_config("fmnist/freeze_until_layer3.yaml"),
-        ]
-        results = []
-        for config in configs:
-            r = benchmark_cache(config, overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
-            results.append(r)
-            print(
-                f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "
-                f"hand-written {r.hand_epoch_s:.2f}s -> {r.speedup:.1f}x",
-                flush=True,
-            )
-        rows = [
-            [
-                r.name,
-                f"{r.build_s:.2f}",
-                f"{r.cached_epoch_s:.2f}",
-                f"{r.uncached_epoch_s:.2f}",
-                f"{r.hand_epoch_s:.2f}",
-                f"{r.speedup:.1f}x",
-                f"{r.speedup_vs_hand:.1f}x",
-                f"{r.cached_val_acc:.4f} / {r.uncached_val_acc:.4f}",
-            ]
-            for r in results
-        ]
-        print()
+def _step(args: argparse.Namespace) -> int:
+    """freezetune's step against the hand-written loop, per preset, size, precision and memory format."""
+    # Comma-separated, so that key=value edits after them stay edits.
+    precisions = [p for p in (args.precision or "").split(",") if p] or [None]
+    formats = [_channels_last(f) for f in (args.memory_format or "").split(",") if f] or [None]
+    results = []
+    for size in args.sizes:
+        for preset in args.presets:
+            edits = [*args.overrides, f"freeze.preset={preset}", f"data.image_size={size}"]
+            config = args.config or shipped_config("bench/resnet18_fake.yaml")
+            cfgs = [load_config(config, [*edits, *_variant_edits(p, cl)]) for p in precisions for cl in formats]
+            for r in benchmark_configs(cfgs, args.steps, args.rounds):
+                r.name = preset
+                results.append(r)
+                print(
+                    f"{preset} @ {size}px, {r.precision}, {r.memory_format}: freezetune {r.framework_ms:.2f} ms, "
+                    f"hand {r.hand_ms:.2f} ms, ratio {r.ratio:.3f}" + _vs_fp32(r, ", × fp32 "),
+                    flush=True,
+                )
+    print()
+    print(results_table(results))
+    out = _write_json(args.out or "runs/benchmark.json", [r.to_json() for r in results])
+    print()
+    print(modes_note(results))
+    print(f"{highest_ratio(results)}; written to {out}")
+    return 0
+
+
+def _auto_signal(args: argparse.Namespace) -> int:
+    """What freeze.preset auto's gradient-norm sample costs next to a step."""
+    cfg = load_config(args.config or shipped_config("bench/resnet18_fake.yaml"), args.overrides)
+    r = benchmark_auto_signal(cfg, args.rounds)
+    print(
+        f"{r.name}: step {r.step_ms:.1f} ms, one sample {r.sample_ms:.2f} ms "
+        f"({100 * r.sample_ms / r.step_ms:.1f}% of a step); sampling every {r.sample_every} steps: "
+        f"{100 * r.per_step:.2f}% of training time"
+    )
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    """Epoch time with the feature cache, without it, and of a hand-written loop."""
+    # `--cache a.yaml key=value`: argparse hands the edits to --cache too.
+    overrides = [c for c in args.cache if "=" in c] + args.overrides
+    configs = [c for c in args.cache if "=" not in c] or [
+        shipped_config("fmnist/linear_probe.yaml"),
+        shipped_config("fmnist/freeze_until_layer3.yaml"),
+    ]
+    results = []
+    for config in configs:
+        r = benchmark_cache(config, overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
+        results.append(r)
         print(
-            format_table(
-                [
-                    "config",
-                    "cache build s",
-                    "cached epoch s",
-                    "uncached epoch s",
-                    "hand-written epoch s",
-                    "× vs uncached",
-                    "× vs hand",
-                    "val acc cached / uncached",
-                ],
-                rows,
-                right={1, 2, 3, 4, 5, 6},
-            )
+            f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "
+            f"hand-written {r.hand_epoch_s:.2f}s -> {r.speedup:.1f}x",
+            flush=True,
         )
-        out = Path(args.out or "runs/benchmark_cache.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
-        print(f"\nepoch times after the first; written to {out}")
-        return 0
+    print()
+    print(_cache_table(results))
+    out = _write_json(args.out or "runs/benchmark_cache.json", [r.to_json() for r in results])
+    print(f"\nepoch times after the first; written to {out}")
+    return 0
 
-    def peer_body() -> int:
-        require_peer(args.peer)  # a missing extra: one error line, exit 2, nothing written
-        if args.repeats < 1:
-            raise ConfigError([f"--repeats: at least 1, got {args.repeats}"])
-        pairs = tuple(p for p in PAIRS if p.name in args.pairs)
 
-        def done(r: dict) -> None:
-            name = r["framework"] if r["variant"] == "config" else f"{r['framework']}:{r['variant']}"
-            print(
-                f"repeat {r['repeat'] + 1}/{args.repeats} {r['pair']} {name}: process {r['wall_s']:.1f}s, "
-                f"train {r['train_s']:.1f}s, val acc {r['val_acc']:.4f}, first loss {r['first_loss']:.6f}",
-                flush=True,
-            )
+def _peer(args: argparse.Namespace) -> int:
+    """The demo's configs trained by freezetune and by the peer framework, alternated over repeats."""
+    require_peer(args.peer)  # a missing extra: one error line, exit 2, nothing written
+    if args.repeats < 1:
+        raise ConfigError([f"--repeats: at least 1, got {args.repeats}"])
+    pairs = tuple(p for p in PAIRS if p.name in args.pairs)
 
-        report = benchmark_peer(args.overrides, args.repeats, pairs, done)
-        print()
-        print(peer_tables(report))
-        out = Path(args.out or "runs/benchmark_peer.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        print(f"\nwritten to {out}")
-        if report.mismatches:
-            print(f"error: not the same work (first losses differ): {', '.join(report.mismatches)}", file=sys.stderr)
-            return 1
-        return 0
+    def done(r: dict) -> None:
+        name = r["framework"] if r["variant"] == "config" else f"{r['framework']}:{r['variant']}"
+        print(
+            f"repeat {r['repeat'] + 1}/{args.repeats} {r['pair']} {name}: process {r['wall_s']:.1f}s, "
+            f"train {r['train_s']:.1f}s, val acc {r['val_acc']:.4f}, first loss {r['first_loss']:.6f}",
+            flush=True,
+        )
 
-    return cli.guarded(body, args.debug)
+    report = benchmark_peer(args.overrides, args.repeats, pairs, done)
+    print()
+    print(peer_tables(report))
+    out = _write_json(args.out or "runs/benchmark_peer.json", report.to_json())
+    print(f"\nwritten to {out}")
+    if report.mismatches:
+        print(f"error: not the same work (first losses differ): {', '.join(report.mismatches)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_json(path: str, data: object) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return out
+
+
+def _cache_table(results: list[CacheBenchResult]) -> str:
+    """The --cache table: per config, the cache's build, the epochs cached, uncached and
+    hand-written, the speed-ups and both validation accuracies."""
+    rows = [
+        [
+            r.name,
+            f"{r.build_s:.2f}",
+            f"{r.cached_epoch_s:.2f}",
+            f"{r.uncached_epoch_s:.2f}",
+            f"{r.hand_epoch_s:.2f}",
+            f"{r.speedup:.1f}x",
+            f"{r.speedup_vs_hand:.1f}x",
+            f"{r.cached_val_acc:.4f} / {r.uncached_val_acc:.4f}",
+        ]
+        for r in results
+    ]
+    headers = [
+        "config",
+        "cache build s",
+        "cached epoch s",
+        "uncached epoch s",
+        "hand-written epoch s",
+        "× vs uncached",
+        "× vs hand",
+        "val acc cached / uncached",
+    ]
+    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6})
 
 
 def _variant_edits(precision: str | None, channels_last: bool | None) -> list[str]:

@@ -13,11 +13,8 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
-from freezetune.apps.compare import TrainingFailed
-from freezetune.config import Config, ConfigError, load_config
-from freezetune.plan import FreezeError
-from freezetune.record import BaseMismatch, RunExistsError
-from freezetune.train import Diverged
+from freezetune.config import Config, load_config
+from freezetune.utils import RunFault, UserError, first_line
 
 __all__ = [
     "EXIT_CONFIG",
@@ -100,15 +97,16 @@ class Parser(argparse.ArgumentParser):
 
 def guarded(main: Callable[[], int], debug: bool = False) -> int:
     """Run ``main`` and turn every failure into one ``error:`` message and an exit status:
-    2 for a mistake in the config, data or command line (nothing written); 1 for a fault
-    while running (diverged, disk full, a bug); 130 for Ctrl-C. A traceback only with
-    ``debug`` or FREEZETUNE_DEBUG=1."""
+    2 for a :class:`~freezetune.utils.UserError`, a mistake in the config, data or command line
+    (nothing written); 1 for a :class:`~freezetune.utils.RunFault` or any other fault while
+    running (diverged, disk full, a bug); 130 for Ctrl-C. A traceback only with ``debug`` or
+    FREEZETUNE_DEBUG=1."""
     debug = debug or os.environ.get("FREEZETUNE_DEBUG", "") not in ("", "0")
     try:
         return main()
-    except (ConfigError, FreezeError, RunExistsError, BaseMismatch) as exc:
+    except UserError as exc:  # before OSError: a RunExistsError is also a FileExistsError
         return _error(str(exc), EXIT_CONFIG, debug)
-    except (Diverged, TrainingFailed) as exc:
+    except RunFault as exc:
         return _error(str(exc), EXIT_FAULT, debug)
     except BrokenPipeError:
         # The reader went away (`freezetune tour | head`): it had what it wanted, so no error line.
@@ -128,7 +126,7 @@ def guarded(main: Callable[[], int], debug: bool = False) -> int:
     except Exception as exc:
         text = str(exc)
         if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
-            first = text.splitlines()[0][:120] if text else ""
+            first = first_line(exc)[:120]
             message = f"out of memory ({type(exc).__name__}: {first}). HINT: lower data.batch_size or data.image_size"
         else:
             message = f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback"

@@ -4,17 +4,11 @@ freezetune export --run runs/NAME --format torchscript|exported_program|onnx
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
-
 from freezetune.cli import common as cli
 from freezetune.infer import (
     CHECKPOINT_FILES,
     DEFAULT_ATOL,
     EXPORT_FORMATS,
-    ExportFailed,
-    ExportMismatch,
     check_batch,
     default_export_path,
     export_model,
@@ -54,14 +48,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         run = load_run(args.run, args.checkpoint)
         out = default_export_path(run.run_dir, args.format) if args.out is None else args.out
         batch, source = check_batch(run)
-        try:
-            result = export_model(run, args.format, batch, out, args.atol, args.overwrite, source)
-        except (ExportFailed, ExportMismatch) as exc:
-            # Faults, not mistakes in the command line: exit 1, like a run that diverged.
-            if args.debug or os.environ.get("FREEZETUNE_DEBUG", "") not in ("", "0"):
-                traceback.print_exc()
-            print(f"error: {exc}", file=sys.stderr)
-            return cli.EXIT_FAULT
+        # ExportFailed and ExportMismatch are RunFaults: guarded ends them with exit 1, like a run that diverged.
+        result = export_model(run, args.format, batch, out, args.atol, args.overwrite, source)
         print(f"exported {run.describe()}")
         print(f"  as {result.format}: {result.path} ({result.bytes / 2**20:.1f} MiB, {result.export_s:.1f} s)")
         print(f"  sidecar: {result.sidecar} (classes, preprocessing, input shape)")

@@ -8,7 +8,6 @@ import argparse
 import torch
 
 from freezetune import checks
-from freezetune.apps.compare import estimate_config
 from freezetune.cli import common as cli
 from freezetune.config import Config, Preprocessing, Source
 from freezetune.data import build_loaders
@@ -25,6 +24,7 @@ from freezetune.report import (
     render_schedule,
 )
 from freezetune.train import Prepared, prepare_model, preview_cache, steps_per_epoch
+from freezetune.train.estimate import estimate_config
 from freezetune.utils import autocast
 
 

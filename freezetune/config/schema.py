@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from freezetune.config.records import EVENTS, GROUPS, RULES, EventSpec, GroupRule, Rule
+from freezetune.utils.errors import UserError
 
 __all__ = [
     "Config",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """One or more configuration problems; ``problems`` holds one line each."""
 
     def __init__(self, problems: list[str], source: str | None = None) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import traceback
 from pathlib import Path
 from typing import Any
 
 from freezetune.config.records import PRESETS, EventSpec
 from freezetune.config.schema import AutoFreezeConfig, Config
+from freezetune.utils.errors import exception_line
 
 __all__ = [
     "LOGGERS",
@@ -28,14 +28,6 @@ __all__ = [
 ]
 
 _NAMED_PRESETS = [p for p in PRESETS if not p.endswith("<module>")]  # all but until:<module>
-
-
-def exception_line(exc: BaseException) -> str:
-    """``Type: first line of the message (file:line)``: an exception as one line of a config error."""
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {first[:160]}{where}" if first else f"{type(exc).__name__}{where}"
 
 
 def semantic_problems(cfg: Config) -> list[str]:

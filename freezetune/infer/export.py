@@ -29,6 +29,7 @@ from freezetune.config import ConfigError
 from freezetune.data import build_loaders
 from freezetune.infer.runs import RunModel
 from freezetune.record import atomic_files
+from freezetune.utils.errors import RunFault
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -57,11 +58,11 @@ _ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # pyproject's `onnx` ext
 _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 
-class ExportFailed(RuntimeError):
+class ExportFailed(RunFault, RuntimeError):
     """The exporter could not write the model in the format asked for (an unsupported op)."""
 
 
-class ExportMismatch(RuntimeError):
+class ExportMismatch(RunFault, RuntimeError):
     """The written file's outputs differ from the eager model's by more than the tolerance."""
 
 

@@ -16,6 +16,7 @@ from freezetune.config import Config, ConfigError, Preprocessing, from_dict
 from freezetune.data import eval_transform
 from freezetune.models import build_model, load_state_dict_file
 from freezetune.record import FAILED, MODEL_FORMAT, read_checkpoint
+from freezetune.utils.errors import first_line
 
 __all__ = ["CHECKPOINT_FILES", "MODEL_FORMAT", "RunModel", "load_run"]
 
@@ -118,7 +119,7 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        first = first_line(exc)
         raise ConfigError([f"--run: {path} does not fit {cfg.model.arch}: {first[:200]}"]) from None
     model.eval().requires_grad_(False)
     return RunModel(

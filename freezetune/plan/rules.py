@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from freezetune.config.records import PRESETS, Rule
+from freezetune.utils.errors import UserError
 
 __all__ = [
     "FreezeError",
@@ -47,7 +48,7 @@ __all__ = [
 _GLOB_CHARS = set("*?[")
 
 
-class FreezeError(ValueError):
+class FreezeError(UserError, ValueError):
     """The rules cannot produce a usable plan; ``problems`` holds one line each."""
 
     def __init__(self, problems: list[str]) -> None:

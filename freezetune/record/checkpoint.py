@@ -28,6 +28,7 @@ import torch.nn as nn
 from freezetune.config import ConfigError
 from freezetune.plan import set_dtype
 from freezetune.record.integrity import fixed_tensors, tensor_digest
+from freezetune.utils.errors import UserError
 
 __all__ = [
     "MODEL_FORMAT",
@@ -49,7 +50,7 @@ MODEL_FORMAT = "freezetune-model/1"  # model.pt and best.pt: the weights plus cl
 _LOW = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class BaseMismatch(ValueError):
+class BaseMismatch(UserError, ValueError):
     """A delta checkpoint was applied to base weights other than the ones it was trained from."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import yaml
 
+from freezetune.utils.errors import UserError
+
 __all__ = [
     "FAILED",
     "OWN_FILES",
@@ -59,7 +61,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """The output folder already holds a run record, and no one said to replace it."""
 
 

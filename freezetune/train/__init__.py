@@ -29,6 +29,7 @@ from freezetune.train.cache_policy import (
 )
 from freezetune.train.compiled import PhaseCompiler
 from freezetune.train.distributed import Dist
+from freezetune.train.estimate import estimate_config
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import (
     Diverged,
@@ -98,6 +99,7 @@ __all__ = [
     "check_optimizer",
     "check_split",
     "compute_of",
+    "estimate_config",
     "evaluate",
     "fit_epoch",
     "group_label",

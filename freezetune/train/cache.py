@@ -34,6 +34,7 @@ from torchvision.ops import StochasticDepth, stochastic_depth
 
 from freezetune.measure.timing import device_clock
 from freezetune.plan.apply import is_pinned_eval
+from freezetune.utils.errors import RunFault
 from freezetune.utils.modules import eval_mode, first_tensor
 from freezetune.utils.precision import autocast
 
@@ -74,7 +75,7 @@ _MODE_FUNCTIONS = {
 }
 
 
-class CacheRefused(Exception):
+class CacheRefused(RunFault):
     """The feature cache cannot be used; the message says why in plain words, and the fix."""
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from freezetune.measure.memory import SavedBytes, count_saved_tensors
 from freezetune.measure.timing import StepClock, device_clock
 from freezetune.record.summary import EpochResult
+from freezetune.utils.errors import RunFault
 from freezetune.utils.modules import eval_mode
 from freezetune.utils.precision import autocast
 
@@ -76,7 +77,7 @@ class Resume:
     after_skip: Callable[[], None] | None = None  # e.g. restore the RNG states saved at the interrupt
 
 
-class Diverged(RuntimeError):
+class Diverged(RunFault, RuntimeError):
     """Training produced a non-finite loss or non-finite weights; the run stops rather than
     train on, or save, them."""
 

@@ -32,6 +32,7 @@ from freezetune.plan.auto import model_stages
 from freezetune.train.loop import steps_in
 from freezetune.train.threads import Threads, set_threads
 from freezetune.utils import eval_mode, precision_problem
+from freezetune.utils.errors import first_line
 
 __all__ = [
     "Prepared",
@@ -134,7 +135,7 @@ def _check_input_size(model: nn.Module, cfg: Config, num_classes: int) -> None:
         with eval_mode(model):
             out = model(torch.zeros(1, 3, size, size))
     except Exception as exc:  # each architecture fails its own way (assert, shape or size errors)
-        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        reason = first_line(exc) or type(exc).__name__
         raise ConfigError(
             [
                 f"data.image_size: {size} px does not fit {cfg.model.arch} ({reason[:160]}). "

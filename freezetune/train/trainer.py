@@ -41,6 +41,7 @@ from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
 from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
 from freezetune.train.setup import Prepared, schedule_for
+from freezetune.utils.errors import first_line
 
 __all__ = ["STATE_FORMAT", "Partial", "Trainer"]
 
@@ -372,7 +373,7 @@ class Trainer:
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])  # the loss scale it had reached
         except (RuntimeError, ValueError, KeyError) as exc:  # shapes or groups that do not fit
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            first = first_line(exc) or type(exc).__name__
             raise ConfigError(
                 [
                     f"resume: {where} does not fit the model this config builds now (did the data's classes change?): "

@@ -1,5 +1,4 @@
-"""compare: the cost prediction (profiled in each config's precision and memory format, and
-cached so), the runs of each seed, and which finished runs it reuses."""
+"""compare: the runs of each seed, and which finished runs it reuses."""
 
 from __future__ import annotations
 
@@ -13,40 +12,13 @@ import pytest
 import torch
 import yaml
 
-from freezetune.apps import estimate_config, run_action, seed_runs
+from freezetune.apps import Comparison, predict_costs, run_action, run_comparison, seed_runs, summary_lines
+from freezetune.apps import compare as compare_app
 from freezetune.checks import resolve
 from freezetune.cli import compare as compare_cli
-from freezetune.config import Config, from_dict, load_config, to_dict
-from freezetune.measure import Profile
+from freezetune.config import ConfigError, load_config, to_dict
 from freezetune.record import RunExistsError
 from freezetune.train import run
-
-
-def tiny(preset: str, precision: str = "fp32", channels_last: bool = False) -> Config:
-    return from_dict(
-        {
-            "name": f"est_{preset.replace(':', '_')}_{precision}",
-            "model": {"arch": "resnet18", "num_classes": 3},
-            "data": {"dataset": "fake", "image_size": 32, "batch_size": 16},
-            "freeze": {"preset": preset},
-            "train": {"precision": precision, "channels_last": channels_last},
-        }
-    )
-
-
-def test_estimate_is_profiled_and_cached_per_precision_and_memory_format() -> None:
-    cache: dict[tuple, Profile] = {}
-    fp32 = estimate_config(tiny("until:layer3"), reps=1, cache=cache)
-    bf16 = estimate_config(tiny("until:layer3", "bf16", channels_last=True), reps=1, cache=cache)
-    probe = estimate_config(tiny("linear_probe", "bf16", channels_last=True), reps=1, cache=cache)
-    assert sorted(key[-2:] for key in cache) == [("bf16", True), ("fp32", False)]
-    assert (fp32.profile.precision, bf16.profile.precision) == ("fp32", "bf16")
-    assert probe.profile is bf16.profile  # the same architecture, shape, optimizer and precision: one profile
-    assert bf16.profile is not fp32.profile and bf16.to_json()["precision"] == "bf16"
-    # Really profiled in bf16: its layer3 saves bf16 activations (and autocast's bf16 weight copies).
-    layer3 = {e.profile.precision: next(m for m in e.modules if m.name == "layer3") for e in (fp32, bf16)}
-    assert layer3["bf16"].saved_bytes != layer3["fp32"].saved_bytes
-
 
 # --------------------------------------------------------------------------- seeds
 
@@ -100,7 +72,7 @@ def test_finished_seed_runs_are_reused_and_only_the_missing_seed_trains(
         run(cfg)
         return cfg.output_dir
 
-    monkeypatch.setattr(compare_cli, "train_in_subprocess", train_here)
+    monkeypatch.setattr(compare_app, "train_in_subprocess", train_here)
     out = tmp_path / "report"
     assert compare_cli.main(["--configs", str(file), "--seeds", "3", "--no-estimate", "--out", str(out)]) == 0
     assert trained == [["seed=2", "seeds=1", f"train.output_dir={tmp_path / 'runs' / 'tiny'}-seed2"]]
@@ -183,3 +155,42 @@ def test_compare_finds_a_data_mistake_and_a_bad_out_before_training_anything(
     (line,) = capsys.readouterr().err.strip().splitlines()  # argparse's mistakes: one line too
     assert line.startswith("error: argument --seeds: '0': give a whole number of seeds, 1 or more (see ")
     assert line.endswith(" --help)")
+
+
+# --------------------------------------------------------------------------- the comparison itself
+
+
+def test_run_comparison_of_finished_runs_writes_the_report_and_says_where(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    file = write_config(tmp_path)
+    cfgs = [load_config(file, [f"seed={s}", f"train.output_dir={tmp_path / 'runs' / f'tiny-seed{s}'}"]) for s in (0, 1)]
+    for cfg in cfgs:
+        run(cfg)
+    inside = Comparison(out=cfgs[0].output_dir / "report", run_dirs=[c.output_dir for c in cfgs], estimate=False)
+    with pytest.raises(ConfigError, match=r"--out .*/report: inside the run folder .*tiny-seed0; choose a folder"):
+        run_comparison(inside)
+    assert not inside.out.exists()
+    request = dataclasses.replace(inside, out=tmp_path / "report")
+    report, paths = run_comparison(request)
+    assert [row["seeds"] for row in report["rows"]] == [[0, 1]]
+    assert {p.name for p in paths} >= {"report.md", "report.json"} and all(p.parent == request.out for p in paths)
+    assert json.loads((request.out / "report.json").read_text())["rows"][0]["seeds"] == [0, 1]
+    lines = summary_lines(report, paths).splitlines()
+    assert lines[-1] == "report: " + ", ".join(str(p) for p in paths) and lines[-2] == ""
+
+
+def test_predict_costs_names_each_config_and_skips_a_scheduled_one(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    probe = load_config(write_config(tmp_path))
+    until = load_config(write_config(tmp_path), ["name=until", "freeze.preset=until:layer3"])
+    gradual = load_config(
+        write_config(tmp_path), ["name=gradual", "freeze.preset=gradual", "freeze.gradual=[layer4]", "train.epochs=2"]
+    )
+    assert gradual.freeze.scheduled
+    costs = predict_costs([probe, until, gradual])
+    assert sorted(costs) == ["tiny", "until"]  # a plan per phase: no single prediction fits gradual
+    # The linear probe's backward stops at the head: it saves less for backward than until:layer3.
+    saved = {name: c["predicted_saved_activation_bytes"] for name, c in costs.items()}
+    assert saved["tiny"] < saved["until"]

@@ -13,6 +13,7 @@ import yaml
 
 from freezetune.cli.common import guarded
 from freezetune.cli.main import COMMANDS, main
+from freezetune.utils import RunFault, UserError
 
 
 def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,3 +89,17 @@ def test_a_closed_pipe_ends_quietly(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert guarded(body) == 1
     assert capsys.readouterr().err == ""  # no error line: the reader went away, nothing failed
+
+
+@pytest.mark.parametrize(("error", "status"), [(UserError, 2), (RunFault, 1)])
+def test_guarded_maps_the_error_family_to_its_exit_status(
+    error: type[Exception], status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Mine(error):  # a subclass the CLI has never heard of: the family decides
+        pass
+
+    def body() -> int:
+        raise Mine("what went wrong. HINT: the fix")
+
+    assert guarded(body) == status
+    assert capsys.readouterr().err == "error: what went wrong. HINT: the fix\n"

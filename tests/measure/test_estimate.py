@@ -15,7 +15,7 @@ OPT_CFG = OptimizerConfig("sgd", 0.01, 0.9, 5e-4)
 
 
 def OPT(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The run's optimizer, as freezetune.apps.compare hands it to the estimate."""
+    """The run's optimizer, as freezetune.train.estimate_config hands it to the estimate."""
     return make_optimizer(model, OPT_CFG)
 
 

@@ -1,10 +1,14 @@
-"""``freezetune.utils.imports`` finds cycles and upward imports in a package made up here."""
+"""``tools.import_graph`` finds cycles and upward imports in a package made up here."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from freezetune.utils.imports import import_graph
+# tools/ is repository tooling, not installed: importable from the repository root, which
+# pytest's --import-mode=importlib does not put on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tools.import_graph import import_graph  # noqa: E402
 
 
 def package(root: Path, files: dict[str, str]) -> Path:
@@ -72,3 +76,23 @@ def test_a_type_checking_import_of_a_higher_layer_is_upward(tmp_path: Path) -> N
         ("freezetune.data.x", "freezetune.models.build"),  # one layer: data and models stay apart
     ]
     assert graph.cycles() == [["freezetune.config.load", "freezetune.train.run"]]
+
+
+def test_each_cycle_is_found_once_and_a_chain_into_one_is_not_part_of_it(tmp_path: Path) -> None:
+    pkg = package(
+        tmp_path,
+        {
+            "plan/__init__.py": "",
+            "plan/a.py": "from freezetune.plan.b import x\n",
+            "plan/b.py": "from freezetune.plan.c import x\n",
+            "plan/c.py": "from freezetune.plan.a import x\n",
+            "plan/d.py": "from freezetune.plan.a import x\n",  # into the cycle, not on it
+            "train/__init__.py": "",
+            "train/e.py": "from freezetune.train.f import x\n",
+            "train/f.py": "def g():\n    from freezetune.train.e import x\n",
+        },
+    )
+    assert sorted(import_graph(pkg).cycles()) == [
+        ["freezetune.plan.a", "freezetune.plan.b", "freezetune.plan.c"],
+        ["freezetune.train.e", "freezetune.train.f"],
+    ]

@@ -2,10 +2,10 @@
 
 Each pair trains one shipped config of the Fashion-MNIST transfer demo twice: with freezetune
 (``freezetune.train.run``, as a user runs it) and with Lightning the way its documentation
-does it (freezetune.apps.lightning_peer). Both build the model, the fresh head and the
+does it (freezetune.bench.lightning_peer). Both build the model, the fresh head and the
 DataLoaders with freezetune's code from the same config and seed, so the same weights see
 the same batches in the same order under the same optimizer and LR schedule. Every run is
-a fresh process (freezetune.apps.peer_worker), the pair's runs alternated and their order
+a fresh process (freezetune.bench.peer_worker), the pair's runs alternated and their order
 reversed every other repeat, so that drift in the machine's speed lands on both sides alike.
 
 That the work really was the same is checked, not assumed: where it should be, the first
@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freezetune.apps.compare import TrainingFailed
 from freezetune.apps.shipped import shipped_config
 from freezetune.config import ConfigError
-from freezetune.utils import format_table
+from freezetune.utils import TrainingFailed, format_table
 
 __all__ = [
     "FIRST_LOSS_TOLERANCE",
@@ -59,7 +58,7 @@ class Side:
 
     Args:
         framework: ``freezetune`` or ``lightning``.
-        variant: for Lightning, a key of freezetune.apps.lightning_peer.LIGHTNING_VARIANTS.
+        variant: for Lightning, a key of freezetune.bench.lightning_peer.LIGHTNING_VARIANTS.
         same_work: whether it does exactly freezetune's work, so the first losses must agree.
     """
 
@@ -110,9 +109,9 @@ def require_peer(peer: str) -> None:
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``spec`` in a fresh ``python -m freezetune.apps.peer_worker``; returns its result
+    """Run ``spec`` in a fresh ``python -m freezetune.bench.peer_worker``; returns its result
     with ``wall_s``, the whole process from start to exit as seen from here."""
-    cmd = [sys.executable, "-m", "freezetune.apps.peer_worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "freezetune.bench.peer_worker", json.dumps(spec)]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -261,6 +260,33 @@ def _ratio(r: dict[str, float] | None) -> str:
 def peer_tables(report: PeerReport) -> str:
     """The console tables: per run kind (medians over repeats), per pair (ratios with their
     min–max over repeats and the first-loss check), the BatchNorm features, the LambdaLR crash."""
+    parts = [
+        _runs_table(report),
+        "",
+        f"freezetune / Lightning, median [min–max] over {report.repeats} repeat(s):",
+        _pairs_table(report),
+    ]
+    if report.features:
+        parts += [
+            "",
+            "linear probe, the features entering the head (first validation batch, mean L2 norm):",
+            _features_table(report),
+        ]
+    if report.lambdalr is not None:
+        err = report.lambdalr["error"]
+        parts.append("")
+        if err is None:
+            parts.append("BackboneFinetuning with LambdaLR: ran without error")
+        else:
+            parts.append(
+                f"BackboneFinetuning with LambdaLR: {err['type']}: {err['message']} "
+                f"(epoch {err['epoch']}, after step {err['global_step']}; at {err['where']})"
+            )
+    return "\n".join(parts)
+
+
+def _runs_table(report: PeerReport) -> str:
+    """One row per pair, framework and variant: medians over the repeats."""
     kinds: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in report.runs:
         kinds.setdefault((r["pair"], r["framework"], r["variant"]), []).append(r)
@@ -284,12 +310,16 @@ def peer_tables(report: PeerReport) -> str:
                 f"{rs[0]['first_loss']:.6f}" if rs[0]["first_loss"] is not None else "-",
             ]
         )
-    runs = format_table(
+    return format_table(
         ["pair", "run", "process s", "train s", "step ms", "peak RSS MiB", "val acc", "first loss"],
         rows,
         right={2, 3, 4, 5, 6, 7},
     )
-    pair_rows = []
+
+
+def _pairs_table(report: PeerReport) -> str:
+    """One row per pair and peer: freezetune's costs over the peer's, and the first-loss check."""
+    rows = []
     for p in report.pairs:
         ratios = p["ratio_freezetune_over_peer"]
         diff = p["first_loss"]["abs_difference"]
@@ -297,7 +327,7 @@ def peer_tables(report: PeerReport) -> str:
             check = "yes" if p["first_loss_equal"] else "NO: not the same work"
         else:
             check = "differs (expected)" if not p["first_loss_equal"] else "equal"
-        pair_rows.append(
+        rows.append(
             [
                 p["pair"],
                 p["peer"],
@@ -309,57 +339,38 @@ def peer_tables(report: PeerReport) -> str:
                 check,
             ]
         )
-    pairs = format_table(
+    headers = [
+        "pair",
+        "vs",
+        "process (ft/L)",
+        "train (ft/L)",
+        "step (ft/L)",
+        "peak RSS (ft/L)",
+        "|Δ first loss|",
+        "same first loss",
+    ]
+    return format_table(headers, rows, right={2, 3, 4, 5, 6})
+
+
+def _features_table(report: PeerReport) -> str:
+    """The linear probes' head inputs in training and eval mode, and their BatchNorm modes."""
+    rows = [
         [
-            "pair",
-            "vs",
-            "process (ft/L)",
-            "train (ft/L)",
-            "step (ft/L)",
-            "peak RSS (ft/L)",
-            "|Δ first loss|",
-            "same first loss",
-        ],
-        pair_rows,
-        right={2, 3, 4, 5, 6},
-    )
-    parts = [runs, "", f"freezetune / Lightning, median [min–max] over {report.repeats} repeat(s):", pairs]
-    if report.features:
-        feature_rows = [
-            [
-                f["label"],
-                f"{f['head_input_norm']['train']:.3f}",
-                f"{f['head_input_norm']['eval']:.3f}",
-                f"{f['head_input_norm']['relative_difference']:.3f}",
-                f"{f['bn']['training']} / {f['bn']['modules']}",
-                f"{f['bn']['track_running_stats']} / {f['bn']['modules']}",
-            ]
-            for f in report.features
+            f["label"],
+            f"{f['head_input_norm']['train']:.3f}",
+            f"{f['head_input_norm']['eval']:.3f}",
+            f"{f['head_input_norm']['relative_difference']:.3f}",
+            f"{f['bn']['training']} / {f['bn']['modules']}",
+            f"{f['bn']['track_running_stats']} / {f['bn']['modules']}",
         ]
-        parts += [
-            "",
-            "linear probe, the features entering the head (first validation batch, mean L2 norm):",
-            format_table(
-                [
-                    "run",
-                    "norm, training mode",
-                    "norm, eval mode",
-                    "‖train − eval‖ / ‖eval‖",
-                    "BatchNorm in train mode",
-                    "tracking running stats",
-                ],
-                feature_rows,
-                right={1, 2, 3},
-            ),
-        ]
-    if report.lambdalr is not None:
-        err = report.lambdalr["error"]
-        parts.append("")
-        if err is None:
-            parts.append("BackboneFinetuning with LambdaLR: ran without error")
-        else:
-            parts.append(
-                f"BackboneFinetuning with LambdaLR: {err['type']}: {err['message']} "
-                f"(epoch {err['epoch']}, after step {err['global_step']}; at {err['where']})"
-            )
-    return "\n".join(parts)
+        for f in report.features
+    ]
+    headers = [
+        "run",
+        "norm, training mode",
+        "norm, eval mode",
+        "‖train − eval‖ / ‖eval‖",
+        "BatchNorm in train mode",
+        "tracking running stats",
+    ]
+    return format_table(headers, rows, right={1, 2, 3})

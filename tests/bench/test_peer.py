@@ -16,11 +16,11 @@ from types import ModuleType
 import pytest
 import yaml
 
-from freezetune.apps import peer
-from freezetune.apps.features import bn_state
-from freezetune.apps.peer import FIRST_LOSS_TOLERANCE, run_worker
-from freezetune.apps.peer_worker import freezetune_features, run_freezetune
-from freezetune.apps.peer_worker import main as worker_main
+from freezetune.bench import peer
+from freezetune.bench.features import bn_state
+from freezetune.bench.peer import FIRST_LOSS_TOLERANCE, run_worker
+from freezetune.bench.peer_worker import freezetune_features, run_freezetune
+from freezetune.bench.peer_worker import main as worker_main
 from freezetune.cli.benchmark import main
 from freezetune.config import load_config
 
@@ -28,7 +28,7 @@ from freezetune.config import load_config
 @pytest.fixture
 def lightning_peer() -> ModuleType:
     pytest.importorskip("lightning", reason="the Lightning side needs the [peers] extra")
-    import freezetune.apps.lightning_peer as module
+    import freezetune.bench.lightning_peer as module
 
     return module
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from freezetune.apps import BenchResult, bench_pair, benchmark_configs
+from freezetune.bench import BenchResult, bench_pair, benchmark_configs
 from freezetune.cli.benchmark import highest_ratio, main, modes_note
 from freezetune.config import Config, from_dict, to_dict
 from freezetune.plan import is_pinned_eval
@@ -102,7 +102,7 @@ def test_cli_rejects_an_unknown_memory_format(capsys: pytest.CaptureFixture) -> 
 
 
 def test_auto_signal_cost_is_measured_beside_the_step() -> None:
-    from freezetune.apps import benchmark_auto_signal
+    from freezetune.bench import benchmark_auto_signal
     from freezetune.config import from_dict
 
     cfg = from_dict(

@@ -1,8 +1,8 @@
 """One run of ``freezetune benchmark --peer``, in a fresh process:
 
-  python -m freezetune.apps.peer_worker '{"framework": ..., "variant": ..., "config": ..., ...}'
+  python -m freezetune.bench.peer_worker '{"framework": ..., "variant": ..., "config": ..., ...}'
 
-The spec (JSON, freezetune.apps.peer.RunSpec) says which framework trains which config; the
+The spec (JSON, freezetune.bench.peer.RunSpec) says which framework trains which config; the
 result goes to the spec's ``out`` as JSON: first-step loss, validation accuracy, training and
 fit seconds, median step, and the process's peak resident set size, read when the work is done.
 A process per run, so that each peak is its own and neither framework's imports, allocator or
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from freezetune.apps.features import bn_state, head_input_norms
+from freezetune.bench.features import bn_state, head_input_norms
 from freezetune.config import load_config
 from freezetune.record import read_jsonl
 from freezetune.train import prepare_model, run
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec["framework"] == "freezetune":
         result = (freezetune_features if spec.get("features") else run_freezetune)(config, overrides)
     else:
-        from freezetune.apps.lightning_peer import fit_lightning  # Lightning: only in its own runs
+        from freezetune.bench.lightning_peer import fit_lightning  # Lightning: only in its own runs
 
         result = fit_lightning(load_config(config, overrides), spec["variant"], bool(spec.get("features")))
     result["peak_rss_bytes"] = _peak_rss()

@@ -2,7 +2,7 @@
 Trainer doing a shipped config's work the way Lightning's documentation does it.
 
 Imports Lightning at module level, so only the benchmark's worker process imports this
-module (freezetune.apps.peer_worker), and only for a Lightning run; freezetune itself never
+module (freezetune.bench.peer_worker), and only for a Lightning run; freezetune itself never
 needs Lightning. The model, its head initialisation and the DataLoaders are freezetune's own
 (built from the same config and seed), so both frameworks see the same weights and the same
 batches in the same order; what differs is how each freezes, schedules and runs."""
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BackboneFinetuning, BaseFinetuning, Callback
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from freezetune.apps.features import bn_state, head_input_norms
+from freezetune.bench.features import bn_state, head_input_norms
 from freezetune.checks import resolve
 from freezetune.config import Config, OptimizerConfig
 from freezetune.data import build_loaders

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train", "infer"),
     ("report",),
     ("apps",),
+    ("bench",),
     ("cli",),
 )
 
@@ -62,37 +63,11 @@ class ImportGraph:
     def cycles(self) -> list[list[str]]:
         """Every import cycle, each as the modules around it (one per strongly connected group)."""
         edges = self.edges()
-        index: dict[str, int] = {}
-        low: dict[str, int] = {}
-        stack: list[str] = []
-        on_stack: set[str] = set()
-        found: list[list[str]] = []
-
-        def visit(v: str) -> None:  # Tarjan's strongly connected components
-            index[v] = low[v] = len(index)
-            stack.append(v)
-            on_stack.add(v)
-            for w in sorted(edges.get(v, ())):
-                if w not in index:
-                    visit(w)
-                    low[v] = min(low[v], low[w])
-                elif w in on_stack:
-                    low[v] = min(low[v], index[w])
-            if low[v] == index[v]:
-                group = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    group.append(w)
-                    if w == v:
-                        break
-                if len(group) > 1 or v in edges.get(v, ()):
-                    found.append(sorted(group))
-
-        for module in self.modules:
-            if module not in index:
-                visit(module)
-        return found
+        return [
+            sorted(group)
+            for group in _strongly_connected(self.modules, edges)
+            if len(group) > 1 or group[0] in edges.get(group[0], ())
+        ]
 
     def upward(self) -> list[Import]:
         """Imports that go from a lower layer to a higher one, or across packages of one layer."""
@@ -122,6 +97,37 @@ def subpackage(module: str) -> str | None:
     """``freezetune.train.runner`` -> ``train``; None for the package root itself."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] not in ("__main__",) else None
+
+
+def _strongly_connected(nodes: tuple[str, ...], edges: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of the graph, each a list of its nodes."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:  # v is the root of a component: pop it off the stack
+            group = [stack.pop()]
+            while group[-1] != v:
+                group.append(stack.pop())
+            on_stack.difference_update(group)
+            found.append(group)
+
+    for node in nodes:
+        if node not in index:
+            visit(node)
+    return found
 
 
 def import_graph(package_dir: Path) -> ImportGraph:
