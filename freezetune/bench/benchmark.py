@@ -39,7 +39,16 @@ from freezetune.config import Config, load_config
 from freezetune.measure import device_clock
 from freezetune.plan import describe, unpin_eval
 from freezetune.record import read_jsonl
-from freezetune.train import LoopOptions, make_optimizer, num_outputs, prepare, prepare_model, run, train_one_epoch
+from freezetune.train import (
+    LoopOptions,
+    finished,
+    make_optimizer,
+    num_outputs,
+    prepare,
+    prepare_model,
+    run,
+    train_one_epoch,
+)
 
 __all__ = [
     "BenchPair",
@@ -276,7 +285,7 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
             f"train.epochs={epochs}",
             f"train.output_dir={folder / mode}",
         ]
-        summaries[mode] = run(load_config(config, edits), overwrite=True)
+        summaries[mode] = finished(run(load_config(config, edits), overwrite=True))
     cfg = load_config(config, overrides)
     prepared, loaders = prepare(cfg)
     hand_model, held = _hand_model(prepared.model)
@@ -293,12 +302,12 @@ def benchmark_cache(config: str, overrides: list[str], epochs: int, folder: Path
     hand_s = device_clock(device) - t0
     return CacheBenchResult(
         cfg.name,
-        summaries["on"]["cache"]["build_s"],
-        _later_epochs(summaries["on"]["run_dir"]),
-        _later_epochs(summaries["off"]["run_dir"]),
+        summaries["on"].cache["build_s"],
+        _later_epochs(summaries["on"].run_dir),
+        _later_epochs(summaries["off"].run_dir),
         hand_s,
-        summaries["on"]["final_val_acc"],
-        summaries["off"]["final_val_acc"],
+        summaries["on"].final_val_acc,
+        summaries["off"].final_val_acc,
     )
 
 

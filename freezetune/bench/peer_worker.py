@@ -22,7 +22,7 @@ from typing import Any
 from freezetune.bench.features import bn_state, head_input_norms
 from freezetune.config import load_config
 from freezetune.record import read_jsonl
-from freezetune.train import prepare_model, run
+from freezetune.train import finished, prepare_model, run
 
 __all__ = ["main", "run_freezetune", "freezetune_features"]
 
@@ -39,15 +39,15 @@ def run_freezetune(config: str, overrides: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="freezetune-peer-") as folder:
         cfg = load_config(config, [*overrides, f"train.output_dir={folder}/run", "train.log=[jsonl]"])
         start = time.perf_counter()
-        summary = run(cfg, overwrite=True)
+        summary = finished(run(cfg, overwrite=True))
         fit_s = time.perf_counter() - start
-        steps = read_jsonl(Path(summary["run_dir"]) / "steps.jsonl")
+        steps = read_jsonl(Path(summary.run_dir) / "steps.jsonl")
     return {
         "first_loss": steps[0]["loss"],
-        "val_acc": summary["final_val_acc"],
-        "train_s": summary["train_time_s"],
+        "val_acc": summary.final_val_acc,
+        "train_s": summary.train_time_s,
         "fit_s": fit_s,
-        "step_s": summary["speed"].get("step_time_s"),
+        "step_s": summary.speed.get("step_time_s"),
         "steps": len(steps),
         "error": None,
     }

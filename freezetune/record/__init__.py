@@ -37,7 +37,7 @@ from freezetune.record.rundir import (
     read_jsonl,
     staging_for,
 )
-from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, build_summary, epoch_row
+from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, Summary, epoch_row
 
 __all__ = [
     "TIMING_KEYS",
@@ -55,11 +55,11 @@ __all__ = [
     "RunExistsError",
     "RunFacts",
     "RunLogs",
+    "Summary",
     "atomic_files",
     "atomic_write_bytes",
     "read_jsonl",
     "base_hash",
-    "build_summary",
     "check_logs",
     "delta_keys",
     "epoch_row",

@@ -17,7 +17,7 @@ from freezetune.config.schema import Config
 from freezetune.plan.rules import FreezePlan
 from freezetune.record.integrity import FrozenCheck
 
-__all__ = ["MEMORY_KINDS", "TIMING_KEYS", "EpochResult", "RunFacts", "build_summary", "epoch_row"]
+__all__ = ["MEMORY_KINDS", "TIMING_KEYS", "EpochResult", "RunFacts", "Summary", "epoch_row"]
 
 # (summary.json key, label): the memory a training step holds, by kind.
 MEMORY_KINDS = (
@@ -66,7 +66,7 @@ def epoch_row(result: EpochResult, plan: FreezePlan, groups: list[dict[str, Any]
 
 @dataclass
 class RunFacts:
-    """What a finished run knows; :func:`build_summary` lays it out as ``summary.json``."""
+    """What a finished run knows; :meth:`Summary.of` lays it out as ``summary.json``."""
 
     cfg: Config
     plan: FreezePlan  # the last phase's
@@ -96,66 +96,123 @@ class RunFacts:
     threads: dict[str, object] | None = None  # torch's threads, their source, the cores and load at the start
 
 
-def build_summary(f: RunFacts) -> dict[str, Any]:
-    """``summary.json``: one flat mapping a report can read without the config."""
-    plan, epochs, last = f.plan, f.epochs, f.epochs[-1]
-    until_event = all(e.get("unchanged_until_event", True) for e in f.events)
-    unchanged = f.check.unchanged and f.check.grads_none and until_event
-    if f.distributed is not None:
-        unchanged = unchanged and f.distributed["replicas_identical"]
-    summary = {
-        "name": f.cfg.name,
-        "arch": f.cfg.model.arch,
-        "freeze_preset": f.cfg.freeze.preset,
-        "params_total": plan.numel_total,
-        "params_trainable": plan.numel_trainable,
-        "params_frozen": plan.numel_total - plan.numel_trainable,
-        "trainable_pct": 100.0 * plan.numel_trainable / plan.numel_total,
-        "tensors_trainable": len(plan.trainable),
-        "tensors_frozen": len(plan.frozen),
-        "batchnorm_eval": len(plan.bn_eval),
-        "final_val_acc": last.val_acc,
-        "final_val_loss": last.val_loss,
-        "best_val_acc": max(e.val_acc for e in epochs),
-        "best": f.best,
-        "early_stopping": f.early_stopping,
-        "epochs": len(epochs),
-        "classes": f.classes,
-        "preprocessing": f.preprocessing,
-        "train_samples": f.train_samples,
-        "skipped_images": f.skipped_images,
-        "epoch_time_s": sum(e.epoch_time_s for e in epochs) / len(epochs),
-        "samples_per_s": sum(e.samples_per_s for e in epochs) / len(epochs),
-        "wall_time_s": f.wall_s,
-        # Before wall_time_s's clock starts: what a whole process pays beyond it (None when not measured).
-        "startup_s": f.startup[0] if f.startup else None,
-        "startup_from": f.startup[1] if f.startup else None,
-        "train_time_s": last.train_s,  # training passes and their set-up, without evaluation (EpochResult.train_s)
-        "seed": f.cfg.seed,
-        # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event
-        # released unchanged until then, and (torchrun) every rank with the same parameters.
-        "frozen_unchanged": bool(unchanged),
-        "frozen_check": f.check.to_json(),
-        "weights_source": f.weights["source"],
-        "head": f.weights["head"],
-        "loaded_tensors": f.weights["loaded"],
-        "new_tensors": f.weights["new"],
-        "device": f.device,
-        "threads": f.threads,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "speed": f.speed,
-        "memory": f.memory,
-        "cache": f.cache,
-        "compile": f.compile,
-        "schedule": f.events,
-        "frozen_until_event_unchanged": until_event,
-        "optimizer_groups": f.optimizer_groups,
-        "checkpoint": f.checkpoint,
-        "run_dir": f.run_dir,
-    }
-    if f.distributed is not None:
-        summary["distributed"] = f.distributed
-    if f.auto is not None:
-        summary["auto"] = f.auto
-    return summary
+@dataclass(frozen=True)
+class Summary:
+    """A finished run's ``summary.json``: one flat record a report can read without the config.
+    :meth:`of` lays a run's :class:`RunFacts` out; :meth:`to_json` is the file's content."""
+
+    name: str
+    arch: str
+    freeze_preset: str
+    params_total: int
+    params_trainable: int
+    params_frozen: int
+    trainable_pct: float
+    tensors_trainable: int
+    tensors_frozen: int
+    batchnorm_eval: int
+    final_val_acc: float
+    final_val_loss: float
+    best_val_acc: float
+    best: dict[str, Any] | None  # the epoch best.pt holds, and why
+    early_stopping: dict[str, Any] | None
+    epochs: int
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    train_samples: int
+    skipped_images: list[dict[str, str]]
+    epoch_time_s: float
+    samples_per_s: float
+    wall_time_s: float
+    # Before wall_time_s's clock starts: what a whole process pays beyond it (None when not measured).
+    startup_s: float | None
+    startup_from: str | None
+    train_time_s: float  # training passes and their set-up, without evaluation (EpochResult.train_s)
+    seed: int
+    # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event
+    # released unchanged until then, and (torchrun) every rank with the same parameters.
+    frozen_unchanged: bool
+    frozen_check: dict[str, Any]
+    weights_source: str | None
+    head: str
+    loaded_tensors: list[str]
+    new_tensors: list[str]
+    device: str
+    threads: dict[str, object] | None  # torch's threads, their source, the cores and load at the start
+    torch: str
+    torchvision: str
+    speed: dict[str, Any]
+    memory: dict[str, Any]
+    cache: dict[str, Any]
+    compile: dict[str, Any] | None
+    schedule: list[dict[str, Any]]  # the schedule's events, as events.jsonl has them
+    frozen_until_event_unchanged: bool
+    optimizer_groups: list[dict[str, Any]]
+    checkpoint: dict[str, Any]
+    run_dir: str
+    distributed: dict[str, Any] | None = None  # only under torchrun: absent from the file otherwise
+    auto: dict[str, Any] | None = None  # only with freeze.preset auto: absent from the file otherwise
+
+    @classmethod
+    def of(cls, f: RunFacts) -> Summary:
+        """The summary of the finished run ``f`` describes."""
+        plan, epochs, last = f.plan, f.epochs, f.epochs[-1]
+        until_event = all(e.get("unchanged_until_event", True) for e in f.events)
+        unchanged = f.check.unchanged and f.check.grads_none and until_event
+        if f.distributed is not None:
+            unchanged = unchanged and f.distributed["replicas_identical"]
+        return cls(
+            name=f.cfg.name,
+            arch=f.cfg.model.arch,
+            freeze_preset=f.cfg.freeze.preset,
+            params_total=plan.numel_total,
+            params_trainable=plan.numel_trainable,
+            params_frozen=plan.numel_total - plan.numel_trainable,
+            trainable_pct=100.0 * plan.numel_trainable / plan.numel_total,
+            tensors_trainable=len(plan.trainable),
+            tensors_frozen=len(plan.frozen),
+            batchnorm_eval=len(plan.bn_eval),
+            final_val_acc=last.val_acc,
+            final_val_loss=last.val_loss,
+            best_val_acc=max(e.val_acc for e in epochs),
+            best=f.best,
+            early_stopping=f.early_stopping,
+            epochs=len(epochs),
+            classes=f.classes,
+            preprocessing=f.preprocessing,
+            train_samples=f.train_samples,
+            skipped_images=f.skipped_images,
+            epoch_time_s=sum(e.epoch_time_s for e in epochs) / len(epochs),
+            samples_per_s=sum(e.samples_per_s for e in epochs) / len(epochs),
+            wall_time_s=f.wall_s,
+            startup_s=f.startup[0] if f.startup else None,
+            startup_from=f.startup[1] if f.startup else None,
+            train_time_s=last.train_s,
+            seed=f.cfg.seed,
+            frozen_unchanged=bool(unchanged),
+            frozen_check=f.check.to_json(),
+            weights_source=f.weights["source"],
+            head=f.weights["head"],
+            loaded_tensors=f.weights["loaded"],
+            new_tensors=f.weights["new"],
+            device=f.device,
+            threads=f.threads,
+            torch=torch.__version__,
+            torchvision=torchvision.__version__,
+            speed=f.speed,
+            memory=f.memory,
+            cache=f.cache,
+            compile=f.compile,
+            schedule=f.events,
+            frozen_until_event_unchanged=until_event,
+            optimizer_groups=f.optimizer_groups,
+            checkpoint=f.checkpoint,
+            run_dir=f.run_dir,
+            distributed=f.distributed,
+            auto=f.auto,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """``summary.json``'s content, in field order; ``distributed`` and ``auto`` only when set."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in data.items() if v is not None or k not in ("distributed", "auto")}

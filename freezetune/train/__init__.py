@@ -34,6 +34,7 @@ from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import (
     Diverged,
     EpochStats,
+    Evaluation,
     LoopOptions,
     Progress,
     Resume,
@@ -53,6 +54,7 @@ from freezetune.train.optim import (
     make_optimizer,
     remove_frozen,
 )
+from freezetune.train.outcome import Finished, Interrupted, Outcome, finished
 from freezetune.train.runner import CHECKPOINT, load_resume_state, run
 from freezetune.train.setup import (
     Prepared,
@@ -64,7 +66,7 @@ from freezetune.train.setup import (
     steps_per_epoch,
 )
 from freezetune.train.threads import Threads, set_threads
-from freezetune.train.trainer import STATE_FORMAT, Trainer
+from freezetune.train.trainer import STATE_FORMAT, EpochHooks, Trainer
 
 __all__ = [
     "CHECKPOINT",
@@ -77,7 +79,12 @@ __all__ = [
     "Compute",
     "Dist",
     "Diverged",
+    "EpochHooks",
     "EpochStats",
+    "Evaluation",
+    "Finished",
+    "Interrupted",
+    "Outcome",
     "FeatureCache",
     "HeldCache",
     "LRSchedule",
@@ -101,6 +108,7 @@ __all__ = [
     "compute_of",
     "estimate_config",
     "evaluate",
+    "finished",
     "fit_epoch",
     "group_label",
     "group_table",

@@ -87,6 +87,22 @@ class AutoFreezer:
         self.decisions.append(row)
         return decision, list(decision.freeze)
 
+    def log_decision(self, name: str, epoch: int, decision: AutoDecision, stages: list[str]) -> None:
+        """Say what :meth:`end_epoch` decided after ``epoch`` for run ``name``."""
+        rates = ", ".join(f"{s} {r:.3g}" if r is not None else f"{s} -" for s, r in decision.rates.items())
+        if stages:
+            log.info(
+                "%s: auto after epoch %d: freezing %s from epoch %d (gradient-norm change rates: %s; threshold %g)",
+                name,
+                epoch,
+                ", ".join(stages),
+                epoch + 1,
+                rates or "none",
+                self.settings.threshold,
+            )
+        else:
+            log.info("%s: auto after epoch %d: nothing to freeze (%s)", name, epoch, decision.reason)
+
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs to decide as the uninterrupted run did, a stopped epoch's sums so far included."""
         return {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,10 +32,12 @@ from freezetune.utils.precision import autocast
 __all__ = [
     "Diverged",
     "EpochStats",
+    "Evaluation",
     "LoopOptions",
     "Progress",
     "Reduce",
     "Resume",
+    "check_finite_weights",
     "evaluate",
     "fit_epoch",
     "no_progress",
@@ -137,6 +139,18 @@ def steps_in(n_batches: int, accumulate: int, max_steps: int | None = None) -> i
     return n if max_steps is None else min(n, max_steps)
 
 
+@dataclass
+class _Tally:
+    """A training pass's running sums: its loss stays on the device (no per-step host sync)."""
+
+    loss: torch.Tensor
+    seen: int = 0
+    steps: int = 0
+    nonfinite: int = 0
+    last_finite: float | None = None
+    saved: SavedBytes | None = None
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -147,93 +161,122 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader``, each step timed by phase (see :class:`LoopOptions`)."""
     o = options
-    accumulate = o.accumulate
     model.train()  # frozen BatchNorm stays in eval: freezetune.plan.apply pins it
     clock = StepClock(device)
-    total_loss = torch.zeros((), device=device)
-    seen = steps = nonfinite = 0
-    last_finite: float | None = None
-    saved = None
+    tally = _Tally(torch.zeros((), device=device))
     interrupted = False
-    n_steps = steps_in(len(loader), accumulate, o.max_steps)
-    batches = iter(o.progress(loader, desc, min(len(loader), n_steps * accumulate)))
+    n_steps = steps_in(len(loader), o.accumulate, o.max_steps)
+    batches = iter(o.progress(loader, desc, min(len(loader), n_steps * o.accumulate)))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if o.resume is not None:
-        # The same shuffle (the caller restored the loader's generator), minus the
-        # batches already trained on. Fetching them replays their augmentation draws;
-        # after_skip then puts back the RNG states saved at the interrupt.
-        for _ in range(o.resume.steps * accumulate):
-            next(batches)
-        total_loss.fill_(o.resume.loss_sum)
-        seen, steps = o.resume.samples, o.resume.steps
-        if o.resume.after_skip:
-            o.resume.after_skip()
-    while steps < n_steps:
+        _skip_done(batches, o, tally)
+    while tally.steps < n_steps:
         clock.start()
-        group = list(itertools.islice(batches, accumulate))
+        group = list(itertools.islice(batches, o.accumulate))
         if not group:
             clock.drop_last()
             break
         group = [(to_device(x, device, o.channels_last), y.to(device, non_blocking=True)) for x, y in group]
         clock.lap()
         if o.before_step:
-            o.before_step(steps)
+            o.before_step(tally.steps)
         # set_to_none: frozen parameters keep .grad None, trainable ones skip a memset.
         optimizer.zero_grad(set_to_none=True)
         n = sum(y.shape[0] for _, y in group)
-        step_loss = torch.zeros((), device=device)
-        finite = True
-        for j, (x, y) in enumerate(group):
-            # Counting saved tensors costs a hook call per saved tensor: one micro-batch is enough.
-            count = o.count_saved and steps == 0 and j == 0
-            with count_saved_tensors(model) if count else nullcontext() as counted:
-                with autocast(device, o.precision):
-                    logits = model(x)
-                # In fp32 whatever the forward's dtype: log-softmax over low-precision logits loses digits.
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
-                clock.lap()
-                if o.check_finite:
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        finite = False
-                        break
-                    last_finite = value
-                share = loss * (y.shape[0] / n) if len(group) > 1 else loss
-                (o.scaler.scale(share) if o.scaler is not None else share).backward()
-            clock.lap()
-            saved = counted or saved
-            # A detached tensor: no graph is kept alive, and on CUDA no per-step host sync.
-            step_loss.add_(loss.detach(), alpha=y.shape[0])  # one kernel, no temporary
-        if not finite:
-            nonfinite += 1
-            if nonfinite > o.max_nonfinite:
-                raise Diverged(steps + 1, last_finite)
-            clock.drop_last()  # skipped: no optimizer step
+        step_loss = _forward_backward(model, group, n, o, clock, tally, device)
+        if step_loss is None:  # a non-finite loss: skipped, no optimizer step
+            tally.nonfinite += 1
+            if tally.nonfinite > o.max_nonfinite:
+                raise Diverged(tally.steps + 1, tally.last_finite)
+            clock.drop_last()
             optimizer.zero_grad(set_to_none=True)
-            steps += 1
+            tally.steps += 1
             continue
-        if o.after_backward is not None:
-            o.after_backward(steps, o.scaler.get_scale() if o.scaler is not None else 1.0)
-        if o.clip_grad_norm is not None:
-            if o.scaler is not None:
-                o.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(params, o.clip_grad_norm)
-        if o.scaler is not None:
-            o.scaler.step(optimizer)  # skipped by the scaler when a gradient overflowed
-            o.scaler.update()
-        else:
-            optimizer.step()
+        _optimizer_step(optimizer, params, o, tally.steps)
         clock.lap()
-        total_loss.add_(step_loss)
-        seen += n
-        steps += 1
+        tally.loss.add_(step_loss)
+        tally.seen += n
+        tally.steps += 1
         if o.on_step:
-            o.on_step(steps, step_loss / n)
-        if o.stop and steps < n_steps and o.stop():
+            o.on_step(tally.steps, step_loss / n)
+        if o.stop and tally.steps < n_steps and o.stop():
             interrupted = True
             break
-    loss_sum = total_loss.item()
-    return EpochStats(loss_sum / max(seen, 1), seen, steps, clock.durations(), saved, loss_sum, interrupted)
+    loss_sum = tally.loss.item()
+    seen, steps = tally.seen, tally.steps
+    return EpochStats(loss_sum / max(seen, 1), seen, steps, clock.durations(), tally.saved, loss_sum, interrupted)
+
+
+def _skip_done(batches: Iterator[T], o: LoopOptions, tally: _Tally) -> None:
+    """Resume a partial epoch: the same shuffle (the caller restored the loader's generator),
+    minus the batches already trained on. Fetching them replays their augmentation draws;
+    ``after_skip`` then puts back the RNG states saved at the interrupt."""
+    assert o.resume is not None
+    for _ in range(o.resume.steps * o.accumulate):
+        next(batches)
+    tally.loss.fill_(o.resume.loss_sum)
+    tally.seen, tally.steps = o.resume.samples, o.resume.steps
+    if o.resume.after_skip:
+        o.resume.after_skip()
+
+
+def _forward_backward(
+    model: nn.Module,
+    group: list[tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    o: LoopOptions,
+    clock: StepClock,
+    tally: _Tally,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Forward and backward over one step's micro-batches (``n`` samples in all); returns the
+    step's summed loss, or None at a non-finite loss (checked when ``o.check_finite``)."""
+    step_loss = torch.zeros((), device=device)
+    for j, (x, y) in enumerate(group):
+        # Counting saved tensors costs a hook call per saved tensor: one micro-batch is enough.
+        count = o.count_saved and tally.steps == 0 and j == 0
+        with count_saved_tensors(model) if count else nullcontext() as counted:
+            with autocast(device, o.precision):
+                logits = model(x)
+            # In fp32 whatever the forward's dtype: log-softmax over low-precision logits loses digits.
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
+            clock.lap()
+            if o.check_finite:
+                value = loss.item()
+                if not math.isfinite(value):
+                    return None
+                tally.last_finite = value
+            share = loss * (y.shape[0] / n) if len(group) > 1 else loss
+            (o.scaler.scale(share) if o.scaler is not None else share).backward()
+        clock.lap()
+        tally.saved = counted or tally.saved
+        # A detached tensor: no graph is kept alive, and on CUDA no per-step host sync.
+        step_loss.add_(loss.detach(), alpha=y.shape[0])  # one kernel, no temporary
+    return step_loss
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], o: LoopOptions, step: int) -> None:
+    """The step's update from its gradients: sampled (auto), clipped, scaled (fp16) as ``o`` asks."""
+    if o.after_backward is not None:
+        o.after_backward(step, o.scaler.get_scale() if o.scaler is not None else 1.0)
+    if o.clip_grad_norm is not None:
+        if o.scaler is not None:
+            o.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(params, o.clip_grad_norm)
+    if o.scaler is not None:
+        o.scaler.step(optimizer)  # skipped by the scaler when a gradient overflowed
+        o.scaler.update()
+    else:
+        optimizer.step()
+
+
+def check_finite_weights(model: nn.Module, epoch: int, last_loss: float | None) -> None:
+    """Raise :class:`Diverged` when a trainable parameter of ``model`` holds NaN or inf after
+    ``epoch``: such weights are never checkpointed (under DDP, where steps are not checked
+    one by one, this is the check). ``last_loss``: the last finished epoch's training loss."""
+    for p in model.parameters():
+        if p.requires_grad and not bool(torch.isfinite(p).all()):
+            raise Diverged(None, last_loss, "weights", epoch)
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (freezetune.distributed)
@@ -269,26 +312,28 @@ def evaluate(
         return (total_loss / max(n, 1)).item(), (correct.float() / max(n, 1)).item()
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """How an epoch is evaluated after its training pass."""
+
+    loader: DataLoader
+    # What evaluates, when it differs from what trains (DDP's wrapper trains, the bare model
+    # evaluates: DDP's forward is a collective).
+    model: nn.Module | None = None
+    reduce: Reduce | None = None  # sums a tensor over processes (torchrun); the metrics are the whole set's
+
+
 def fit_epoch(
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_loader: DataLoader,
-    val_loader: DataLoader,
     device: torch.device,
-    options: LoopOptions = LoopOptions(),
-    *,
-    eval_model: nn.Module | None = None,
-    reduce: Reduce | None = None,
+    options: LoopOptions,
+    evaluation: Evaluation,
 ) -> tuple[EpochResult | None, EpochStats]:
     """Train one epoch, then evaluate; the epoch time covers the training pass only.
-    An interrupted epoch is not evaluated (its result is None).
-
-    Args:
-        eval_model: what evaluates, when it differs from what trains (DDP's wrapper trains,
-            the bare model evaluates: DDP's forward is a collective).
-        reduce: sums a tensor over processes (torchrun); the metrics are then the whole set's.
-    """
+    An interrupted epoch is not evaluated (its result is None)."""
     start = device_clock(device)
     try:
         stats = train_one_epoch(model, optimizer, train_loader, device, options, f"epoch {epoch}")
@@ -298,8 +343,9 @@ def fit_epoch(
     elapsed = device_clock(device) - start
     if stats.interrupted:
         return None, stats
+    reduce = evaluation.reduce
     val_loss, val_acc = evaluate(
-        eval_model or model, val_loader, device, reduce, options.precision, options.channels_last
+        evaluation.model or model, evaluation.loader, device, reduce, options.precision, options.channels_last
     )
     loss, samples = stats.loss, stats.samples
     if reduce is not None:  # the epoch's loss and throughput over every process

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from freezetune.checks import check
-from freezetune.config import Config, ConfigError, Preprocessing, Resolved, to_dict
+from freezetune.config import Config, ConfigError, Preprocessing, Resolved, Source, to_dict
 from freezetune.data import Loaders
 from freezetune.measure import (
     SavedBytes,
@@ -38,10 +38,11 @@ from freezetune.measure import (
 from freezetune.record import (
     FAILED,
     EpochResult,
+    FrozenCheck,
     RunDir,
     RunFacts,
     RunLogs,
-    build_summary,
+    Summary,
     check_logs,
     epoch_row,
     read_checkpoint,
@@ -51,10 +52,11 @@ from freezetune.train.distributed import Dist, parameter_digest
 from freezetune.train.interrupt import StopRequest
 from freezetune.train.loop import EpochStats, Progress, no_progress, to_device
 from freezetune.train.monitor import Monitor
+from freezetune.train.outcome import Finished, Interrupted, Outcome
 from freezetune.train.setup import Prepared, prepare
-from freezetune.train.trainer import STATE_FORMAT, Partial, Trainer
+from freezetune.train.trainer import STATE_FORMAT, EpochHooks, Trainer
 
-__all__ = ["BEST", "CHECKPOINT", "load_resume_state", "run"]
+__all__ = ["BEST", "CHECKPOINT", "Finished", "Interrupted", "Outcome", "load_resume_state", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,9 @@ def run(
     stop: StopRequest | None = None,
     dist: Dist | None = None,
     device: torch.device | None = None,
-) -> dict[str, Any]:
-    """Train ``cfg`` and write its run record; returns the summary.
+) -> Outcome:
+    """Train ``cfg`` and write its run record; returns :class:`Finished` with the summary, or
+    :class:`Interrupted` with where to resume.
 
     Args:
         cfg: the config checked and resolved once by the caller (freezetune.checks.load, as the
@@ -84,7 +87,7 @@ def run(
         on_epoch: called with each finished epoch's result.
         resume: a run folder to continue from its last checkpoint.
         stop: read between steps (Ctrl-C sets it); once set, a checkpoint is saved and
-            the returned summary says ``interrupted``.
+            the run returns :class:`Interrupted`.
         dist: this process's place in a torchrun launch (freezetune.train.distributed);
             only rank 0 writes.
         device: overrides ``train.device`` (torchrun gives each rank its own).
@@ -96,17 +99,41 @@ def run(
     cfg, sources = checked
     resolved = to_dict(cfg)
     check_logs(cfg.train.log)  # a missing tensorboard package: refused before any file is written
-    if resume is not None:
-        out = RunDir.for_resume(resume, cfg.output_dir, write)
-        state = load_resume_state(out.path, resolved)
-    else:
-        out, state = RunDir.for_new_run(cfg.output_dir, overwrite, write), None
+    out, state = _open_folder(cfg, resolved, resume, overwrite, write)
     if dist is not None:
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
-    p, loaders = prepare(checked, device)
-    trainer = Trainer(cfg, p, loaders, out.path, dist)
-    trainer.preprocessing_from = {key: str(source) for key, source in sources.items()}
+    p, loaders = prepare(checked, dist.device if dist is not None else None)
+    preprocessing_from = {key: str(source) for key, source in sources.items()}
+    trainer = Trainer(cfg, p, loaders, out.path, dist, resolved=resolved, preprocessing_from=preprocessing_from)
     trainer.check_cache_plan()  # may refuse the config: still nothing written
+    _log_start(cfg, p, trainer, sources, out)
+    first = _start_record(out, p, resolved, overwrite) if state is None else _restore(out, trainer, state)
+    training = _Training(cfg, p, loaders, trainer, out, dist)
+    stop = stop or StopRequest()
+    # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
+    should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
+    with (
+        _failure_noted(out),
+        stop,
+        # train.log's writers; rows past a resumed checkpoint are dropped, as _restore drops metrics rows.
+        RunLogs(out, cfg.train.log, trainer.steps_per_epoch, trainer.global_step, first - 1) as logs,
+    ):
+        hooks = EpochHooks(progress, should_stop, logs.step if out.write else None)
+        return training.epochs(first, logs, hooks, on_epoch)
+
+
+def _open_folder(
+    cfg: Config, resolved: dict[str, Any], resume: str | Path | None, overwrite: bool, write: bool
+) -> tuple[RunDir, dict[str, Any] | None]:
+    """The run folder, checked (nothing written yet), and the state to resume from, if any."""
+    if resume is None:
+        return RunDir.for_new_run(cfg.output_dir, overwrite, write), None
+    out = RunDir.for_resume(resume, cfg.output_dir, write)
+    return out, load_resume_state(out.path, resolved)
+
+
+def _log_start(cfg: Config, p: Prepared, trainer: Trainer, sources: dict[str, Source], out: RunDir) -> None:
+    """What is about to train, on what, with what preprocessing, into which folder."""
     if p.threads is not None:  # the run's first lines: a busy machine explains a slow run before it is slow
         log.info("%s: %s", cfg.name, p.threads.describe())
         if p.threads.warning():
@@ -133,68 +160,6 @@ def run(
         log.info("%s: preprocessing not set in the config follows %s", cfg.name, ", ".join(followed))
     staged = f" (written to {out.path} until it succeeds)" if out.staged else ""
     log.info("%s: run folder %s%s", cfg.name, out.final.resolve(), staged)
-    if state is None:
-        _start_record(out, p, resolved, overwrite)
-        first, partial = 1, None
-    else:
-        first, partial = _restore(out, trainer, state)
-    started = time.perf_counter()
-    startup = _startup()
-    reset_peak_memory(p.device)
-    last_phase = _LastPhase()
-    monitor = Monitor.of(cfg.train)
-    stop = stop or StopRequest()
-    # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
-    should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
-    with (
-        _failure_noted(out),
-        stop,
-        # train.log's writers; rows past a resumed checkpoint are dropped, as _restore drops metrics rows.
-        RunLogs(out, cfg.train.log, trainer.steps_per_epoch, trainer.global_step, first - 1) as logs,
-    ):
-        trainer.step_hook = logs.step if out.write else None
-        for epoch in range(first, cfg.train.epochs + 1):
-            events = trainer.enter_phase(epoch)
-            for row in events:
-                out.append_jsonl("events.jsonl", row)
-                logs.event(row, trainer.global_step + 1)  # at the first step it applies to
-            if events:
-                last_phase = _LastPhase()
-            result, stats, start_state = trainer.fit(
-                epoch, progress, should_stop, count_saved=last_phase.saved is None, partial=partial
-            )
-            partial = None
-            last_phase.add(stats)
-            if result is not None:
-                row = epoch_row(result, trainer.plan, trainer.optimizer.param_groups, cfg.seed)
-                out.append_jsonl("metrics.jsonl", row)
-                logs.epoch(row, trainer.global_step)
-                if on_epoch:
-                    on_epoch(result)
-                if monitor.is_new_best(trainer.epochs):
-                    out.save_checkpoint(BEST, trainer.model_file(cfg.train.save, epoch, resolved))
-                decided = trainer.decide_auto(epoch)  # before the checkpoint: it holds the decision
-                if decided is not None:
-                    out.append_jsonl("events.jsonl", decided)
-            stop_early = result is not None and monitor.should_stop(trainer.epochs)
-            if (epoch < cfg.train.epochs and not stop_early) or result is None:  # else model.pt is the record
-                out.save_checkpoint(CHECKPOINT, trainer.state_dict(epoch, stats, start_state, resolved))
-            if result is None or (epoch < cfg.train.epochs and not stop_early and should_stop()):
-                return _stopped(cfg, out, epoch, stats)  # stopped mid-epoch, or between
-            if stop_early:
-                log.info(
-                    "%s: early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
-                    cfg.name,
-                    epoch,
-                    cfg.train.monitor,
-                    monitor.min_delta,
-                    monitor.patience,
-                )
-                break
-        # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
-        wall = time.perf_counter() - started
-        logs.close()  # before _finish may rename a staged folder
-        return _finish(cfg, p, trainer, out, resolved, last_phase, wall, loaders, dist, monitor, startup)
 
 
 _started_in_process: list[bool] = []  # a run already reached its training loop in this process
@@ -238,16 +203,17 @@ class _LastPhase:
         self.saved = self.saved or stats.saved
 
 
-def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite: bool) -> None:
-    """A new run's folder: its config and plan, and an empty events file."""
+def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite: bool) -> int:
+    """A new run's folder: its config and plan, and an empty events file; returns the first epoch."""
     out.create(overwrite)
     out.write_yaml("config.yaml", resolved)
     out.write_json("freeze_plan.json", p.plan.to_json() | {"schedule": p.schedule.to_json()})
     out.append_jsonl("events.jsonl", None)  # created empty: a run without events has none
+    return 1
 
 
-def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int, Partial | None]:
-    """Load a checkpoint into ``trainer``; returns the epoch to start at and the partial epoch, if any."""
+def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> int:
+    """Load a checkpoint into ``trainer`` (a stopped epoch included); returns the epoch to start at."""
     partial = trainer.load_state_dict(state, str(out.path / CHECKPOINT))
     if out.write:
         (out.path / FAILED).unlink(missing_ok=True)  # a failed run resumed is no longer failed
@@ -265,15 +231,7 @@ def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> tuple[int,
         f", step {partial.steps}" if partial else "",
         out.path / CHECKPOINT,
     )
-    return first, partial
-
-
-def _stopped(cfg: Config, out: RunDir, epoch: int, stats: EpochStats) -> dict[str, Any]:
-    if out.write:
-        log.warning(
-            "%s: stopped in epoch %d after %d steps; continue with --resume %s", cfg.name, epoch, stats.steps, out.path
-        )
-    return {"name": cfg.name, "interrupted": True, "epoch": epoch, "steps": stats.steps, "run_dir": str(out.path)}
+    return first
 
 
 def load_resume_state(folder: Path, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -322,74 +280,149 @@ def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
     return [] if saved == now else [f"{path} was {saved!r}, is now {now!r}"]
 
 
-def _finish(
-    cfg: Config,
-    p: Prepared,
-    trainer: Trainer,
-    out: RunDir,
-    resolved: dict[str, Any],
-    last_phase: _LastPhase,
-    wall: float,
-    loaders: Loaders,
-    dist: Dist | None,
-    monitor: Monitor,
-    startup: tuple[float, str] | None = None,
-) -> dict[str, Any]:
-    """Verify, measure, save the model and write summary.json."""
-    last = trainer.epochs[-1].epoch  # train.epochs, or the epoch early stopping ended the run after
-    if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
-        # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
-        out.save_checkpoint(CHECKPOINT, trainer.state_dict(last, None, None, resolved))
-    check = trainer.ledger.verify()
-    if not check.unchanged or not check.grads_none:
-        log.error("frozen tensors changed: %s", check.changed[:10])
-    target = trainer.target
-    speed = _speed(target.eval_net, target.val_loader, p.device, last_phase.durations, cfg)
-    memory = _memory(p.model, trainer.optimizer, p.device, last_phase.saved)
-    sizes = {}
-    for mode in ("full", "delta"):
-        content = trainer.model_file(mode, last, resolved)
-        if mode == cfg.train.save:
-            sizes[mode] = out.save_checkpoint("model.pt", content)
-        else:
-            sizes[mode] = serialized_bytes(content)  # what the other choice would have written
-    facts = RunFacts(
-        cfg=cfg,
-        plan=trainer.plan,
-        epochs=trainer.epochs,
-        check=check,
-        wall_s=wall,
-        startup=startup,
-        train_samples=len(loaders.train.dataset),  # type: ignore[arg-type]
-        skipped_images=loaders.skipped_images,
-        weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},
-        device=str(p.device),
-        speed=speed,
-        memory=memory,
-        cache=target.cache_info,
-        compile=target.compile_json(),
-        events=[e for e in trainer.events if e["event"] != "optimizer"],
-        optimizer_groups=trainer.groups(),
-        checkpoint={"save": cfg.train.save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]},
-        run_dir=str(out.final),
-        classes=trainer.classes,
-        preprocessing=Preprocessing.of(cfg.data).to_json() | {"from": trainer.preprocessing_from},
-        best=_best(monitor, trainer),
-        early_stopping=_early_stopping(cfg, monitor, trainer, last),
-        distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
-        auto=trainer.auto.to_json() if trainer.auto is not None else None,
-        threads=p.threads.to_json() if p.threads is not None else None,
-    )
-    summary = build_summary(facts)
-    out.write_json("summary.json", summary)
-    if out.write:
-        # A spilled feature cache serves only this run's epochs, and a finished run needs no
-        # resume state (a file twice the model's size) unless it keeps it to be extended.
-        spent = ["cache_train.npy", "cache_val.npy"] + ([] if cfg.train.keep_state else [CHECKPOINT])
-        for name in spent:
-            (out.path / name).unlink(missing_ok=True)
-    out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
-    return summary
+class _Training:
+    """One run's epochs, each recorded as it ends, and the finished run's record."""
+
+    def __init__(
+        self, cfg: Config, p: Prepared, loaders: Loaders, trainer: Trainer, out: RunDir, dist: Dist | None
+    ) -> None:
+        self.cfg, self.p, self.loaders, self.trainer, self.out, self.dist = cfg, p, loaders, trainer, out, dist
+        self.started = time.perf_counter()
+        self.startup = _startup()
+        reset_peak_memory(p.device)
+        self.last_phase = _LastPhase()
+        self.monitor = Monitor.of(cfg.train)
+
+    def epochs(
+        self, first: int, logs: RunLogs, hooks: EpochHooks, on_epoch: Callable[[EpochResult], None] | None
+    ) -> Outcome:
+        """Train from epoch ``first`` to the end, early stopping or a stop (``hooks.stop``)."""
+        cfg, trainer, out, last = self.cfg, self.trainer, self.out, self.cfg.train.epochs
+        for epoch in range(first, last + 1):
+            self._enter(epoch, logs)
+            result, stats = trainer.fit(epoch, hooks, count_saved=self.last_phase.saved is None)
+            self.last_phase.add(stats)
+            if result is not None:
+                self._record(result, logs, on_epoch)
+            stop_early = result is not None and self.monitor.should_stop(trainer.epochs)
+            if (epoch < last and not stop_early) or result is None:  # else model.pt is the record
+                out.save_checkpoint(CHECKPOINT, trainer.state_dict())
+            if result is None or (epoch < last and not stop_early and hooks.stop()):
+                return self._stopped(epoch, stats)  # stopped mid-epoch, or between
+            if stop_early:
+                log.info(
+                    "%s: early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
+                    cfg.name,
+                    epoch,
+                    cfg.train.monitor,
+                    self.monitor.min_delta,
+                    self.monitor.patience,
+                )
+                break
+        # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
+        wall = time.perf_counter() - self.started
+        logs.close()  # before finish may rename a staged folder
+        return Finished(self.finish(wall))
+
+    def _enter(self, epoch: int, logs: RunLogs) -> None:
+        """The events that start at ``epoch``, applied and recorded; a new phase's timings start over."""
+        events = self.trainer.enter_phase(epoch)
+        for row in events:
+            self.out.append_jsonl("events.jsonl", row)
+            logs.event(row, self.trainer.global_step + 1)  # at the first step it applies to
+        if events:
+            self.last_phase = _LastPhase()
+
+    def _record(self, result: EpochResult, logs: RunLogs, on_epoch: Callable[[EpochResult], None] | None) -> None:
+        """A finished epoch: its metrics row, best.pt if it is the best so far, the auto decision."""
+        cfg, trainer, out = self.cfg, self.trainer, self.out
+        row = epoch_row(result, trainer.phases.plan, trainer.optimizer.param_groups, cfg.seed)
+        out.append_jsonl("metrics.jsonl", row)
+        logs.epoch(row, trainer.global_step)
+        if on_epoch:
+            on_epoch(result)
+        if self.monitor.is_new_best(trainer.epochs):
+            out.save_checkpoint(BEST, trainer.model_file(cfg.train.save))
+        decided = trainer.decide_auto()  # before the checkpoint: it holds the decision
+        if decided is not None:
+            out.append_jsonl("events.jsonl", decided)
+
+    def _stopped(self, epoch: int, stats: EpochStats) -> Interrupted:
+        name, out = self.cfg.name, self.out
+        if out.write:
+            log.warning(
+                "%s: stopped in epoch %d after %d steps; continue with --resume %s", name, epoch, stats.steps, out.path
+            )
+        return Interrupted(name, epoch, stats.steps, out.path)
+
+    def finish(self, wall: float) -> Summary:
+        """Verify, measure, save the model and write summary.json."""
+        cfg, trainer, out = self.cfg, self.trainer, self.out
+        if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
+            # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
+            out.save_checkpoint(CHECKPOINT, trainer.state_dict())
+        check = trainer.phases.ledger.verify()
+        if not check.unchanged or not check.grads_none:
+            log.error("frozen tensors changed: %s", check.changed[:10])
+        target = trainer.target
+        speed = _speed(target.eval_net, target.val_loader, self.p.device, self.last_phase.durations, cfg)
+        memory = _memory(self.p.model, trainer.optimizer, self.p.device, self.last_phase.saved)
+        summary = Summary.of(self._facts(check, wall, speed, memory, self._save_model()))
+        out.write_json("summary.json", summary.to_json())
+        if out.write:
+            # A spilled feature cache serves only this run's epochs, and a finished run needs no
+            # resume state (a file twice the model's size) unless it keeps it to be extended.
+            spent = ["cache_train.npy", "cache_val.npy"] + ([] if cfg.train.keep_state else [CHECKPOINT])
+            for name in spent:
+                (out.path / name).unlink(missing_ok=True)
+        out.commit()  # an --overwrite run replaces the previous record only now, having succeeded
+        return summary
+
+    def _save_model(self) -> dict[str, Any]:
+        """model.pt as train.save chose; summary.json's ``checkpoint``, with both choices' sizes."""
+        save = self.cfg.train.save
+        sizes = {}
+        for mode in ("full", "delta"):
+            content = self.trainer.model_file(mode)
+            if mode == save:
+                sizes[mode] = self.out.save_checkpoint("model.pt", content)
+            else:
+                sizes[mode] = serialized_bytes(content)  # what the other choice would have written
+        return {"save": save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]}
+
+    def _facts(
+        self, check: FrozenCheck, wall: float, speed: dict[str, Any], memory: dict[str, Any], checkpoint: dict[str, Any]
+    ) -> RunFacts:
+        cfg, p, trainer, dist = self.cfg, self.p, self.trainer, self.dist
+        last = trainer.epochs[-1].epoch  # train.epochs, or the epoch early stopping ended the run after
+        target = trainer.target
+        return RunFacts(
+            cfg=cfg,
+            plan=trainer.phases.plan,
+            epochs=trainer.epochs,
+            check=check,
+            wall_s=wall,
+            startup=self.startup,
+            train_samples=len(self.loaders.train.dataset),  # type: ignore[arg-type]
+            skipped_images=self.loaders.skipped_images,
+            weights={"source": p.load.source, "head": p.load.head, "loaded": p.load.loaded, "new": p.load.new},
+            device=str(p.device),
+            speed=speed,
+            memory=memory,
+            cache=target.cache_info,
+            compile=target.compile_json(),
+            events=[e for e in trainer.phases.events if e["event"] != "optimizer"],
+            optimizer_groups=trainer.groups(),
+            checkpoint=checkpoint,
+            run_dir=str(self.out.final),
+            classes=trainer.classes,
+            preprocessing=Preprocessing.of(cfg.data).to_json() | {"from": trainer.preprocessing_from},
+            best=_best(self.monitor, trainer),
+            early_stopping=_early_stopping(cfg, self.monitor, trainer, last),
+            distributed=_replicas(dist, p.model, cfg) if dist is not None else None,
+            auto=trainer.auto.to_json() if trainer.auto is not None else None,
+            threads=p.threads.to_json() if p.threads is not None else None,
+        )
 
 
 def _best(monitor: Monitor, trainer: Trainer) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""A fine-tuning session across phases: the model, its optimizer and LR schedule,
-what trains (freezetune.train.nets) and the ledger of frozen tensors
-(freezetune.record.integrity), all kept in step when a schedule event changes the
-trainable set; and the state that resumes it exactly.
+"""A fine-tuning session across phases: it fits one epoch at a time and keeps the state
+that resumes it exactly. Its parts each do one job: the phase changes
+(freezetune.train.phases), what trains (freezetune.train.nets), the auto policy
+(freezetune.train.auto) and the model files (freezetune.train.files).
 
 freezetune.train.runner turns a config into a :class:`Trainer` and a run record;
 freezetune.train.loop is the loop of one epoch.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +19,33 @@ from typing import Any
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from freezetune.config import Config, ConfigError, Preprocessing
+from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
 from freezetune.measure import device_clock
-from freezetune.models import weights_kind
-from freezetune.plan import FreezePlan, apply_plan, describe
-from freezetune.record import (
-    MODEL_FORMAT,
-    EpochResult,
-    FrozenLedger,
-    get_rng_state,
-    load_payload,
-    model_payload,
-    set_rng_state,
-)
+from freezetune.plan import describe
+from freezetune.record import EpochResult, get_rng_state, load_payload, set_rng_state
 from freezetune.train.auto import AutoFreezer
 from freezetune.train.distributed import Dist, shard_loaders
-from freezetune.train.loop import Diverged, EpochStats, LoopOptions, Progress, Resume, fit_epoch, steps_in
+from freezetune.train.files import ModelFiles
+from freezetune.train.loop import (
+    EpochStats,
+    Evaluation,
+    LoopOptions,
+    Progress,
+    Resume,
+    check_finite_weights,
+    fit_epoch,
+    no_progress,
+    steps_in,
+)
 from freezetune.train.lr_schedule import LRSchedule, set_lr
 from freezetune.train.nets import TrainTarget
-from freezetune.train.optim import add_trainable, check_optimizer, group_table, make_optimizer, remove_frozen
+from freezetune.train.optim import check_optimizer, group_table, make_optimizer
+from freezetune.train.phases import Phases
 from freezetune.train.setup import Prepared, schedule_for
 from freezetune.utils.errors import first_line
 
-__all__ = ["STATE_FORMAT", "Partial", "Trainer"]
+__all__ = ["STATE_FORMAT", "EpochHooks", "Partial", "Trainer"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,38 @@ class Partial:
     rng: dict[str, Any]
 
 
-class Trainer:
-    """One run's training state across its phases; :meth:`fit` trains one epoch."""
+@dataclass(frozen=True)
+class EpochHooks:
+    """What the caller's side runs during an epoch's steps."""
 
-    def __init__(self, cfg: Config, p: Prepared, loaders: Loaders, folder: Path, dist: Dist | None = None) -> None:
+    progress: Progress = no_progress  # wraps the epoch's batches (the CLI passes tqdm bars)
+    stop: Callable[[], bool] = lambda: False  # asked after each step; True stops the epoch (Ctrl-C)
+    # After every optimizer step with (global step, mean loss tensor, {group name: lr}):
+    # per-step logs (freezetune.record.logs).
+    on_step: Callable[[int, torch.Tensor, dict[str, float]], None] | None = None
+
+
+class Trainer:
+    """One run's training state across its phases; :meth:`fit` trains one epoch, and
+    :meth:`state_dict` is where the run stands after it.
+
+    Args:
+        folder: the run folder (a feature cache too large for memory spills there).
+        resolved: the resolved config as config.yaml records it; the model files carry it.
+        preprocessing_from: where each preprocessing value came from (freezetune.checks.resolve).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        p: Prepared,
+        loaders: Loaders,
+        folder: Path,
+        dist: Dist | None = None,
+        resolved: dict[str, Any] | None = None,
+        preprocessing_from: dict[str, str] | None = None,
+    ) -> None:
         self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
-        self.schedule, self.settings = p.schedule, p.settings
         self.dist = dist
         self.classes = loaders.classes
         # One generator shuffles every epoch, cached or not: the order does not
@@ -83,10 +111,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
         self.lr = LRSchedule(cfg.train.scheduler, self.steps_per_epoch, cfg.train.epochs)
         self.global_step = 0
-        self.plan: FreezePlan = self.schedule.initial
-        self.optimizer = make_optimizer(self.model, cfg.train.optimizer, self.settings, {}, 1, self.lr.factor(0))
+        self.optimizer = make_optimizer(self.model, cfg.train.optimizer, p.settings, {}, 1, self.lr.factor(0))
         check_optimizer(self.optimizer, self.model)
-        self.ledger = FrozenLedger(self.model, self.plan, cfg.freeze.frozen_dtype)  # digests as each tensor froze
+        self.phases = Phases(cfg, self.model, self.optimizer, p.schedule, p.settings, dist)
+        self.resolved = resolved if resolved is not None else {}
+        self.files = ModelFiles(cfg, self.model, p.num_classes, self.classes, self.resolved)
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
         # freeze.preset auto: the policy that adds freeze events as training goes (freezetune.train.auto).
         self.auto = (
@@ -94,123 +123,81 @@ class Trainer:
             if cfg.freeze.preset == "auto"
             else None
         )
-        self.events: list[dict[str, Any]] = []
         self.epochs: list[EpochResult] = []
-        # Called after every optimizer step with (global step, mean loss tensor, {group name: lr}):
-        # per-step logs (freezetune.record.logs); None: nothing to call.
-        self.step_hook: Callable[[int, torch.Tensor, dict[str, float]], None] | None = None
-        self._epoch_first_step = 0
         # Cumulative training seconds (EpochResult.train_s), a stopped epoch's part included.
         self.train_s = 0.0
-        # Where each preprocessing value came from (freezetune.checks.resolve), kept across a resume:
-        # a run resumed from its own config.yaml would otherwise say "config" for all of them.
-        self.preprocessing_from: dict[str, str] = {}
+        # Kept across a resume: a run resumed from its own config.yaml would otherwise say
+        # "config" for every preprocessing value.
+        self.preprocessing_from: dict[str, str] = dict(preprocessing_from or {})
+        # The epoch in hand, what state_dict() saves: the last one fitted (or resumed), how
+        # far it got, and the generator state it started from.
+        self.epoch = 0
+        self._stats: EpochStats | None = None
+        self._start_state: torch.Tensor | None = None
+        self._partial: Partial | None = None  # a stopped epoch resumed: the next fit continues it
+        self._first_step = 0
 
     def check_cache_plan(self) -> None:
         """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
-        self.target.check_cache(self.schedule, self.plan)
+        self.target.check_cache(self.phases.schedule, self.phases.plan)
 
-    # ------------------------------------------------------------------ phases
-
-    def enter_phase(self, epoch: int, quiet: bool = False) -> list[dict[str, Any]]:
-        """Apply the events that start at ``epoch``: requires_grad and BatchNorm modes,
-        optimizer groups, the protected-tensor ledger; returns what was applied."""
-        phase = self.schedule.phase_at(epoch)
-        if phase.plan is self.plan:
-            return []
-        # Tensors about to leave protection must still be bitwise what they were.
-        new_plan = phase.plan
-        if self.dist is not None:  # a BatchNorm frozen now is pinned with rank 0's statistics, on every rank
-            self.dist.broadcast_buffers(self.model)
-        leaving = self.ledger.move_to(new_plan)
-        apply_plan(self.model, new_plan, self.cfg.freeze.frozen_dtype)  # up-casts what it unfreezes
-        removed = remove_frozen(self.optimizer)
-        groups = add_trainable(
-            self.optimizer,
-            self.model,
-            self.cfg.train.optimizer,
-            self.settings,
-            self.schedule.lr_scales(epoch),
-            epoch,
-            self.lr.factor(self.global_step),
-        )
-        check_optimizer(self.optimizer, self.model)
-        self.plan = new_plan
-        rows = []
-        for ev in phase.events:
-            row = ev.to_json()
-            if not ev.spec.rule.freezes:
-                mine = [ok for n, ok in leaving.items() if _owned_by(n, ev.params)]
-                row |= {"unchanged_until_event": all(mine), "tensors_checked": len(mine)}
-            rows.append(row)
-        rows.append(
-            {
-                "epoch": epoch,
-                "event": "optimizer",
-                "removed_tensors": removed,
-                "new_groups": [{"name": g["name"], "tensors": len(g["params"]), "lr": g["lr"]} for g in groups],
-                "trainable_params": new_plan.numel_trainable,
-            }
-        )
-        self.events.extend(rows)
-        for row in [] if quiet else rows[:-1]:
-            check = {True: ", frozen until now: bitwise unchanged", False: ", frozen until now: CHANGED", None: ""}
-            log.info(
-                "%s: epoch %d: %s %s (%d tensors, %d params%s)%s",
-                self.cfg.name,
-                epoch,
-                row["event"],
-                row["target"],
-                row["tensors"],
-                row["params"],
-                f", lr_scale {row['lr_scale']:g}" if "lr_scale" in row else "",
-                check[row.get("unchanged_until_event")],
-            )
-        return rows
-
-    def replay_phases(self, through: int) -> None:
-        """Re-enter every phase that starts by epoch ``through`` (resume): same groups, same order."""
-        for phase in self.schedule.phases[1:]:
-            if phase.start <= through:
-                self.enter_phase(phase.start, quiet=True)  # already logged and recorded by the first run
+    def enter_phase(self, epoch: int) -> list[dict[str, Any]]:
+        """Apply the events that start at ``epoch`` (freezetune.train.phases); returns them."""
+        return self.phases.enter(epoch, self.lr.factor(self.global_step))
 
     # ------------------------------------------------------------------ one epoch
 
-    def fit(
-        self,
-        epoch: int,
-        progress: Progress,
-        stop: Callable[[], bool] | None,
-        count_saved: bool,
-        partial: Partial | None = None,
-    ) -> tuple[EpochResult | None, EpochStats, torch.Tensor]:
-        """Train and evaluate one epoch; returns (result or None if stopped, stats, the
-        generator state the epoch started from)."""
+    def fit(self, epoch: int, hooks: EpochHooks, count_saved: bool) -> tuple[EpochResult | None, EpochStats]:
+        """Train and evaluate one epoch (a resumed stopped one from where it stopped); returns
+        its result (None if stopped) and the training pass's stats."""
         target = self.target
         setup_start = device_clock(self.device)
-        target.follow(self.plan, self.cfg.train.epochs - epoch + 1)  # builds the cache, compiles: training cost
+        target.follow(self.phases.plan, self.cfg.train.epochs - epoch + 1)  # builds the cache, compiles
         setup_s = device_clock(self.device) - setup_start
         if isinstance(target.train_loader.sampler, DistributedSampler):
             target.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        resume = None
+        resume, partial, self._partial = None, self._partial, None
         if partial is not None:
             self.generator.set_state(partial.generator)
             resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(partial.rng))
-        start_state = self.generator.get_state()
-        first = (epoch - 1) * self.steps_per_epoch
-        self._epoch_first_step = first
+        self.epoch, self._start_state = epoch, self.generator.get_state()
+        self._first_step = first = (epoch - 1) * self.steps_per_epoch
+        options = self._loop_options(hooks, count_saved, resume)
+        reduce = self.dist.sum_ if self.dist is not None else None
+        evaluation = Evaluation(target.val_loader, target.eval_net, reduce)
+        result, stats = fit_epoch(
+            epoch, target.net, self.optimizer, target.train_loader, self.device, options, evaluation
+        )
+        self.global_step = first + stats.steps
+        self._stats = stats
+        target.steps_done(stats.durations)  # train.compile: the first step after a compile is its cost
+        check_finite_weights(self.model, epoch, self.epochs[-1].train_loss if self.epochs else None)
+        if result is not None:
+            self.train_s += setup_s + result.epoch_time_s
+            result.train_s = self.train_s
+            self.epochs.append(result)
+        else:  # stopped part-way: the steps it took (fit_epoch times only whole epochs)
+            self.train_s += setup_s + sum(sum(d) for d in stats.durations)
+        return result, stats
+
+    def _loop_options(self, hooks: EpochHooks, count_saved: bool, resume: Resume | None) -> LoopOptions:
+        t = self.cfg.train
 
         def before_step(i: int) -> None:
-            self.global_step = first + i
+            self.global_step = self._first_step + i
             set_lr(self.optimizer, self.lr.factor(self.global_step))
 
-        t = self.cfg.train
-        options = LoopOptions(
+        def on_step(step: int, loss: torch.Tensor) -> None:
+            assert hooks.on_step is not None
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            hooks.on_step(self._first_step + step, loss, lrs)
+
+        return LoopOptions(
             t.max_steps_per_epoch,
-            progress,
+            hooks.progress,
             count_saved,
             before_step,
-            stop,
+            hooks.stop,
             resume,
             check_finite=self.dist is None,
             max_nonfinite=t.max_nonfinite,
@@ -220,133 +207,68 @@ class Trainer:
             clip_grad_norm=t.clip_grad_norm,
             label_smoothing=t.label_smoothing,
             scaler=self.scaler,
-            on_step=self._on_step if self.step_hook is not None else None,
+            on_step=on_step if hooks.on_step is not None else None,
             after_backward=self.auto.sample if self.auto is not None else None,
         )
-        result, stats = fit_epoch(
-            epoch,
-            target.net,
-            self.optimizer,
-            target.train_loader,
-            target.val_loader,
-            self.device,
-            options,
-            eval_model=target.eval_net,
-            reduce=self.dist.sum_ if self.dist is not None else None,
-        )
-        self.global_step = first + stats.steps
-        target.steps_done(stats.durations)  # train.compile: the first step after a compile is its cost
-        self.check_finite(epoch)
-        if result is not None:
-            self.train_s += setup_s + result.epoch_time_s
-            result.train_s = self.train_s
-            self.epochs.append(result)
-        else:  # stopped part-way: the steps it took (fit_epoch times only whole epochs)
-            self.train_s += setup_s + sum(sum(d) for d in stats.durations)
-        return result, stats, start_state
 
-    def decide_auto(self, epoch: int) -> dict[str, Any] | None:
-        """After ``epoch`` (freeze.preset auto): the policy decides; the stages it freezes become
-        freeze events at ``epoch + 1`` of a rebuilt schedule, which :meth:`enter_phase` applies
-        like any other. Returns the decision as its events.jsonl row (None without auto)."""
+    def decide_auto(self) -> dict[str, Any] | None:
+        """After the epoch just fitted (freeze.preset auto): the policy decides; the stages it
+        freezes become freeze events at the next epoch of a rebuilt schedule, which
+        :meth:`enter_phase` applies like any other. Returns the decision as its events.jsonl
+        row (None without auto)."""
         if self.auto is None:
             return None
-        decision, stages = self.auto.end_epoch(epoch)
-        row = self.auto.decisions[-1]
-        rates = ", ".join(f"{s} {r:.3g}" if r is not None else f"{s} -" for s, r in decision.rates.items())
+        decision, stages = self.auto.end_epoch(self.epoch)
         if stages:
-            self.schedule = schedule_for(self.cfg, describe(self.model), self.auto.freeze_events())
-            log.info(
-                "%s: auto after epoch %d: freezing %s from epoch %d (gradient-norm change rates: %s; threshold %g)",
-                self.cfg.name,
-                epoch,
-                ", ".join(stages),
-                epoch + 1,
-                rates or "none",
-                self.auto.settings.threshold,
-            )
-        else:
-            log.info("%s: auto after epoch %d: nothing to freeze (%s)", self.cfg.name, epoch, decision.reason)
-        return row
+            self.phases.reschedule(schedule_for(self.cfg, describe(self.model), self.auto.freeze_events()))
+        self.auto.log_decision(self.cfg.name, self.epoch, decision, stages)
+        return self.auto.decisions[-1]
 
-    def _on_step(self, step: int, loss: torch.Tensor) -> None:
-        if self.step_hook is not None:
-            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-            self.step_hook(self._epoch_first_step + step, loss, lrs)
+    # ------------------------------------------------------------------ files
 
-    def check_finite(self, epoch: int) -> None:
-        """Raise :class:`Diverged` when a trainable parameter holds NaN or inf: such weights are
-        never checkpointed (under DDP, where steps are not checked one by one, this is the check)."""
-        for p in self.model.parameters():
-            if p.requires_grad and not bool(torch.isfinite(p).all()):
-                raise Diverged(None, self.epochs[-1].train_loss if self.epochs else None, "weights", epoch)
+    def model_file(self, save: str) -> dict[str, Any]:
+        """What ``model.pt`` and ``best.pt`` hold after the epoch just fitted (``save``: full or
+        delta): all that predict, evaluate and export need (freezetune.train.files)."""
+        return self.files.model_file(save, self.epoch, self.phases.schedule)
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(
-        self, epoch: int, stats: EpochStats | None, start_state: torch.Tensor | None, resolved: dict
-    ) -> dict:
-        """Everything a resume needs. ``stats`` set: epoch ``epoch`` stopped part-way."""
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: the run after its last epoch, or part-way through the
+        epoch a stop ended."""
+        stats, dist = self._stats, self.dist
         partial = None
         if stats is not None and stats.interrupted:
             partial = {"steps": stats.steps, "loss_sum": stats.loss_sum, "samples": stats.samples}
-            if self.dist is not None:  # each rank's own running sums (collective, like the RNG states)
-                partial["per_rank"] = self.dist.gather((stats.loss_sum, stats.samples))
+            if dist is not None:  # each rank's own running sums (collective, like the RNG states)
+                partial["per_rank"] = dist.gather((stats.loss_sum, stats.samples))
         return {
             "format": STATE_FORMAT,
-            "config": resolved,
-            "epoch": epoch,
+            "config": self.resolved,
+            "epoch": self.epoch,
             "partial": partial,
             "global_step": self.global_step,
-            **self.payload(self.cfg.train.save, epoch),
+            **self.files.payload(self.cfg.train.save, self.epoch, self.phases.schedule),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "group_names": [g.get("name") for g in self.optimizer.param_groups],
             "rng": get_rng_state(),
             # Every rank's own generators (collective: every rank builds the state, rank 0 writes it).
-            "rng_per_rank": self.dist.gather(get_rng_state()) if self.dist is not None else None,
-            "world_size": self.dist.world if self.dist is not None else 1,
+            "rng_per_rank": dist.gather(get_rng_state()) if dist is not None else None,
+            "world_size": dist.world if dist is not None else 1,
             # A stopped epoch restarts its shuffle from where that epoch began.
-            "generator": start_state if partial else self.generator.get_state(),
-            "protected": self.ledger.digests,
-            "events": self.events,
+            "generator": self._start_state if partial else self.generator.get_state(),
+            "protected": self.phases.ledger.digests,
+            "events": self.phases.events,
             "epochs": [vars(e) for e in self.epochs],
             "train_s": self.train_s,
             "preprocessing_from": self.preprocessing_from,
             "auto": self.auto.state_dict() if self.auto is not None else None,
         }
 
-    def model_file(self, save: str, epoch: int, resolved: dict[str, Any]) -> dict[str, Any]:
-        """What ``model.pt`` and ``best.pt`` hold: the weights after ``epoch`` (``save``: full or
-        delta), the resolved config, the class names in output order and the preprocessing:
-        all that predict, evaluate and export need (freezetune.infer)."""
-        return {
-            **self.payload(save, epoch),
-            "format": MODEL_FORMAT,
-            "config": resolved,
-            "epoch": epoch,
-            "num_classes": self.p.num_classes,
-            "classes": self.classes,
-            "preprocessing": Preprocessing.of(self.cfg.data).to_json(),
-            # Relative paths of the config (data.root) are relative to this folder: evaluate and
-            # export, run from elsewhere, find the run's data through it.
-            "cwd": os.getcwd(),
-        }
-
-    def payload(self, save: str, epoch: int) -> dict[str, Any]:
-        """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
-        what stayed frozen (and pinned) in every phase so far, and records how to rebuild it."""
-        model = dict(vars(self.cfg.model))
-        if weights_kind(model["arch"], model["weights"]) == "file":  # found again from any working directory
-            model["weights"] = str(Path(model["weights"]).expanduser().resolve())
-        # The seed rebuilds a random base (model.weights: null) bitwise: prepare_model seeds, then builds.
-        base = {"model": model, "num_classes": self.p.num_classes, "seed": self.cfg.seed}
-        return model_payload(
-            self.model, save, self.schedule.frozen_throughout(epoch), self.schedule.pinned_throughout(epoch), base
-        )
-
     def load_state_dict(self, state: dict[str, Any], where: str) -> Partial | None:
-        """Restore a saved state into this freshly prepared trainer."""
+        """Restore a saved state into this freshly prepared trainer; returns the stopped epoch
+        it was saved in, if any, which the next :meth:`fit` continues."""
         epoch, partial = state["epoch"], state["partial"]
         world = self.dist.world if self.dist is not None else 1
         if state.get("world_size", 1) != world:
@@ -360,8 +282,29 @@ class Trainer:
         rng = state["rng_per_rank"][rank] if state.get("rng_per_rank") else state["rng"]
         if self.auto is not None and state.get("auto"):  # the decisions so far, before their phases replay
             self.auto.load_state_dict(state["auto"])
-            self.schedule = schedule_for(self.cfg, describe(self.model), self.auto.freeze_events())
-        self.replay_phases(epoch)  # a stopped epoch has entered its phase too
+            self.phases.reschedule(schedule_for(self.cfg, describe(self.model), self.auto.freeze_events()))
+        self.phases.replay(epoch, self.lr.factor(self.global_step))  # a stopped epoch has entered its phase too
+        self._load_weights(state, where)
+        self.global_step = state["global_step"]
+        self.phases.ledger.digests = state["protected"]
+        self.phases.events = list(state["events"])
+        self.preprocessing_from = dict(state.get("preprocessing_from") or self.preprocessing_from)
+        self.epochs = [EpochResult(**e) for e in state["epochs"]]
+        self.train_s = state.get("train_s", self.epochs[-1].train_s if self.epochs else 0.0)
+        self.epoch = epoch
+        if partial:
+            loss_sum, samples = (
+                partial["per_rank"][rank] if partial.get("per_rank") else (partial["loss_sum"], partial["samples"])
+            )
+            self._partial = Partial(epoch, partial["steps"], loss_sum, samples, state["generator"], rng)
+            return self._partial
+        self.generator.set_state(state["generator"])
+        set_rng_state(rng)
+        return None
+
+    def _load_weights(self, state: dict[str, Any], where: str) -> None:
+        """The model, optimizer and loss scaler of ``state``, refused as a config error when they
+        do not fit what this config builds."""
         names = [g.get("name") for g in self.optimizer.param_groups]
         if names != state["group_names"]:
             raise ConfigError(
@@ -381,27 +324,7 @@ class Trainer:
                 ]
             ) from None
         check_optimizer(self.optimizer, self.model)
-        self.global_step = state["global_step"]
-        self.ledger.digests = state["protected"]
-        self.events = list(state["events"])
-        self.preprocessing_from = dict(state.get("preprocessing_from") or self.preprocessing_from)
-        self.epochs = [EpochResult(**e) for e in state["epochs"]]
-        self.train_s = state.get("train_s", self.epochs[-1].train_s if self.epochs else 0.0)
-        if partial:
-            loss_sum, samples = (
-                partial["per_rank"][rank] if partial.get("per_rank") else (partial["loss_sum"], partial["samples"])
-            )
-            return Partial(epoch, partial["steps"], loss_sum, samples, state["generator"], rng)
-        self.generator.set_state(state["generator"])
-        set_rng_state(rng)
-        return None
 
     def groups(self) -> list[dict[str, Any]]:
         """The optimizer's groups as summary.json lists them."""
         return group_table(self.optimizer)
-
-
-def _owned_by(tensor: str, params: tuple[str, ...]) -> bool:
-    """Whether a protected tensor (parameter or BatchNorm buffer) belongs to one of ``params``' modules."""
-    module = tensor.rsplit(".", 1)[0]
-    return tensor in params or any(p.rsplit(".", 1)[0] == module for p in params)

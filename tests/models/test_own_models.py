@@ -83,8 +83,8 @@ def test_weights_file_for_an_import_path_replaces_only_the_head(user_models: str
 def test_train_one_epoch_then_reload_the_run(user_models: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = from_dict(config(out, f"{user_models}.nets:build", "until:body", kwargs={"width": 4}))
-    summary = run(cfg)
-    assert summary["run_dir"] == str(out)
+    summary = run(cfg).summary
+    assert summary.run_dir == str(out)
     trained = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert trained["config"]["model"]["kwargs"] == {"width": 4}
     loaded = load_run(out, "last")

@@ -13,8 +13,8 @@ import torch
 
 from freezetune.config import ConfigError, from_dict
 from freezetune.plan import FreezeError
-from freezetune.record import TIMING_KEYS, read_jsonl
-from freezetune.train import StopRequest, run
+from freezetune.record import TIMING_KEYS, Summary, read_jsonl
+from freezetune.train import Interrupted, StopRequest, run
 
 STEPS = 4  # 32 images, batch 8
 
@@ -40,13 +40,13 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Summary]:
     out = tmp_path_factory.mktemp("auto") / "ref"
-    return out, run(from_dict(tree(out)))
+    return out, run(from_dict(tree(out))).summary
 
 
 def test_the_decision_freezes_the_prefix_from_the_next_epoch_and_the_cache_follows(
-    reference: tuple[Path, dict],
+    reference: tuple[Path, Summary],
 ) -> None:
     folder, summary = reference
     events = rows(folder, "events.jsonl")
@@ -66,10 +66,10 @@ def test_the_decision_freezes_the_prefix_from_the_next_epoch_and_the_cache_follo
     ]
     assert decisions[2]["reason"] == "every stage auto may freeze is frozen"  # the ceiling: layer3 on train
     trained = [r["trainable_params"] for r in rows(folder, "metrics.jsonl")]
-    assert trained[0] == trained[1] == summary["params_total"] > trained[2] == trained[3]
-    assert summary["frozen_unchanged"] and summary["cache"]["used"]  # cached at layer2's output from epoch 3
-    assert summary["cache"]["frontier"].startswith("layer2")
-    auto = summary["auto"]
+    assert trained[0] == trained[1] == summary.params_total > trained[2] == trained[3]
+    assert summary.frozen_unchanged and summary.cache["used"]  # cached at layer2's output from epoch 3
+    assert summary.cache["frontier"].startswith("layer2")
+    auto = summary.auto
     assert auto["stages"] == ["conv1", "bn1", "layer1", "layer2"]  # the ceiling, layer3, and after: never
     assert auto["frozen_prefix"] == auto["stages"] and len(auto["decisions"]) == 4
 
@@ -91,12 +91,12 @@ def test_auto_settings_need_the_auto_preset_and_replace_a_schedule(tmp_path: Pat
 
 @pytest.mark.parametrize("stop_at", [STEPS * 2, STEPS * 2 + 2], ids=["after-decision", "mid-3"])
 def test_a_resume_across_a_decision_ends_bitwise_equal(
-    tmp_path: Path, reference: tuple[Path, dict], stop_at: int, stop_after: Callable[[int], StopRequest]
+    tmp_path: Path, reference: tuple[Path, Summary], stop_at: int, stop_after: Callable[[int], StopRequest]
 ) -> None:
     ref_folder, ref = reference
     cfg = from_dict(tree(tmp_path / "run"))
-    assert run(cfg, stop=stop_after(stop_at))["interrupted"]
-    done = run(cfg, resume=tmp_path / "run")
+    assert isinstance(run(cfg, stop=stop_after(stop_at)), Interrupted)
+    done = run(cfg, resume=tmp_path / "run").summary
     mine, theirs = weights(tmp_path / "run"), weights(ref_folder)
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
@@ -105,12 +105,12 @@ def test_a_resume_across_a_decision_ends_bitwise_equal(
 
     assert untimed(tmp_path / "run", "metrics.jsonl") == untimed(ref_folder, "metrics.jsonl")
     assert rows(tmp_path / "run", "events.jsonl") == rows(ref_folder, "events.jsonl")  # decisions, norms and all
-    assert done["schedule"] == ref["schedule"] and done["frozen_unchanged"]
+    assert done.schedule == ref.schedule and done.frozen_unchanged
 
 
 def test_a_run_where_nothing_converges_freezes_nothing(tmp_path: Path) -> None:
-    summary = run(from_dict(tree(tmp_path / "none", threshold=1e-12)))
+    summary = run(from_dict(tree(tmp_path / "none", threshold=1e-12))).summary
     decisions = [e for e in rows(tmp_path / "none", "events.jsonl") if e["event"] == "auto"]
     assert all(d["freeze"] == [] for d in decisions) and "conv1 still learning" in decisions[1]["reason"]
-    assert summary["params_trainable"] == summary["params_total"]
+    assert summary.params_trainable == summary.params_total
     assert not [e for e in rows(tmp_path / "none", "events.jsonl") if e["event"] == "freeze"]

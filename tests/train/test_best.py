@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from freezetune.config import Config, from_dict
-from freezetune.record import TIMING_KEYS
-from freezetune.train import StopRequest, run
+from freezetune.record import TIMING_KEYS, Summary
+from freezetune.train import Interrupted, StopRequest, run
 
 
 # Not conftest's tiny run: mobilenet_v3_small, 4 epochs of 32 images with val_loss monitored, so that
@@ -52,11 +52,11 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_best_pt_holds_the_best_epoch_where_the_curve_says_so(tmp_path: Path) -> None:
-    summary = run(config(tmp_path, "four"))
+    summary = run(config(tmp_path, "four")).summary
     losses = [m["val_loss"] for m in metrics(tmp_path / "four")]
     best = 1 + losses.index(min(losses))
     assert best != 4, losses  # the case this test is about: the last epoch is not the best
-    assert summary["best"] == {
+    assert summary.best == {
         "file": "best.pt",
         "epoch": best,
         "monitor": "val_loss",
@@ -65,7 +65,7 @@ def test_best_pt_holds_the_best_epoch_where_the_curve_says_so(tmp_path: Path) ->
         "val_loss": min(losses),
     }
     saved = torch.load(tmp_path / "four" / "best.pt", weights_only=True)
-    assert saved["epoch"] == best and saved["classes"] == summary["classes"]
+    assert saved["epoch"] == best and saved["classes"] == summary.classes
     # The same run stopped after the best epoch ends with exactly best.pt's weights (no LR schedule:
     # the first epochs do not depend on how many follow).
     run(config(tmp_path, "short", epochs=best))
@@ -80,20 +80,20 @@ def test_a_delta_best_pt_is_a_delta_too(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stopped_early(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def stopped_early(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Summary]:
     tmp = tmp_path_factory.mktemp("early")
-    return tmp / "early", run(config(tmp, "early", epochs=8, early_stopping={"patience": 2}))
+    return tmp / "early", run(config(tmp, "early", epochs=8, early_stopping={"patience": 2})).summary
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(
-    stopped_early: tuple[Path, dict],
+    stopped_early: tuple[Path, Summary],
 ) -> None:
     folder, summary = stopped_early
     losses = [m["val_loss"] for m in metrics(folder)]
     last = len(losses)
-    assert last < 8 and summary["epochs"] == last
+    assert last < 8 and summary.epochs == last
     assert min(losses[-2:]) >= min(losses[:-2])  # the last two epochs did not improve: that is why it stopped
-    assert summary["early_stopping"] == {
+    assert summary.early_stopping == {
         "patience": 2,
         "min_delta": 0.0,
         "stopped": True,
@@ -107,17 +107,17 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(
 
 @pytest.mark.parametrize("stop_at", [3, 9], ids=["in-epoch-1", "in-epoch-3"])
 def test_an_interrupted_early_stopping_run_resumes_to_the_same_end(
-    tmp_path: Path, stopped_early: tuple[Path, dict], stop_at: int, stop_after: Callable[[int], StopRequest]
+    tmp_path: Path, stopped_early: tuple[Path, Summary], stop_at: int, stop_after: Callable[[int], StopRequest]
 ) -> None:
     ref_folder, ref = stopped_early
     cfg = config(tmp_path, "early", epochs=8, early_stopping={"patience": 2})
-    assert run(cfg, stop=stop_after(stop_at))["interrupted"]
+    assert isinstance(run(cfg, stop=stop_after(stop_at)), Interrupted)
     # Resumed from the run's own config.yaml (as `freezetune predict` suggests for an unfinished run): its
     # preprocessing is all explicit there, yet the record still says where each value first came from.
     saved = from_dict(yaml.safe_load((tmp_path / "early" / "config.yaml").read_text()))
-    done = run(saved, resume=tmp_path / "early")
-    assert done["early_stopping"] == ref["early_stopping"] and done["best"] == ref["best"]
-    assert done["preprocessing"] == ref["preprocessing"] and done["preprocessing"]["from"]["mean"] == "fake default"
+    done = run(saved, resume=tmp_path / "early").summary
+    assert done.early_stopping == ref.early_stopping and done.best == ref.best
+    assert done.preprocessing == ref.preprocessing and done.preprocessing["from"]["mean"] == "fake default"
     for name in ("model.pt", "best.pt"):
         assert same(tensors(tmp_path / "early" / name), tensors(ref_folder / name)), name
     strip = TIMING_KEYS

@@ -12,7 +12,7 @@ import torchvision
 
 from freezetune.config import RULES, ConfigError, from_dict, read_records
 from freezetune.plan import apply_plan, describe, plan_from_config
-from freezetune.record import TIMING_KEYS
+from freezetune.record import TIMING_KEYS, Summary
 from freezetune.report import render_cache
 from freezetune.train import (
     CacheAction,
@@ -69,9 +69,9 @@ def weights(tmp: Path, name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> None:
-    on = run(cfg(tmp_path, "on", **{"freeze.preset": preset, "train.cache_features": "on"}))
-    off = run(cfg(tmp_path, "off", **{"freeze.preset": preset, "train.cache_features": "off"}))
-    assert on["cache"]["used"] and not off["cache"]["used"]
+    on = run(cfg(tmp_path, "on", **{"freeze.preset": preset, "train.cache_features": "on"})).summary
+    off = run(cfg(tmp_path, "off", **{"freeze.preset": preset, "train.cache_features": "off"})).summary
+    assert on.cache["used"] and not off.cache["used"]
     for a, b in zip(metrics(tmp_path, "on"), metrics(tmp_path, "off"), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
@@ -79,19 +79,19 @@ def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> N
     w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
     for key in w_on:
         torch.testing.assert_close(w_on[key], w_off[key], atol=1e-5, rtol=1e-4)
-    assert on["frozen_unchanged"] and off["frozen_unchanged"]
+    assert on.frozen_unchanged and off.frozen_unchanged
     # The prefix's weights stay in memory with the cache: counted all the same.
     for key in ("param_bytes_trainable", "param_bytes_frozen", "optimizer_state_bytes"):
-        assert on["memory"][key] == off["memory"][key], key
+        assert on.memory[key] == off.memory[key], key
 
 
 def test_cache_beyond_its_memory_budget_is_a_memory_mapped_file(tmp_path: Path) -> None:
-    summary = run(cfg(tmp_path, "mm", **{"train.cache_max_bytes": 0, **ONE_EPOCH_CACHED}))
-    assert summary["cache"]["storage"] == "memmap"
-    assert summary["cache"]["bytes"] > 40 * 128 * 4 * 4 * 4
+    summary = run(cfg(tmp_path, "mm", **{"train.cache_max_bytes": 0, **ONE_EPOCH_CACHED})).summary
+    assert summary.cache["storage"] == "memmap"
+    assert summary.cache["bytes"] > 40 * 128 * 4 * 4 * 4
     assert not (tmp_path / "mm" / "cache_train.npy").exists()  # the spill is removed when the run finishes
-    in_memory = run(cfg(tmp_path, "mem", **ONE_EPOCH_CACHED))
-    assert in_memory["cache"]["storage"] == "memory"
+    in_memory = run(cfg(tmp_path, "mem", **ONE_EPOCH_CACHED)).summary
+    assert in_memory.cache["storage"] == "memory"
     assert metrics(tmp_path, "mm")[0]["train_loss"] == pytest.approx(
         metrics(tmp_path, "mem")[0]["train_loss"], abs=1e-6
     )
@@ -101,20 +101,22 @@ def test_random_augmentation_is_refused_with_on_and_falls_back_with_auto(tmp_pat
     with pytest.raises(ConfigError, match="train.cache_features: 'on'.*data.augment: flip_crop gives every epoch"):
         run(cfg(tmp_path, "aug_on", **{"data.augment": "flip_crop", "train.cache_features": "on", "train.epochs": 1}))
     assert not (tmp_path / "aug_on").exists()  # refused before anything was written
-    summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": "flip_crop", "train.epochs": 1}))
-    assert summary["cache"]["used"] is False and "data.augment: flip_crop" in summary["cache"]["reason"]
+    summary = run(cfg(tmp_path, "aug_auto", **{"data.augment": "flip_crop", "train.epochs": 1})).summary
+    assert summary.cache["used"] is False and "data.augment: flip_crop" in summary.cache["reason"]
 
 
 def test_batchnorm_in_train_mode_ends_the_cached_prefix(tmp_path: Path) -> None:
     # bn1's statistics follow the batch in train mode: the cut comes before it, after conv1.
-    summary = run(cfg(tmp_path, "bn", **{"freeze.batchnorm": "train", "train.cache_features": "on", "train.epochs": 1}))
-    assert summary["cache"]["used"] is True and summary["cache"]["frontier"] == "conv1"
-    assert summary["cache"]["first_trainable"] == "bn1"
+    summary = run(
+        cfg(tmp_path, "bn", **{"freeze.batchnorm": "train", "train.cache_features": "on", "train.epochs": 1})
+    ).summary
+    assert summary.cache["used"] is True and summary.cache["frontier"] == "conv1"
+    assert summary.cache["first_trainable"] == "bn1"
 
 
 def test_nothing_frozen_first_means_nothing_to_cache(tmp_path: Path) -> None:
-    summary = run(cfg(tmp_path, "full", **{"freeze.preset": "full", "train.epochs": 1}))
-    assert summary["cache"]["used"] is False and "no frozen prefix" in summary["cache"]["reason"]
+    summary = run(cfg(tmp_path, "full", **{"freeze.preset": "full", "train.epochs": 1})).summary
+    assert summary.cache["used"] is False and "no frozen prefix" in summary.cache["reason"]
 
 
 def planned(arch: str, preset: str) -> torch.nn.Module:
@@ -214,35 +216,37 @@ def results(tmp: Path, name: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in metrics(tmp, name)]
 
 
-def feature_bytes(summary: dict) -> int:
+def feature_bytes(summary: Summary) -> int:
     """The cache's bytes without its int64 labels."""
-    c = summary["cache"]
+    c = summary.cache
     return c["bytes"] - 8 * (c["train_shape"][0] + c["val_shape"][0])
 
 
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_bf16_cache_trains_bitwise_the_uncached_model_in_half_the_bytes(tmp_path: Path, preset: str) -> None:
     bf16 = {"freeze.preset": preset, "train.precision": "bf16"}
-    on = run(cfg(tmp_path, "on", **bf16, **{"train.cache_features": "on"}))
-    off = run(cfg(tmp_path, "off", **bf16, **{"train.cache_features": "off"}))
-    fp32 = run(cfg(tmp_path, "fp32", **{"freeze.preset": preset, **ONE_EPOCH_CACHED, "train.max_steps_per_epoch": 1}))
-    assert on["cache"]["dtype"] == "bfloat16" and fp32["cache"]["dtype"] == "float32"
-    assert on["cache"]["train_shape"] == fp32["cache"]["train_shape"]
+    on = run(cfg(tmp_path, "on", **bf16, **{"train.cache_features": "on"})).summary
+    off = run(cfg(tmp_path, "off", **bf16, **{"train.cache_features": "off"})).summary
+    fp32 = run(
+        cfg(tmp_path, "fp32", **{"freeze.preset": preset, **ONE_EPOCH_CACHED, "train.max_steps_per_epoch": 1})
+    ).summary
+    assert on.cache["dtype"] == "bfloat16" and fp32.cache["dtype"] == "float32"
+    assert on.cache["train_shape"] == fp32.cache["train_shape"]
     assert 2 * feature_bytes(on) == feature_bytes(fp32)
     # The suffix sees bitwise the features the uncached forward computes: the same run, to the bit.
     assert results(tmp_path, "on") == results(tmp_path, "off")
     w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
     assert w_on.keys() == w_off.keys()
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
-    assert on["frozen_unchanged"] and off["frozen_unchanged"]
+    assert on.frozen_unchanged and off.frozen_unchanged
 
 
 def test_bf16_cache_spilled_to_a_file_is_the_cache_in_memory(tmp_path: Path) -> None:
     bf16 = {"freeze.preset": "linear_probe", "train.precision": "bf16", **ONE_EPOCH_CACHED}
-    spilled = run(cfg(tmp_path, "mm", **bf16, **{"train.cache_max_bytes": 0}))
-    in_memory = run(cfg(tmp_path, "mem", **bf16))
-    assert spilled["cache"]["storage"] == "memmap" and in_memory["cache"]["storage"] == "memory"
-    assert spilled["cache"]["dtype"] == "bfloat16" and spilled["cache"]["bytes"] == in_memory["cache"]["bytes"]
+    spilled = run(cfg(tmp_path, "mm", **bf16, **{"train.cache_max_bytes": 0})).summary
+    in_memory = run(cfg(tmp_path, "mem", **bf16)).summary
+    assert spilled.cache["storage"] == "memmap" and in_memory.cache["storage"] == "memory"
+    assert spilled.cache["dtype"] == "bfloat16" and spilled.cache["bytes"] == in_memory.cache["bytes"]
     assert metrics(tmp_path, "mm")[0]["train_loss"] == metrics(tmp_path, "mem")[0]["train_loss"]
     w_mm, w_mem = weights(tmp_path, "mm"), weights(tmp_path, "mem")
     assert all(torch.equal(w_mm[k], w_mem[k]) for k in w_mm)
@@ -286,9 +290,9 @@ def test_check_split_runs_in_the_runs_precision(channels_last: bool) -> None:
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_bf16_channels_last_cache_trains_bitwise_the_uncached_model(tmp_path: Path, preset: str) -> None:
     edits = {"freeze.preset": preset, "train.precision": "bf16", "train.channels_last": True, "train.epochs": 1}
-    on = run(cfg(tmp_path, "on", **edits, **{"train.cache_features": "on"}))
+    on = run(cfg(tmp_path, "on", **edits, **{"train.cache_features": "on"})).summary
     run(cfg(tmp_path, "off", **edits, **{"train.cache_features": "off"}))
-    assert on["cache"]["used"] and on["cache"]["dtype"] == "bfloat16"
+    assert on.cache["used"] and on.cache["dtype"] == "bfloat16"
     assert metrics(tmp_path, "on")[0]["train_loss"] == metrics(tmp_path, "off")[0]["train_loss"]
     w_on, w_off = weights(tmp_path, "on"), weights(tmp_path, "off")
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
@@ -316,39 +320,39 @@ def test_cache_pays_when_the_epochs_left_repeat_more_prefix_work_than_the_build(
     assert cache_pays(epochs_left=4, batches_per_epoch=2, batches_to_build=7)
 
 
-def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> dict:
+def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> Summary:
     """until:layer2, then layer2 frozen too from epoch 2: the frozen prefix grows mid-run."""
     edits = {"freeze.preset": "until:layer2", "freeze.schedule": [{"epoch": 2, "freeze": "layer2"}]}
     small = {"data.image_size": 16, "data.train_samples": 24, "data.val_samples": 8}  # test time, not coverage
-    return run(cfg(tmp_path, name, **edits, **small, **{"train.epochs": epochs, "train.cache_features": cache}))
+    return run(cfg(tmp_path, name, **edits, **small, **{"train.epochs": epochs, "train.cache_features": cache})).summary
 
 
 def test_a_grown_prefix_extends_the_cache_from_its_features_and_trains_bitwise_the_uncached_run(
     tmp_path: Path,
 ) -> None:
     on, off = _grown(tmp_path, "grown", 3, "auto"), _grown(tmp_path, "grown_off", 3, "off")
-    first, second = on["cache"]["builds"]
+    first, second = on.cache["builds"]
     assert first["frontier"].startswith("layer1") and not first["extended"]
     assert second["frontier"].startswith("layer2") and second["extended"]  # layer2 run over layer1's features
-    assert on["cache"]["frontier"] == second["frontier"]
-    assert [d["built"] for d in on["cache"]["decisions"]] == [True, True]  # 3, then 2 epochs left
+    assert on.cache["frontier"] == second["frontier"]
+    assert [d["built"] for d in on.cache["decisions"]] == [True, True]  # 3, then 2 epochs left
     assert results(tmp_path, "grown") == results(tmp_path, "grown_off")
     w_on, w_off = weights(tmp_path, "grown"), weights(tmp_path, "grown_off")
-    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on["frozen_unchanged"] and off["frozen_unchanged"]
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on.frozen_unchanged and off.frozen_unchanged
 
 
 def test_a_cache_that_would_not_pay_is_skipped_and_the_earlier_one_kept(tmp_path: Path) -> None:
     on, off = _grown(tmp_path, "late", 2, "auto"), _grown(tmp_path, "late_off", 2, "off")
-    (build,) = on["cache"]["builds"]  # layer2 frozen for the last epoch only: one epoch cannot pay for a build
+    (build,) = on.cache["builds"]  # layer2 frozen for the last epoch only: one epoch cannot pay for a build
     assert build["frontier"].startswith("layer1")
-    assert [d["built"] for d in on["cache"]["decisions"]] == [True, False]
-    skipped = on["cache"]["decisions"][1]
+    assert [d["built"] for d in on.cache["decisions"]] == [True, False]
+    skipped = on.cache["decisions"][1]
     assert skipped["frontier"].startswith("layer2") and skipped["epochs_left"] == 1
     assert skipped["predicted_saving_s"] <= 0 < skipped["predicted_build_s"]
-    assert on["cache"]["used"] and on["cache"]["frontier"] == build["frontier"]  # layer2 runs, frozen, in the suffix
+    assert on.cache["used"] and on.cache["frontier"] == build["frontier"]  # layer2 runs, frozen, in the suffix
     assert results(tmp_path, "late") == results(tmp_path, "late_off")
     w_on, w_off = weights(tmp_path, "late"), weights(tmp_path, "late_off")
-    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on["frozen_unchanged"] and off["frozen_unchanged"]
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on.frozen_unchanged and off.frozen_unchanged
 
 
 def _decisions_of_plan_and_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, **edits: object):
@@ -368,7 +372,7 @@ def _decisions_of_plan_and_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     previews = preview_cache(c, p.model, p.schedule, p.device, (24, 8))
     assert [d for _, d in previews] == calls  # every preview is what decide answered
     planned = len(calls)
-    summary = run(c)
+    summary = run(c).summary
     return previews, calls[planned:], summary
 
 
@@ -391,15 +395,15 @@ def test_plan_previews_the_decisions_training_makes(
     for (_, planned), done in zip(previews, trained):
         said = [(d.reason, d.split.frontier, d.weighed and d.weighed.pays) for d in (planned, done)]
         assert said[0] == said[1]
-    assert [d["built"] for d in summary["cache"]["decisions"]] == [d.builds for d in trained if d.weighed]
-    assert [b["extended"] for b in summary["cache"]["builds"]] == [
+    assert [d["built"] for d in summary.cache["decisions"]] == [d.builds for d in trained if d.weighed]
+    assert [b["extended"] for b in summary.cache["builds"]] == [
         d.action is CacheAction.EXTEND for d in trained if d.builds
     ]
     text = render_cache(previews, "auto", 32)
     if actions[1] is CacheAction.KEEP:
         kept = " (the plan changes after it)" if event["freeze"] == "layer4" else ", its prefix still frozen; one at"
         assert f"from epoch 2: used: the cache of '{previews[0][1].split.frontier}' is kept{kept}" in text
-        assert summary["cache"]["used"] and summary["cache"]["frontier"] == previews[0][1].split.frontier
+        assert summary.cache["used"] and summary.cache["frontier"] == previews[0][1].split.frontier
     elif actions[1] is CacheAction.SKIP:
         assert "from epoch 2: not used: not built: 1 epoch(s) left" in text
     else:

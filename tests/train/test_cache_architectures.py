@@ -69,9 +69,9 @@ def rows(folder: Path) -> list[dict]:
 @pytest.mark.parametrize(("arch", "preset"), cases())
 def test_the_cache_cuts_where_it_belongs_and_changes_nothing_but_time(tmp_path: Path, arch: str, preset: str) -> None:
     expected = ARCHS[arch][2] if preset == "linear_probe" else ARCHS[arch][3]
-    cached = run(config(tmp_path, arch, preset, "on"))
-    assert cached["cache"]["used"] is True and cached["cache"]["frontier"] == expected
-    uncached = run(config(tmp_path, arch, preset, "off"))
+    cached = run(config(tmp_path, arch, preset, "on")).summary
+    assert cached.cache["used"] is True and cached.cache["frontier"] == expected
+    uncached = run(config(tmp_path, arch, preset, "off")).summary
     for a, b in zip(rows(tmp_path / "on"), rows(tmp_path / "off"), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
@@ -79,7 +79,7 @@ def test_the_cache_cuts_where_it_belongs_and_changes_nothing_but_time(tmp_path: 
     for key, tensor in weights[0].items():
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, weights[1][key], atol=1e-5, rtol=1e-4, msg=key)
-    assert cached["frozen_unchanged"] and uncached["frozen_unchanged"]
+    assert cached.frozen_unchanged and uncached.frozen_unchanged
 
 
 # The Dropout that feeds each head under the linear probe: it trains with the head.

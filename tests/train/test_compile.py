@@ -48,11 +48,11 @@ def test_each_phase_is_compiled_once_and_the_record_says_so(
     arch = f"{user_models}.nets:build"
     with caplog.at_level(logging.INFO, logger="freezetune"):
         # Cache forced on: under auto, the last epoch's phase would skip a cache that cannot pay.
-        summary = run(cfg(tmp_path, arch, "c", compile=True, cache_features="on"))
+        summary = run(cfg(tmp_path, arch, "c", compile=True, cache_features="on")).summary
     # Phase 1 trains the head on cached features, phase 2 the body too: a new suffix, compiled anew.
     assert [type(n).__name__ for n in compiled] == ["GraphModule", "GraphModule"]
     assert compiled[0] is not compiled[1]
-    c = summary["compile"]
+    c = summary.compile
     assert c["enabled"] is True and c["phases_compiled"] == 2
     assert [p["net"] for p in c["phases"]] == [
         "the suffix after the cached 'flatten'",
@@ -61,8 +61,8 @@ def test_each_phase_is_compiled_once_and_the_record_says_so(
     assert [p["trainable_params"] for p in c["phases"]] == [27, 27 + 600]
     assert all(p["first_step_s"] > 0 for p in c["phases"])
     assert sum("compiling the trained part for the new phase" in r.message for r in caplog.records) == 2
-    off = run(cfg(tmp_path, arch, "off"))
-    assert off["compile"] == {"enabled": False, "phases_compiled": 0, "phases": []}
+    off = run(cfg(tmp_path, arch, "off")).summary
+    assert off.compile == {"enabled": False, "phases_compiled": 0, "phases": []}
 
 
 # Real inductor compiles: 4-6 s each with warm caches, 10-20 s on a fresh machine (C++ kernels built with g++).
@@ -70,9 +70,9 @@ def test_each_phase_is_compiled_once_and_the_record_says_so(
 @pytest.mark.parametrize("cache", ["off", "on"])
 def test_compiled_training_follows_a_schedule_event_like_eager(tmp_path: Path, user_models: str, cache: str) -> None:
     arch = f"{user_models}.nets:build"
-    compiled = run(cfg(tmp_path, arch, "compiled", compile=True, cache_features=cache))
-    eager = run(cfg(tmp_path, arch, "eager", cache_features=cache))
-    c = compiled["compile"]
+    compiled = run(cfg(tmp_path, arch, "compiled", compile=True, cache_features=cache)).summary
+    eager = run(cfg(tmp_path, arch, "eager", cache_features=cache)).summary
+    c = compiled.compile
     # One graph per phase: the event recompiles (dynamo guards on requires_grad), nothing runs eagerly.
     assert c["phases_compiled"] == 2 and [p["graphs"] for p in c["phases"]] == [1, 1]
     assert [p["graph_breaks"] for p in c["phases"]] == [0, 0]
@@ -80,8 +80,8 @@ def test_compiled_training_follows_a_schedule_event_like_eager(tmp_path: Path, u
     # cache makes a repeated compile a look-up).
     assert all(p["first_step_s"] > 0 and p["later_step_s"] > 0 for p in c["phases"])
     assert losses(tmp_path, "compiled") == pytest.approx(losses(tmp_path, "eager"), rel=1e-5)
-    assert compiled["final_val_loss"] == pytest.approx(eager["final_val_loss"], rel=1e-5)
-    assert compiled["frozen_unchanged"] and eager["frozen_unchanged"]
+    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-5)
+    assert compiled.frozen_unchanged and eager.frozen_unchanged
     w_c = torch.load(tmp_path / "compiled" / "model.pt", weights_only=True)["model"]
     w_e = torch.load(tmp_path / "eager" / "model.pt", weights_only=True)["model"]
     for key in w_c:

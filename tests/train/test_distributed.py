@@ -27,6 +27,7 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from freezetune.config import from_dict
+from freezetune.record import Summary
 from freezetune.train import run
 from freezetune.train.distributed import Dist, ShardSampler, from_env, shard_loaders
 
@@ -87,7 +88,7 @@ class Launch:
 class Runs:
     one: Path  # one process, batch 8, in this process (a process group of one)
     two: Path  # two processes under torchrun, batch 4 each
-    one_summary: dict
+    one_summary: Summary
     two_summary: dict
     stdout: str
 
@@ -105,7 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         dist.destroy_process_group()
     rc, out, err = launch.done()
     assert rc == 0, f"exit {rc}\n{out}\n{err[-3000:]}"
-    return Runs(tmp / "one", tmp / "two", one, json.loads((tmp / "two" / "summary.json").read_text()), out)
+    return Runs(tmp / "one", tmp / "two", one.summary, json.loads((tmp / "two" / "summary.json").read_text()), out)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -166,7 +167,7 @@ def test_two_processes_train_what_one_process_trains(runs: Runs) -> None:
         "rank_parameter_sha256": None,
         "replicas_identical": True,
     }
-    assert runs.one_summary["distributed"]["global_batch"] == 8
+    assert runs.one_summary.distributed["global_batch"] == 8
     w1, w2 = weights(runs.one), weights(runs.two)
     base = prepared_base()
     expected = (
@@ -181,7 +182,7 @@ def test_two_processes_train_what_one_process_trains(runs: Runs) -> None:
             torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-6)
         else:
             assert torch.equal(w2[key], w1[key]), key  # frozen tensors and pinned BatchNorm buffers: bitwise
-    assert runs.one_summary["frozen_unchanged"] and runs.two_summary["frozen_unchanged"]
+    assert runs.one_summary.frozen_unchanged and runs.two_summary["frozen_unchanged"]
 
 
 def test_metrics_are_reduced_over_all_ranks(runs: Runs) -> None:

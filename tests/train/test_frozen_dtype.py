@@ -25,8 +25,8 @@ from freezetune.infer import check_batch, export_model, load_run, predict_datase
 from freezetune.measure import param_bytes, param_bytes_by_dtype
 from freezetune.models import load_state_dict_file
 from freezetune.plan import norm_parameters
-from freezetune.record import TIMING_KEYS
-from freezetune.train import CHECKPOINT, StopRequest, prepare_model, run
+from freezetune.record import TIMING_KEYS, Summary
+from freezetune.train import CHECKPOINT, Interrupted, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
 BF16, FP32 = torch.bfloat16, torch.float32
@@ -76,10 +76,10 @@ def under(state: dict[str, torch.Tensor], module: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Summary]:
     """The events run, saved as a delta, that every other run is compared with."""
     tmp = tmp_path_factory.mktemp("reference")
-    summary = run(config(tmp, "ref", **EVENTS, **{"train.save": "delta"}))
+    summary = run(config(tmp, "ref", **EVENTS, **{"train.save": "delta"})).summary
     return tmp / "ref", summary
 
 
@@ -96,10 +96,10 @@ def norms() -> set[str]:
     return norm_parameters(prepare_model(config(Path("/x"), "n")).model)
 
 
-def test_frozen_tensors_are_bf16_and_bitwise_unchanged(reference: tuple[Path, dict], norms: set[str]) -> None:
+def test_frozen_tensors_are_bf16_and_bitwise_unchanged(reference: tuple[Path, Summary], norms: set[str]) -> None:
     folder, summary = reference
-    assert summary["frozen_unchanged"] and summary["frozen_until_event_unchanged"]
-    assert summary["frozen_check"]["unchanged"] and summary["frozen_check"]["grads_none"]
+    assert summary.frozen_unchanged and summary.frozen_until_event_unchanged
+    assert summary.frozen_check["unchanged"] and summary.frozen_check["grads_none"]
     trained = load_state_dict_file(folder / "model.pt")  # base + delta
     model = prepare_model(config(folder.parent, "ref", **EVENTS)).model  # epoch 1's plan applied
     params, base = dict(model.named_parameters()), model.state_dict()
@@ -112,7 +112,7 @@ def test_frozen_tensors_are_bf16_and_bitwise_unchanged(reference: tuple[Path, di
     assert {t.dtype for k, t in trained.items() if k not in params} == {FP32, torch.int64}  # buffers: never cast
 
 
-def test_an_unfreeze_up_casts_and_the_tensor_trains(reference: tuple[Path, dict], norms: set[str]) -> None:
+def test_an_unfreeze_up_casts_and_the_tensor_trains(reference: tuple[Path, Summary], norms: set[str]) -> None:
     folder, _ = reference
     event = next(e for e in rows(folder, "events.jsonl") if e["event"] == "unfreeze")
     assert (event["epoch"], event["target"], event["unchanged_until_event"]) == (2, LAST, True)
@@ -125,10 +125,10 @@ def test_an_unfreeze_up_casts_and_the_tensor_trains(reference: tuple[Path, dict]
 
 
 def test_a_freeze_event_casts_down_and_the_tensor_is_watched_as_bf16(
-    tmp_path: Path, reference: tuple[Path, dict], stop_after: Callable[[int], StopRequest]
+    tmp_path: Path, reference: tuple[Path, Summary], stop_after: Callable[[int], StopRequest]
 ) -> None:
     cfg = config(tmp_path, "cut", **EVENTS, **{"train.save": "delta"})
-    assert run(cfg, stop=stop_after(2 * STEPS))["interrupted"]  # after epoch 2, before the freeze event
+    assert isinstance(run(cfg, stop=stop_after(2 * STEPS)), Interrupted)  # after epoch 2, before the freeze event
     before = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["delta"]["tensors"]
     assert before[f"{FC}.weight"].dtype == FP32
     trained = load_state_dict_file(reference[0] / "model.pt")
@@ -140,7 +140,7 @@ def test_bf16_halves_the_bytes_of_the_frozen_tensors_it_casts(tmp_path: Path, no
     model = prepare_model(config(tmp_path, "fp32", **edits, **{"freeze.frozen_dtype": "fp32"})).model
     trainable, frozen = param_bytes(model)  # what an fp32 run reports
     assert param_bytes_by_dtype(model) == {"float32": trainable + frozen}
-    memory = run(config(tmp_path, "bf16", **edits))["memory"]
+    memory = run(config(tmp_path, "bf16", **edits)).summary.memory
     norm_bytes = sum(model.get_parameter(n).numel() for n in norms) * 4
     assert memory["param_bytes_trainable"] == trainable
     assert memory["param_bytes_frozen"] == (frozen - norm_bytes) // 2 + norm_bytes
@@ -148,7 +148,7 @@ def test_bf16_halves_the_bytes_of_the_frozen_tensors_it_casts(tmp_path: Path, no
     assert (frozen, norm_bytes, memory["param_bytes_by_dtype"]["bfloat16"]) == (6_071_424, 48_448, 3_011_488)
 
 
-def test_a_delta_model_pt_rebuilds_the_trained_model_bitwise(reference: tuple[Path, dict], full: Path) -> None:
+def test_a_delta_model_pt_rebuilds_the_trained_model_bitwise(reference: tuple[Path, Summary], full: Path) -> None:
     folder, summary = reference
     saved = torch.load(folder / "model.pt", weights_only=True)["delta"]
     assert saved["base"]["dtypes"] and set(saved["base"]["dtypes"].values()) == {"bfloat16"}
@@ -156,18 +156,18 @@ def test_a_delta_model_pt_rebuilds_the_trained_model_bitwise(reference: tuple[Pa
     assert_same_state(
         load_state_dict_file(folder / "model.pt"), torch.load(full / "model.pt", weights_only=True)["model"]
     )
-    assert summary["checkpoint"]["delta_bytes"] < summary["checkpoint"]["full_bytes"] // 2
+    assert summary.checkpoint["delta_bytes"] < summary.checkpoint["full_bytes"] // 2
 
 
 # After the up-cast, between the two events, after the cast down.
 @pytest.mark.parametrize("stop_at", [STEPS + 2, 2 * STEPS, 2 * STEPS + 1], ids=["mid-2", "end-2", "mid-3"])
 def test_a_stopped_and_resumed_run_ends_bitwise_equal(
-    tmp_path: Path, reference: tuple[Path, dict], stop_after: Callable[[int], StopRequest], stop_at: int
+    tmp_path: Path, reference: tuple[Path, Summary], stop_after: Callable[[int], StopRequest], stop_at: int
 ) -> None:
     ref_folder, ref = reference
     cfg = config(tmp_path, "ref", **EVENTS, **{"train.save": "delta"})
-    assert run(cfg, stop=stop_after(stop_at))["interrupted"]
-    done = run(cfg, resume=tmp_path / "ref")
+    assert isinstance(run(cfg, stop=stop_after(stop_at)), Interrupted)
+    done = run(cfg, resume=tmp_path / "ref").summary
     mine = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["delta"]
     theirs = torch.load(ref_folder / "model.pt", weights_only=True)["delta"]
     assert_same_state(mine["tensors"], theirs["tensors"])
@@ -176,8 +176,8 @@ def test_a_stopped_and_resumed_run_ends_bitwise_equal(
     got = [{k: v for k, v in r.items() if k not in strip} for r in rows(tmp_path / "ref", "metrics.jsonl")]
     want = [{k: v for k, v in r.items() if k not in strip} for r in rows(ref_folder, "metrics.jsonl")]
     assert got == want
-    assert done["frozen_unchanged"] and done["frozen_until_event_unchanged"]
-    assert done["memory"]["param_bytes_by_dtype"] == ref["memory"]["param_bytes_by_dtype"]
+    assert done.frozen_unchanged and done.frozen_until_event_unchanged
+    assert done.memory["param_bytes_by_dtype"] == ref.memory["param_bytes_by_dtype"]
 
 
 @pytest.mark.parametrize("frozen_dtype", ["fp32", "bf16"])
@@ -193,7 +193,7 @@ def test_a_model_pt_with_bf16_tensors_loads_as_weights(tmp_path: Path, full: Pat
     assert state[key].dtype == (FP32 if frozen_dtype == "fp32" else BF16)
     assert torch.equal(state[key], saved[key].to(state[key].dtype))  # load_state_dict casts
     if frozen_dtype == "bf16":
-        assert run(cfg)["frozen_unchanged"]
+        assert run(cfg).summary.frozen_unchanged
 
 
 def test_load_run_gives_an_fp32_model_that_predicts_and_exports(tmp_path: Path, full: Path) -> None:

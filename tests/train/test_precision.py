@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from freezetune.config import from_dict
-from freezetune.train import StopRequest, make_optimizer, prepare_model, run
+from freezetune.train import Interrupted, StopRequest, make_optimizer, prepare_model, run
 from freezetune.train.loop import LoopOptions, steps_in, train_one_epoch
 from freezetune.utils import precision_problem
 
@@ -44,26 +44,26 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_accumulating_four_batches_trains_as_one_four_times_larger(tmp_path: Path) -> None:
     # 9 batches of 8 = steps of 4 + 4 + 1 batches, against batches of 32, 32 and 8: the same samples per step.
-    small = run(config(tmp_path, "acc", accumulate=4, data={"train_samples": 72}))
-    large = run(config(tmp_path, "big", data={"batch_size": 32, "train_samples": 72}))
-    assert small["epochs"] == large["epochs"] == 1
+    small = run(config(tmp_path, "acc", accumulate=4, data={"train_samples": 72})).summary
+    large = run(config(tmp_path, "big", data={"batch_size": 32, "train_samples": 72})).summary
+    assert small.epochs == large.epochs == 1
     a, b = weights(tmp_path / "acc"), weights(tmp_path / "big")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= 1e-5, worst
-    assert small["speed"]["accumulate"] == 4
+    assert small.speed["accumulate"] == 4
     assert steps_in(9, 4) == 3 and steps_in(8, 4) == 2 and steps_in(9, 4, max_steps=2) == 2
 
 
 def test_bf16_trains_evaluates_and_records_its_precision(tmp_path: Path) -> None:
-    summary = run(config(tmp_path, "bf16", precision="bf16", channels_last=True, epochs=2))
-    assert summary["frozen_unchanged"] and math.isfinite(summary["final_val_loss"])
-    assert summary["speed"]["precision"] == "bf16" and summary["speed"]["channels_last"] is True
-    fp32 = run(config(tmp_path, "fp32", epochs=2))
+    summary = run(config(tmp_path, "bf16", precision="bf16", channels_last=True, epochs=2)).summary
+    assert summary.frozen_unchanged and math.isfinite(summary.final_val_loss)
+    assert summary.speed["precision"] == "bf16" and summary.speed["channels_last"] is True
+    fp32 = run(config(tmp_path, "fp32", epochs=2)).summary
     a, b = weights(tmp_path / "bf16"), weights(tmp_path / "fp32")
     assert all(a[k].dtype == torch.float32 for k in a if a[k].is_floating_point())  # autocast: fp32 masters
     moved = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("fc."))
     assert 0 < moved < 0.05  # bf16 rounding changes the result a little, not its course
-    assert abs(summary["final_val_loss"] - fp32["final_val_loss"]) < 0.1
+    assert abs(summary.final_val_loss - fp32.final_val_loss) < 0.1
 
 
 def test_fp16_scales_the_loss_and_resumes_bitwise_with_its_scale(
@@ -71,13 +71,13 @@ def test_fp16_scales_the_loss_and_resumes_bitwise_with_its_scale(
 ) -> None:
     # A small convnet of the tests' own (tests/conftest.py): fp16 convolutions are emulated, slowly, on a CPU.
     arch = f"{user_models}.nets:build"
-    ref = run(config(tmp_path, "ref", arch, precision="fp16", epochs=2))
+    ref = run(config(tmp_path, "ref", arch, precision="fp16", epochs=2)).summary
     cfg = config(tmp_path, "cut", arch, precision="fp16", epochs=2)
-    assert run(cfg, stop=stop_after(4))["interrupted"]
+    assert isinstance(run(cfg, stop=stop_after(4)), Interrupted)
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0  # the GradScaler's state travels with the checkpoint
-    done = run(cfg, resume=tmp_path / "cut")
-    assert done["final_val_loss"] == ref["final_val_loss"]
+    done = run(cfg, resume=tmp_path / "cut").summary
+    assert done.final_val_loss == ref.final_val_loss
     a, b = weights(tmp_path / "cut"), weights(tmp_path / "ref")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

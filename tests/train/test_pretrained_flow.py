@@ -58,24 +58,24 @@ def test_pretrained_weights_bring_their_preprocessing_and_a_fine_tune_inherits_i
     png_folder(tmp_path / "images", ["cat", "dog", "owl"])
     tree = config(tmp_path, "first", weights="DEFAULT")
     tree["data"]["classes"] = ["owl", "cat"]
-    summary = run(from_dict(tree))
-    assert summary["weights_source"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
-    assert len(summary["loaded_tensors"]) == len(hub) - 2  # all but the 1000-class head
-    assert summary["classes"] == ["owl", "cat"] and summary["train_samples"] == 6
-    pre = summary["preprocessing"]
+    summary = run(from_dict(tree)).summary
+    assert summary.weights_source == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    assert len(summary.loaded_tensors) == len(hub) - 2  # all but the 1000-class head
+    assert summary.classes == ["owl", "cat"] and summary.train_samples == 6
+    pre = summary.preprocessing
     assert (pre["image_size"], pre["resize_size"], pre["interpolation"]) == (64, 73, "bilinear")  # 64 * 256/224
     assert pre["mean"] == [0.485, 0.456, 0.406] and pre["augment"] == "flip_crop"
     assert pre["from"]["mean"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1" and pre["from"]["image_size"] == "config"
     # Random crops of the input every epoch: the frozen backbone's output cannot be cached, and the record says why.
-    assert summary["cache"]["used"] is False and "data.augment: flip_crop" in summary["cache"]["reason"]
+    assert summary.cache["used"] is False and "data.augment: flip_crop" in summary.cache["reason"]
 
     model_pt = tmp_path / "first" / "model.pt"
     tree = config(tmp_path, "second", weights=str(model_pt), reset_head=True)
     del tree["data"]["image_size"]
     tree["data"]["classes"] = ["dog", "owl"]
-    again = run(from_dict(tree))
-    assert {k: again["preprocessing"][k] for k in pre if k != "from"} == {k: pre[k] for k in pre if k != "from"}
-    assert set(again["preprocessing"]["from"].values()) == {str(model_pt)}
+    again = run(from_dict(tree)).summary
+    assert {k: again.preprocessing[k] for k in pre if k != "from"} == {k: pre[k] for k in pre if k != "from"}
+    assert set(again.preprocessing["from"].values()) == {str(model_pt)}
     saved = json.loads(json.dumps(torch.load(tmp_path / "second" / "model.pt", weights_only=True)["classes"]))
     assert saved == ["dog", "owl"]
 

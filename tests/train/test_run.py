@@ -266,14 +266,14 @@ def losses(metrics: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
 def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(
     tmp_path: Path, tiny_cfg: Callable[..., Config]
 ) -> None:
-    first = run(tiny_cfg(tmp_path / "a", seed=0))
-    second = run(tiny_cfg(tmp_path / "b", seed=0))
+    first = run(tiny_cfg(tmp_path / "a", seed=0)).summary
+    second = run(tiny_cfg(tmp_path / "b", seed=0)).summary
     run(tiny_cfg(tmp_path / "c", seed=1))
     # A later run of the same process has no start-up of its own (the earlier runs' time).
-    assert second["startup_s"] is None and second["startup_from"] is None
+    assert second.startup_s is None and second.startup_from is None
     (state_a, metrics_a), (state_b, metrics_b), (state_c, metrics_c) = (saved(tmp_path / x) for x in "abc")
 
-    assert first == json.loads((tmp_path / "a" / "summary.json").read_text())  # run() returns what it wrote
+    assert first.to_json() == json.loads((tmp_path / "a" / "summary.json").read_text())  # run() returns what it wrote
     assert list(state_a) == list(state_b)
     assert [k for k in state_a if not torch.equal(state_a[k], state_b[k])] == []
     assert losses(metrics_a) == losses(metrics_b)
@@ -287,14 +287,14 @@ def test_fine_tune_from_a_freezetune_checkpoint(tmp_path: Path, tiny_cfg: Callab
     run(tiny_cfg(tmp_path / "a"))
     state_a, _ = saved(tmp_path / "a")
     ckpt = str(tmp_path / "a" / "model.pt")
-    summary = run(tiny_cfg(tmp_path / "b", seed=5, preset="linear_probe", weights=ckpt, reset_head=True))
+    summary = run(tiny_cfg(tmp_path / "b", seed=5, preset="linear_probe", weights=ckpt, reset_head=True)).summary
     state_b, _ = saved(tmp_path / "b")
 
-    assert summary["weights_source"] == ckpt
-    assert summary["loaded_tensors"] == [k for k in state_a if not k.startswith("fc.")]
-    assert summary["new_tensors"] == ["fc.weight", "fc.bias"]  # same shape, reset all the same
+    assert summary.weights_source == ckpt
+    assert summary.loaded_tensors == [k for k in state_a if not k.startswith("fc.")]
+    assert summary.new_tensors == ["fc.weight", "fc.bias"]  # same shape, reset all the same
     # Backbone and its BatchNorm statistics: bitwise run A's. Head: trained afresh.
-    assert [k for k in summary["loaded_tensors"] if not torch.equal(state_a[k], state_b[k])] == []
+    assert [k for k in summary.loaded_tensors if not torch.equal(state_a[k], state_b[k])] == []
     assert not torch.equal(state_a["fc.weight"], state_b["fc.weight"])
 
 
@@ -310,15 +310,15 @@ def test_a_rejected_config_leaves_an_existing_run_untouched(tmp_path: Path, tiny
 @pytest.mark.parametrize("batchnorm", ["eval", "train"])
 def test_linear_probe_batchnorm_policy(tmp_path: Path, batchnorm: str, tiny_cfg: Callable[..., Config]) -> None:
     out = tmp_path / batchnorm
-    summary = run(tiny_cfg(out, preset="linear_probe", batchnorm=batchnorm))
+    summary = run(tiny_cfg(out, preset="linear_probe", batchnorm=batchnorm)).summary
     plan = json.loads((out / "freeze_plan.json").read_text())
     state, _ = saved(out)
     bns = resnet18_batchnorms()
     assert len(bns) == 20
 
     # Either way the frozen parameters are bitwise unchanged ...
-    assert summary["frozen_unchanged"] is True
-    assert summary["params_trainable"] == 512 * 10 + 10
+    assert summary.frozen_unchanged is True
+    assert summary.params_trainable == 512 * 10 + 10
     # ... starting from a fresh init, BN weights are all ones and biases zeros.
     assert all(torch.equal(state[f"{b}.weight"], torch.ones_like(state[f"{b}.weight"])) for b in bns)
     assert all(torch.equal(state[f"{b}.bias"], torch.zeros_like(state[f"{b}.bias"])) for b in bns)
@@ -328,12 +328,12 @@ def test_linear_probe_batchnorm_policy(tmp_path: Path, batchnorm: str, tiny_cfg:
     at_init = [torch.equal(state[f"{b}.running_mean"], torch.zeros(state[f"{b}.running_mean"].shape)) for b in bns]
     if batchnorm == "eval":
         assert plan["batchnorm_eval"] == bns
-        assert summary["batchnorm_eval"] == 20
+        assert summary.batchnorm_eval == 20
         assert tracked == {0}
         assert all(at_init)
     else:
         assert plan["batchnorm_eval"] == []
-        assert summary["batchnorm_eval"] == 0
+        assert summary.batchnorm_eval == 0
         assert tracked == {2}
         assert not any(at_init)
 

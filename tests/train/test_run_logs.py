@@ -19,7 +19,7 @@ import yaml
 from freezetune.cli.main import main
 from freezetune.config import Config, from_dict
 from freezetune.record import RECORD_FILES, TIMING_KEYS, read_jsonl
-from freezetune.train import StopRequest, run
+from freezetune.train import Interrupted, StopRequest, run
 
 LOGS = ["jsonl", "csv", "tensorboard"]
 STEPS_PER_EPOCH = 4  # 16 samples, batch 4
@@ -134,7 +134,7 @@ def test_an_interrupted_and_resumed_run_logs_each_step_and_epoch_once(
 ) -> None:
     cfg = config(tmp_path, "resumed")
     folder = tmp_path / "resumed"
-    assert run(cfg, stop=stop_after(stop_at))["interrupted"]
+    assert isinstance(run(cfg, stop=stop_after(stop_at)), Interrupted)
     done = torch.load(folder / "checkpoint.pt", weights_only=False)["global_step"]
     # A kill between a log's write and the checkpoint's leaves rows past the checkpoint: the resume drops them.
     ghost = read_jsonl(folder / "steps.jsonl")[-1] | {"step": done + 1, "loss": 99.0}

@@ -23,8 +23,8 @@ import yaml
 
 from freezetune.config import Config, ConfigError, from_dict, set_key
 from freezetune.models import build_model, load_state_dict_file
-from freezetune.record import TIMING_KEYS, BaseMismatch
-from freezetune.train import CHECKPOINT, LRSchedule, StopRequest, prepare_model, run
+from freezetune.record import TIMING_KEYS, BaseMismatch, Summary
+from freezetune.train import CHECKPOINT, Finished, Interrupted, LRSchedule, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
 
@@ -76,17 +76,17 @@ def under(modules: Iterable[str]) -> list[torch.nn.Parameter]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Summary]:
     """The uninterrupted gradual run every resumed run must reproduce."""
     tmp = tmp_path_factory.mktemp("reference")
-    summary = run(config(tmp, "ref"))
+    summary = run(config(tmp, "ref")).summary
     return tmp / "ref", summary
 
 
 # --------------------------------------------------------------------------- events
 
 
-def test_events_reach_the_model_the_optimizer_and_the_record(reference: tuple[Path, dict]) -> None:
+def test_events_reach_the_model_the_optimizer_and_the_record(reference: tuple[Path, Summary]) -> None:
     folder, summary = reference
     metrics = rows(folder, "metrics.jsonl")
     stages = [[HEAD], [HEAD, LAST], [HEAD, LAST, BEFORE]]
@@ -101,15 +101,15 @@ def test_events_reach_the_model_the_optimizer_and_the_record(reference: tuple[Pa
     # (features.12: a conv and a BatchNorm; features.11: 13 tensors, 3 BatchNorm).
     assert [e["tensors_checked"] for e in events] == [3 + 3, 13 + 3 * 3]
     assert all(e["unchanged_until_event"] for e in events)
-    assert summary["frozen_unchanged"] and summary["frozen_until_event_unchanged"]
+    assert summary.frozen_unchanged and summary.frozen_until_event_unchanged
     # Groups are only ever added, one per (LR, weight decay) at each event; each tensor once.
-    groups = summary["optimizer_groups"]
+    groups = summary.optimizer_groups
     assert [g["name"].split(":")[0] for g in groups] == ["epoch 1", "epoch 2", "epoch 3"]
     assert sum(g["tensors"] for g in groups) == 18
     assert [m["optimizer_groups"] for m in metrics] == [1, 2, 3]
 
 
-def test_a_group_joins_at_the_schedules_lr_of_that_moment(reference: tuple[Path, dict]) -> None:
+def test_a_group_joins_at_the_schedules_lr_of_that_moment(reference: tuple[Path, Summary]) -> None:
     folder, _ = reference
     cfg = config(folder.parent, "ref")
     schedule = LRSchedule(cfg.train.scheduler, STEPS, cfg.train.epochs)
@@ -128,8 +128,8 @@ def test_a_group_joins_at_the_schedules_lr_of_that_moment(reference: tuple[Path,
 def test_what_an_event_unfreezes_is_bitwise_the_base_until_then(
     tmp_path: Path, stop_after: Callable[[int], StopRequest]
 ) -> None:
-    summary = run(config(tmp_path, "cut"), stop=stop_after(2 * STEPS))  # stops after epoch 2
-    assert summary["interrupted"] and summary["epoch"] == 2
+    stopped = run(config(tmp_path, "cut"), stop=stop_after(2 * STEPS))  # stops after epoch 2
+    assert isinstance(stopped, Interrupted) and stopped.epoch == 2
     saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["model"]
     base = prepare_model(config(tmp_path, "cut")).model.state_dict()
     later = [k for k in base if k.startswith(BEFORE + ".")]
@@ -150,11 +150,11 @@ def test_a_frozen_tensor_changed_before_its_event_is_reported(tmp_path: Path, mo
         return out
 
     monkeypatch.setattr(trainer_module, "fit_epoch", tamper)
-    summary = run(config(tmp_path, "tampered", **{"train.cache_features": "off"}))
+    summary = run(config(tmp_path, "tampered", **{"train.cache_features": "off"})).summary
     events = {e["target"]: e for e in rows(tmp_path / "tampered", "events.jsonl") if e["event"] == "unfreeze"}
     assert events[LAST]["unchanged_until_event"] is True
     assert events[BEFORE]["unchanged_until_event"] is False
-    assert summary["frozen_until_event_unchanged"] is False and summary["frozen_unchanged"] is False
+    assert summary.frozen_until_event_unchanged is False and summary.frozen_unchanged is False
 
 
 def test_cache_on_is_refused_up_front_when_a_later_phase_has_no_frozen_prefix(tmp_path: Path) -> None:
@@ -178,25 +178,26 @@ def test_cache_on_is_refused_up_front_when_a_later_phase_has_no_frozen_prefix(tm
 
 @pytest.mark.parametrize("stop_at", [2, STEPS, 2 * STEPS + 1], ids=["mid-1", "end-1", "mid-3"])
 def test_a_stopped_and_resumed_run_ends_bitwise_equal(
-    tmp_path: Path, reference: tuple[Path, dict], stop_at: int, stop_after: Callable[[int], StopRequest]
+    tmp_path: Path, reference: tuple[Path, Summary], stop_at: int, stop_after: Callable[[int], StopRequest]
 ) -> None:
     ref_folder, ref = reference
     cfg = config(tmp_path, "ref")  # same config as the reference, other folder
     cfg.train.output_dir = str(tmp_path / "ref")
     first = run(cfg, stop=stop_after(stop_at))
-    assert first["interrupted"]
-    done = run(cfg, resume=tmp_path / "ref")
-    assert "interrupted" not in done
+    assert isinstance(first, Interrupted)
+    outcome = run(cfg, resume=tmp_path / "ref")
+    assert isinstance(outcome, Finished)
+    done = outcome.summary
     assert_same_weights(weights(tmp_path / "ref"), weights(ref_folder))
     strip = TIMING_KEYS
     got = [{k: v for k, v in r.items() if k not in strip} for r in rows(tmp_path / "ref", "metrics.jsonl")]
     want = [{k: v for k, v in r.items() if k not in strip} for r in rows(ref_folder, "metrics.jsonl")]
     assert got == want  # losses, accuracies, LRs: exactly
-    assert done["schedule"] == ref["schedule"]
-    assert done["frozen_unchanged"]
+    assert done.schedule == ref.schedule
+    assert done.frozen_unchanged
 
 
-def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(tmp_path: Path, reference: tuple[Path, dict]) -> None:
+def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(tmp_path: Path, reference: tuple[Path, Summary]) -> None:
     cfg = config(tmp_path, "ref")
     cfg.train.output_dir = str(tmp_path / "ref")
     seen = 0
@@ -211,14 +212,14 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(tmp_path: Path, r
 
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     first = run(cfg, progress=progress)
-    assert first["interrupted"] and (first["epoch"], first["steps"]) == (2, 3)
+    assert isinstance(first, Interrupted) and (first.epoch, first.steps) == (2, 3)
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
     run(cfg, resume=tmp_path / "ref")
     assert_same_weights(weights(tmp_path / "ref"), weights(reference[0]))
 
 
 def test_resume_refuses_another_config_a_finished_run_and_a_folder_without_checkpoint(
-    tmp_path: Path, reference: tuple[Path, dict], stop_after: Callable[[int], StopRequest]
+    tmp_path: Path, reference: tuple[Path, Summary], stop_after: Callable[[int], StopRequest]
 ) -> None:
     cfg = config(tmp_path, "ref")
     cfg.train.output_dir = str(tmp_path / "ref")
@@ -241,7 +242,7 @@ def test_resume_refuses_another_config_a_finished_run_and_a_folder_without_check
 def test_a_finished_run_that_kept_its_state_extends_exactly(tmp_path: Path) -> None:
     # Without an LR schedule (cosine depends on the total), 2 epochs then 1 more is 3 epochs.
     edits = {"train.keep_state": True, "train.scheduler": "none", "freeze.gradual": ["features.12"]}
-    three = run(config(tmp_path, "three", **{**edits, "train.epochs": 3}))
+    three = run(config(tmp_path, "three", **{**edits, "train.epochs": 3})).summary
     two = config(tmp_path, "two", **{**edits, "train.epochs": 2})
     run(two)
     assert (tmp_path / "two" / CHECKPOINT).is_file() and (tmp_path / "two" / "summary.json").is_file()
@@ -249,8 +250,8 @@ def test_a_finished_run_that_kept_its_state_extends_exactly(tmp_path: Path) -> N
         run(two, resume=tmp_path / "two")
     with pytest.raises(ConfigError, match=r"train.optimizer.lr was 0.05, is now 0.1"):
         run(config(tmp_path, "two", **{**edits, "train.epochs": 3, "train.optimizer.lr": 0.1}), resume=tmp_path / "two")
-    extended = run(config(tmp_path, "two", **{**edits, "train.epochs": 3}), resume=tmp_path / "two")
-    assert extended["epochs"] == three["epochs"] == 3
+    extended = run(config(tmp_path, "two", **{**edits, "train.epochs": 3}), resume=tmp_path / "two").summary
+    assert extended.epochs == three.epochs == 3
     assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "three"))
     drop = TIMING_KEYS
     strip = lambda r: {k: v for k, v in r.items() if k not in drop}  # noqa: E731
@@ -281,15 +282,15 @@ def test_delta_checkpoint_is_small_and_loads_as_weights(tmp_path: Path, base_fil
         "train.save": "delta",
         "train.scheduler": "none",
     }
-    summary = run(config(tmp_path, "delta", **edits))
-    full = run(config(tmp_path, "full", **edits | {"train.save": "full"}))
-    sizes = summary["checkpoint"]
+    summary = run(config(tmp_path, "delta", **edits)).summary
+    full = run(config(tmp_path, "full", **edits | {"train.save": "full"})).summary
+    sizes = summary.checkpoint
     assert sizes["delta_bytes"] < 20_000 < 6_000_000 < sizes["full_bytes"]  # the head alone vs the whole model
     # The full size a delta run reports is what a full save writes: the file on disk, give or take the
     # one word of config that differs ("delta" vs "full"), which torch.save's 64-byte record alignment
     # can turn into 0 or 64 bytes depending on the length of the paths in the file.
-    assert full["checkpoint"]["full_bytes"] == (tmp_path / "full" / "model.pt").stat().st_size
-    assert abs(full["checkpoint"]["full_bytes"] - sizes["full_bytes"]) <= 64
+    assert full.checkpoint["full_bytes"] == (tmp_path / "full" / "model.pt").stat().st_size
+    assert abs(full.checkpoint["full_bytes"] - sizes["full_bytes"]) <= 64
     saved = torch.load(tmp_path / "delta" / "model.pt", weights_only=True)
     assert sorted(saved["delta"]["tensors"]) == [HEAD + ".bias", HEAD + ".weight"]
     # As weights for another run, base + delta is exactly the model the full save holds.
@@ -316,17 +317,17 @@ def test_a_delta_checkpoint_resumes_exactly_on_its_base(
     tmp_path: Path, stop_after: Callable[[int], StopRequest]
 ) -> None:
     edits = {"train.save": "delta", "train.epochs": 2, "freeze.gradual": [LAST]}
-    whole = run(config(tmp_path, "whole", **edits))
+    whole = run(config(tmp_path, "whole", **edits)).summary
     cfg = config(tmp_path, "cut", **edits)
-    assert run(cfg, stop=stop_after(STEPS + 2))["interrupted"]  # mid-epoch 2: features.12 trains
+    assert isinstance(run(cfg, stop=stop_after(STEPS + 2)), Interrupted)  # mid-epoch 2: features.12 trains
     saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     # Only what epochs 1-2 could change: the head, features.12 and its BatchNorm buffers.
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in saved["delta"]["tensors"]} == {"classifier.3", LAST}
-    done = run(cfg, resume=tmp_path / "cut")
+    done = run(cfg, resume=tmp_path / "cut").summary
     mine = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["delta"]["tensors"]
     theirs = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["delta"]["tensors"]
     assert_same_weights(mine, theirs)
-    assert done["final_val_loss"] == whole["final_val_loss"]
+    assert done.final_val_loss == whole.final_val_loss
 
 
 def test_a_delta_against_random_initial_weights_loads_as_weights(tmp_path: Path) -> None:
@@ -343,8 +344,8 @@ def test_a_delta_against_random_initial_weights_loads_as_weights(tmp_path: Path)
     rebuilt = load_state_dict_file(tmp_path / "rand" / "model.pt")
     full = run(
         config(tmp_path, "randfull", **{"train.epochs": 1, "freeze.gradual": [], "freeze.preset": "linear_probe"})
-    )
-    assert full["frozen_unchanged"]
+    ).summary
+    assert full.frozen_unchanged
     assert_same_weights(rebuilt, weights(tmp_path / "randfull"))
 
 

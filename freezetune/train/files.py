@@ -1,0 +1,57 @@
+"""What ``model.pt`` and ``best.pt`` hold, and the model part of a training state: the
+weights (full, or a delta over a base that can be rebuilt), with all that predict,
+evaluate and export need beside them (freezetune.infer)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freezetune.config import Config, Preprocessing
+from freezetune.models import weights_kind
+from freezetune.plan import Schedule
+from freezetune.record import MODEL_FORMAT, model_payload
+
+__all__ = ["ModelFiles"]
+
+
+class ModelFiles:
+    """One run's model files: ``resolved`` is the config they record, ``classes`` the name of
+    each output in order."""
+
+    def __init__(
+        self, cfg: Config, model: torch.nn.Module, num_classes: int, classes: list[str], resolved: dict[str, Any]
+    ) -> None:
+        self.cfg, self.model, self.num_classes, self.classes, self.resolved = cfg, model, num_classes, classes, resolved
+
+    def model_file(self, save: str, epoch: int, schedule: Schedule) -> dict[str, Any]:
+        """``model.pt`` or ``best.pt``: the weights after ``epoch`` (``save``: full or delta), the
+        resolved config, the class names in output order and the preprocessing."""
+        return {
+            **self.payload(save, epoch, schedule),
+            "format": MODEL_FORMAT,
+            "config": self.resolved,
+            "epoch": epoch,
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "preprocessing": Preprocessing.of(self.cfg.data).to_json(),
+            # Relative paths of the config (data.root) are relative to this folder: evaluate and
+            # export, run from elsewhere, find the run's data through it.
+            "cwd": os.getcwd(),
+        }
+
+    def payload(self, save: str, epoch: int, schedule: Schedule) -> dict[str, Any]:
+        """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
+        what stayed frozen (and pinned) in every phase of ``schedule`` so far, and records how
+        to rebuild it."""
+        model = dict(vars(self.cfg.model))
+        if weights_kind(model["arch"], model["weights"]) == "file":  # found again from any working directory
+            model["weights"] = str(Path(model["weights"]).expanduser().resolve())
+        # The seed rebuilds a random base (model.weights: null) bitwise: prepare_model seeds, then builds.
+        base = {"model": model, "num_classes": self.num_classes, "seed": self.cfg.seed}
+        return model_payload(
+            self.model, save, schedule.frozen_throughout(epoch), schedule.pinned_throughout(epoch), base
+        )
