@@ -27,13 +27,18 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
     ``out_dir`` says otherwise; returns the files written."""
     out = Path(out_dir or run["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    s, m, rows = run["speed"], run["memory"], run.get("metrics", [])
     curve = run_curve(run)
-    train_s = run.get("train_time_s", curve[-1][0] if curve else run["wall_time_s"])
-    passes = sum(r["epoch_time_s"] for r in rows)
-    cache = run.get("cache") or {}
+    md = [*_heading(run), *_learning_curve(run.get("metrics", []), curve), *_cost(run, curve), *_schedule(run)]
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    plot_run_curve(run, out / "curve.png")
+    return [out / name for name in RUN_REPORT_FILES]
+
+
+def _heading(run: dict[str, Any]) -> list[str]:
+    """The run in two paragraphs: what trained where, and how it ended."""
+    s = run["speed"]
     best = run.get("best") or {}
-    md = [
+    return [
         f"# {run['name']} (seed {run['seed']})",
         "",
         f"Run folder `{run['run_dir']}`, {run['arch']}, device {run['device']}, "
@@ -46,6 +51,12 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
         + (f"; best {best['val_acc']:.4f} at epoch {best['epoch']} (best.pt)" if best.get("epoch") else "")
         + ".",
         "",
+    ]
+
+
+def _learning_curve(rows: list[dict[str, Any]], curve: list[tuple[float, float]]) -> list[str]:
+    """Each epoch against the training seconds spent by its end."""
+    return [
         "## Learning curve",
         "",
         "`train s`: cumulative training seconds at the epoch's end (training passes and what got them "
@@ -70,6 +81,16 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
         "",
         "![learning curve](curve.png)",
         "",
+    ]
+
+
+def _cost(run: dict[str, Any], curve: list[tuple[float, float]]) -> list[str]:
+    """Time (training, set-up, start-up), the step's phases, memory and the feature cache."""
+    s, m = run["speed"], run["memory"]
+    train_s = run.get("train_time_s", curve[-1][0] if curve else run["wall_time_s"])
+    passes = sum(r["epoch_time_s"] for r in run.get("metrics", []))
+    cache = run.get("cache") or {}
+    return [
         "## What it cost",
         "",
         f"- Training: {train_s:.1f} s ({passes:.1f} s of training passes, "
@@ -96,26 +117,28 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
         ),
         "",
     ]
+
+
+def _schedule(run: dict[str, Any]) -> list[str]:
+    """The schedule's events (none: no section)."""
     events = [e for e in run.get("schedule", []) if e.get("event") != "optimizer"]
-    if events:
-        md += [
-            "## Schedule",
-            "",
-            *_table(
-                ["epoch", "event", "target", "tensors", "params"],
+    if not events:
+        return []
+    return [
+        "## Schedule",
+        "",
+        *_table(
+            ["epoch", "event", "target", "tensors", "params"],
+            [
                 [
-                    [
-                        str(e["epoch"]),
-                        e["event"],
-                        f"`{e.get('target', '')}`",
-                        str(e.get("tensors", "")),
-                        str(e.get("params", "")),
-                    ]
-                    for e in events
-                ],
-            ),
-            "",
-        ]
-    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
-    plot_run_curve(run, out / "curve.png")
-    return [out / name for name in RUN_REPORT_FILES]
+                    str(e["epoch"]),
+                    e["event"],
+                    f"`{e.get('target', '')}`",
+                    str(e.get("tensors", "")),
+                    str(e.get("params", "")),
+                ]
+                for e in events
+            ],
+        ),
+        "",
+    ]
