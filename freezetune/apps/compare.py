@@ -207,7 +207,7 @@ def predict_costs(configs: list[Config]) -> dict[str, dict]:
 def summary_lines(report: dict, paths: list[Path]) -> str:
     """What compare prints once the report is written: the reference, the warnings, the table,
     the differences not resolved, the ranking and the files."""
-    lines = [("warning: " if "NO config" in report["reference_why"] else "") + reference_line(report)]
+    lines = [("warning: " if report["reference_fallback"] else "") + reference_line(report)]
     lines += [f"warning: {warning}" for warning in report["warnings"]]
     lines += [text_table(report), unresolved_line(report), ranking_line(report)]
     return "\n".join(lines) + "\n\nreport: " + ", ".join(str(p) for p in paths)

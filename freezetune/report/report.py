@@ -115,7 +115,7 @@ def build_report(
     one name trained from different configs."""
     estimates = estimates or {}
     groups = _group(runs)
-    ref_name, why = _reference(groups, reference)
+    ref_name, why, fallback = _reference(groups, reference)
     ref = groups[ref_name]
     kind, value = parse_target(target)
     ref_acc = summarize([r["final_val_acc"] for r in ref]).mean
@@ -145,6 +145,9 @@ def build_report(
     return {
         "reference": ref_name,
         "reference_why": why,
+        # No config trains every parameter and none was chosen: the first one given stands in, which
+        # the CLI warns about (a flag, so that no caller parses reference_why's wording).
+        "reference_fallback": fallback,
         "device": _device_name(ref[0]["device"]),
         "target_acc": target_acc,
         "target_rule": target_rule,
@@ -238,21 +241,24 @@ def _group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _reference(groups: dict[str, list[dict[str, Any]]], chosen: str | None) -> tuple[str, str]:
+def _reference(groups: dict[str, list[dict[str, Any]]], chosen: str | None) -> tuple[str, str, bool]:
+    """The reference config, why it is, and whether it only stands in (the first one given)."""
     if chosen is not None:
         if chosen not in groups:
             raise ConfigError(
                 [f"--reference {chosen}: no such config among the runs; choose one of {', '.join(groups)}"]
             )
-        return chosen, "chosen with --reference"
+        return chosen, "chosen with --reference", False
     full = [n for n, rs in groups.items() if rs[0]["params_trainable"] == rs[0]["params_total"]]
     if full:
-        return full[0], "trains every parameter" + (f" (the first of {len(full)} that do)" if len(full) > 1 else "")
+        why = "trains every parameter" + (f" (the first of {len(full)} that do)" if len(full) > 1 else "")
+        return full[0], why, False
     first = next(iter(groups))
-    return first, (
+    why = (
         "NO config trains every parameter, so ratios and differences are against the first config given; "
         "choose the reference with --reference NAME"
     )
+    return first, why, True
 
 
 def config_differences(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

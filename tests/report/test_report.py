@@ -115,7 +115,16 @@ def test_compare_script_writes_the_report_and_its_plots(two_runs: list[Path], tm
     assert all("predicted_step_ratio" in r for r in data["rows"])
     out = capsys.readouterr().out
     assert "reference: t_full (trains every parameter)" in out and "report:" in out
+    assert "warning: reference" not in out  # a config that trains every parameter is the reference
     assert "not resolved by these runs: t_probe" in out  # one seed each: no interval
+
+
+def test_compare_warns_when_the_reference_only_stands_in(two_runs: list[Path], tmp_path: Path, capsys) -> None:
+    from freezetune.cli.compare import main
+
+    assert main([str(two_runs[1]), "--out", str(tmp_path), "--no-estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: reference: t_probe (NO config trains every parameter" in out
 
 
 def test_report_shows_each_runs_precision_fp32_for_older_runs(two_runs: list[Path]) -> None:

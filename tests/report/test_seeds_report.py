@@ -99,6 +99,7 @@ def test_seeds_are_pooled_per_config_in_the_order_given(runs: list[dict]) -> Non
 def test_the_reference_is_the_config_that_trains_every_parameter_even_when_not_first(runs: list[dict]) -> None:
     report = build_report(runs)
     assert (report["reference"], report["reference_why"]) == ("full", "trains every parameter")
+    assert report["reference_fallback"] is False
     assert "vs_reference" not in row(report, "full")
     d = row(report, "probe")["vs_reference"]["val_acc"]
     # Per seed: -0.20, -0.19, -0.21: resolved; paired.
@@ -114,6 +115,7 @@ def test_the_reference_is_the_config_that_trains_every_parameter_even_when_not_f
 def test_reference_named_explicitly(runs: list[dict]) -> None:
     report = build_report(runs, reference="probe")
     assert (report["reference"], report["reference_why"]) == ("probe", "chosen with --reference")
+    assert report["reference_fallback"] is False
     assert row(report, "full")["vs_reference"]["val_acc"]["mean"] == pytest.approx(0.20)
     with pytest.raises(ConfigError, match="--reference nope: no such config among the runs; choose one of probe"):
         build_report(runs, reference="nope")
@@ -124,6 +126,7 @@ def test_without_a_full_run_the_report_says_so_instead_of_silently_taking_the_fi
     report = build_report(partial)
     assert report["reference"] == "probe"  # the first given, and said
     assert report["reference_why"].startswith("NO config trains every parameter")
+    assert report["reference_fallback"] is True
     assert "--reference NAME" in report["reference_why"]
 
 
