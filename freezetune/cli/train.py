@@ -44,9 +44,7 @@ def _train(args: argparse.Namespace, launch: Dist | None, prog: str | None) -> i
     checked = checks.load(args.config, args.overrides)
     cfg = checked.cfg
     main_rank = launch is None or launch.rank == 0
-    dist = device = None
-    if launch is not None:
-        dist, device = distributed.init(launch, cfg.train.device)
+    dist = distributed.init(launch, cfg.train.device) if launch is not None else None
 
     def report(r: EpochResult) -> None:
         if not main_rank:
@@ -66,7 +64,6 @@ def _train(args: argparse.Namespace, launch: Dist | None, prog: str | None) -> i
             on_epoch=report,
             resume=args.resume,
             dist=dist,
-            device=device,
         )
     finally:
         distributed.shutdown()

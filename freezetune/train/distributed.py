@@ -41,6 +41,7 @@ class Dist:
     world: int
     local_rank: int
     backend: str = ""
+    device: torch.device | None = None  # this rank's device, once it joined (init): overrides train.device
 
     @property
     def is_main(self) -> bool:
@@ -90,8 +91,9 @@ def from_env() -> Dist | None:
     return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init(d: Dist, device_kind: str) -> tuple[Dist, torch.device]:
-    """Join the process group: NCCL for CUDA, gloo for CPU; returns (dist, this rank's device)."""
+def init(d: Dist, device_kind: str) -> Dist:
+    """Join the process group: NCCL for CUDA, gloo for CPU; returns ``d`` with its backend and
+    this rank's device."""
     cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
     backend = "nccl" if cuda else "gloo"
     device = torch.device("cuda", d.local_rank) if cuda else torch.device("cpu")
@@ -100,7 +102,7 @@ def init(d: Dist, device_kind: str) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     log.info("rank %d of %d (local %d): process group '%s', device %s", d.rank, d.world, d.local_rank, backend, device)
-    return Dist(d.rank, d.world, d.local_rank, backend), device
+    return Dist(d.rank, d.world, d.local_rank, backend, device)
 
 
 def shutdown() -> None:

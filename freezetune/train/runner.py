@@ -74,7 +74,6 @@ def run(
     resume: str | Path | None = None,
     stop: StopRequest | None = None,
     dist: Dist | None = None,
-    device: torch.device | None = None,
 ) -> Outcome:
     """Train ``cfg`` and write its run record; returns :class:`Finished` with the summary, or
     :class:`Interrupted` with where to resume.
@@ -89,8 +88,7 @@ def run(
         stop: read between steps (Ctrl-C sets it); once set, a checkpoint is saved and
             the run returns :class:`Interrupted`.
         dist: this process's place in a torchrun launch (freezetune.train.distributed);
-            only rank 0 writes.
-        device: overrides ``train.device`` (torchrun gives each rank its own).
+            only rank 0 writes, and its ``device`` overrides ``train.device``.
     """
     write = dist is None or dist.is_main
     # Preprocessing keys left null follow the weights (freezetune.checks.resolve); from here

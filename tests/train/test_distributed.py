@@ -101,7 +101,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     launch = Launch(config)  # runs while the one-process run below trains
     dist.init_process_group("gloo", init_method=f"file://{tmp / 'pg'}", rank=0, world_size=1)
     try:
-        one = run(from_dict(config_tree(tmp / "one", 8)), dist=Dist(0, 1, 0, "gloo"), device=torch.device("cpu"))
+        one = run(from_dict(config_tree(tmp / "one", 8)), dist=Dist(0, 1, 0, "gloo", torch.device("cpu")))
     finally:
         dist.destroy_process_group()
     rc, out, err = launch.done()
