@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from freezetune.config import OptimizerConfig, Rule
 from freezetune.plan import apply_plan, build_plan, describe, plan_from_config, trainable_parameters
 from freezetune.record import protected_tensors
-from freezetune.train import LoopOptions, evaluate, make_optimizer, train_one_epoch
+from freezetune.train import Diverged, LoopOptions, evaluate, make_optimizer, train_one_epoch
+from freezetune.train.loop import check_finite_weights
 
 CPU = torch.device("cpu")
 
@@ -144,3 +145,16 @@ def test_resnet18_until_layer3_trains_only_layer3_onwards() -> None:
         p.grad is None for n, p in model.named_parameters() if n.startswith(("conv1", "bn1", "layer1", "layer2"))
     )
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("layer3", "layer4", "fc")))
+
+
+def test_non_finite_weights_are_refused_only_where_they_train() -> None:
+    model = tiny_cnn()
+    model[0].requires_grad_(False)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")  # frozen: never stepped, not this check's business
+    check_finite_weights(model, 3, 0.5)
+    with torch.no_grad():
+        model[8].bias[1] = float("inf")
+    with pytest.raises(Diverged) as info:
+        check_finite_weights(model, 3, 0.5)
+    assert (info.value.what, info.value.epoch, info.value.last_finite, info.value.step) == ("weights", 3, 0.5, None)
