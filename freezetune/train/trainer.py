@@ -96,7 +96,7 @@ class Trainer:
         resolved: dict[str, Any] | None = None,
         preprocessing_from: dict[str, str] | None = None,
     ) -> None:
-        self.cfg, self.p, self.model, self.device = cfg, p, p.model, p.device
+        self.cfg, self.model, self.device = cfg, p.model, p.device
         self.dist = dist
         self.classes = loaders.classes
         # One generator shuffles every epoch, cached or not: the order does not
