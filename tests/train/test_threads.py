@@ -145,7 +145,7 @@ def test_a_run_starts_with_its_threads_warns_once_and_records_them(
     machine(monkeypatch, load=4.0, cores=2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with caplog.at_level(logging.INFO, logger="freezetune"):
-        summary = run(tiny(tmp_path / "busy", threads=2, epochs=2))
+        summary = run(tiny(tmp_path / "busy", threads=2, epochs=2)).summary
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "tiny: threads: 2 (train.threads, overriding OMP_NUM_THREADS=1), 2 cores, 1-minute load 4.00"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -154,7 +154,7 @@ def test_a_run_starts_with_its_threads_warns_once_and_records_them(
         "threads, and a thread that waits for a core stalls every step. HINT: train.threads=1"
     ]  # once, before the first of the two epochs
     assert lines[1] == warnings[0]
-    assert summary["threads"] == {
+    assert summary.threads == {
         "torch": 2,
         "from": "train.threads",
         "omp_num_threads": "1",
@@ -168,15 +168,15 @@ def test_a_run_starts_with_its_threads_warns_once_and_records_them(
     caplog.clear()
     monkeypatch.delenv("OMP_NUM_THREADS")
     with caplog.at_level(logging.INFO, logger="freezetune"):
-        summary = run(tiny(tmp_path / "fixed", threads=1))
+        summary = run(tiny(tmp_path / "fixed", threads=1)).summary
     assert caplog.records[0].getMessage() == "tiny: threads: 1 (train.threads), 2 cores, 1-minute load 4.00"
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert summary["threads"]["from"] == "train.threads" and summary["threads"]["omp_num_threads"] is None
+    assert summary.threads["from"] == "train.threads" and summary.threads["omp_num_threads"] is None
 
     caplog.clear()
     machine(monkeypatch, load=0.1, cores=2)
     with caplog.at_level(logging.INFO, logger="freezetune"):
-        summary = run(tiny(tmp_path / "default"))
+        summary = run(tiny(tmp_path / "default")).summary
     own = threads_mod._torch_own[0]
     assert caplog.records[0].getMessage() == f"tiny: threads: {own} (torch default), 2 cores, 1-minute load 0.10"
-    assert summary["threads"]["torch"] == own and summary["threads"]["from"] == "torch default"
+    assert summary.threads["torch"] == own and summary.threads["from"] == "torch default"
