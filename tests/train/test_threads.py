@@ -5,6 +5,7 @@ monkeypatched: a test never depends on, or creates, real load."""
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +28,11 @@ def torch_threads_kept() -> Iterator[None]:
 
 def machine(monkeypatch: pytest.MonkeyPatch, load: float, cores: int = 2) -> None:
     """A machine with ``cores`` CPUs and a 1-minute load of ``load``, all of it others': this
-    process looks a day old, so its own share (CPU seconds over its age) is nil."""
+    process looks a day old and idle, so its own share (CPU seconds over its age) is nil (an xdist
+    worker that has run tests for minutes has spent CPU seconds of its own)."""
     monkeypatch.setattr(threads_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
     monkeypatch.setattr(threads_mod.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(threads_mod.os, "times", lambda: types.SimpleNamespace(user=0.0, system=0.0))
     monkeypatch.setattr(threads_mod, "process_age_s", lambda: (86400.0, "process start"))
 
 
