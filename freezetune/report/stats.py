@@ -29,9 +29,10 @@ __all__ = [
 
 CONFIDENCE = 0.95
 # Every seed of a config does the same work (the same number of images, epochs and steps), so its
-# training seconds per epoch should agree across seeds to a few percent: they did to 1-3% on the
-# demo's quiet machine, and to 58% on a shared one where no time difference meant anything. Above
-# 10% the machine, not the config, is what the seconds measure.
+# training seconds per epoch should agree across seeds to a few percent: they did to 0.9-2.4% on
+# the demo's quiet machine (docs/demo.md), and to 58% on a shared one where no time difference
+# meant anything (±116 s on an 80 s mean over three seeds). Above 10% the machine, not the config,
+# is what the seconds measure.
 MAX_TIME_SPREAD = 0.10
 
 
