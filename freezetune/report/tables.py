@@ -105,11 +105,12 @@ def _train_s(report: dict[str, Any], row: dict[str, Any]) -> str:
     return f"{text} (noisy: CV {row['time_spread']:.0%})"
 
 
-def _to_target(row: dict[str, Any]) -> str:
+def _to_target(report: dict[str, Any], row: dict[str, Any]) -> str:
     t = row["time_to_target"]
     if not t["reached"]:
         return f"not reached (0/{t['n']})"
-    return f"{_pm(t['seconds'], '.1f')} s ({t['reached']}/{t['n']})"
+    noisy = " noisy" if row["config"] in report["timing"]["noisy"] else ""  # training seconds too
+    return f"{_pm(t['seconds'], '.1f')} s ({t['reached']}/{t['n']}){noisy}"
 
 
 def _front(row: dict[str, Any]) -> str:
@@ -146,7 +147,7 @@ def outcome_table(report: dict[str, Any]) -> str:
                 _train_s(report, r),
                 f"{r['train_time_ratio']:.3f}",
                 _wall_diff(vs.get("train_time_s"), ".1f"),
-                _to_target(r),
+                _to_target(report, r),
                 _pm(r["stats"]["training_memory_bytes"], ".1f", 1 / MiB),
                 f"{r['training_memory_ratio']:.3f}",
                 _front(r),
@@ -370,7 +371,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "## Step time and memory, means over seeds",
         "",
         f"Step time is the median over steps after warm-up; `× {report['reference']}` compares compute "
-        "(forward + backward + optimizer) with the reference's, which is also what `predicted ×` estimates. "
+        "(forward + backward + optimizer) with the reference's, means over seeds, which is also what "
+        "`predicted ×` estimates. "
         "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
         "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
         "and `channels_last` when the model and inputs were in that memory format. "

@@ -319,6 +319,8 @@ def test_a_noisy_wall_time_is_unresolved_and_its_interval_not_printed(noisy: lis
     line = next(x for x in outcome_table(report).splitlines() if x.startswith("| `probe` |"))
     assert "| -52.3 unresolved (noise) |" in line  # the mean, its interval left out
     assert "| 23.7 ± 46.0 (noisy: CV 78%) |" in line
+    full = next(x for x in outcome_table(report).splitlines() if x.startswith("| `full` |"))
+    assert "| 76.0 ± 138.0 s (3/3) noisy |" in full  # its time to the target is training seconds too
     assert timing_line(report) == (
         "training-time differences to full unresolved (noise): probe; training seconds per epoch varied across "
         "seeds beyond 10% of their mean (probe 78%, full 73%): the machine was noisy, read step × (medians inside "
