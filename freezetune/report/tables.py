@@ -88,12 +88,12 @@ def _ratio(vs: dict[str, Any], key: str, words: bool = True) -> str:
     return f"{mean} {interval}{unpaired}{' *' if d['resolved'] else ''}"
 
 
-def _wall_diff(d: dict[str, Any] | None, fmt: str, words: bool = True) -> str:
+def _wall_diff(d: dict[str, Any] | None, fmt: str) -> str:
     """A training-time difference as _diff writes it, but without its interval when the
     machine's noise swamps it (stats.wall_time_verdict): the interval would read as a finding."""
     if d is not None and d["verdict"] == "unresolved (noise)":
         return f"{format(d['mean'], '+' + fmt)} unresolved (noise)"
-    return _diff(d, fmt, words=words)
+    return _diff(d, fmt)
 
 
 def _train_s(report: dict[str, Any], row: dict[str, Any]) -> str:
