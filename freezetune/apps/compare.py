@@ -29,6 +29,7 @@ from freezetune.report import (
     ranking_line,
     reference_line,
     text_table,
+    timing_line,
     unresolved_line,
     write_report,
 )
@@ -205,11 +206,12 @@ def predict_costs(configs: list[Config]) -> dict[str, dict]:
 
 
 def summary_lines(report: dict, paths: list[Path]) -> str:
-    """What compare prints once the report is written: the reference, the warnings, the table,
-    the differences not resolved, the ranking and the files."""
+    """What compare prints once the report is written: the reference, the warnings, the table
+    (the step ratio ahead of the wall time), the accuracy differences not resolved, the
+    training-time differences the machine's noise leaves unresolved, the ranking and the files."""
     lines = [("warning: " if report["reference_fallback"] else "") + reference_line(report)]
     lines += [f"warning: {warning}" for warning in report["warnings"]]
-    lines += [text_table(report), unresolved_line(report), ranking_line(report)]
+    lines += [text_table(report), unresolved_line(report), timing_line(report), ranking_line(report)]
     return "\n".join(lines) + "\n\nreport: " + ", ".join(str(p) for p in paths)
 
 

@@ -11,7 +11,7 @@ import time
 from freezetune.apps.demo import demo_report, results_table, run_demo
 from freezetune.cli import common as cli
 from freezetune.record import EpochResult
-from freezetune.report import ranking_line, reference_line, text_table, unresolved_line
+from freezetune.report import ranking_line, reference_line, text_table, timing_line, unresolved_line
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(reference_line(comparison))
         print(text_table(comparison))
         print(unresolved_line(comparison))
+        print(timing_line(comparison))
         print(ranking_line(comparison))
         print(f"\nreport: {', '.join(str(p) for p in paths)}")
         print(f"demo finished in {time.perf_counter() - start:.0f}s; run records under runs/")

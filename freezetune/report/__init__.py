@@ -29,21 +29,37 @@ from freezetune.report.report import (
     ranking,
     run_curve,
 )
-from freezetune.report.stats import Difference, Stat, difference, pareto_front, summarize, t_quantile, time_to_target
+from freezetune.report.stats import (
+    MAX_TIME_SPREAD,
+    Difference,
+    Ratio,
+    Stat,
+    difference,
+    pareto_front,
+    ratio,
+    spread,
+    summarize,
+    t_quantile,
+    time_to_target,
+    wall_time_verdict,
+)
 from freezetune.report.tables import (
     markdown_table,
     outcome_table,
     ranking_line,
     reference_line,
     text_table,
+    timing_line,
     unresolved_line,
     write_report,
 )
 
 __all__ = [
     "DEFAULT_TARGET",
+    "MAX_TIME_SPREAD",
     "MEMORY_KINDS",
     "Difference",
+    "Ratio",
     "Stat",
     "ModuleRow",
     "ParamRow",
@@ -71,13 +87,17 @@ __all__ = [
     "render_plan",
     "ranking",
     "ranking_line",
+    "ratio",
     "reference_line",
     "render_schedule",
     "run_curve",
+    "spread",
     "summarize",
     "t_quantile",
     "text_table",
     "time_to_target",
+    "timing_line",
     "unresolved_line",
+    "wall_time_verdict",
     "write_report",
 ]

@@ -133,8 +133,11 @@ def plot_tradeoff(report: dict[str, Any], path: str | Path) -> Path:
                 capsize=3,
                 label=r["config"] + (" (reference)" if r["config"] == report["reference"] else ""),
             )
+            # A config whose seconds the machine's noise swamps (report.json's timing.noisy) says so
+            # where its wide time bar is drawn.
+            noisy = front == "time" and r["config"] in report["timing"]["noisy"]
             ax.annotate(
-                r["config"],
+                r["config"] + (" (noisy)" if noisy else ""),
                 (stat["mean"] * scale, 100 * acc["mean"]),
                 fontsize=7,
                 xytext=(4, 4),

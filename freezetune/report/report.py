@@ -2,9 +2,12 @@
 
 Runs are grouped by config name (the seeds of one config share it). Each row holds the means
 of the measured numbers, the 95% intervals over seeds, and each metric's difference to the
-reference config with its interval (freezetune.report.stats). Ratios (×) are means over
-means. The reference is ``--reference NAME``, else the config that trains every parameter,
-else the first config given, and the report says which and why.
+reference config with its interval (freezetune.report.stats). The step ratio to the reference
+leads: per seed, the config's median step over the reference's, both measured inside their runs,
+pooled over seeds with its interval; wall-time differences carry a verdict, unresolved when the
+machine's noise swamps them. The other ratios (×) are means over means. The reference is
+``--reference NAME``, else the config that trains every parameter, else the first config given,
+and the report says which and why.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ import yaml
 from freezetune.config import ConfigError
 from freezetune.record import read_jsonl
 from freezetune.record.summary import MEMORY_KINDS
-from freezetune.report.stats import difference, pareto_front, summarize, time_to_target
+from freezetune.report.stats import (
+    MAX_TIME_SPREAD,
+    difference,
+    pareto_front,
+    spread,
+    summarize,
+    time_to_target,
+    wall_time_verdict,
+)
+from freezetune.report.stats import ratio as paired_ratio
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -133,9 +145,7 @@ def build_report(
         m = means[name]
         row = _row(rs, m, rm, target_acc)
         if name != ref_name:
-            row["vs_reference"] = {
-                metric: difference(_by_seed(rs, metric), _by_seed(ref, metric)).to_json() for metric in _COMPARED
-            }
+            row["vs_reference"] = _vs_reference(rs, ref)
         rows.append(row)
     _predictions(rows, estimates, ref_name)
     time_front = pareto_front([(r["train_time_s"], r["val_acc"]) for r in rows])
@@ -155,6 +165,57 @@ def build_report(
         "warnings": _warnings(differences),
         "ranking": ranking(groups),
         "rows": rows,
+        "timing": _timing(rows),
+    }
+
+
+def _vs_reference(runs: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's paired difference to the reference; the wall-time one with its verdict
+    (stats.wall_time_verdict); the step and compute ratios from each run's own medians."""
+    vs: dict[str, Any] = {
+        metric: difference(_by_seed(runs, metric), _by_seed(ref, metric)).to_json() for metric in _COMPARED
+    }
+    wall = difference(_by_seed(runs, "train_time_s"), _by_seed(ref, "train_time_s"))
+    vs["train_time_s"]["verdict"] = wall_time_verdict(wall, [_time_spread(runs), _time_spread(ref)])
+    for name, key in (("step_time_ratio", "step_time_s"), ("compute_time_ratio", "compute_time_s")):
+        pooled = _speed_ratio(runs, ref, key)
+        if pooled is not None:
+            vs[name] = pooled
+    return vs
+
+
+def _speed_ratio(runs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The ratio of ``speed[key]`` (a median over a run's steps after warm-up) to the reference's,
+    paired by seed and pooled (stats.ratio). A median is what one run measured under its own
+    conditions, steady where the run's total seconds are not: a burst of load moves a few steps,
+    not the median. None when a run lacks the median (a run too short to time a step)."""
+    values, reference = _speed_by_seed(runs, key), _speed_by_seed(ref, key)
+    if values is None or reference is None:
+        return None
+    return paired_ratio(values, reference).to_json()
+
+
+def _speed_by_seed(runs: list[dict[str, Any]], key: str) -> dict[int, float] | None:
+    values = {r["seed"]: r["speed"].get(key) for r in runs}
+    if any(v is None or v <= 0 for v in values.values()):
+        return None
+    return values
+
+
+def _time_spread(runs: list[dict[str, Any]]) -> float | None:
+    """The spread (coefficient of variation) of a config's training seconds per epoch across its
+    seeds: per epoch, so that seeds that early stopping ended at different epochs compare."""
+    # metrics.jsonl has a row per epoch run; a run loaded without it says its epochs in summary.json.
+    epochs = [len(r.get("metrics") or []) or r.get("epochs", 1) for r in runs]
+    return spread([_train_time(r) / max(1, n) for r, n in zip(runs, epochs)])
+
+
+def _timing(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """report.json's ``timing``: the rule's bound, and the configs whose training seconds vary
+    across seeds beyond it (their wall-time differences are unresolved whatever the interval)."""
+    return {
+        "max_spread": MAX_TIME_SPREAD,
+        "noisy": [r["config"] for r in rows if r["time_spread"] is not None and r["time_spread"] > MAX_TIME_SPREAD],
     }
 
 
@@ -340,6 +401,7 @@ def _row(runs: list[dict[str, Any]], m: dict[str, Any], rm: dict[str, Any], targ
             "peak_bytes": summarize([r["memory"]["peak_bytes"] for r in runs]).to_json(),
         },
         "train_time_s": m["train_time_s"],
+        "time_spread": _time_spread(runs),
         "train_time_ratio": ratio(m["train_time_s"], rm["train_time_s"]),
         "step_time_s": m["step_time_s"],
         "step_ratio": ratio(m["step_time_s"], rm["step_time_s"]),

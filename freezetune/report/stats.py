@@ -13,16 +13,27 @@ from dataclasses import dataclass
 
 __all__ = [
     "CONFIDENCE",
+    "MAX_TIME_SPREAD",
     "Difference",
+    "Ratio",
     "Stat",
     "difference",
     "pareto_front",
+    "ratio",
+    "spread",
     "summarize",
     "t_quantile",
     "time_to_target",
+    "wall_time_verdict",
 ]
 
 CONFIDENCE = 0.95
+# Every seed of a config does the same work (the same number of images, epochs and steps), so its
+# training seconds per epoch should agree across seeds to a few percent: they did to 0.9-2.4% on
+# the demo's quiet machine (docs/demo.md), and to 58% on a shared one where no time difference
+# meant anything (±116 s on an 80 s mean over three seeds). Above 10% the machine, not the config,
+# is what the seconds measure.
+MAX_TIME_SPREAD = 0.10
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,36 @@ class Difference:
         }
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A config's metric over the reference's, pooled over seeds: the geometric mean of the
+    per-seed ratios with its 95% interval, taken as a :class:`Difference` of logarithms (so
+    that 0.5× and 2× weigh alike) and mapped back. ``method`` as a Difference's;
+    ``resolved``: the interval excludes 1."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    method: str
+    n: int
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes 1: the two differ at 95% confidence."""
+        return self.low is not None and self.high is not None and (self.low > 1 or self.high < 1)
+
+    def to_json(self) -> dict[str, float | int | str | bool | None]:
+        """As report.json holds it, ``resolved`` included."""
+        return {
+            "mean": self.mean,
+            "low": self.low,
+            "high": self.high,
+            "method": self.method,
+            "n": self.n,
+            "resolved": self.resolved,
+        }
+
+
 def summarize(values: Sequence[float]) -> Stat:
     """The :class:`Stat` of ``values`` (at least one)."""
     n = len(values)
@@ -113,6 +154,50 @@ def difference(values: dict[int, float], reference: dict[int, float]) -> Differe
     df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_quantile(0.5 + CONFIDENCE / 2, df) * math.sqrt(se2)
     return Difference(mean, mean - half, mean + half, "welch", min(len(a), len(b)))
+
+
+def ratio(values: dict[int, float], reference: dict[int, float]) -> Ratio:
+    """``values`` over ``reference``, each keyed by seed and positive (step medians, say).
+
+    Paired like :func:`difference`, on the logarithms: a seed's two runs ran next to each other
+    (compare trains seed by seed across the configs), so a slow minute of the machine slows both
+    and cancels in their ratio. Welch's interval when fewer than two seeds are common."""
+    for v in (*values.values(), *reference.values()):
+        if not v > 0:
+            raise ValueError(f"ratio: values must be positive, got {v}")
+    d = difference({s: math.log(v) for s, v in values.items()}, {s: math.log(v) for s, v in reference.items()})
+    low = None if d.low is None else math.exp(d.low)
+    high = None if d.high is None else math.exp(d.high)
+    return Ratio(math.exp(d.mean), low, high, d.method, d.n)
+
+
+def spread(values: Sequence[float]) -> float | None:
+    """The coefficient of variation: sample standard deviation over the mean; None for fewer
+    than two values or a mean of 0."""
+    stat = summarize(values) if values else None
+    if stat is None or stat.std is None or stat.mean == 0:
+        return None
+    return stat.std / abs(stat.mean)
+
+
+def wall_time_verdict(diff: Difference, spreads: Sequence[float | None], max_spread: float = MAX_TIME_SPREAD) -> str:
+    """What a wall-time difference to the reference says, under one rule:
+
+    - ``"no interval"``: one run of either config, nothing to judge;
+    - ``"unresolved (noise)"``: the machine's noise swamps it, because either config's spread
+      across seeds (``spreads``: each one's :func:`spread` of seconds per epoch) is above
+      ``max_spread``, or the interval holds 0 (the difference is within the run-to-run
+      variation);
+    - ``"resolved"``: otherwise.
+
+    A large spread overrides an interval that excludes 0: with a handful of seeds on a noisy
+    machine, the sign may hold but the seconds are the machine's load, not the config's cost
+    (the step ratio, from medians inside each run, is the number to read then)."""
+    if diff.low is None or diff.high is None:
+        return "no interval"
+    if any(s is not None and s > max_spread for s in spreads) or not diff.resolved:
+        return "unresolved (noise)"
+    return "resolved"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

@@ -14,11 +14,13 @@ from freezetune.utils import format_table
 
 __all__ = [
     "STATS_NOTE",
+    "TIMING_NOTE",
     "markdown_table",
     "outcome_table",
     "ranking_line",
     "reference_line",
     "text_table",
+    "timing_line",
     "unresolved_line",
     "write_report",
 ]
@@ -32,6 +34,16 @@ STATS_NOTE = (
     "instead (marked Welch); "
     "one run alone has no interval and is never resolved. Non-overlapping per-config intervals would be "
     "a stricter test that ignores the pairing; both intervals are in the table for the reader to check."
+)
+
+TIMING_NOTE = (
+    "`step ×`: per seed, the config's median training step over the reference's (each a median over "
+    "its run's steps after warm-up, measured under that run's own conditions), pooled over seeds as a "
+    "geometric mean with its 95% paired interval; it is resolved when the interval excludes 1. It leads "
+    "because a burst of load on a shared machine moves a run's total seconds, not its median step. "
+    "A training-time difference is **unresolved (noise)**, its interval not shown, when either config's "
+    "training seconds per epoch vary across seeds by more than {spread:.0%} of their mean (every seed "
+    "does the same work: the rest is the machine), or when its interval holds 0."
 )
 
 
@@ -57,11 +69,48 @@ def _diff(d: dict[str, Any] | None, fmt: str, scale: float = 1.0, words: bool = 
     return f"{mean} {interval}{unpaired}{' *' if d['resolved'] else ''}"
 
 
-def _to_target(row: dict[str, Any]) -> str:
+def _ratio(vs: dict[str, Any], key: str, words: bool = True) -> str:
+    """'0.243 [0.240, 0.246] resolved' for the Ratio's JSON under ``key`` of a row's
+    ``vs_reference`` (resolved: the interval excludes 1); the reference itself has none, and a
+    config whose runs lack the step median shows '-'."""
+    if not vs:
+        return "(reference)" if words else "ref"
+    d = vs.get(key)
+    if d is None:
+        return "-"
+    mean = f"{d['mean']:.3f}"
+    if d["low"] is None:
+        return f"{mean} (no interval: 1 run)" if words else f"{mean} (1 run)"
+    interval = f"[{d['low']:.3f}, {d['high']:.3f}]"
+    unpaired = " Welch" if d["method"] == "welch" else ""
+    if words:
+        return f"{mean} {interval}{unpaired} {'resolved' if d['resolved'] else 'not resolved'}"
+    return f"{mean} {interval}{unpaired}{' *' if d['resolved'] else ''}"
+
+
+def _wall_diff(d: dict[str, Any] | None, fmt: str) -> str:
+    """A training-time difference as _diff writes it, but without its interval when the
+    machine's noise swamps it (stats.wall_time_verdict): the interval would read as a finding."""
+    if d is not None and d["verdict"] == "unresolved (noise)":
+        return f"{format(d['mean'], '+' + fmt)} unresolved (noise)"
+    return _diff(d, fmt)
+
+
+def _train_s(report: dict[str, Any], row: dict[str, Any]) -> str:
+    """A config's training seconds over seeds, marked noisy when they vary across seeds beyond
+    the bound (report.json's timing.noisy)."""
+    text = _pm(row["stats"]["train_time_s"], ".1f")
+    if row["config"] not in report["timing"]["noisy"]:
+        return text
+    return f"{text} (noisy: CV {row['time_spread']:.0%})"
+
+
+def _to_target(report: dict[str, Any], row: dict[str, Any]) -> str:
     t = row["time_to_target"]
     if not t["reached"]:
         return f"not reached (0/{t['n']})"
-    return f"{_pm(t['seconds'], '.1f')} s ({t['reached']}/{t['n']})"
+    noisy = " noisy" if row["config"] in report["timing"]["noisy"] else ""  # training seconds too
+    return f"{_pm(t['seconds'], '.1f')} s ({t['reached']}/{t['n']}){noisy}"
 
 
 def _front(row: dict[str, Any]) -> str:
@@ -76,6 +125,7 @@ def outcome_table(report: dict[str, Any]) -> str:
         "seeds",
         "val acc",
         f"Δ acc vs {ref} (95% CI)",
+        f"step × {ref} (95% CI)",
         "train s",
         f"train s × {ref}",
         f"Δ train s vs {ref} (95% CI)",
@@ -93,10 +143,11 @@ def outcome_table(report: dict[str, Any]) -> str:
                 str(len(r["seeds"])),
                 _pm(r["stats"]["val_acc"], ".4f"),
                 _diff(vs.get("val_acc"), ".4f"),
-                _pm(r["stats"]["train_time_s"], ".1f"),
+                _ratio(vs, "step_time_ratio"),
+                _train_s(report, r),
                 f"{r['train_time_ratio']:.3f}",
-                _diff(vs.get("train_time_s"), ".1f"),
-                _to_target(r),
+                _wall_diff(vs.get("train_time_s"), ".1f"),
+                _to_target(report, r),
                 _pm(r["stats"]["training_memory_bytes"], ".1f", 1 / MiB),
                 f"{r['training_memory_ratio']:.3f}",
                 _front(r),
@@ -185,8 +236,9 @@ def _value(v: Any) -> str:
 
 
 def text_table(report: dict[str, Any]) -> str:
-    """The console version: accuracy over seeds and the difference to the reference, training
-    time, and the step and memory ratios."""
+    """The console version: accuracy over seeds and the difference to the reference, the step
+    ratio pooled over seeds (ahead of the wall time, which a noisy machine moves), training time,
+    and the memory ratio."""
     rows = []
     for r in report["rows"]:
         vs = r.get("vs_reference") or {}
@@ -202,10 +254,11 @@ def text_table(report: dict[str, Any]) -> str:
                 str(len(r["seeds"])),
                 _pm(r["stats"]["val_acc"], ".4f"),
                 _diff(vs.get("val_acc"), ".4f", words=False),
-                _pm(r["stats"]["train_time_s"], ".1f"),
-                f"{r['train_time_ratio']:.3f}",
+                _ratio(vs, "step_time_ratio", words=False),
                 f"{r['compute_ratio']:.3f}",
                 pred,
+                _train_s(report, r),
+                f"{r['train_time_ratio']:.3f}",
                 f"{r['training_memory_ratio']:.2f}",
             ]
         )
@@ -216,13 +269,14 @@ def text_table(report: dict[str, Any]) -> str:
         "seeds",
         "val acc ± 95%",
         "Δ acc [95% CI] (* resolved)",
-        "train s",
-        "train s ×",
+        "step × [95% CI] (* resolved)",
         "compute ×",
         "predicted ×",
+        "train s",
+        "train s ×",
         "train mem ×",
     ]
-    return format_table(headers, rows, right={1, 3, 4, 6, 7, 8, 10})
+    return format_table(headers, rows, right={1, 3, 4, 7, 9, 10, 11})
 
 
 def unresolved_line(report: dict[str, Any]) -> str:
@@ -233,6 +287,27 @@ def unresolved_line(report: dict[str, Any]) -> str:
     return f"accuracy differences to {report['reference']} not resolved by these runs: " + (
         ", ".join(names) if names else "none"
     )
+
+
+def timing_line(report: dict[str, Any]) -> str:
+    """Which training-time differences to the reference the machine's noise leaves unresolved,
+    and which configs' seconds varied beyond the bound (printed and written)."""
+    unresolved = [
+        r["config"]
+        for r in report["rows"]
+        if r.get("vs_reference") and r["vs_reference"]["train_time_s"]["verdict"] == "unresolved (noise)"
+    ]
+    line = f"training-time differences to {report['reference']} unresolved (noise): " + (
+        ", ".join(unresolved) if unresolved else "none"
+    )
+    noisy = [r for r in report["rows"] if r["config"] in report["timing"]["noisy"]]
+    if noisy:
+        spreads = ", ".join(f"{r['config']} {r['time_spread']:.0%}" for r in noisy)
+        line += (
+            f"; training seconds per epoch varied across seeds beyond {report['timing']['max_spread']:.0%} "
+            f"of their mean ({spreads}): the machine was noisy, read step × (medians inside each run)"
+        )
+    return line
 
 
 def ranking_line(report: dict[str, Any]) -> str:
@@ -274,9 +349,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "accurate at less training time (or memory), or more accurate at the same. Intervals are plain "
         "t-intervals: with few seeds they can reach past 0 or 1.",
         "",
+        TIMING_NOTE.format(spread=report["timing"]["max_spread"]),
+        "",
         outcome_table(report),
         "",
         unresolved_line(report) + ".",
+        "",
+        timing_line(report) + ".",
         "",
         ranking_line(report)
         + (
@@ -292,7 +371,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "## Step time and memory, means over seeds",
         "",
         f"Step time is the median over steps after warm-up; `× {report['reference']}` compares compute "
-        "(forward + backward + optimizer) with the reference's, which is also what `predicted ×` estimates. "
+        "(forward + backward + optimizer) with the reference's, means over seeds, which is also what "
+        "`predicted ×` estimates. "
         "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
         "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
         "and `channels_last` when the model and inputs were in that memory format. "

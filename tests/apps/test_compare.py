@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,6 +179,40 @@ def test_run_comparison_of_finished_runs_writes_the_report_and_says_where(
     assert json.loads((request.out / "report.json").read_text())["rows"][0]["seeds"] == [0, 1]
     lines = summary_lines(report, paths).splitlines()
     assert lines[-1] == "report: " + ", ".join(str(p) for p in paths) and lines[-2] == ""
+
+
+def test_compare_prints_the_step_ratio_first_and_leaves_a_noisy_wall_time_unresolved(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    file = write_config(tmp_path)
+    dirs = []
+    for s in (0, 1):
+        cfg = load_config(file, [f"seed={s}", f"train.output_dir={tmp_path / 'runs' / f'tiny-seed{s}'}"])
+        run(cfg)
+        dirs.append(cfg.output_dir)
+    # A second config's runs, as a shared machine would record them: its step medians half the
+    # reference's in both seeds, its total seconds four times longer in seed 1 (a burst of load).
+    for s, src in enumerate(list(dirs)):
+        dst = tmp_path / "runs" / f"half-seed{s}"
+        shutil.copytree(src, dst)
+        config = yaml.safe_load((dst / "config.yaml").read_text()) | {"name": "half"}
+        (dst / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = json.loads((dst / "summary.json").read_text())
+        summary["name"] = "half"
+        summary["speed"]["step_time_s"] /= 2
+        summary["train_time_s"] *= 4 if s else 1
+        (dst / "summary.json").write_text(json.dumps(summary))
+        dirs.append(dst)
+    report, paths = run_comparison(Comparison(out=tmp_path / "report", run_dirs=dirs, reference="tiny", estimate=False))
+    lines = summary_lines(report, paths).splitlines()
+    header = next(line for line in lines if line.startswith("config "))
+    assert header.index("step × [95% CI]") < header.index("train s")
+    assert "0.500 [0.500, 0.500] *" in next(line for line in lines if line.startswith("half "))
+    assert report["rows"][1]["vs_reference"]["train_time_s"]["verdict"] == "unresolved (noise)"
+    timing = next(i for i, line in enumerate(lines) if line.startswith("training-time differences to tiny"))
+    assert lines[timing].startswith("training-time differences to tiny unresolved (noise): half; ")
+    assert lines[timing - 1].startswith("accuracy differences") and lines[timing + 1].startswith("ranking")
+    assert "unresolved (noise)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_predict_costs_names_each_config_and_skips_a_scheduled_one(

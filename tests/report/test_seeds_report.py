@@ -17,6 +17,8 @@ from freezetune.report import (
     outcome_table,
     parse_target,
     ranking_line,
+    text_table,
+    timing_line,
     unresolved_line,
 )
 
@@ -32,8 +34,10 @@ def record(
     trainable: int = 100,
     memory: int = 1000,
     preset: str = "full",
+    step: float | None = None,
 ) -> dict:
-    """A finished run as load_run gives it: epoch ``i`` ends at ``secs[i]`` training seconds with ``accs[i]``."""
+    """A finished run as load_run gives it: epoch ``i`` ends at ``secs[i]`` training seconds with ``accs[i]``;
+    its median step ``step`` seconds (a tenth of its training seconds unless given)."""
     config = copy.deepcopy(CONFIG) | {"name": name, "seed": seed}
     config["freeze"]["preset"] = preset
     mem = {key: 0 for key, _ in MEMORY_KINDS} | {"grad_bytes": memory, "peak_bytes": 5 * memory, "peak_kind": "rss"}
@@ -48,7 +52,7 @@ def record(
         "train_time_s": secs[-1],
         "wall_time_s": secs[-1] + 5,
         "speed": {
-            "step_time_s": secs[-1] / 10,
+            "step_time_s": secs[-1] / 10 if step is None else step,
             "compute_time_s": secs[-1] / 20,
             **{f"{k}_s": 0.01 for k in ("data", "forward", "backward", "optimizer")},
             "train_samples_per_s": 100.0,
@@ -267,3 +271,77 @@ def test_events_that_differ_by_seed_are_labelled_with_the_seed_they_come_from(ru
     for r in full:
         r["schedule"][0]["epoch"] = r["schedule"][1]["epoch"] = 3
     assert row(build_report(runs[:3] + full), "full")["events"] == [{"epoch": 3, "label": "freeze conv1, bn1"}]
+
+
+# --------------------------------------------------------------------------- timing on a noisy machine
+
+
+@pytest.fixture()
+def noisy() -> list[dict]:
+    """Two configs on a shared machine: seed 1's pair of runs ran under load, 3.5 times slower in
+    total seconds, while the median steps inside each run moved by a third, alike for both."""
+    full_s, probe_s = [40.0, 140.0, 48.0], [12.0, 45.0, 14.0]
+    full_step, probe_step = [0.100, 0.130, 0.110], [0.025, 0.033, 0.0272]
+    full = [record("full", s, [0.5, 0.9], [t / 2, t], step=full_step[s]) for s, t in enumerate(full_s)]
+    probe = [
+        record("probe", s, [0.4, 0.7], [t / 2, t], trainable=1, memory=10, preset="linear_probe", step=probe_step[s])
+        for s, t in enumerate(probe_s)
+    ]
+    return probe + full
+
+
+def test_the_step_ratio_from_each_runs_median_leads_and_holds_on_a_noisy_machine(noisy: list[dict]) -> None:
+    report = build_report(noisy)
+    vs = row(report, "probe")["vs_reference"]
+    step = vs["step_time_ratio"]
+    # Per seed 0.25, 0.2538, 0.2473: their geometric mean, resolved (the interval excludes 1), while the
+    # total seconds vary by three quarters of their mean.
+    assert step["method"] == "paired" and step["resolved"]
+    assert step["mean"] == pytest.approx((0.25 * (0.033 / 0.13) * (0.0272 / 0.11)) ** (1 / 3))
+    assert 0.24 < step["low"] < step["mean"] < step["high"] < 0.26
+    assert vs["compute_time_ratio"]["n"] == 3
+    assert set(vs) >= {"val_acc", "train_time_s", "training_memory_bytes"}  # report.json's earlier keys stay
+    headers = outcome_table(report).splitlines()[0].split(" | ")
+    assert headers.index("step × full (95% CI)") < headers.index("train s") < headers.index("train s × full")
+    assert "| 0.250 [0.242, 0.259] resolved |" in outcome_table(report)
+    console = text_table(report).splitlines()
+    assert console[0].index("step × [95% CI]") < console[0].index("train s")
+    assert "0.250 [0.242, 0.259] *" in console[2]
+
+
+def test_a_noisy_wall_time_is_unresolved_and_its_interval_not_printed(noisy: list[dict]) -> None:
+    report = build_report(noisy)
+    probe = row(report, "probe")
+    wall = probe["vs_reference"]["train_time_s"]
+    assert wall["verdict"] == "unresolved (noise)" and wall["low"] is not None  # report.json keeps the interval
+    assert report["timing"] == {"max_spread": 0.10, "noisy": ["probe", "full"]}
+    assert probe["time_spread"] == pytest.approx(0.7818, abs=1e-4)  # per epoch 6, 22.5, 7 s: std 9.25, mean 11.83
+    line = next(x for x in outcome_table(report).splitlines() if x.startswith("| `probe` |"))
+    assert "| -52.3 unresolved (noise) |" in line  # the mean, its interval left out
+    assert "| 23.7 ± 46.0 (noisy: CV 78%) |" in line
+    full = next(x for x in outcome_table(report).splitlines() if x.startswith("| `full` |"))
+    assert "| 76.0 ± 138.0 s (3/3) noisy |" in full  # its time to the target is training seconds too
+    assert timing_line(report) == (
+        "training-time differences to full unresolved (noise): probe; training seconds per epoch varied across "
+        "seeds beyond 10% of their mean (probe 78%, full 73%): the machine was noisy, read step × (medians inside "
+        "each run)"
+    )
+
+
+def test_a_steady_wall_time_stays_resolved(runs: list[dict]) -> None:
+    report = build_report(runs)
+    assert report["timing"]["noisy"] == []
+    for name, interval in (("probe", "-8.9 [-11.3, -6.5] resolved"), ("mid", "-5.0 [-7.5, -2.5] resolved")):
+        assert row(report, name)["vs_reference"]["train_time_s"]["verdict"] == "resolved"
+        assert f"| {interval} |" in next(x for x in outcome_table(report).splitlines() if f"`{name}`" in x)
+    assert timing_line(report) == "training-time differences to full unresolved (noise): none"
+    assert "noisy" not in outcome_table(report) and "noisy" not in text_table(report)
+
+
+def test_seeds_that_stopped_at_different_epochs_are_not_noise(runs: list[dict]) -> None:
+    # 5 s per epoch for every seed; early stopping ended seed 1 after three epochs: 10, 15, 10 s in all.
+    stopped = [
+        record("full", s, [0.5] * (n - 1) + [0.9], [5.0 * (i + 1) for i in range(n)]) for s, n in enumerate((2, 3, 2))
+    ]
+    report = build_report(runs[:3] + stopped)
+    assert row(report, "full")["time_spread"] == 0.0 and report["timing"]["noisy"] == []

@@ -1,5 +1,6 @@
 """freezetune.report.stats on inputs whose answers are known: textbook t quantiles, hand-worked
-means, intervals and differences, Pareto fronts and times to a target."""
+means, intervals, differences and ratios, the wall-time noise rule, Pareto fronts and times to a
+target."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import math
 
 import pytest
 
-from freezetune.report import difference, pareto_front, summarize, t_quantile, time_to_target
+from freezetune.report import (
+    MAX_TIME_SPREAD,
+    Difference,
+    difference,
+    pareto_front,
+    ratio,
+    spread,
+    summarize,
+    t_quantile,
+    time_to_target,
+    wall_time_verdict,
+)
 
 # Student's t, two-sided 95% (the 0.975 quantile), from any statistics table.
 TABLE = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 9: 2.2622, 29: 2.0452, 120: 1.9799}
@@ -105,3 +117,71 @@ def test_time_to_target_is_the_first_epoch_end_that_reaches_it() -> None:
     assert time_to_target(curve, 0.85) == 9.0
     assert time_to_target(curve, 0.86) is None  # never reached
     assert time_to_target([], 0.1) is None
+
+
+# --------------------------------------------------------------------------- ratios and the noise rule
+
+
+def test_a_paired_ratio_is_the_geometric_mean_of_the_per_seed_ratios() -> None:
+    # Per seed: e^0.3, e^0.4, e^0.5 -> logs mean 0.4, std 0.1; the interval is the logs' t-interval, mapped back.
+    ref = {0: 2.0, 1: 3.0, 2: 5.0, 9: 1.0}
+    r = ratio({s: ref[s] * math.exp(0.1 * (s + 3)) for s in (0, 1, 2)} | {7: 4.0}, ref)
+    half = 4.3027 * 0.1 / math.sqrt(3)
+    assert (r.method, r.n) == ("paired", 3)
+    assert r.mean == pytest.approx(math.exp(0.4))
+    assert r.low == pytest.approx(math.exp(0.4 - half), rel=1e-4) and r.high == pytest.approx(
+        math.exp(0.4 + half), rel=1e-4
+    )
+    assert r.resolved and r.to_json() == {
+        "mean": r.mean,
+        "low": r.low,
+        "high": r.high,
+        "method": "paired",
+        "n": 3,
+        "resolved": True,
+    }
+
+
+def test_a_ratio_weighs_half_and_double_alike_and_is_resolved_only_away_from_one() -> None:
+    r = ratio({0: 2.0, 1: 0.5}, {0: 1.0, 1: 1.0})  # x2 and x0.5: the arithmetic mean would say 1.25
+    assert r.mean == pytest.approx(1.0) and r.low < 1 < r.high and not r.resolved
+    steady = ratio({0: 0.25, 1: 0.5, 2: 1.0}, {0: 1.0, 1: 2.0, 2: 4.0})  # the machine 4x slower by seed 2
+    assert (steady.mean, steady.low, steady.high) == pytest.approx((0.25, 0.25, 0.25)) and steady.resolved
+
+
+def test_a_ratio_without_common_seeds_is_welch_one_run_has_no_interval_and_zero_is_refused() -> None:
+    assert ratio({0: 1.0, 1: 1.2}, {5: 2.0, 6: 2.1}).method == "welch"
+    one = ratio({0: 1.0}, {0: 4.0, 1: 4.0})
+    assert (one.method, one.low, one.high, one.resolved) == ("none", None, None, False)
+    assert one.mean == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="ratio: values must be positive, got 0.0"):
+        ratio({0: 0.0, 1: 1.0}, {0: 1.0, 1: 1.0})
+
+
+def test_spread_is_the_coefficient_of_variation() -> None:
+    assert spread([1.0, 2.0, 3.0]) == pytest.approx(0.5)  # std 1 over mean 2
+    assert spread([4.0, 4.0]) == 0.0
+    assert spread([4.0]) is None and spread([]) is None and spread([0.0, 0.0]) is None
+
+
+def _interval(mean: float, low: float, high: float) -> Difference:
+    return Difference(mean, low, high, "paired", 3)
+
+
+def test_a_steady_time_difference_whose_interval_excludes_zero_is_resolved() -> None:
+    d = _interval(-5.0, -7.5, -2.5)
+    assert wall_time_verdict(d, [0.02, 0.05]) == "resolved"
+    assert wall_time_verdict(d, [MAX_TIME_SPREAD, None]) == "resolved"  # at the bound: still steady
+
+
+def test_a_noisy_machine_leaves_a_time_difference_unresolved_even_when_its_interval_excludes_zero() -> None:
+    # The issue's case: seconds that vary across seeds by half their mean. The sign held, the seconds do not.
+    d = _interval(-45.0, -80.0, -10.0)
+    assert wall_time_verdict(d, [0.58, 0.03]) == "unresolved (noise)"
+    assert wall_time_verdict(d, [0.03, 0.58]) == "unresolved (noise)"  # the reference's noise counts too
+    assert wall_time_verdict(d, [0.3, 0.3], max_spread=0.5) == "resolved"
+
+
+def test_a_time_difference_within_the_run_to_run_variation_is_unresolved_and_one_run_has_no_verdict() -> None:
+    assert wall_time_verdict(_interval(12.0, -100.0, 124.0), [0.02, 0.02]) == "unresolved (noise)"
+    assert wall_time_verdict(Difference(-3.0, None, None, "none", 1), [None, 0.01]) == "no interval"
