@@ -330,7 +330,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = report["rows"]
-    peak_kind = rows[0]["peak_kind"]
     runs = sum(len(r["seeds"]) for r in rows)
     md = [
         f"# freezetune comparison ({len(rows)} configs, {runs} runs)",
@@ -370,14 +369,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "",
         "## Step time and memory, means over seeds",
         "",
-        f"Step time is the median over steps after warm-up; `× {report['reference']}` compares compute "
-        "(forward + backward + optimizer) with the reference's, means over seeds, which is also what "
-        "`predicted ×` estimates. "
-        "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
-        "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
-        "and `channels_last` when the model and inputs were in that memory format. "
-        f"Training memory = gradients + optimizer state + saved activations. Peak: {peak_kind}. "
-        "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only.",
+        _step_note(report),
         "",
         markdown_table(report),
         "",
@@ -389,14 +381,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "",
         "## Runs",
         "",
-        _markdown(
-            ["config", "seed", "val acc", "train s", "run folder"],
-            [
-                [r["config"], str(seed), f"{acc:.4f}", f"{t:.1f}", f"`{d}`"]
-                for r in rows
-                for seed, acc, t, d in zip(r["seeds"], r["per_seed_acc"], r["per_seed_train_s"], r["run_dirs"])
-            ],
-        ),
+        _runs_table(rows),
         "",
     ]
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())
@@ -405,3 +390,29 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     plot_tradeoff(report, out / "tradeoff.png")
     plot_curves(report, out / "curves.png")
     return [out / n for n in ("report.md", "report.json", "report.png", "tradeoff.png", "curves.png")]
+
+
+def _step_note(report: dict[str, Any]) -> str:
+    """What the step-time and memory table's columns mean."""
+    return (
+        f"Step time is the median over steps after warm-up; `× {report['reference']}` compares compute "
+        "(forward + backward + optimizer) with the reference's, means over seeds, which is also what "
+        "`predicted ×` estimates. "
+        "`eval no-grad ×`: evaluation throughput under `inference_mode` over the same forward with autograd on. "
+        "`precision`: the run's `train.precision` (autocast's dtype; fp32 for runs from before it existed), "
+        "and `channels_last` when the model and inputs were in that memory format. "
+        f"Training memory = gradients + optimizer state + saved activations. Peak: {report['rows'][0]['peak_kind']}. "
+        "A cached run trains on its frozen prefix's stored output: its step covers the rest of the network only."
+    )
+
+
+def _runs_table(rows: list[dict[str, Any]]) -> str:
+    """One line per run: its config, seed, accuracy, training seconds and folder."""
+    return _markdown(
+        ["config", "seed", "val acc", "train s", "run folder"],
+        [
+            [r["config"], str(seed), f"{acc:.4f}", f"{t:.1f}", f"`{d}`"]
+            for r in rows
+            for seed, acc, t, d in zip(r["seeds"], r["per_seed_acc"], r["per_seed_train_s"], r["run_dirs"])
+        ],
+    )
