@@ -86,3 +86,31 @@ def test_the_config_layer_imports_no_framework_and_no_users_code() -> None:
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in banned]
     assert found == []
+
+
+MAX_FUNCTION_LINES = 80  # ruff holds complexity and parameters (pyproject.toml); lines are held here
+
+
+def long_functions(paths: list[Path]) -> list[str]:
+    """``file:line name: N lines`` for every function (nested ones too) longer than the limit."""
+    long = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name}: {lines} lines")
+    return long
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    paths = [p for folder in (PACKAGE, ROOT / "scripts", ROOT / "tools") for p in sorted(folder.rglob("*.py"))]
+    assert len(paths) > 100
+    assert long_functions(paths) == []
+
+
+def test_the_long_function_check_finds_a_nested_one(tmp_path: Path) -> None:
+    body = "".join(f"        x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    path = tmp_path / "long.py"
+    path.write_text(f"def outer():\n    def inner():\n{body}        return 0\n    return inner\n")
+    assert long_functions([path]) == ["long.py:1 outer: 84 lines", "long.py:2 inner: 82 lines"]
