@@ -99,7 +99,7 @@ def apply_plan(model: nn.Module, plan: FreezePlan, frozen_dtype: str | torch.dty
         p.requires_grad_(wanted[name])
         if not wanted[name]:
             p.grad = None  # frozen mid-run: a stale gradient must not linger (nor be stepped on)
-    bn, others = set(plan.bn_eval), set(plan.eval_modules)
+    bn, others = set(plan.pinned_bn), set(plan.pinned_other)
     for name, module in model.named_modules():
         if name in bn:
             pin_eval(module)

@@ -125,18 +125,18 @@ class FreezePlan:
     """Which parameters train, and which modules stay in eval: the whole decision."""
 
     params: tuple[ParamDecision, ...]
-    bn_eval: tuple[str, ...]  # BatchNorm modules to keep in eval mode (their running statistics fixed)
+    pinned_bn: tuple[str, ...]  # pinned: BatchNorm modules kept in eval mode (their running statistics fixed)
     batchnorm: str
     rules: tuple[Rule, ...]
-    # Other modules kept in eval (freeze.frozen_modules: eval): frozen ones, and parameter-free
+    # Other pinned modules (freeze.frozen_modules: eval): frozen ones, and parameter-free
     # ones (Dropout, stochastic depth) inside a frozen module or feeding one.
-    eval_modules: tuple[str, ...] = ()
+    pinned_other: tuple[str, ...] = ()
     frozen_modules: str = "train"
 
     @property
     def pinned(self) -> tuple[str, ...]:
         """Every module the plan keeps in eval, BatchNorm or not, in model order of the two lists."""
-        return (*self.bn_eval, *self.eval_modules)
+        return (*self.pinned_bn, *self.pinned_other)
 
     @property
     def trainable(self) -> list[str]:
@@ -174,9 +174,9 @@ class FreezePlan:
                 {"name": p.name, "numel": p.numel, "trainable": p.trainable, "decided_by": p.decided_by}
                 for p in self.params
             ],
-            "batchnorm_eval": list(self.bn_eval),
+            "pinned_bn": list(self.pinned_bn),
             "frozen_modules": self.frozen_modules,
-            "eval_modules": list(self.eval_modules),
+            "pinned_other": list(self.pinned_other),
         }
 
 
@@ -345,11 +345,11 @@ def build_plan(
     params = tuple(ParamDecision(n, tree.numel[n], *decided[n]) for n in tree.param_names)
     trainable = {n: t for n, (t, _) in decided.items()}
     if batchnorm == "eval_all":
-        bn_eval = tuple(m.name for m in tree.modules if m.is_batchnorm)
+        pinned_bn = tuple(m.name for m in tree.modules if m.is_batchnorm)
     else:
-        bn_eval = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
-    eval_modules = _frozen_modules_to_pin(tree, trainable) if frozen_modules == "eval" else ()
-    return FreezePlan(params, bn_eval, batchnorm, tuple(rules), eval_modules, frozen_modules)
+        pinned_bn = _batchnorm_to_pin(tree, trainable) if batchnorm == "eval" else ()
+    pinned_other = _frozen_modules_to_pin(tree, trainable) if frozen_modules == "eval" else ()
+    return FreezePlan(params, pinned_bn, batchnorm, tuple(rules), pinned_other, frozen_modules)
 
 
 def _frozen_modules_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:

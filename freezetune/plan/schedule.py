@@ -118,7 +118,7 @@ class Schedule:
 
     def pinned_throughout(self, epoch: int) -> set[str]:
         """BatchNorm modules pinned in eval in every phase up to ``epoch``."""
-        return self._in_every_phase(epoch, lambda plan: plan.bn_eval)
+        return self._in_every_phase(epoch, lambda plan: plan.pinned_bn)
 
     def _in_every_phase(self, epoch: int, names: Callable[[FreezePlan], Iterable[str]]) -> set[str]:
         return set.intersection(*(set(names(p.plan)) for p in self.phases if p.start <= epoch))

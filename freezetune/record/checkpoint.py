@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from freezetune.config import ConfigError
 from freezetune.plan import set_dtype
-from freezetune.record.integrity import fixed_tensors, tensor_digest
+from freezetune.record.integrity import ledger_tensors, tensor_digest
 from freezetune.utils.errors import UserError
 
 __all__ = [
@@ -101,7 +101,7 @@ def serialized_bytes(obj: Any) -> int:
 def delta_keys(model: nn.Module, frozen: set[str], pinned: set[str]) -> list[str]:
     """State keys that may differ from the base: all but frozen parameters and the
     buffers of BatchNorm modules pinned in eval."""
-    fixed = fixed_tensors(model, frozen, pinned)
+    fixed = ledger_tensors(model, frozen, pinned)
     return [k for k in model.state_dict() if k not in fixed]
 
 

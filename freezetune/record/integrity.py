@@ -1,5 +1,5 @@
 """Proof that frozen means frozen: fingerprints of every tensor the plan promises
-not to change (frozen parameters and the buffers of BatchNorm kept in eval)."""
+not to change (frozen parameters and the buffers of pinned BatchNorm): the ledger (docs/glossary.md)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from freezetune.plan.rules import FreezePlan
 
 __all__ = [
     "FrozenCheck",
-    "FrozenLedger",
+    "Ledger",
     "fingerprint",
-    "fixed_tensors",
-    "protected_tensors",
+    "ledger_tensors",
+    "ledger_tensors_of",
     "tensor_bytes",
     "tensor_digest",
     "verify_frozen",
@@ -37,7 +37,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def fixed_tensors(model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]) -> dict[str, torch.Tensor]:
+def ledger_tensors(model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]) -> dict[str, torch.Tensor]:
     """The named ``frozen`` parameters, plus every buffer (running stats, counters) of the
     ``pinned`` BatchNorm modules: the tensors training must leave bitwise unchanged."""
     frozen, pinned = set(frozen), set(pinned)
@@ -49,19 +49,19 @@ def fixed_tensors(model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]
     return out
 
 
-def protected_tensors(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
+def ledger_tensors_of(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
     """What ``plan`` promises not to change: its frozen parameters and its pinned BatchNorm's buffers."""
-    return fixed_tensors(model, plan.frozen, plan.bn_eval)
+    return ledger_tensors(model, plan.frozen, plan.pinned_bn)
 
 
 def fingerprint(model: nn.Module, plan: FreezePlan) -> dict[str, str]:
     """The digest of every tensor ``plan`` protects, by name."""
-    return {n: tensor_digest(t) for n, t in protected_tensors(model, plan).items()}
+    return {n: tensor_digest(t) for n, t in ledger_tensors_of(model, plan).items()}
 
 
 @dataclass
 class FrozenCheck:
-    """The end-of-run proof: did every protected tensor keep its bytes, and its ``.grad`` None?"""
+    """The end-of-run proof: did every tensor in the ledger keep its bytes, and its ``.grad`` None?"""
 
     unchanged: bool
     checked: int  # tensors compared
@@ -87,7 +87,7 @@ def verify_frozen(model: nn.Module, plan: FreezePlan, before: dict[str, str]) ->
     return FrozenCheck(not changed, len(before), changed, grads_none)
 
 
-class FrozenLedger:
+class Ledger:
     """The digest of every tensor training must not change, taken when it became frozen.
 
     A schedule moves the ledger from plan to plan: tensors that become frozen are
@@ -105,7 +105,7 @@ class FrozenLedger:
 
     def _as_stored(self, plan: FreezePlan) -> dict[str, torch.Tensor]:
         """What ``plan`` protects, each tensor in the dtype it is stored in under ``plan``."""
-        tensors = protected_tensors(self.model, plan)
+        tensors = ledger_tensors_of(self.model, plan)
         if self.frozen_dtype is None:
             return tensors
         dtypes = stored_dtypes(self.model, plan, self.frozen_dtype)
@@ -118,9 +118,9 @@ class FrozenLedger:
             For each tensor ``plan`` no longer protects: whether it is still bitwise
             what it was when it froze.
         """
-        before, after = protected_tensors(self.model, self.plan), self._as_stored(plan)
+        before, after = ledger_tensors_of(self.model, self.plan), self._as_stored(plan)
         released = {n: tensor_digest(before[n]) == d for n, d in self.digests.items() if n not in after}
-        # Newly protected tensors are hashed now; the others keep the digest from when they froze.
+        # Tensors new to the ledger are hashed now; the others keep the digest from when they froze.
         self.digests = {n: self.digests.get(n) or tensor_digest(t) for n, t in after.items()}
         self.plan = plan
         return released

@@ -110,7 +110,7 @@ class Summary:
     trainable_pct: float
     tensors_trainable: int
     tensors_frozen: int
-    batchnorm_eval: int
+    pinned_bn: int
     final_val_acc: float
     final_val_loss: float
     best_val_acc: float
@@ -129,7 +129,7 @@ class Summary:
     startup_from: str | None
     train_time_s: float  # training passes and their set-up, without evaluation (EpochResult.train_s)
     seed: int
-    # Every protected tensor bitwise unchanged, frozen grads None, every tensor an event
+    # Every tensor in the ledger bitwise unchanged, frozen grads None, every tensor an event
     # released unchanged until then, and (torchrun) every rank with the same parameters.
     frozen_unchanged: bool
     frozen_check: dict[str, Any]
@@ -171,7 +171,7 @@ class Summary:
             trainable_pct=100.0 * plan.numel_trainable / plan.numel_total,
             tensors_trainable=len(plan.trainable),
             tensors_frozen=len(plan.frozen),
-            batchnorm_eval=len(plan.bn_eval),
+            pinned_bn=len(plan.pinned_bn),
             final_val_acc=last.val_acc,
             final_val_loss=last.val_loss,
             best_val_acc=max(e.val_acc for e in epochs),

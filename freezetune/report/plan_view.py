@@ -302,8 +302,8 @@ def render_plan(
         f"parameters: {total:,} total, {train:,} trainable ({100.0 * train / total:.2f}%), {total - train:,} frozen",
         f"tensors:    {len(plan.trainable)} trainable, {len(plan.frozen)} frozen "
         "(requires_grad=False; never in the optimizer)",
-        f"batchnorm:  policy '{plan.batchnorm}', {len(plan.bn_eval)} module(s) pinned in eval (running stats frozen)",
-        f"modes:      frozen_modules '{plan.frozen_modules}', {len(plan.eval_modules)} other module(s) pinned in eval "
+        f"batchnorm:  policy '{plan.batchnorm}', {len(plan.pinned_bn)} module(s) pinned in eval (running stats frozen)",
+        f"modes:      frozen_modules '{plan.frozen_modules}', {len(plan.pinned_other)} other module(s) pinned in eval "
         "(Dropout and stochastic depth off where nothing trains)",
     ]
     if probe is not None:

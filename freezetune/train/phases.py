@@ -1,5 +1,5 @@
 """The schedule's phases applied to a model as training goes: requires_grad and BatchNorm
-modes, the optimizer's groups and the ledger of protected tensors
+modes, the optimizer's groups and the ledger (the tensors that must not change)
 (freezetune.record.integrity), all kept in step when an event changes the trainable set."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from freezetune.config import Config
 from freezetune.plan import FreezePlan, Schedule, apply_plan
 from freezetune.plan.groups import Setting
-from freezetune.record import FrozenLedger
+from freezetune.record import Ledger
 from freezetune.train.distributed import Dist
 from freezetune.train.optim import add_trainable, check_optimizer, remove_frozen
 
@@ -36,7 +36,7 @@ class Phases:
         self.cfg, self.model, self.optimizer, self.settings, self.dist = cfg, model, optimizer, settings, dist
         self.schedule = schedule
         self.plan: FreezePlan = schedule.initial
-        self.ledger = FrozenLedger(model, self.plan, cfg.freeze.frozen_dtype)  # digests as each tensor froze
+        self.ledger = Ledger(model, self.plan, cfg.freeze.frozen_dtype)  # digests as each tensor froze
         self.events: list[dict[str, Any]] = []  # every event applied so far, optimizer rows included
 
     def reschedule(self, schedule: Schedule) -> None:
@@ -45,7 +45,7 @@ class Phases:
 
     def enter(self, epoch: int, lr_factor: float, quiet: bool = False) -> list[dict[str, Any]]:
         """Apply the events that start at ``epoch``: requires_grad and BatchNorm modes,
-        optimizer groups (their LR at ``lr_factor``), the protected-tensor ledger; returns
+        optimizer groups (their LR at ``lr_factor``), the ledger; returns
         what was applied."""
         phase = self.schedule.phase_at(epoch)
         if phase.plan is self.plan:
@@ -112,6 +112,6 @@ class Phases:
 
 
 def _owned_by(tensor: str, params: tuple[str, ...]) -> bool:
-    """Whether a protected tensor (parameter or BatchNorm buffer) belongs to one of ``params``' modules."""
+    """Whether a ledger tensor (parameter or BatchNorm buffer) belongs to one of ``params``' modules."""
     module = tensor.rsplit(".", 1)[0]
     return tensor in params or any(p.rsplit(".", 1)[0] == module for p in params)

@@ -137,13 +137,14 @@ def _log_start(cfg: Config, p: Prepared, trainer: Trainer, sources: dict[str, So
         if p.threads.warning():
             log.warning("%s: %s", cfg.name, p.threads.warning())
     log.info(
-        "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm kept in eval, device %s",
+        "%s: %s / %s parameters trainable (%d tensors in %d optimizer group(s)), %d BatchNorm pinned in eval, "
+        "device %s",
         cfg.name,
         f"{p.plan.numel_trainable:,}",
         f"{p.plan.numel_total:,}",
         len(p.plan.trainable),
         len(trainer.optimizer.param_groups),
-        len(p.plan.bn_eval),
+        len(p.plan.pinned_bn),
         p.device,
     )
     log.info("%s: preprocessing: %s", cfg.name, Preprocessing.of(cfg.data).describe())

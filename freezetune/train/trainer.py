@@ -258,7 +258,7 @@ class Trainer:
             "world_size": dist.world if dist is not None else 1,
             # A stopped epoch restarts its shuffle from where that epoch began.
             "generator": self._start_state if partial else self.generator.get_state(),
-            "protected": self.phases.ledger.digests,
+            "ledger": self.phases.ledger.digests,
             "events": self.phases.events,
             "epochs": [vars(e) for e in self.epochs],
             "train_s": self.train_s,
@@ -286,7 +286,9 @@ class Trainer:
         self.phases.replay(epoch, self.lr.factor(self.global_step))  # a stopped epoch has entered its phase too
         self._load_weights(state, where)
         self.global_step = state["global_step"]
-        self.phases.ledger.digests = state["protected"]
+        self.phases.ledger.digests = (
+            state["ledger"] if "ledger" in state else state["protected"]
+        )  # "protected" before the glossary
         self.phases.events = list(state["events"])
         self.preprocessing_from = dict(state.get("preprocessing_from") or self.preprocessing_from)
         self.epochs = [EpochResult(**e) for e in state["epochs"]]

@@ -75,7 +75,7 @@ def test_full_trains_everything() -> None:
     p = fine_tune("full")
     assert set(p.plan.trainable) == all_params(p.model)
     assert p.plan.frozen == []
-    assert p.plan.bn_eval == ()
+    assert p.plan.pinned_bn == ()
     assert p.plan.numel_trainable == p.plan.numel_total == sum(q.numel() for q in p.model.parameters())
 
 
@@ -84,8 +84,8 @@ def test_linear_probe_trains_only_the_head() -> None:
     assert set(p.plan.trainable) == {"fc.weight", "fc.bias"}
     assert p.plan.numel_trainable == 512 * 5 + 5
     # Every BatchNorm is frozen, so every one of resnet18's 20 is pinned in eval.
-    assert list(p.plan.bn_eval) == batchnorms(p.model)
-    assert len(p.plan.bn_eval) == 20
+    assert list(p.plan.pinned_bn) == batchnorms(p.model)
+    assert len(p.plan.pinned_bn) == 20
 
 
 def test_freeze_until_layer3_trains_layer3_layer4_and_the_head() -> None:
@@ -94,7 +94,7 @@ def test_freeze_until_layer3_trains_layer3_layer4_and_the_head() -> None:
     assert set(p.plan.trainable) == expected
     prefix = ("conv1", "bn1", "layer1", "layer2")
     assert set(p.plan.frozen) == {n for n in all_params(p.model) if n.split(".")[0] in prefix}
-    assert list(p.plan.bn_eval) == [n for n in batchnorms(p.model) if n.split(".")[0] in ("bn1", "layer1", "layer2")]
+    assert list(p.plan.pinned_bn) == [n for n in batchnorms(p.model) if n.split(".")[0] in ("bn1", "layer1", "layer2")]
 
 
 def test_bitfit_trains_biases_batchnorm_affine_and_the_head_weight() -> None:
@@ -108,4 +108,4 @@ def test_bitfit_trains_biases_batchnorm_affine_and_the_head_weight() -> None:
     # resnet18's convolutions have no bias: the only biases are BatchNorm's and fc's.
     assert biases == {n for n in bn_affine if n.endswith(".bias")} | {"fc.bias"}
     assert all(n.endswith(".weight") and ("conv" in n or "downsample.0" in n) for n in p.plan.frozen)
-    assert p.plan.bn_eval == ()  # every BatchNorm has trainable parameters: none is pinned
+    assert p.plan.pinned_bn == ()  # every BatchNorm has trainable parameters: none is pinned

@@ -65,7 +65,7 @@ def model() -> nn.Sequential:
 def until_3(model: nn.Sequential) -> FreezePlan:
     """First conv + BN frozen (BN "1" pinned); second BN ("4") trainable."""
     p = make_plan(model, [{"until": "3"}])
-    assert p.bn_eval == ("1",)
+    assert p.pinned_bn == ("1",)
     apply_plan(model, p)
     return p
 

@@ -360,7 +360,7 @@ def test_no_rules_leaves_everything_trainable_and_undecided() -> None:
     assert [d.decided_by for d in p.params] == [None] * 6
     assert [d.numel for d in p.params] == [CONV_NET_NUMEL[n] for n in CONV_NET_PARAMS]
     assert p.numel_total == p.numel_trainable == 410
-    assert p.bn_eval == ()
+    assert p.pinned_bn == ()
     assert p.rules == ()
 
 
@@ -418,7 +418,7 @@ def test_freeze_type_by_base_class_freezes_every_batchnorm() -> None:
         "body.1.bn.weight",
         "body.1.bn.bias",
     ]
-    assert p.bn_eval == ("stem_bn", "body.0.bn", "body.1.bn")
+    assert p.pinned_bn == ("stem_bn", "body.0.bn", "body.1.bn")
     assert p.numel_trainable == p.numel_total - 6 * 4
 
 
@@ -432,7 +432,7 @@ def test_unfreeze_type_after_freeze_all() -> None:
         "body.1.bn.weight",
         "body.1.bn.bias",
     ]
-    assert p.bn_eval == ()  # their parameters train, so their statistics may too
+    assert p.pinned_bn == ()  # their parameters train, so their statistics may too
 
 
 def test_until_in_a_plan() -> None:
@@ -440,12 +440,12 @@ def test_until_in_a_plan() -> None:
     assert p.frozen == ["0.weight", "0.bias", "1.weight", "1.bias"]
     assert p.trainable == ["4.weight", "4.bias"]
     assert [d.decided_by for d in p.params] == ["freeze.rules[0] {until: 2}"] * 4 + [None, None]
-    assert p.bn_eval == ("1",)
+    assert p.pinned_bn == ("1",)
 
     nested = plan(Net(), [{"until": "body.1"}])
     assert nested.frozen == NET_PARAMS[:8]
     assert nested.trainable == NET_PARAMS[8:]
-    assert nested.bn_eval == ("stem_bn", "body.0.bn")
+    assert nested.pinned_bn == ("stem_bn", "body.0.bn")
 
 
 def test_until_the_first_module_is_an_error() -> None:
@@ -457,14 +457,14 @@ def test_batchnorm_eval_lists_exactly_the_fully_frozen_batchnorms() -> None:
     # body.0.bn fully frozen; body.1.bn half frozen; stem_bn trainable.
     p = plan(Net(), [{"freeze": "body.0"}, {"freeze": "body.1.bn.weight"}])
     assert p.frozen == ["body.0.conv.weight", "body.0.bn.weight", "body.0.bn.bias", "body.1.bn.weight"]
-    assert p.bn_eval == ("body.0.bn",)
+    assert p.pinned_bn == ("body.0.bn",)
     assert p.batchnorm == "eval"
 
 
 def test_batchnorm_train_pins_nothing() -> None:
     p = plan(Net(), [{"freeze": "*"}, {"unfreeze": "head"}], batchnorm="train")
     assert p.trainable == ["head.weight", "head.bias"]
-    assert p.bn_eval == ()
+    assert p.pinned_bn == ()
     assert p.batchnorm == "train"
 
 
@@ -528,9 +528,9 @@ def test_to_json_is_the_whole_plan() -> None:
             {"name": "4.weight", "numel": 288, "trainable": True, "decided_by": None},
             {"name": "4.bias", "numel": 2, "trainable": True, "decided_by": None},
         ],
-        "batchnorm_eval": [],
+        "pinned_bn": [],
         "frozen_modules": "train",
-        "eval_modules": [],
+        "pinned_other": [],
     }
 
 
@@ -541,24 +541,24 @@ def test_frozen_modules_eval_pins_frozen_modules_and_what_feeds_them(meta_tree: 
     tree = meta_tree("mobilenet_v3_small")
     probe = plan_from_config(tree, "linear_probe", [], "eval", "eval")
     # Every frozen module, and the parameter-free ones inside them (Hardswish) ...
-    assert "features" in probe.eval_modules and "features.1.block.0.2" in probe.eval_modules
-    assert "avgpool" in probe.eval_modules and "classifier.0" in probe.eval_modules
+    assert "features" in probe.pinned_other and "features.1.block.0.2" in probe.pinned_other
+    assert "avgpool" in probe.pinned_other and "classifier.0" in probe.pinned_other
     # ... but what feeds the trainable head (Hardswish, then Dropout) trains with it, and so does the head.
-    assert not {"classifier.1", "classifier.2", "classifier.3"} & set(probe.eval_modules)
-    assert "classifier" not in probe.eval_modules  # it holds the trainable head
-    assert not set(probe.eval_modules) & set(probe.bn_eval)  # BatchNorm follows freeze.batchnorm
-    assert plan_from_config(tree, "linear_probe", [], "eval", "train").eval_modules == ()
+    assert not {"classifier.1", "classifier.2", "classifier.3"} & set(probe.pinned_other)
+    assert "classifier" not in probe.pinned_other  # it holds the trainable head
+    assert not set(probe.pinned_other) & set(probe.pinned_bn)  # BatchNorm follows freeze.batchnorm
+    assert plan_from_config(tree, "linear_probe", [], "eval", "train").pinned_other == ()
 
 
 def test_a_frozen_blocks_dropout_is_pinned_even_when_the_next_block_trains(meta_tree: Callable[..., ModelTree]) -> None:
     tree = meta_tree("vit_b_16")
     p = plan_from_config(tree, "until:encoder.layers.encoder_layer_6", [], "eval", "eval")
-    assert "encoder.dropout" in p.eval_modules  # p=0.0, and it feeds frozen layers
-    assert "encoder.layers.encoder_layer_5.dropout" in p.eval_modules  # the last frozen block's own dropout
-    assert "encoder.layers.encoder_layer_5.mlp.4" in p.eval_modules  # Dropout inside the frozen MLP
-    assert "encoder.layers.encoder_layer_6" not in p.eval_modules
-    assert "encoder.layers.encoder_layer_6.dropout" not in p.eval_modules
-    assert "encoder" not in p.eval_modules and "encoder.layers" not in p.eval_modules
+    assert "encoder.dropout" in p.pinned_other  # p=0.0, and it feeds frozen layers
+    assert "encoder.layers.encoder_layer_5.dropout" in p.pinned_other  # the last frozen block's own dropout
+    assert "encoder.layers.encoder_layer_5.mlp.4" in p.pinned_other  # Dropout inside the frozen MLP
+    assert "encoder.layers.encoder_layer_6" not in p.pinned_other
+    assert "encoder.layers.encoder_layer_6.dropout" not in p.pinned_other
+    assert "encoder" not in p.pinned_other and "encoder.layers" not in p.pinned_other
 
 
 def test_eval_all_pins_every_batchnorm_and_keeps_their_affine_parameters_trainable(
@@ -566,10 +566,10 @@ def test_eval_all_pins_every_batchnorm_and_keeps_their_affine_parameters_trainab
 ) -> None:
     tree = meta_tree("resnet18")
     full = plan_from_config(tree, "full", [], "eval_all")
-    assert list(full.bn_eval) == [m.name for m in tree.modules if m.is_batchnorm] and len(full.bn_eval) == 20
+    assert list(full.pinned_bn) == [m.name for m in tree.modules if m.is_batchnorm] and len(full.pinned_bn) == 20
     assert full.trainable == tree.param_names
-    assert plan_from_config(tree, "full", [], "eval").bn_eval == ()
-    assert plan_from_config(tree, "full", [], "train").bn_eval == ()
+    assert plan_from_config(tree, "full", [], "eval").pinned_bn == ()
+    assert plan_from_config(tree, "full", [], "train").pinned_bn == ()
 
 
 # --------------------------------------------------------------------------- presets
@@ -590,7 +590,7 @@ def test_linear_probe_trains_only_the_head() -> None:
     ]
     p = plan(conv_net(), [], preset="linear_probe")
     assert p.trainable == ["4.weight", "4.bias"]
-    assert p.bn_eval == ("1",)
+    assert p.pinned_bn == ("1",)
     assert p.params[0].decided_by == "preset linear_probe {freeze: *}"
     assert p.params[-1].decided_by == "preset linear_probe {unfreeze: 4}"
 
@@ -598,7 +598,7 @@ def test_linear_probe_trains_only_the_head() -> None:
 def test_preset_rules_run_before_the_users_rules() -> None:
     p = plan(conv_net(), [{"unfreeze": "1"}], preset="linear_probe")
     assert p.trainable == ["1.weight", "1.bias", "4.weight", "4.bias"]
-    assert p.bn_eval == ()
+    assert p.pinned_bn == ()
     assert [str(r) for r in p.rules] == ["{freeze: *}", "{unfreeze: 4}", "{unfreeze: 1}"]
     # ... so a user's rule can also take something away from the preset.
     assert plan(conv_net(), [{"freeze": "4.bias"}], preset="linear_probe").trainable == ["4.weight"]
@@ -619,7 +619,7 @@ def test_bitfit_trains_biases_batchnorm_affine_and_head() -> None:
         "head.bias",
     ]
     assert p.frozen == ["scale", "stem.weight", "body.0.conv.weight", "body.1.conv.weight"]
-    assert p.bn_eval == ()
+    assert p.pinned_bn == ()
 
 
 def test_bitfit_optional_rules_may_match_nothing() -> None:
@@ -668,7 +668,7 @@ def test_resnet18_until_layer3(resnet18: ModelTree) -> None:
     # conv1 9,408 + bn1 128 + layer1 147,968 + layer2 525,568
     assert p.numel_total - p.numel_trainable == 683_072
     assert p.numel_trainable == 11_006_440
-    assert p.bn_eval == (
+    assert p.pinned_bn == (
         "bn1",
         "layer1.0.bn1",
         "layer1.0.bn2",
@@ -688,7 +688,7 @@ def test_resnet18_linear_probe_and_bitfit(resnet18: ModelTree) -> None:
     assert probe.numel_trainable == 512 * 1000 + 1000
     bns = [m.name for m in resnet18.modules if m.is_batchnorm]
     assert len(bns) == 20
-    assert list(probe.bn_eval) == bns
+    assert list(probe.pinned_bn) == bns
 
     bitfit = plan_from_config(resnet18, "bitfit", [], "eval")
     # ResNet convolutions have no bias: BN affine parameters and the head only.
@@ -696,7 +696,7 @@ def test_resnet18_linear_probe_and_bitfit(resnet18: ModelTree) -> None:
     assert bitfit.trainable == bn_params + ["fc.weight", "fc.bias"]
     assert len(bitfit.trainable) == 42
     assert bitfit.numel_trainable == 9_600 + 513_000
-    assert bitfit.bn_eval == ()
+    assert bitfit.pinned_bn == ()
 
 
 def test_resnet18_typo_suggests_nearest_layers(resnet18: ModelTree) -> None:
@@ -723,8 +723,8 @@ def test_mobilenet_v3_small_head_is_classifier_3(mobilenet: ModelTree) -> None:
     p = plan_from_config(mobilenet, "linear_probe", [], "eval")
     assert p.trainable == ["classifier.3.weight", "classifier.3.bias"]
     assert p.numel_trainable == 1024 * 1000 + 1000
-    assert list(p.bn_eval) == [m.name for m in mobilenet.modules if m.is_batchnorm]
-    assert len(p.bn_eval) == 34
+    assert list(p.pinned_bn) == [m.name for m in mobilenet.modules if m.is_batchnorm]
+    assert len(p.pinned_bn) == 34
 
 
 def test_vit_b_16_tree(vit: ModelTree) -> None:
@@ -747,7 +747,7 @@ def test_vit_b_16_until_encoder_layer_6(vit: ModelTree) -> None:
     assert "encoder.ln.weight" in p.trainable
     # One encoder layer of ViT-B/16 holds 7,087,872 parameters.
     assert p.numel_total - p.numel_trainable == 768 + 768 * 3 * 16 * 16 + 768 + 197 * 768 + 6 * 7_087_872
-    assert p.bn_eval == ()
+    assert p.pinned_bn == ()
 
 
 def test_vit_b_16_bitfit_trains_layernorm_too(vit: ModelTree) -> None:
@@ -773,8 +773,8 @@ def test_batchnorm_without_affine_follows_its_enclosing_module() -> None:
     block = lambda: nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, affine=False))  # noqa: E731
     model = nn.Sequential(block(), block(), nn.Linear(2, 2))
     plan = build_plan(describe(model), [Rule("freeze", "0", "test")])
-    assert plan.bn_eval == ("0.1",)  # block 0 is all frozen; block 1 trains
-    assert build_plan(describe(model), [], "train").bn_eval == ()
+    assert plan.pinned_bn == ("0.1",)  # block 0 is all frozen; block 1 trains
+    assert build_plan(describe(model), [], "train").pinned_bn == ()
 
 
 def test_head_may_be_a_subclass_of_linear() -> None:

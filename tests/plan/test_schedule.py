@@ -117,17 +117,17 @@ def test_gradual_rederives_batchnorm_policy_per_phase(resnet18: ModelTree) -> No
     s = schedule(resnet18, "gradual", gradual=["layer4", "layer3"])
     bn_all = [m.name for m in resnet18.modules if m.is_batchnorm]
     assert len(bn_all) == 20
-    assert list(s.phases[0].plan.bn_eval) == bn_all  # everything but fc frozen: every BN pinned
-    assert set(LAYER4_BN) <= set(s.phases[0].plan.bn_eval)
-    assert set(LAYER4_BN).isdisjoint(s.phases[1].plan.bn_eval)  # unfrozen: its BN trains again
-    assert list(s.phases[1].plan.bn_eval) == [b for b in bn_all if not b.startswith("layer4.")]
-    assert set(batchnorms(resnet18, "layer3")).isdisjoint(s.phases[2].plan.bn_eval)
-    assert len(s.phases[2].plan.bn_eval) == 10
+    assert list(s.phases[0].plan.pinned_bn) == bn_all  # everything but fc frozen: every BN pinned
+    assert set(LAYER4_BN) <= set(s.phases[0].plan.pinned_bn)
+    assert set(LAYER4_BN).isdisjoint(s.phases[1].plan.pinned_bn)  # unfrozen: its BN trains again
+    assert list(s.phases[1].plan.pinned_bn) == [b for b in bn_all if not b.startswith("layer4.")]
+    assert set(batchnorms(resnet18, "layer3")).isdisjoint(s.phases[2].plan.pinned_bn)
+    assert len(s.phases[2].plan.pinned_bn) == 10
 
 
 def test_gradual_with_batchnorm_train_pins_nothing(resnet18: ModelTree) -> None:
     s = schedule(resnet18, "gradual", gradual=["layer4"], batchnorm="train")
-    assert [p.plan.bn_eval for p in s.phases] == [(), ()]
+    assert [p.plan.pinned_bn for p in s.phases] == [(), ()]
     assert [p.plan.batchnorm for p in s.phases] == ["train", "train"]
 
 
@@ -215,7 +215,7 @@ def test_refrozen_params_are_not_frozen_throughout(resnet18: ModelTree) -> None:
     # Frozen again in phase 3, but they trained in epoch 2: a delta must keep them.
     assert s.plan_at(3).trainable == FC
     assert set(under(resnet18, "layer4")).isdisjoint(s.frozen_throughout(3))
-    assert set(LAYER4_BN) <= set(s.plan_at(3).bn_eval)
+    assert set(LAYER4_BN) <= set(s.plan_at(3).pinned_bn)
     assert set(LAYER4_BN).isdisjoint(s.pinned_throughout(3))
     assert s.frozen_throughout(1) >= set(under(resnet18, "layer4"))
 
@@ -226,9 +226,9 @@ def test_refrozen_params_are_not_frozen_throughout(resnet18: ModelTree) -> None:
 def test_freeze_event_freezes_and_pins_from_its_epoch(resnet18: ModelTree) -> None:
     s = schedule(resnet18, None, events=[{"epoch": 2, "freeze": "layer1"}])
     assert s.phases[0].plan.trainable == resnet18.param_names
-    assert s.phases[0].plan.bn_eval == ()
+    assert s.phases[0].plan.pinned_bn == ()
     assert s.phases[1].plan.frozen == under(resnet18, "layer1")
-    assert list(s.phases[1].plan.bn_eval) == LAYER1_BN
+    assert list(s.phases[1].plan.pinned_bn) == LAYER1_BN
     (ev,) = s.events_at(2)
     assert ev.params == tuple(under(resnet18, "layer1"))
     assert s.lr_scales(2) == {}  # only unfreeze events carry a scale
@@ -258,9 +258,9 @@ def test_type_selector_events_unfreeze_and_freeze_by_module_class(resnet18: Mode
         ],
     )
     assert s.phases[1].plan.trainable == sorted([*bn_params, *FC], key=resnet18.param_names.index)
-    assert s.phases[1].plan.bn_eval == ()  # every BatchNorm trains from epoch 2
+    assert s.phases[1].plan.pinned_bn == ()  # every BatchNorm trains from epoch 2
     assert s.lr_scales(2) == dict.fromkeys(bn_params, 0.5)
-    assert s.phases[2].plan.trainable == FC and list(s.phases[2].plan.bn_eval) == all_bn
+    assert s.phases[2].plan.trainable == FC and list(s.phases[2].plan.pinned_bn) == all_bn
     assert [e["event"] for e in s.to_json()] == ["unfreeze_type", "freeze_type"]
     assert s.to_json()[0]["lr_scale"] == 0.5 and "lr_scale" not in s.to_json()[1]
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from freezetune.config import Rule
 from freezetune.plan import apply_plan, build_plan, describe
-from freezetune.record import FrozenLedger, fingerprint, protected_tensors, tensor_digest, verify_frozen
+from freezetune.record import Ledger, fingerprint, ledger_tensors_of, tensor_digest, verify_frozen
 
 
 def model_and_plan():
@@ -28,7 +28,7 @@ def test_digest_is_bitwise() -> None:
 
 def test_protected_set_is_frozen_params_and_pinned_batchnorm_buffers() -> None:
     model, plan = model_and_plan()
-    assert sorted(protected_tensors(model, plan)) == sorted(
+    assert sorted(ledger_tensors_of(model, plan)) == sorted(
         ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     )
 
@@ -58,7 +58,7 @@ def test_the_ledger_hashes_frozen_tensors_as_frozen_dtype_stores_them() -> None:
     first = build_plan(describe(model), [Rule("freeze", "0", "t"), Rule("freeze", "1", "t")])
     second = build_plan(describe(model), [Rule("freeze", "2", "t"), Rule("freeze", "1", "t")])
     apply_plan(model, first, "bf16")
-    ledger = FrozenLedger(model, first, "bf16")
+    ledger = Ledger(model, first, "bf16")
     assert ledger.digests["0.weight"] == tensor_digest(model[0].weight) and model[0].weight.dtype == torch.bfloat16
     released = ledger.move_to(second)
     assert released == {"0.weight": True, "0.bias": True}  # compared as stored, before the up-cast
@@ -78,7 +78,7 @@ def test_a_ledger_without_frozen_dtype_would_miss_the_cast() -> None:
     first = build_plan(describe(model), [Rule("freeze", "0", "t")])
     second = build_plan(describe(model), [Rule("freeze", "0", "t"), Rule("freeze", "1", "t")])
     apply_plan(model, first, "bf16")
-    ledger = FrozenLedger(model, first)
+    ledger = Ledger(model, first)
     ledger.move_to(second)
     apply_plan(model, second, "bf16")
     assert ledger.verify().changed == ["1.bias", "1.weight"]

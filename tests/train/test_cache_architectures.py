@@ -97,10 +97,10 @@ def test_modules_run_in_the_modes_the_plan_says(arch: str, preset: str) -> None:
     modules = dict(p.model.named_modules())
     frozen = set(p.plan.frozen)
     assert p.plan.pinned and all(not modules[n].training for n in p.plan.pinned)
-    for name in p.plan.eval_modules:  # only frozen modules, or parameter-free ones, are pinned
+    for name in p.plan.pinned_other:  # only frozen modules, or parameter-free ones, are pinned
         assert all(f"{name}.{q}" in frozen for q, _ in modules[name].named_parameters()), name
     for name in {n.rsplit(".", 1)[0] for n in p.plan.trainable}:  # whatever owns a trainable tensor trains
-        assert modules[name].training or name in p.plan.bn_eval, name
+        assert modules[name].training or name in p.plan.pinned_bn, name
     random = [n for n, m in modules.items() if type(m).__name__ in ("Dropout", "StochasticDepth") and m.p > 0]
     if preset == "linear_probe":
         head_dropout = HEAD_DROPOUT.get(arch)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from freezetune.config import OptimizerConfig, Rule
 from freezetune.plan import apply_plan, build_plan, describe, plan_from_config, trainable_parameters
-from freezetune.record import protected_tensors
+from freezetune.record import ledger_tensors_of
 from freezetune.train import Diverged, LoopOptions, evaluate, make_optimizer, train_one_epoch
 from freezetune.train.loop import check_finite_weights
 
@@ -132,7 +132,7 @@ def test_resnet18_until_layer3_trains_only_layer3_onwards() -> None:
     model = torchvision.models.resnet18(num_classes=3)
     plan = plan_from_config(describe(model), "until:layer3", [], "eval")
     apply_plan(model, plan)
-    protected = {k: v.detach().clone() for k, v in protected_tensors(model, plan).items()}
+    protected = {k: v.detach().clone() for k, v in ledger_tensors_of(model, plan).items()}
     before = snapshot(model)
     optimizer = make_optimizer(model, OptimizerConfig("sgd", 0.05, 0.9, 5e-4))
     train_one_epoch(model, optimizer, loader(n=16, size=32), CPU)

@@ -327,13 +327,13 @@ def test_linear_probe_batchnorm_policy(tmp_path: Path, batchnorm: str, tiny_cfg:
     tracked = {int(state[f"{b}.num_batches_tracked"]) for b in bns}
     at_init = [torch.equal(state[f"{b}.running_mean"], torch.zeros(state[f"{b}.running_mean"].shape)) for b in bns]
     if batchnorm == "eval":
-        assert plan["batchnorm_eval"] == bns
-        assert summary.batchnorm_eval == 20
+        assert plan["pinned_bn"] == bns
+        assert summary.pinned_bn == 20
         assert tracked == {0}
         assert all(at_init)
     else:
-        assert plan["batchnorm_eval"] == []
-        assert summary.batchnorm_eval == 0
+        assert plan["pinned_bn"] == []
+        assert summary.pinned_bn == 0
         assert tracked == {2}
         assert not any(at_init)
 
@@ -371,8 +371,8 @@ def test_freeze_plan_lists_every_parameter_and_the_pinned_batchnorm(record: Reco
     rows = record.plan["parameters"]
     assert [(r["name"], r["numel"]) for r in rows] == [(n, p.numel()) for n, p in model.named_parameters()]
     assert all(r["trainable"] is (top(r["name"]) not in FROZEN_PREFIX) for r in rows)
-    assert record.plan["batchnorm_eval"] == [n for n in resnet18_batchnorms() if top(n) in FROZEN_PREFIX]
-    assert len(record.plan["batchnorm_eval"]) == 10
+    assert record.plan["pinned_bn"] == [n for n in resnet18_batchnorms() if top(n) in FROZEN_PREFIX]
+    assert len(record.plan["pinned_bn"]) == 10
 
 
 def test_metrics_has_one_row_per_epoch(record: Record) -> None:
@@ -393,7 +393,7 @@ def test_summary_agrees_with_the_plan_metrics_and_checkpoint(cli: Cli, record: R
     assert s["params_trainable"] == sum(r["numel"] for r in rows if r["trainable"])
     assert s["tensors_trainable"] == sum(r["trainable"] for r in rows)
     assert s["tensors_frozen"] == sum(not r["trainable"] for r in rows)
-    assert s["batchnorm_eval"] == len(record.plan["batchnorm_eval"])
+    assert s["pinned_bn"] == len(record.plan["pinned_bn"])
     assert s["final_val_acc"] == record.metrics[-1]["val_acc"]
     assert s["final_val_loss"] == record.metrics[-1]["val_loss"]
     assert s["best_val_acc"] == max(r["val_acc"] for r in record.metrics)
