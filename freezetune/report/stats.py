@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "CONFIDENCE",
@@ -58,22 +59,20 @@ class Stat:
 
 
 @dataclass(frozen=True)
-class Difference:
-    """A config's metric minus the reference's, with its 95% interval and how it was taken:
-    ``paired`` (per seed both ran, then the t-interval of those differences), ``welch``
-    (no common seeds: the two samples' unequal-variance interval) or ``none`` (too few
-    runs for an interval). ``resolved``: the interval excludes 0."""
+class _Interval:
+    """A pooled estimate with its 95% interval, and whether the interval excludes ``_NULL``."""
 
     mean: float
     low: float | None
     high: float | None
     method: str
     n: int
+    _NULL: ClassVar[float] = 0.0  # the value of "no difference"
 
     @property
     def resolved(self) -> bool:
-        """The interval excludes 0: the difference is real at 95% confidence."""
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        """The interval excludes the null value: the two differ at 95% confidence."""
+        return self.low is not None and self.high is not None and (self.low > self._NULL or self.high < self._NULL)
 
     def to_json(self) -> dict[str, float | int | str | bool | None]:
         """As report.json holds it, ``resolved`` included."""
@@ -88,33 +87,21 @@ class Difference:
 
 
 @dataclass(frozen=True)
-class Ratio:
+class Difference(_Interval):
+    """A config's metric minus the reference's, with its 95% interval and how it was taken:
+    ``paired`` (per seed both ran, then the t-interval of those differences), ``welch``
+    (no common seeds: the two samples' unequal-variance interval) or ``none`` (too few
+    runs for an interval). ``resolved``: the interval excludes 0."""
+
+
+@dataclass(frozen=True)
+class Ratio(_Interval):
     """A config's metric over the reference's, pooled over seeds: the geometric mean of the
     per-seed ratios with its 95% interval, taken as a :class:`Difference` of logarithms (so
     that 0.5× and 2× weigh alike) and mapped back. ``method`` as a Difference's;
     ``resolved``: the interval excludes 1."""
 
-    mean: float
-    low: float | None
-    high: float | None
-    method: str
-    n: int
-
-    @property
-    def resolved(self) -> bool:
-        """The interval excludes 1: the two differ at 95% confidence."""
-        return self.low is not None and self.high is not None and (self.low > 1 or self.high < 1)
-
-    def to_json(self) -> dict[str, float | int | str | bool | None]:
-        """As report.json holds it, ``resolved`` included."""
-        return {
-            "mean": self.mean,
-            "low": self.low,
-            "high": self.high,
-            "method": self.method,
-            "n": self.n,
-            "resolved": self.resolved,
-        }
+    _NULL: ClassVar[float] = 1.0
 
 
 def summarize(values: Sequence[float]) -> Stat:
