@@ -40,11 +40,13 @@ from freezetune.utils.precision import autocast
 
 __all__ = [
     "CacheRefused",
+    "CheckedSplit",
     "Compute",
     "FeatureCache",
     "Split",
     "build_cache",
     "cached_loaders",
+    "check_and_time_split",
     "check_split",
     "prefix_problem",
     "split_model",
@@ -232,16 +234,41 @@ class Compute:
 _TOLERANCE = {torch.bfloat16: (1.6e-2, 1e-5), torch.float16: (1e-3, 1e-5)}
 
 
-@torch.no_grad()
 def check_split(model: nn.Module, split: Split, x: torch.Tensor, compute: Compute | None = None) -> float:
     """Max |suffix(prefix(x)) - model(x)| on a real batch, in eval mode, run as ``compute``
     says (the run's precision and memory format; default: fp32 on ``x``'s device); refuse if
     not tight."""
+    return check_and_time_split(model, split, x, compute).max_abs_diff
+
+
+@dataclass(frozen=True)
+class CheckedSplit:
+    """What :func:`check_and_time_split` found: the cut's largest difference from the model,
+    the prefix's output for the batch, and the seconds of each timed prefix forward."""
+
+    max_abs_diff: float
+    features: torch.Tensor
+    prefix_s: list[float]
+
+
+@torch.no_grad()
+def check_and_time_split(
+    model: nn.Module, split: Split, x: torch.Tensor, compute: Compute | None = None, repeats: int = 1
+) -> CheckedSplit:
+    """:func:`check_split`, timing the prefix forward the check runs anyway: ``model(x)`` runs
+    the same layers first (kernels chosen, memory allocated), so that forward is already warm
+    and the cache's prediction costs no pass of its own; ``repeats`` > 1 times that many
+    (the first is the check's) for a median that one slow moment of the machine does not decide."""
     compute = compute or Compute(x.device)
     x = compute.input(x)
+    times = []
     with eval_mode(model), compute.autocast():
         whole = first_tensor(model(x))
-        parts = first_tensor(split.suffix(split.prefix(x)))
+        for _ in range(max(1, repeats)):
+            start = device_clock(compute.device)
+            features = split.prefix(x)
+            times.append(device_clock(compute.device) - start)
+        parts = first_tensor(split.suffix(features))
     if whole is None or parts is None or whole.shape != parts.shape:
         raise CacheRefused("the split model's output does not have the model's shape")
     rtol, atol = _TOLERANCE.get(whole.dtype, (1e-5, 1e-6))
@@ -249,7 +276,7 @@ def check_split(model: nn.Module, split: Split, x: torch.Tensor, compute: Comput
     diff = (whole - parts).abs().max().item()
     if not torch.allclose(whole, parts, rtol=rtol, atol=atol):
         raise CacheRefused(f"suffix(prefix(x)) differs from model(x) by up to {diff:.3g}")
-    return diff
+    return CheckedSplit(diff, features, times)
 
 
 @dataclass

@@ -11,6 +11,7 @@ freezetune.train.cache's job, following it across phases freezetune.train.nets's
 from __future__ import annotations
 
 import enum
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +21,15 @@ import torch.nn as nn
 from freezetune.config import Config, ConfigError
 from freezetune.measure import device_clock
 from freezetune.plan import Schedule, apply_plan
-from freezetune.train.cache import CacheRefused, Compute, Split, check_split, prefix_problem, split_model
+from freezetune.train.cache import (
+    CacheRefused,
+    CheckedSplit,
+    Compute,
+    Split,
+    check_and_time_split,
+    prefix_problem,
+    split_model,
+)
 from freezetune.utils import eval_mode
 
 __all__ = [
@@ -36,7 +45,13 @@ __all__ = [
     "compute_of",
     "preview_cache",
     "prefix_still_frozen",
+    "probe_images",
 ]
+
+# plan's preview times the prefix this many times (the check's forward and two more) and takes the
+# median: plan's seconds are not training's, and one slow moment of a shared machine must not
+# decide its prediction. Training times only the check's own forward, so its set-up stays one pass.
+PREVIEW_REPEATS = 3
 
 DDP_REASON = "off under DDP (multi-process): the cache would bypass DDP's gradient all-reduce"
 OFF_REASON = "train.cache_features: off"
@@ -54,22 +69,38 @@ def compute_of(cfg: Config, device: torch.device) -> Compute:
     return Compute(device, cfg.train.precision, cfg.train.channels_last)
 
 
-def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int) -> bool:
-    """Whether building a cache pays for itself: a build runs its prefix once over every
-    batch of the training and validation sets; without it, each of the ``epochs_left``
+def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int, setup_batches: float = 0.0) -> bool:
+    """Whether building a cache pays for everything it spends: a build runs its prefix once over
+    every batch of the training and validation sets; without it, each of the ``epochs_left``
     epochs (the current one included) runs the same prefix over the batches it trains and
-    validates on. The per-batch cost is the same on both sides, so it cancels: the build
-    pays when the epochs left do strictly more batches than the build (at a tie the build
-    would also copy every output into storage for nothing)."""
-    return epochs_left * batches_per_epoch > batches_to_build
+    validates on. The per-batch cost is the same on both sides, so it is the unit:
+    ``setup_batches`` is the set-up (tracing, checking the cut, timing) in prefix batches. The
+    build pays when the epochs left do strictly more batches than the build and the set-up
+    together (at a tie the build would also copy every output into storage for nothing)."""
+    return epochs_left * batches_per_epoch > batches_to_build + setup_batches
 
 
-def cache_skip_reason(epochs_left: int) -> str:
+def cache_skip_reason(w: Weighing) -> str:
     """Why a build that :func:`cache_pays` turns down is not made (train's record, plan's preview)."""
+    if not cache_pays(w.epochs_left, w.batches_per_epoch, w.build_batches):
+        return (
+            f"not built: {w.epochs_left} epoch(s) left would run the prefix over no more batches than a build "
+            "does, so it would not pay for itself"
+        )
     return (
-        f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build "
-        "does, so it would not pay for itself"
+        f"not built: {w.epochs_left} epoch(s) left would save ~{w.prefix_s - w.build_s:.2f}s of prefix work over "
+        f"a ~{w.build_s:.2f}s build, no more than its ~{w.setup_s:.2f}s set-up (tracing, checking the cut, timing), "
+        "so it would not pay for itself"
     )
+
+
+def probe_images(batch_size: int, image_size: int) -> int:
+    """How many images the cut is checked and the prefix timed on (plan's random ones and
+    training's first validation batch alike): a whole batch where it is cheap, since at 32 px
+    four images spend their time in per-operation overhead and, scaled up, predicted builds
+    10-30x too long; at 224 px a few, whose time is already the convolutions' (a whole ViT
+    batch would take seconds of set-up, every one of them spent before the cache can pay)."""
+    return min(batch_size, max(4, 64 * 64 * 64 // (image_size * image_size)))
 
 
 def cache_batches(cfg: Config, n_train: int, n_val: int) -> tuple[int, int]:
@@ -88,22 +119,6 @@ def prefix_still_frozen(split: Split) -> bool:
     return not any(p.requires_grad for p in split.prefix.parameters()) and not any(
         m.training for m in split.prefix.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
     )
-
-
-def _prefix_seconds(
-    prefix: nn.Module, x: torch.Tensor, model: nn.Module, compute: Compute, repeats: int = 3
-) -> tuple[torch.Tensor, float]:
-    """``prefix``'s output for ``x`` and the median seconds of ``repeats`` timed forwards after a
-    warm-up (allocator, kernel choice), run as a cache build runs it: eval mode, no autograd, the
-    step's autocast. The median: one slow moment of the machine does not decide it."""
-    times = []
-    with torch.inference_mode(), eval_mode(model), compute.autocast():
-        out = prefix(x)
-        for _ in range(repeats):
-            start = device_clock(compute.device)
-            prefix(x)
-            times.append(device_clock(compute.device) - start)
-    return out, statistics.median(times)
 
 
 class CacheAction(enum.Enum):
@@ -129,22 +144,41 @@ class HeldCache:
 @dataclass(frozen=True)
 class Weighing:
     """``cache_features: auto``'s comparison for a new cache: prefix batches the epochs left
-    would run against the batches a build runs, and the prefix's timed seconds per batch."""
+    would run against the batches a build runs, the prefix's timed seconds per batch, and the
+    seconds the decision spent setting the cache up (tracing, checking the cut, timing)."""
 
     epochs_left: int
     batches_per_epoch: int
     build_batches: int
     batch_s: float
+    setup_s: float = 0.0
+
+    @property
+    def setup_batches(self) -> float:
+        """The set-up in prefix batches, the unit :func:`cache_pays` weighs in."""
+        if self.setup_s <= 0:
+            return 0.0
+        return self.setup_s / self.batch_s if self.batch_s > 0 else math.inf
 
     @property
     def pays(self) -> bool:
-        """Whether the build pays for itself (:func:`cache_pays`)."""
-        return cache_pays(self.epochs_left, self.batches_per_epoch, self.build_batches)
+        """Whether the build pays for itself and its set-up (:func:`cache_pays`)."""
+        return cache_pays(self.epochs_left, self.batches_per_epoch, self.build_batches, self.setup_batches)
+
+    @property
+    def prefix_s(self) -> float:
+        """The prefix seconds the epochs left would spend without a cache."""
+        return self.batch_s * self.batches_per_epoch * self.epochs_left
+
+    @property
+    def build_s(self) -> float:
+        """The build's predicted seconds."""
+        return self.batch_s * self.build_batches
 
     @property
     def predicted_saving_s(self) -> float:
-        """The prefix seconds the cache saves over the epochs left (negative: it costs)."""
-        return self.batch_s * (self.batches_per_epoch * self.epochs_left - self.build_batches)
+        """What the cache saves over the epochs left, its build and set-up paid (negative: it costs)."""
+        return self.prefix_s - self.build_s - self.setup_s
 
 
 @dataclass(frozen=True)
@@ -158,7 +192,8 @@ class CacheDecision:
     SKIP, and KEEP instead of one) ``feature_shape`` and ``feature_dtype`` describe one image's
     prefix output, ``batch_s`` is the prefix's timed seconds per batch, ``build_s`` the build's
     predicted seconds, ``bytes`` and ``storage`` its size for every image and where it would be
-    kept; ``weighed`` is auto's comparison when it was made.
+    kept; ``weighed`` is auto's comparison when it was made. ``setup_s``: the seconds the
+    decision itself spent (tracing, checking the cut, timing; plan's extra timing passes left out).
     """
 
     action: CacheAction
@@ -174,6 +209,7 @@ class CacheDecision:
     bytes: int | None = None
     storage: str | None = None
     weighed: Weighing | None = None
+    setup_s: float | None = None
 
     @property
     def used(self) -> bool:
@@ -205,6 +241,9 @@ class CacheDecision:
             "predicted_build_s": self.build_s,
             "predicted_saving_s": w.predicted_saving_s,
             "built": w.pays,
+            "batch_s": w.batch_s,
+            "predicted_prefix_s": w.prefix_s,
+            "setup_s": w.setup_s,
         }
 
 
@@ -223,6 +262,7 @@ class CachePolicy:
     max_bytes: int
     problem: str | None = None  # why the data rules the cache out (prefix_problem), if it does
     distributed: bool = False
+    repeats: int = 1  # timed prefix forwards, the check's included (plan's preview: PREVIEW_REPEATS)
 
     @classmethod
     def of(cls, cfg: Config, n_train: int, n_val: int, device: torch.device, distributed: bool = False) -> CachePolicy:
@@ -252,10 +292,19 @@ class CachePolicy:
     def split(self, model: nn.Module, x: torch.Tensor) -> tuple[Split, float]:
         """``model`` cut at its frozen prefix, checked on the images ``x`` to give what the model
         gives, and the largest difference; raises :class:`CacheRefused` with the reason."""
+        split, checked = self._checked(model, self._probe(x))
+        return split, checked.max_abs_diff
+
+    def _probe(self, x: torch.Tensor) -> torch.Tensor:
+        """The images of ``x`` the cut is checked and the prefix timed on (:func:`probe_images`)."""
+        return x[: probe_images(self.batch_size, x.shape[-1])] if x.dim() == 4 else x
+
+    def _checked(self, model: nn.Module, x: torch.Tensor) -> tuple[Split, CheckedSplit]:
+        """One trace, one check of the cut, and the prefix's time from the check's own forward."""
         if self.problem:
             raise CacheRefused(self.problem)
         split = split_model(model)
-        return split, check_split(model, split, x, self.compute)
+        return split, check_and_time_split(model, split, x, self.compute, self.repeats)
 
     def decide(
         self,
@@ -281,46 +330,61 @@ class CachePolicy:
         off = self.unavailable()
         if off is not None:
             return off
+        start = device_clock(self.compute.device)
+        x = self._probe(x)
         try:
-            split, diff = self.split(model, x)
+            split, checked = self._checked(model, x)
         except CacheRefused as exc:
             if self.mode == "on":
                 raise cache_on_refused(str(exc), epoch) from None
             return CacheDecision(CacheAction.REFUSED, str(exc))
+        diff = checked.max_abs_diff
         if previous is not None and previous.split.frontier == split.frontier and prefix_still_frozen(previous.split):
             # The trainable set changed after the frontier only.
-            return CacheDecision(CacheAction.KEEP, split=split, held=previous, check_max_abs_diff=diff)
-        extension = _extension(model, previous, split, x, self.compute)
-        new = self._new_cache(model, x, split, previous if extension is not None else None, extension)
+            setup_s = device_clock(self.compute.device) - start - sum(checked.prefix_s[1:])
+            return CacheDecision(CacheAction.KEEP, split=split, held=previous, check_max_abs_diff=diff, setup_s=setup_s)
+        extended = _extension(model, previous, split, x, self.compute, self.repeats)
+        timed = checked.features, checked.prefix_s
+        if extended is not None:
+            extension, timed = extended[0], extended[1:]
+        else:
+            extension = None
+        new = self._new_cache(split, len(x), *timed, previous if extension is not None else None, extension)
+        # Plan's extra timing passes are not a cost training pays: its set-up is what training's would be.
+        extra = sum(checked.prefix_s[1:]) + (sum(extended[2][1:]) if extended is not None else 0.0)
+        setup_s = device_clock(self.compute.device) - start - extra
         weighed = None
         if self.mode == "auto" and epochs_left is not None:
-            weighed = Weighing(epochs_left, self.batches_per_epoch, self.build_batches, new.batch_s)
+            weighed = Weighing(epochs_left, self.batches_per_epoch, self.build_batches, new.batch_s, setup_s)
         if weighed is None or weighed.pays:
             action = CacheAction.EXTEND if extension is not None else CacheAction.BUILD
-            return replace(new, action=action, check_max_abs_diff=diff, weighed=weighed)
+            return replace(new, action=action, check_max_abs_diff=diff, weighed=weighed, setup_s=setup_s)
         # Not worth a build: the earlier cache, while its prefix is still frozen, still holds
         # that prefix's output (what was newly frozen then runs, frozen, in the suffix).
         keep = previous is not None and prefix_still_frozen(previous.split)
         return replace(
             new,
             action=CacheAction.KEEP if keep else CacheAction.SKIP,
-            reason=cache_skip_reason(epochs_left),  # type: ignore[arg-type]
+            reason=cache_skip_reason(weighed),  # type: ignore[arg-type]
             held=previous if keep else new.held,
             check_max_abs_diff=diff,
             weighed=weighed,
+            setup_s=setup_s,
         )
 
     def _new_cache(
-        self, model: nn.Module, x: torch.Tensor, split: Split, extended: HeldCache | None, extension: Split | None
+        self,
+        split: Split,
+        n: int,
+        features: torch.Tensor,
+        times: list[float],
+        extended: HeldCache | None,
+        extension: Split | None,
     ) -> CacheDecision:
         """A new cache at ``split`` (from ``extended``'s features through ``extension``, or from the
-        images ``x``) predicted: one image's features, the build's seconds, its bytes and storage."""
-        x = self.compute.input(x)
-        if extended is not None and extension is not None:
-            with torch.inference_mode(), eval_mode(model), self.compute.autocast():
-                x = self.compute.input(extended.split.prefix(x).to("cpu"))  # what the cache holds
-        features, seconds = _prefix_seconds((extension or split).prefix, x, model, self.compute)
-        batch_s = seconds * self.batch_size / len(x)  # a whole batch's seconds (plan times fewer images)
+        images) predicted from its prefix's ``features`` for ``n`` images and the seconds ``times``
+        of its timed forwards: one image's features, the build's seconds, its bytes and storage."""
+        batch_s = statistics.median(times) * self.batch_size / n  # a whole batch's seconds (fewer images timed)
         total = (features[0].numel() * features.element_size() + 8) * self.n_images  # and the int64 labels
         return CacheDecision(
             CacheAction.BUILD,
@@ -336,21 +400,20 @@ class CachePolicy:
         )
 
     def probe_batch(self, image_size: int) -> torch.Tensor:
-        """Random images of ``image_size`` for :func:`preview_cache`, which reads no data. A whole
-        batch where it is cheap: at 32 px four images spend their time in per-operation overhead,
-        and scaled up predicted builds 10-30x too long. At 224 px (a ViT's batch would take plan
-        seconds) a few images, whose time is already the convolutions'."""
-        n = min(self.batch_size, max(4, 64 * 64 * 64 // (image_size * image_size)))
-        return torch.randn(n, 3, image_size, image_size)
+        """Random images of ``image_size`` for :func:`preview_cache`, which reads no data: as many
+        as training checks the cut on (:func:`probe_images`)."""
+        return torch.randn(probe_images(self.batch_size, image_size), 3, image_size, image_size)
 
 
 def _extension(
-    model: nn.Module, previous: HeldCache | None, split: Split, x: torch.Tensor, compute: Compute
-) -> Split | None:
+    model: nn.Module, previous: HeldCache | None, split: Split, x: torch.Tensor, compute: Compute, repeats: int = 1
+) -> tuple[Split, torch.Tensor, list[float]] | None:
     """When the frozen prefix only grew since ``previous`` was built, the part between its
     frontier and the new one (a split of its suffix), checked to give on cached features what
-    ``split``'s prefix gives on images; None when the cache must be rebuilt from the images (it
-    was spilled to a file the new one would overwrite, or the prefix changed otherwise)."""
+    ``split``'s prefix gives on images, with its output and the seconds of its ``repeats`` timed
+    forwards (warm: the whole new prefix ran the same layers first); None when the cache must be
+    rebuilt from the images (it was spilled to a file the new one would overwrite, or the prefix
+    changed otherwise)."""
     if previous is None or not previous.in_memory:
         return None
     old = previous.split
@@ -361,9 +424,16 @@ def _extension(
     except CacheRefused:
         return None
     x = compute.input(x)
+    times = []
     with torch.inference_mode(), eval_mode(model), compute.autocast():
-        direct, via = split.prefix(x), middle.prefix(compute.input(old.prefix(x).to("cpu")))
-    return middle if direct.shape == via.shape and torch.equal(direct.cpu(), via.cpu()) else None
+        direct, cached = split.prefix(x), compute.input(old.prefix(x).to("cpu"))  # what the cache holds
+        for _ in range(max(1, repeats)):
+            start = device_clock(compute.device)
+            via = middle.prefix(cached)
+            times.append(device_clock(compute.device) - start)
+    if direct.shape == via.shape and torch.equal(direct.cpu(), via.cpu()):
+        return middle, via, times
+    return None
 
 
 def preview_cache(
@@ -378,7 +448,7 @@ def preview_cache(
         ConfigError: under ``cache_features: on``, a phase whose prefix cannot be cached (as
             training refuses it).
     """
-    policy = CachePolicy.of(cfg, *counts, device)
+    policy = replace(CachePolicy.of(cfg, *counts, device), repeats=PREVIEW_REPEATS)
     x = policy.probe_batch(cfg.data.image_size)
     decisions, held = [], None
     try:

@@ -119,16 +119,18 @@ class CacheLifecycle:
         assert w is not None
         self.record.setdefault("decisions", []).append(row)
         log.info(
-            "%s: feature cache at '%s' from %s: %s (a build is ~%.2fs; %d epoch%s left would run the prefix over "
-            "%d batches, the build over %d)",
+            "%s: feature cache at '%s' from %s: %s (a build is ~%.2fs after %.2fs of set-up; %d epoch%s left would "
+            "run the prefix over %d batches, ~%.2fs, the build over %d)",
             self.cfg.name,
             row["frontier"],
             row["from"],
             "built" if w.pays else "skipped, it would not pay for itself",
             row["predicted_build_s"],
+            w.setup_s,
             w.epochs_left,
             "" if w.epochs_left == 1 else "s",
             w.epochs_left * w.batches_per_epoch,
+            w.prefix_s,
             w.build_batches,
         )
         if not w.pays and not self.record["used"]:
@@ -151,7 +153,14 @@ class CacheLifecycle:
             self.cfg.train.cache_max_bytes,
             self.folder,
         )
-        built = {"frontier": split.frontier, "extended": extend, **cache.to_json()}
+        # What was predicted against what was spent, kept beside each other.
+        built = {
+            "frontier": split.frontier,
+            "extended": extend,
+            **cache.to_json(),
+            "predicted_build_s": d.build_s,
+            "setup_s": d.setup_s,
+        }
         builds = self.record.get("builds", []) + [built]
         self.record.update(
             cache.to_json(),
@@ -163,13 +172,16 @@ class CacheLifecycle:
         )
         self.record["build_s"] = sum(b["build_s"] for b in builds)
         log.info(
-            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s) in %.1fs%s",
+            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s): built in %.1fs (predicted %.1fs, "
+            "set-up %.1fs)%s",
             self.cfg.name,
             split.frontier,
             cache.bytes / 2**20,
             cache.to_json()["dtype"],
             cache.storage,
             cache.build_s,
+            d.build_s or 0.0,
+            d.setup_s or 0.0,
             ", extended from the cached features" if extend else "",
         )
         self._held = (split, cache)
