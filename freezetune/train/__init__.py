@@ -4,11 +4,13 @@ Ctrl-C handling, the trainer across schedule phases, and one run end to end."""
 
 from freezetune.train.cache import (
     CacheRefused,
+    CheckedSplit,
     Compute,
     FeatureCache,
     Split,
     build_cache,
     cached_loaders,
+    check_and_time_split,
     check_split,
     prefix_problem,
     split_model,
@@ -26,6 +28,7 @@ from freezetune.train.cache_policy import (
     compute_of,
     prefix_still_frozen,
     preview_cache,
+    probe_images,
 )
 from freezetune.train.compiled import PhaseCompiler
 from freezetune.train.distributed import Dist
@@ -104,6 +107,8 @@ __all__ = [
     "cache_on_refused",
     "cached_loaders",
     "check_optimizer",
+    "CheckedSplit",
+    "check_and_time_split",
     "check_split",
     "compute_of",
     "estimate_config",
@@ -124,6 +129,7 @@ __all__ = [
     "cache_pays",
     "cache_skip_reason",
     "preview_cache",
+    "probe_images",
     "remove_frozen",
     "resolve_device",
     "run",

@@ -20,12 +20,16 @@ from freezetune.train import (
     CachePolicy,
     CacheRefused,
     Compute,
+    Weighing,
     build_cache,
     cache_pays,
+    cache_policy,
+    cache_skip_reason,
     check_split,
     prefix_problem,
     prepare_model,
     preview_cache,
+    probe_images,
     run,
     split_model,
 )
@@ -320,6 +324,57 @@ def test_cache_pays_when_the_epochs_left_repeat_more_prefix_work_than_the_build(
     assert cache_pays(epochs_left=4, batches_per_epoch=2, batches_to_build=7)
 
 
+def test_a_build_pays_only_for_more_than_its_build_and_set_up_and_a_tie_is_no_build() -> None:
+    # 2 epochs of 6 batches at 1 s: 12 s of prefix work without a cache, a 6 s build with one.
+    tie = Weighing(epochs_left=2, batches_per_epoch=6, build_batches=6, batch_s=1.0, setup_s=6.0)
+    assert (tie.prefix_s, tie.build_s, tie.predicted_saving_s) == (12.0, 6.0, 0.0) and not tie.pays
+    assert not cache_pays(2, 6, 6, setup_batches=6.0)
+    counted = Weighing(2, 6, 6, batch_s=1.0, setup_s=7.0)  # the build alone (6 s) is under the saving
+    assert counted.build_s < counted.prefix_s and not counted.pays and counted.predicted_saving_s == -1.0
+    assert "no more than its ~7.00s set-up" in cache_skip_reason(counted)
+    assert Weighing(2, 6, 6, batch_s=1.0, setup_s=5.0).pays
+    assert not Weighing(2, 6, 6, batch_s=0.0, setup_s=0.1).pays  # an untimeable prefix saves nothing
+    assert Weighing(2, 6, 6, batch_s=0.0).pays  # no set-up: the batch counts decide, as before
+    assert "no more batches than a build" in cache_skip_reason(Weighing(1, 6, 6, batch_s=1.0))
+
+
+def test_the_cut_is_checked_and_the_prefix_timed_on_a_few_images_where_they_are_large() -> None:
+    assert [probe_images(16, size) for size in (16, 32, 64, 224, 384)] == [16, 16, 16, 5, 4]
+    assert probe_images(64, 32) == 64 and probe_images(64, 64) == 64 and probe_images(64, 112) == 20
+
+
+def test_a_decision_counts_its_set_up_and_skips_a_build_the_batch_counts_alone_would_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 16 px resnet18's trace and check of the cut cost many times the ~1 ms a batch's prefix
+    # takes, so the 8 batches of prefix work 3 epochs save over the build cannot pay for them.
+    c = cfg(tmp_path, "setup", **{"data.image_size": 16, "freeze.preset": "until:layer2"})
+    policy = CachePolicy.of(c, 24, 8, torch.device("cpu"))
+    timed: list[int] = []
+    check = cache_policy.check_and_time_split
+
+    def spy(model: torch.nn.Module, split: object, x: torch.Tensor, *args: object) -> object:
+        timed.append(len(x))
+        return check(model, split, x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache_policy, "check_and_time_split", spy)
+    d = policy.decide(planned("resnet18", "until:layer2"), torch.randn(8, 3, 16, 16), None, epochs_left=3)
+    w = d.weighed
+    assert timed == [8] and w is not None and d.setup_s == w.setup_s > 0
+    assert cache_pays(w.epochs_left, w.batches_per_epoch, w.build_batches)  # 12 batches against 4
+    assert w.prefix_s > w.build_s and w.setup_s > w.prefix_s - w.build_s
+    assert d.action is CacheAction.SKIP and not w.pays and "set-up (tracing, checking the cut, timing)" in d.reason
+    assert d.build_s == w.build_s == w.batch_s * 4 and d.to_json()["setup_s"] == w.setup_s
+
+
+@pytest.fixture
+def setup_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto's rule without its set-up term: at 16 px tracing resnet18 alone outweighs every prefix
+    second a cache saves, so auto never builds there. The tests that use this are about what a
+    build, an extension or a skip does, decided by the batch counts; the set-up term has its own tests."""
+    monkeypatch.setattr(Weighing, "setup_batches", property(lambda self: 0.0))
+
+
 def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> Summary:
     """until:layer2, then layer2 frozen too from epoch 2: the frozen prefix grows mid-run."""
     edits = {"freeze.preset": "until:layer2", "freeze.schedule": [{"epoch": 2, "freeze": "layer2"}]}
@@ -328,7 +383,7 @@ def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> Summary:
 
 
 def test_a_grown_prefix_extends_the_cache_from_its_features_and_trains_bitwise_the_uncached_run(
-    tmp_path: Path,
+    tmp_path: Path, setup_free: None
 ) -> None:
     on, off = _grown(tmp_path, "grown", 3, "auto"), _grown(tmp_path, "grown_off", 3, "off")
     first, second = on.cache["builds"]
@@ -341,7 +396,7 @@ def test_a_grown_prefix_extends_the_cache_from_its_features_and_trains_bitwise_t
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on) and on.frozen_unchanged and off.frozen_unchanged
 
 
-def test_a_cache_that_would_not_pay_is_skipped_and_the_earlier_one_kept(tmp_path: Path) -> None:
+def test_a_cache_that_would_not_pay_is_skipped_and_the_earlier_one_kept(tmp_path: Path, setup_free: None) -> None:
     on, off = _grown(tmp_path, "late", 2, "auto"), _grown(tmp_path, "late_off", 2, "off")
     (build,) = on.cache["builds"]  # layer2 frozen for the last epoch only: one epoch cannot pay for a build
     assert build["frontier"].startswith("layer1")
@@ -386,7 +441,12 @@ def _decisions_of_plan_and_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_plan_previews_the_decisions_training_makes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int, event: dict, actions: list[CacheAction]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setup_free: None,
+    epochs: int,
+    event: dict,
+    actions: list[CacheAction],
 ) -> None:
     edits = {"freeze.preset": "until:layer2", "freeze.schedule": [event], "train.epochs": epochs}
     previews, trained, summary = _decisions_of_plan_and_train(tmp_path, monkeypatch, "p", **edits)
@@ -395,6 +455,24 @@ def test_plan_previews_the_decisions_training_makes(
     for (_, planned), done in zip(previews, trained):
         said = [(d.reason, d.split.frontier, d.weighed and d.weighed.pays) for d in (planned, done)]
         assert said[0] == said[1]
+        if planned.weighed is not None:  # one formula: the prediction plan shows is the one training weighs
+            for d in (planned, done):
+                assert d.weighed is not None and d.setup_s == d.weighed.setup_s > 0
+                assert d.build_s == d.weighed.build_s == d.weighed.batch_s * d.weighed.build_batches
+            assert (planned.feature_shape, planned.bytes, planned.storage) == (
+                done.feature_shape,
+                done.bytes,
+                done.storage,
+            )
+    for row in summary.cache["decisions"]:  # predicted and spent, side by side
+        assert row["predicted_saving_s"] == pytest.approx(
+            row["predicted_prefix_s"] - row["predicted_build_s"] - row["setup_s"]
+        )
+        assert row["predicted_prefix_s"] == pytest.approx(
+            row["batch_s"] * row["batches_per_epoch"] * row["epochs_left"]
+        )
+    for built, d in zip(summary.cache["builds"], [d for d in trained if d.builds]):
+        assert (built["predicted_build_s"], built["setup_s"]) == (d.build_s, d.setup_s) and built["build_s"] > 0
     assert [d["built"] for d in summary.cache["decisions"]] == [d.builds for d in trained if d.weighed]
     assert [b["extended"] for b in summary.cache["builds"]] == [
         d.action is CacheAction.EXTEND for d in trained if d.builds
