@@ -204,9 +204,10 @@ def _cache_line(d: CacheDecision) -> str:
     how = "built"
     if d.action is CacheAction.EXTEND and d.held is not None:
         how = f"extended from the features cached at '{d.held.split.frontier}'"
+    setup = f" after about {d.setup_s:.1f} s of set-up" if d.setup_s is not None else ""
     return (
         f"used: the prefix's output '{d.split.frontier}' ({shape} per image) is computed once, "
-        f"before '{d.split.first_trainable}'; {_size(d.bytes)} in {d.storage}, {how} in about {d.build_s:.1f} s"
+        f"before '{d.split.first_trainable}'; {_size(d.bytes)} in {d.storage}, {how} in about {d.build_s:.1f} s" + setup
     )
 
 
