@@ -25,7 +25,7 @@ import torchvision
 
 from freezetune.config import Config, from_dict, set_key
 from freezetune.plan import ModelTree, describe
-from freezetune.train import StopRequest
+from freezetune.train import StopRequest, Weighing
 
 
 def _meta_model(arch: str, **kwargs: object) -> nn.Module:
@@ -144,6 +144,22 @@ def user_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     yield "ftuser"
     for name in [n for n in sys.modules if n == "ftuser" or n.startswith("ftuser.")]:
         del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _cache_setup_free() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Weighing, "setup_batches", property(lambda self: 0.0))
+        yield
+
+
+@pytest.fixture(scope="session")
+def cache_setup_free() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with cache_setup_free():`` cache_features: auto weighs without its set-up term. On the
+    tests' tiny models (16-32 px) tracing resnet18 alone outweighs every prefix second a cache
+    saves, so auto never builds there; tests of what a build, an extension or a skip does use
+    this to let the batch counts decide (the set-up term has its own tests in tests/train/test_cache.py)."""
+    return _cache_setup_free
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -368,11 +370,11 @@ def test_a_decision_counts_its_set_up_and_skips_a_build_the_batch_counts_alone_w
 
 
 @pytest.fixture
-def setup_free(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto's rule without its set-up term: at 16 px tracing resnet18 alone outweighs every prefix
-    second a cache saves, so auto never builds there. The tests that use this are about what a
-    build, an extension or a skip does, decided by the batch counts; the set-up term has its own tests."""
-    monkeypatch.setattr(Weighing, "setup_batches", property(lambda self: 0.0))
+def setup_free(cache_setup_free: Callable[[], contextlib.AbstractContextManager[None]]) -> Iterator[None]:
+    """auto decided by the batch counts alone (conftest's cache_setup_free): these tests are about
+    what a build, an extension or a skip does."""
+    with cache_setup_free():
+        yield
 
 
 def _grown(tmp_path: Path, name: str, epochs: int, cache: str) -> Summary:
