@@ -115,7 +115,9 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     cfg.data.root = _data_root(cfg.data.root, obj.get("cwd"))
     # The architecture alone: the trained tensors (a delta is applied to its base) replace every weight.
     model, _ = build_model(dataclasses.replace(cfg.model, weights=None), int(obj["num_classes"]))
-    state = load_state_dict_file(path)
+    # A full save's weights are read already (best.pt's frozen tensors resolved from its run,
+    # freezetune.record.shared); a delta is rebuilt on its base.
+    state = obj["model"] if isinstance(obj.get("model"), dict) else load_state_dict_file(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

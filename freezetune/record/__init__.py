@@ -1,6 +1,7 @@
 """The run record: the run folder and its atomic writes, checkpoints (full, delta,
-training state), the fingerprints that prove frozen tensors unchanged, the
-formats of ``metrics.jsonl`` and ``summary.json``, and the logs ``train.log`` asks for."""
+training state, the run's frozen tensors stored once), the fingerprints that prove
+frozen tensors unchanged, the formats of ``metrics.jsonl`` and ``summary.json``, and
+the logs ``train.log`` asks for."""
 
 from freezetune.record.checkpoint import (
     MODEL_FORMAT,
@@ -21,6 +22,7 @@ from freezetune.record.integrity import (
     fingerprint,
     ledger_tensors,
     ledger_tensors_of,
+    state_hash,
     tensor_bytes,
     tensor_digest,
     verify_frozen,
@@ -37,12 +39,14 @@ from freezetune.record.rundir import (
     read_jsonl,
     staging_for,
 )
+from freezetune.record.shared import FROZEN_FILE, SharedFrozen, is_shared, resolve_shared
 from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, Summary, epoch_row
 
 __all__ = [
     "TIMING_KEYS",
     "MODEL_FORMAT",
     "FAILED",
+    "FROZEN_FILE",
     "LOG_FILES",
     "OWN_FILES",
     "RECORD_FILES",
@@ -55,6 +59,7 @@ __all__ = [
     "RunExistsError",
     "RunFacts",
     "RunLogs",
+    "SharedFrozen",
     "Summary",
     "atomic_files",
     "atomic_write_bytes",
@@ -67,13 +72,16 @@ __all__ = [
     "ledger_tensors",
     "get_rng_state",
     "is_delta",
+    "is_shared",
     "load_payload",
     "model_payload",
     "ledger_tensors_of",
     "read_checkpoint",
+    "resolve_shared",
     "serialized_bytes",
     "set_rng_state",
     "staging_for",
+    "state_hash",
     "tensor_bytes",
     "tensor_digest",
     "verify_frozen",

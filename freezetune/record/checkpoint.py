@@ -14,7 +14,6 @@ reads it; freezetune.record.rundir writes it through a temporary file and ``os.r
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import random
@@ -27,7 +26,8 @@ import torch.nn as nn
 
 from freezetune.config import ConfigError
 from freezetune.plan import set_dtype
-from freezetune.record.integrity import ledger_tensors, tensor_digest
+from freezetune.record.integrity import ledger_tensors, state_hash
+from freezetune.record.shared import is_shared, resolve_shared
 from freezetune.utils.errors import UserError
 
 __all__ = [
@@ -58,9 +58,17 @@ def read_checkpoint(path: str | Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with freezetune's own message when
     the file is missing, truncated, corrupt or holds more than tensors and plain data.
 
+    A ``best.pt`` or ``checkpoint.pt`` that refers to its run's frozen tensors comes back
+    whole, with ``"model"`` (freezetune.record.shared): every caller sees a full save.
+
     torch's message for a refused file advises ``weights_only=False``, which would run any
     code the file carries; ours never does. ``what`` names the key or option that pointed
     at the file (``resume``, ``model.weights``)."""
+    obj = _load(path, what)
+    return resolve_shared(obj, Path(path), what, _load) if is_shared(obj) else obj
+
+
+def _load(path: str | Path, what: str) -> Any:
     if not Path(path).is_file():
         raise ConfigError([f"{what}: {path}: no such file"])
     try:
@@ -108,10 +116,7 @@ def delta_keys(model: nn.Module, frozen: set[str], pinned: set[str]) -> list[str
 def base_hash(state: dict[str, torch.Tensor], excluded: list[str] | set[str]) -> str:
     """SHA-256 over the names and bytes of every tensor of ``state`` not in ``excluded``."""
     skip = set(excluded)
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if k not in skip):
-        h.update(f"{key}={tensor_digest(state[key])};".encode())
-    return h.hexdigest()
+    return state_hash({k: t for k, t in state.items() if k not in skip})
 
 
 def model_payload(

@@ -19,6 +19,7 @@ __all__ = [
     "fingerprint",
     "ledger_tensors",
     "ledger_tensors_of",
+    "state_hash",
     "tensor_bytes",
     "tensor_digest",
     "verify_frozen",
@@ -34,6 +35,14 @@ def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of the exact bytes (dtype and shape included): bitwise, not allclose."""
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def state_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and exact bytes of every tensor in ``tensors``, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(f"{key}={tensor_digest(tensors[key])};".encode())
     return h.hexdigest()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from freezetune.record.shared import FROZEN_FILE
 from freezetune.utils.errors import UserError
 
 __all__ = [
@@ -51,7 +52,8 @@ RECORD_FILES = (
 FAILED = "FAILED"  # a run that stopped on an error: the error line and how to go on
 # Everything freezetune itself may leave in a run folder: the cache spills to .npy files;
 # train.log: csv and tensorboard add metrics.csv, steps.csv and the folder tb/ (freezetune.record.logs).
-OWN_FILES = (*RECORD_FILES, FAILED, "cache_train.npy", "cache_val.npy", "metrics.csv", "steps.csv", "tb")
+# frozen.pt: the run's frozen tensors until model.pt holds them (freezetune.record.shared).
+OWN_FILES = (*RECORD_FILES, FAILED, FROZEN_FILE, "cache_train.npy", "cache_val.npy", "metrics.csv", "steps.csv", "tb")
 STAGING_SUFFIX = ".overwriting"  # where an --overwrite run writes until it succeeds
 _ASIDE_SUFFIX = ".replaced"  # the previous record, for the moment of the swap
 

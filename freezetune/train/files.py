@@ -1,6 +1,7 @@
 """What ``model.pt`` and ``best.pt`` hold, and the model part of a training state: the
 weights (full, or a delta over a base that can be rebuilt), with all that predict,
-evaluate and export need beside them (freezetune.infer)."""
+evaluate and export need beside them (freezetune.infer). ``best.pt`` and a training state
+refer to the run's frozen tensors, which ``frozen.pt`` keeps once (freezetune.record.shared)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from freezetune.config import Config, Preprocessing
 from freezetune.models import weights_kind
 from freezetune.plan import Schedule
-from freezetune.record import MODEL_FORMAT, model_payload
+from freezetune.record import MODEL_FORMAT, SharedFrozen, model_payload
 
 __all__ = ["ModelFiles"]
 
@@ -26,12 +27,14 @@ class ModelFiles:
         self, cfg: Config, model: torch.nn.Module, num_classes: int, classes: list[str], resolved: dict[str, Any]
     ) -> None:
         self.cfg, self.model, self.num_classes, self.classes, self.resolved = cfg, model, num_classes, classes, resolved
+        self._shared: SharedFrozen | None = None  # hashed on first use (freezetune.record.shared)
 
-    def model_file(self, save: str, epoch: int, schedule: Schedule) -> dict[str, Any]:
-        """``model.pt`` or ``best.pt``: the weights after ``epoch`` (``save``: full or delta), the
-        resolved config, the class names in output order and the preprocessing."""
+    def model_file(self, save: str, epoch: int, schedule: Schedule, shared: bool = False) -> dict[str, Any]:
+        """``model.pt`` or ``best.pt``: the weights after ``epoch`` (``save``: full or delta;
+        ``shared``: see :meth:`payload`), the resolved config, the class names in output order
+        and the preprocessing."""
         return {
-            **self.payload(save, epoch, schedule),
+            **self.payload(save, epoch, schedule, shared),
             "format": MODEL_FORMAT,
             "config": self.resolved,
             "epoch": epoch,
@@ -43,10 +46,13 @@ class ModelFiles:
             "cwd": os.getcwd(),
         }
 
-    def payload(self, save: str, epoch: int, schedule: Schedule) -> dict[str, Any]:
+    def payload(self, save: str, epoch: int, schedule: Schedule, shared: bool = False) -> dict[str, Any]:
         """The model as ``save`` (full or delta) stores it after ``epoch``: a delta leaves out
         what stayed frozen (and pinned) in every phase of ``schedule`` so far, and records how
-        to rebuild it."""
+        to rebuild it. ``shared`` (best.pt, checkpoint.pt): a full save leaves out the tensors
+        frozen throughout the run and refers to the run's one copy of them (:meth:`frozen_store`)."""
+        if save == "full" and shared:
+            return self.shared_frozen(schedule).payload(self.model)
         model = dict(vars(self.cfg.model))
         if weights_kind(model["arch"], model["weights"]) == "file":  # found again from any working directory
             model["weights"] = str(Path(model["weights"]).expanduser().resolve())
@@ -55,3 +61,20 @@ class ModelFiles:
         return model_payload(
             self.model, save, schedule.frozen_throughout(epoch), schedule.pinned_throughout(epoch), base
         )
+
+    def shared_frozen(self, schedule: Schedule) -> SharedFrozen:
+        """The tensors frozen (or pinned) in every phase of the whole run, and their hash. A
+        schedule's later events can only unfreeze what is not among them, and auto only freezes
+        more, so the set of ``schedule`` as it stands at the start holds for the whole run."""
+        if self._shared is None:
+            last = self.cfg.train.epochs
+            frozen, pinned = schedule.frozen_throughout(last), schedule.pinned_throughout(last)
+            self._shared = SharedFrozen.of(self.model, frozen, pinned)
+        return self._shared
+
+    def frozen_store(self, schedule: Schedule) -> dict[str, Any] | None:
+        """What ``frozen.pt`` holds for best.pt and checkpoint.pt to refer to; None when they refer
+        to nothing (``train.save: delta``, or nothing frozen throughout)."""
+        if self.cfg.train.save != "full" or not self.shared_frozen(schedule).keys:
+            return None
+        return self.shared_frozen(schedule).store(self.model)

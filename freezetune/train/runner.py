@@ -37,6 +37,7 @@ from freezetune.measure import (
 )
 from freezetune.record import (
     FAILED,
+    FROZEN_FILE,
     EpochResult,
     FrozenCheck,
     RunDir,
@@ -106,6 +107,7 @@ def run(
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     _log_start(cfg, p, trainer, sources, out)
     first = _start_record(out, p, resolved, overwrite) if state is None else _restore(out, trainer, state)
+    _store_frozen(out, trainer)
     training = _Training(cfg, p, loaders, trainer, out, dist)
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
@@ -209,6 +211,17 @@ def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite:
     out.write_json("freeze_plan.json", p.plan.to_json() | {"schedule": p.schedule.to_json()})
     out.append_jsonl("events.jsonl", None)  # created empty: a run without events has none
     return 1
+
+
+def _store_frozen(out: RunDir, trainer: Trainer) -> None:
+    """Write the run's one copy of its frozen tensors, which best.pt and checkpoint.pt refer to
+    (freezetune.record.shared), unless the folder holds one: a resumed run's frozen.pt, or the
+    model.pt of a finished run extended with more epochs."""
+    if not out.write or (out.path / FROZEN_FILE).is_file() or (out.path / "model.pt").is_file():
+        return
+    store = trainer.frozen_store()
+    if store is not None:
+        out.save_checkpoint(FROZEN_FILE, store)
 
 
 def _restore(out: RunDir, trainer: Trainer, state: dict[str, Any]) -> int:
@@ -341,7 +354,7 @@ class _Training:
         if on_epoch:
             on_epoch(result)
         if self.monitor.is_new_best(trainer.epochs):
-            out.save_checkpoint(BEST, trainer.model_file(cfg.train.save))
+            out.save_checkpoint(BEST, trainer.model_file(cfg.train.save, shared=True))
         decided = trainer.decide_auto()  # before the checkpoint: it holds the decision
         if decided is not None:
             out.append_jsonl("events.jsonl", decided)
@@ -370,8 +383,9 @@ class _Training:
         out.write_json("summary.json", summary.to_json())
         if out.write:
             # A spilled feature cache serves only this run's epochs, and a finished run needs no
-            # resume state (a file twice the model's size) unless it keeps it to be extended.
-            spent = ["cache_train.npy", "cache_val.npy"] + ([] if cfg.train.keep_state else [CHECKPOINT])
+            # resume state (a file twice the model's size) unless it keeps it to be extended. Its
+            # frozen tensors are in model.pt now, where best.pt and a kept checkpoint.pt find them.
+            spent = ["cache_train.npy", "cache_val.npy", FROZEN_FILE] + ([] if cfg.train.keep_state else [CHECKPOINT])
             for name in spent:
                 (out.path / name).unlink(missing_ok=True)
         out.commit()  # an --overwrite run replaces the previous record only now, having succeeded

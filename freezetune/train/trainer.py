@@ -226,10 +226,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
 
-    def model_file(self, save: str) -> dict[str, Any]:
+    def model_file(self, save: str, shared: bool = False) -> dict[str, Any]:
         """What ``model.pt`` and ``best.pt`` hold after the epoch just fitted (``save``: full or
-        delta): all that predict, evaluate and export need (freezetune.train.files)."""
-        return self.files.model_file(save, self.epoch, self.phases.schedule)
+        delta; ``shared``: the frozen tensors by reference, as best.pt holds them): all that
+        predict, evaluate and export need (freezetune.train.files)."""
+        return self.files.model_file(save, self.epoch, self.phases.schedule, shared)
+
+    def frozen_store(self) -> dict[str, Any] | None:
+        """What ``frozen.pt`` holds, the run's one copy of the tensors best.pt and checkpoint.pt
+        refer to; None when they refer to nothing (freezetune.train.files)."""
+        return self.files.frozen_store(self.phases.schedule)
 
     # ------------------------------------------------------------------ state
 
@@ -248,7 +254,7 @@ class Trainer:
             "epoch": self.epoch,
             "partial": partial,
             "global_step": self.global_step,
-            **self.files.payload(self.cfg.train.save, self.epoch, self.phases.schedule),
+            **self.files.payload(self.cfg.train.save, self.epoch, self.phases.schedule, shared=True),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "group_names": [g.get("name") for g in self.optimizer.param_groups],
