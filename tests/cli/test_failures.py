@@ -22,6 +22,7 @@ from PIL import Image
 
 from freezetune.cli.main import main
 from freezetune.cli.train import main as train_main
+from freezetune.record import read_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -243,10 +244,11 @@ def test_a_diverged_run_stops_exit_1_keeps_the_good_checkpoint_and_saves_no_mode
         "config.yaml",
         "events.jsonl",
         "freeze_plan.json",
+        "frozen.pt",  # the frozen tensors best.pt and checkpoint.pt refer to, until model.pt holds them
         "metrics.jsonl",
         "steps.jsonl",  # epoch 2's finite steps too: a --resume drops them
     ]
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(run / "checkpoint.pt", "test")  # whole: its frozen tensors read from frozen.pt
     assert state["epoch"] == 1 and all(
         torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()
     )

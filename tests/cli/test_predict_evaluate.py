@@ -322,3 +322,81 @@ def test_a_run_with_a_relative_data_root_is_evaluated_from_another_folder(
     rc, out, err = command(capsys, "evaluate", "--run", "../project/runs/rel")
     assert rc == 0, err
     assert f"data: the run's validation split (imagefolder, {tmp_path / 'project' / 'images'})" in out
+
+
+# --------------------------------------------------------------------------- best.pt without its frozen tensors
+
+
+@pytest.fixture(scope="module")
+def probed(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch linear probe on the same images: best.pt (epoch 1) and model.pt (epoch 1, a full
+    save) hold the same weights, best.pt without the frozen ones (freezetune.record.shared)."""
+    out = tmp_path_factory.mktemp("probed") / "run"
+    cfg = freezetune.config.from_dict(
+        {
+            "name": "probe",
+            "model": {"arch": "resnet18"},
+            "data": {"dataset": "imagefolder", "root": str(trained["images"]), "image_size": 32, "batch_size": 8},
+            "freeze": {"preset": "linear_probe"},
+            "train": {"epochs": 1, "output_dir": str(out), "device": "cpu"},
+        }
+    )
+    freezetune.train.run(cfg)
+    return out
+
+
+def test_a_best_pt_without_frozen_tensors_predicts_and_evaluates_as_the_full_save(
+    trained: dict[str, Path], probed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slim = torch.load(probed / "best.pt", weights_only=True)["shared"]["tensors"]
+    assert sorted(slim) == ["fc.bias", "fc.weight"]  # the probe's head: all best.pt holds of the weights
+    assert not (probed / "frozen.pt").exists()  # model.pt holds the frozen tensors now
+    best, last = load_run(probed, "best").model.state_dict(), load_run(probed, "last").model.state_dict()
+    assert list(best) == list(last) and all(torch.equal(best[k], last[k]) for k in best)
+    outputs = {}
+    for which in ("best", "last"):
+        rc, _, err = command(
+            capsys,
+            "predict",
+            "--run",
+            probed,
+            trained["images"] / "val",
+            "--checkpoint",
+            which,
+            "--out",
+            tmp_path / which,
+        )
+        assert rc == 0, err
+        rc, out, err = command(
+            capsys, "evaluate", "--run", probed, "--checkpoint", which, "--out", tmp_path / f"ev_{which}"
+        )
+        assert rc == 0, err
+        predicted = json.loads((tmp_path / f"{which}.json").read_text())
+        report = json.loads((tmp_path / f"ev_{which}.json").read_text())
+        outputs[which] = (predicted["predictions"], {k: v for k, v in report.items() if k != "checkpoint"})
+    assert outputs["best"] == outputs["last"]
+
+
+def test_a_best_pt_whose_frozen_tensors_are_gone_or_another_runs_is_one_error_exit_2(
+    trained: dict[str, Path], probed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(probed / "best.pt", alone / "best.pt")  # copied without its run folder
+    rc, out, err = command(capsys, "plan", "--config", probed / "config.yaml", f"model.weights={alone / 'best.pt'}")
+    assert rc == 2 and out == ""
+    assert error_line(err).startswith(
+        f"error: model.weights: {alone / 'best.pt'} holds only the tensors its run could change: the "
+    )
+    assert f"neither is in {alone}. HINT: put the run's frozen.pt or model.pt back beside best.pt" in err
+
+    mixed = shutil.copytree(probed, tmp_path / "mixed")
+    shutil.copy(trained["run"] / "model.pt", mixed / "model.pt")  # another run's (resnet18, 3 classes too)
+    before = files(mixed)
+    rc, out, err = command(capsys, "predict", "--run", mixed, trained["images"] / "val", "--out", tmp_path / "p")
+    assert rc == 2 and out == ""
+    assert error_line(err).startswith(f"error: --run: {mixed / 'best.pt'} holds only the tensors its run could change")
+    assert f"but {mixed / 'model.pt'} does not hold the ones best.pt was saved with (hash " in err
+    assert files(mixed) == before and not list(tmp_path.glob("p.*"))
+    rc, _, err = command(capsys, "predict", "--run", mixed, trained["images"] / "val", "--checkpoint", "last")
+    assert rc == 0, err  # model.pt itself is complete, whichever run it is from

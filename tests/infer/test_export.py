@@ -212,3 +212,16 @@ def test_moved_data_falls_back_to_a_random_batch_and_says_so(runs, tmp_path: Pat
     assert str(tmp_path / "moved") in source and "\n" not in source
     assert torch.equal(batch, check_batch(moved)[0])  # seeded
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_best_pt_without_frozen_tensors_exports_as_the_full_save(runs, tmp_path: Path) -> None:
+    run_dir = runs("resnet18")  # a linear probe: best.pt holds the head, model.pt (the same epoch) everything
+    assert sorted(torch.load(run_dir / "best.pt", weights_only=True)["shared"]["tensors"]) == ["fc.bias", "fc.weight"]
+    exported = {}
+    for which in ("best", "last"):
+        run = load_run(run_dir, which)
+        export_model(run, "torchscript", check_batch(run)[0], tmp_path / f"{which}.pt")
+        exported[which] = torch.jit.load(str(tmp_path / f"{which}.pt")).state_dict()
+    best, last = exported["best"], exported["last"]
+    assert list(best) == list(last) and all(torch.equal(best[k], last[k]) for k in best)

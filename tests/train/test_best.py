@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from freezetune.config import Config, from_dict
-from freezetune.record import TIMING_KEYS, Summary
+from freezetune.record import TIMING_KEYS, Summary, read_checkpoint
 from freezetune.train import Interrupted, StopRequest, run
 
 
@@ -44,7 +44,8 @@ def metrics(folder: Path) -> list[dict]:
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
+    # best.pt's frozen tensors are the run's one copy (freezetune.record.shared): read whole, as loaders do.
+    return read_checkpoint(path, "test")["model"]
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

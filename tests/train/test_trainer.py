@@ -23,7 +23,7 @@ import yaml
 
 from freezetune.config import Config, ConfigError, from_dict, set_key
 from freezetune.models import build_model, load_state_dict_file
-from freezetune.record import TIMING_KEYS, BaseMismatch, Summary
+from freezetune.record import FROZEN_FILE, TIMING_KEYS, BaseMismatch, Summary, read_checkpoint
 from freezetune.train import CHECKPOINT, Finished, Interrupted, LRSchedule, StopRequest, prepare_model, run
 
 STEPS = 4  # 32 images / batch 8
@@ -130,11 +130,53 @@ def test_what_an_event_unfreezes_is_bitwise_the_base_until_then(
 ) -> None:
     stopped = run(config(tmp_path, "cut"), stop=stop_after(2 * STEPS))  # stops after epoch 2
     assert isinstance(stopped, Interrupted) and stopped.epoch == 2
-    saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["model"]
+    saved = read_checkpoint(tmp_path / "cut" / CHECKPOINT, "test")["model"]  # frozen tensors from frozen.pt
     base = prepare_model(config(tmp_path, "cut")).model.state_dict()
     later = [k for k in base if k.startswith(BEFORE + ".")]
     assert len(later) == 13 + 3 * 3 and all(torch.equal(saved[k], base[k]) for k in later)  # unfrozen at epoch 3
     assert not torch.equal(saved[LAST + ".0.weight"], base[LAST + ".0.weight"])  # trained in epoch 2
+
+
+def test_best_pt_and_checkpoint_pt_hold_what_an_event_unfreezes_later(
+    tmp_path: Path, stop_after: Callable[[int], StopRequest]
+) -> None:
+    run(config(tmp_path, "cut"), stop=stop_after(2 * STEPS))  # stops after epoch 2, before features.11 unfreezes
+    folder = tmp_path / "cut"
+    base = prepare_model(config(tmp_path, "cut")).model.state_dict()
+    store = torch.load(folder / FROZEN_FILE, weights_only=True)["tensors"]
+    # Frozen throughout: all but the head and the two blocks the schedule unfreezes (BatchNorm buffers included).
+    moving = (HEAD + ".", LAST + ".", BEFORE + ".")
+    assert sorted(store) == sorted(k for k in base if not k.startswith(moving))
+    assert all(torch.equal(store[k], base[k]) for k in store)
+    for name in (CHECKPOINT, "best.pt"):
+        own = torch.load(folder / name, weights_only=True)["shared"]["tensors"]
+        assert sorted(own) == sorted(k for k in base if k.startswith(moving)), name  # features.11 among them
+        assert list(read_checkpoint(folder / name, "test")["model"]) == list(base)  # whole, in the model's order
+
+
+def test_resume_refuses_a_checkpoint_whose_frozen_tensors_are_gone(
+    tmp_path: Path, stop_after: Callable[[int], StopRequest]
+) -> None:
+    cfg = config(tmp_path, "cut", **{"train.epochs": 2, "freeze.gradual": ["features.12"]})
+    run(cfg, stop=stop_after(STEPS))
+    store = tmp_path / "cut" / FROZEN_FILE
+    kept = store.read_bytes()
+    store.unlink()
+    with pytest.raises(
+        ConfigError,
+        match=r"resume: .*checkpoint.pt holds only the tensors its run could change: the \d+ "
+        r"frozen throughout the run are kept once, in frozen.pt .* and neither is in .*cut\. HINT: put ",
+    ):
+        run(cfg, resume=tmp_path / "cut")
+    # Another run's copy (here: of other initial weights) is refused by the hash, not combined.
+    other = config(tmp_path, "other", **{"train.epochs": 2, "freeze.gradual": ["features.12"], "seed": 6})
+    run(other, stop=stop_after(STEPS))
+    store.write_bytes((tmp_path / "other" / FROZEN_FILE).read_bytes())
+    with pytest.raises(ConfigError, match=r"does not hold the ones checkpoint.pt was saved with \(hash [0-9a-f]{12}\)"):
+        run(cfg, resume=tmp_path / "cut")
+    store.write_bytes(kept)
+    assert run(cfg, resume=tmp_path / "cut").summary.epochs == 2
+    assert not store.exists()  # model.pt holds the frozen tensors now
 
 
 def test_a_frozen_tensor_changed_before_its_event_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,6 +288,7 @@ def test_a_finished_run_that_kept_its_state_extends_exactly(tmp_path: Path) -> N
     two = config(tmp_path, "two", **{**edits, "train.epochs": 2})
     run(two)
     assert (tmp_path / "two" / CHECKPOINT).is_file() and (tmp_path / "two" / "summary.json").is_file()
+    assert not (tmp_path / "two" / FROZEN_FILE).exists()  # the kept state finds its frozen tensors in model.pt
     with pytest.raises(ConfigError, match=r"finished its 2 epochs. HINT: to train on, resume with train.epochs=M"):
         run(two, resume=tmp_path / "two")
     with pytest.raises(ConfigError, match=r"train.optimizer.lr was 0.05, is now 0.1"):
