@@ -232,6 +232,10 @@ class TrainConfig:
     # leaves torch's own count (OMP_NUM_THREADS when set). 1 on a machine busy with other work:
     # one thread waiting for a core stalls every operation (freezetune.train.threads).
     threads: Union[int, None] = field(default=None, metadata={"min": 1, "max": 1024})
+    # summary.json's evaluation speed after the last epoch: full (extra passes over 3 validation
+    # batches, with and without autograd), quick (the epochs' own evaluation, and one small
+    # sub-batch with and without autograd), off (the epochs' own evaluation only).
+    measure: str = field(default="quick", metadata=_choice("full", "quick", "off"))
     # Micro-batches per optimizer step; steps (LR schedule, max_steps_per_epoch, logs) count
     # optimizer steps, and an epoch's last group may hold fewer micro-batches.
     accumulate: int = field(default=1, metadata={"min": 1})

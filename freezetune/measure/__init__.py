@@ -27,7 +27,16 @@ from freezetune.measure.memory import (
     reset_peak_memory,
     storage_bytes,
 )
-from freezetune.measure.timing import PHASES, PhaseMedians, StepClock, device_clock, eval_speed, medians, process_age_s
+from freezetune.measure.timing import (
+    PHASES,
+    PhaseMedians,
+    StepClock,
+    batch_speed,
+    device_clock,
+    eval_speed,
+    medians,
+    process_age_s,
+)
 
 __all__ = [
     "PHASES",
@@ -40,6 +49,7 @@ __all__ = [
     "SavedBytes",
     "StepClock",
     "StepFormat",
+    "batch_speed",
     "count_saved_tensors",
     "device_clock",
     "estimate",

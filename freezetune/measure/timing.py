@@ -15,7 +15,16 @@ import torch
 from freezetune.utils.modules import eval_mode
 from freezetune.utils.precision import autocast
 
-__all__ = ["PHASES", "PhaseMedians", "StepClock", "device_clock", "eval_speed", "medians", "process_age_s"]
+__all__ = [
+    "PHASES",
+    "PhaseMedians",
+    "StepClock",
+    "batch_speed",
+    "device_clock",
+    "eval_speed",
+    "medians",
+    "process_age_s",
+]
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -174,3 +183,18 @@ def eval_speed(
     n = sum(x.shape[0] for x in batches)
     a, b = statistics.median(no_grad_s), statistics.median(grad_s)
     return {"eval_samples_per_s": n / a, "eval_grad_samples_per_s": n / b, "eval_speedup_no_grad": b / a}
+
+
+def batch_speed(batches: list[tuple[float, int]]) -> dict | None:
+    """Evaluation throughput from batches an evaluation already timed (seconds, samples each):
+    samples per second over all but the first batch (its allocations and kernel choices are a
+    start-up cost; all when there is only one), and the median batch's seconds. None for none."""
+    if not batches:
+        return None
+    warm = batches[1:] or batches
+    seconds = sum(s for s, _ in warm)
+    return {
+        "eval_samples_per_s": sum(n for _, n in warm) / seconds if seconds > 0 else None,
+        "eval_batch_s": statistics.median(s for s, _ in warm),
+        "eval_batches_timed": len(warm),
+    }

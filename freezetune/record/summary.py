@@ -94,6 +94,8 @@ class RunFacts:
     # Process start (or freezetune's import) to the training loop: interpreter, imports, model, data.
     startup: tuple[float, str] | None = None
     threads: dict[str, object] | None = None  # torch's threads, their source, the cores and load at the start
+    # The last epoch's end to summary.json: the frozen check, train.measure's passes, model.pt.
+    finish_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Summary:
     startup_s: float | None
     startup_from: str | None
     train_time_s: float  # training passes and their set-up, without evaluation (EpochResult.train_s)
+    # After wall_time_s: the last epoch's end to summary.json (frozen check, train.measure, model.pt).
+    finish_s: float | None
     seed: int
     # Every tensor in the ledger bitwise unchanged, frozen grads None, every tensor an event
     # released unchanged until then, and (torchrun) every rank with the same parameters.
@@ -188,6 +192,7 @@ class Summary:
             startup_s=f.startup[0] if f.startup else None,
             startup_from=f.startup[1] if f.startup else None,
             train_time_s=last.train_s,
+            finish_s=f.finish_s,
             seed=f.cfg.seed,
             frozen_unchanged=bool(unchanged),
             frozen_check=f.check.to_json(),

@@ -351,6 +351,11 @@ def _means(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def mean(get: Any) -> float:
         return math.fsum(get(r) for r in runs) / len(runs)
 
+    def mean_measured(key: str) -> float | None:
+        """None when a run did not measure it (train.measure off, or an older run without it)."""
+        values = [r["speed"].get(key) for r in runs]
+        return None if None in values else math.fsum(values) / len(values)
+
     return {
         "step_time_s": mean(lambda r: r["speed"]["step_time_s"]),
         "compute_time_s": mean(lambda r: r["speed"]["compute_time_s"]),
@@ -358,8 +363,8 @@ def _means(runs: list[dict[str, Any]]) -> dict[str, Any]:
             k: mean(lambda r, k=k: r["speed"][f"{k}_s"]) for k in ("data", "forward", "backward", "optimizer")
         },
         "train_samples_per_s": mean(lambda r: r["speed"]["train_samples_per_s"]),
-        "eval_samples_per_s": mean(lambda r: r["speed"]["eval_samples_per_s"]),
-        "eval_speedup_no_grad": mean(lambda r: r["speed"]["eval_speedup_no_grad"]),
+        "eval_samples_per_s": mean_measured("eval_samples_per_s"),
+        "eval_speedup_no_grad": mean_measured("eval_speedup_no_grad"),
         "memory_bytes": {k: mean(lambda r, k=k: r["memory"][k]) for k, _ in MEMORY_KINDS},
         "training_memory_bytes": mean(_training_memory),
         "saved_activation_bytes": mean(lambda r: r["memory"]["saved_activation_bytes"]),

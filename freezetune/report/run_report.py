@@ -84,6 +84,23 @@ def _learning_curve(rows: list[dict[str, Any]], curve: list[tuple[float, float]]
     ]
 
 
+def _eval_speed(s: dict[str, Any]) -> str:
+    """The evaluation throughput and what autograd would cost it, as far as train.measure measured them."""
+    text = f", {s['eval_samples_per_s']:.0f} in evaluation" if s.get("eval_samples_per_s") is not None else ""
+    if s.get("eval_speedup_no_grad") is None:
+        return text + " (autograd comparison not measured)."
+    grad = s.get("grad_comparison") or {}
+    on = f" on {grad['samples']} samples" if grad.get("samples") else ""
+    return text + f" ({s['eval_speedup_no_grad']:.2f}× the throughput of the same forward with autograd on{on})."
+
+
+def _finish(run: dict[str, Any]) -> str:
+    """The time after the last epoch: the frozen check, train.measure's passes, model.pt."""
+    if run.get("finish_s") is None:
+        return ""
+    return f" After the last epoch: {run['finish_s']:.1f} s (train.measure {run['speed'].get('measure', 'full')})."
+
+
 def _cost(run: dict[str, Any], curve: list[tuple[float, float]]) -> list[str]:
     """Time (training, set-up, start-up), the step's phases, memory and the feature cache."""
     s, m = run["speed"], run["memory"]
@@ -104,8 +121,9 @@ def _cost(run: dict[str, Any], curve: list[tuple[float, float]]) -> list[str]:
         ),
         f"- Step (median after warm-up, the last phase's trainable set): {1000 * s['step_time_s']:.1f} ms: "
         + ", ".join(f"{k} {1000 * s[f'{k}_s']:.1f} ms" for k in ("data", "forward", "backward", "optimizer"))
-        + f"; {s['train_samples_per_s']:.0f} samples/s in training, {s['eval_samples_per_s']:.0f} in evaluation "
-        f"({s['eval_speedup_no_grad']:.2f}× the throughput of the same forward with autograd on).",
+        + f"; {s['train_samples_per_s']:.0f} samples/s in training"
+        + _eval_speed(s)
+        + _finish(run),
         "- Memory of one training step: "
         + ", ".join(f"{label} {m[key] / MiB:.1f} MiB" for key, label in MEMORY_KINDS)
         + f"; peak {m['peak_bytes'] / MiB:.1f} MiB ({m['peak_kind']}).",

@@ -201,7 +201,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{1000 * r['step_time_s']:.1f}",
             f"{r['compute_ratio']:.3f}",
             f"{r['train_samples_per_s']:.0f}",
-            f"{r['eval_speedup_no_grad']:.2f}",
+            f"{r['eval_speedup_no_grad']:.2f}" if r["eval_speedup_no_grad"] is not None else "-",
         ]
         if predicted:
             has = "predicted_step_ratio" in r

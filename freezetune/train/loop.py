@@ -14,7 +14,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -67,6 +67,8 @@ class EpochStats:
     saved: SavedBytes | None = None  # bytes saved for backward in the first step, when asked
     loss_sum: float = 0.0  # sum of per-sample losses, float32 as accumulated (to resume a partial epoch)
     interrupted: bool = False  # stopped early by `stop`; `steps` counts the skipped ones too
+    # The epoch's evaluation, per batch: (seconds of its forward, samples); empty if not evaluated.
+    eval_batches: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -290,18 +292,24 @@ def evaluate(
     reduce: Reduce | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    timed: list[tuple[float, int]] | None = None,
 ) -> tuple[float, float]:
     """(mean loss, accuracy) with no autograd state at all, the forward in ``precision``; the
     model's mode is restored. With ``reduce``, the sums of every process's shard: the metrics
-    of the whole set."""
+    of the whole set. With ``timed``, each batch's forward seconds and samples are appended to
+    it: summary.json's evaluation speed comes from these passes, which run anyway, not from
+    extra ones (on CUDA each batch then ends in a sync)."""
     with eval_mode(model):
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         n = 0
         for x, y in loader:
             x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+            start = device_clock(device) if timed is not None else 0.0
             with autocast(device, precision):
                 logits = model(x)
+            if timed is not None:
+                timed.append((device_clock(device) - start, y.shape[0]))
             logits = logits.float()
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
@@ -345,7 +353,13 @@ def fit_epoch(
         return None, stats
     reduce = evaluation.reduce
     val_loss, val_acc = evaluate(
-        evaluation.model or model, evaluation.loader, device, reduce, options.precision, options.channels_last
+        evaluation.model or model,
+        evaluation.loader,
+        device,
+        reduce,
+        options.precision,
+        options.channels_last,
+        stats.eval_batches,
     )
     loss, samples = stats.loss, stats.samples
     if reduce is not None:  # the epoch's loss and throughput over every process

@@ -25,6 +25,7 @@ from freezetune.config import Config, ConfigError, Preprocessing, Resolved, Sour
 from freezetune.data import Loaders
 from freezetune.measure import (
     SavedBytes,
+    batch_speed,
     eval_speed,
     grad_bytes,
     medians,
@@ -62,7 +63,11 @@ __all__ = ["BEST", "CHECKPOINT", "Finished", "Interrupted", "Outcome", "load_res
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
-EVAL_SPEED_BATCHES = 3
+EVAL_SPEED_BATCHES = 3  # train.measure full: validation batches of the extra passes
+# train.measure quick: the autograd comparison's one sub-batch. The epochs' evaluation already
+# measured the throughput without autograd; this only asks what autograd would cost, at 16
+# forward samples against full's 288 (3 batches of 16, warm-up and 2 rounds, both modes).
+QUICK_SAMPLES = 4
 CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
 BEST = "best.pt"  # the model after the best epoch by train.monitor, as model.pt is after the last
 
@@ -198,10 +203,12 @@ class _LastPhase:
 
     durations: list[tuple[float, ...]] = field(default_factory=list)
     saved: SavedBytes | None = None
+    eval_batches: list[tuple[float, int]] = field(default_factory=list)  # the last evaluation's, timed
 
     def add(self, stats: EpochStats) -> None:
         self.durations.extend(stats.durations)
         self.saved = self.saved or stats.saved
+        self.eval_batches = stats.eval_batches or self.eval_batches
 
 
 def _start_record(out: RunDir, p: Prepared, resolved: dict[str, Any], overwrite: bool) -> int:
@@ -370,6 +377,15 @@ class _Training:
     def finish(self, wall: float) -> Summary:
         """Verify, measure, save the model and write summary.json."""
         cfg, trainer, out = self.cfg, self.trainer, self.out
+        started = time.perf_counter()
+        if out.write:  # what follows the last epoch line takes seconds on a large model: say what it is
+            log.info(
+                "%s: finishing: verifying %d frozen tensors, measuring eval speed (%s), saving model.pt%s ...",
+                cfg.name,
+                len(trainer.phases.ledger.digests),
+                cfg.train.measure,
+                " and checkpoint.pt" if cfg.train.keep_state else "",
+            )
         if cfg.train.keep_state:  # for a later --resume with more epochs (collective: every rank builds the state)
             # Before the measurements below, which draw from the RNGs: the state is the last epoch's end.
             out.save_checkpoint(CHECKPOINT, trainer.state_dict())
@@ -377,9 +393,11 @@ class _Training:
         if not check.unchanged or not check.grads_none:
             log.error("frozen tensors changed: %s", check.changed[:10])
         target = trainer.target
-        speed = _speed(target.eval_net, target.val_loader, self.p.device, self.last_phase.durations, cfg)
+        speed = _speed(target.eval_net, target.val_loader, self.p.device, self.last_phase, cfg)
         memory = _memory(self.p.model, trainer.optimizer, self.p.device, self.last_phase.saved)
-        summary = Summary.of(self._facts(check, wall, speed, memory, self._save_model()))
+        facts = self._facts(check, wall, speed, memory, self._save_model())
+        facts.finish_s = time.perf_counter() - started
+        summary = Summary.of(facts)
         out.write_json("summary.json", summary.to_json())
         if out.write:
             # A spilled feature cache serves only this run's epochs, and a finished run needs no
@@ -484,27 +502,55 @@ def _speed(
     net: nn.Module,
     val_loader: torch.utils.data.DataLoader,
     device: torch.device,
-    durations: list[tuple[float, ...]],
+    phase: _LastPhase,
     cfg: Config,
 ) -> dict[str, Any]:
     """summary.json's ``speed``: step phases after warm-up, and evaluation with and without
     autograd on ``net`` (what trained: the model, or its suffix when the cache was used), in
-    the run's precision and memory format."""
+    the run's precision and memory format, measured as ``train.measure`` asks."""
     t, batch_size = cfg.train, cfg.data.batch_size
-    phases = medians(durations, WARMUP_STEPS)
+    phases = medians(phase.durations, WARMUP_STEPS)
     speed: dict[str, Any] = {
         "warmup_steps": WARMUP_STEPS,
         "batch_size": batch_size,
         "accumulate": t.accumulate,
         "precision": t.precision,
         "channels_last": t.channels_last,
+        "measure": t.measure,
     }
     if phases is not None:
         speed.update(phases.to_json())
         speed["train_samples_per_s"] = batch_size * t.accumulate / phases.step  # a step: accumulate batches
-    batches = [to_device(x, device, t.channels_last) for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)]
-    speed.update(eval_speed(net, batches, device, rounds=2, precision=t.precision))
+    # The last epoch's evaluation timed its own batches: free, and what quick and off report.
+    evaluated = batch_speed(phase.eval_batches) or {"eval_samples_per_s": None, "eval_batch_s": None}
+    compared = _grad_comparison(net, val_loader, device, cfg) if t.measure != "off" else None
+    if t.measure == "full" and compared is not None:
+        evaluated = evaluated | {"eval_samples_per_s": compared["eval_samples_per_s"]}
+    speed.update(evaluated)
+    speed["eval_from"] = "extra passes" if t.measure == "full" else "last epoch's evaluation"
+    speed["eval_grad_samples_per_s"] = compared["eval_grad_samples_per_s"] if compared else None
+    speed["eval_speedup_no_grad"] = compared["eval_speedup_no_grad"] if compared else None
+    speed["grad_comparison"] = compared  # null: not measured (train.measure off, or no validation batch)
     return speed
+
+
+def _grad_comparison(
+    net: nn.Module, val_loader: torch.utils.data.DataLoader, device: torch.device, cfg: Config
+) -> dict[str, Any] | None:
+    """Evaluation with and without autograd on the same inputs, alternated (measure.eval_speed):
+    full's 3 validation batches in 2 rounds, or quick's first batch cut to QUICK_SAMPLES in
+    one round. None when there is no validation batch."""
+    t = cfg.train
+    if t.measure == "full":
+        inputs, rounds = [x for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)], 2
+    else:
+        first = next(iter(val_loader), None)
+        inputs, rounds = ([] if first is None else [first[0][:QUICK_SAMPLES]]), 1
+    if not inputs:
+        return None
+    batches = [to_device(x, device, t.channels_last) for x in inputs]
+    compared = eval_speed(net, batches, device, rounds=rounds, precision=t.precision)
+    return {"batches": len(batches), "samples": sum(x.shape[0] for x in batches), "rounds": rounds, **compared}
 
 
 def _memory(
