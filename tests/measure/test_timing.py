@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from freezetune.measure import PHASES, StepClock, eval_speed, medians, process_age_s
+from freezetune.measure import PHASES, StepClock, batch_speed, eval_speed, medians, process_age_s
 
 
 def test_medians_skip_warmup_and_take_whole_step_medians() -> None:
@@ -67,3 +67,14 @@ def test_process_age_counts_from_the_process_start_and_advances_with_the_clock()
         # torch is imported by now: a process that got here is older than the import alone.
         assert origin == "process start" and first > 0.3
     assert 0.15 <= second - first <= 0.5  # /proc's clock ticks are 10 ms
+
+
+def test_batch_speed_leaves_out_the_first_batch_and_takes_the_median_batch() -> None:
+    # The first batch pays allocations and kernel choice: 10 s here, left out of both figures.
+    speed = batch_speed([(10.0, 4), (0.5, 4), (1.5, 4), (1.0, 2)])
+    assert speed == {"eval_samples_per_s": 10 / 3.0, "eval_batch_s": 1.0, "eval_batches_timed": 3}
+
+
+def test_batch_speed_of_one_batch_uses_it_and_of_none_is_none() -> None:
+    assert batch_speed([(0.5, 4)]) == {"eval_samples_per_s": 8.0, "eval_batch_s": 0.5, "eval_batches_timed": 1}
+    assert batch_speed([]) is None

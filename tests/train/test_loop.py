@@ -117,6 +117,13 @@ def test_evaluate_runs_in_inference_mode_in_eval_and_restores_the_mode(start_tra
     assert type(loss) is float and 0.0 <= acc <= 1.0
 
 
+def test_evaluate_times_each_batch_it_runs_when_asked() -> None:
+    timed: list[tuple[float, int]] = []
+    evaluate(tiny_cnn(), loader(n=10), CPU, timed=timed)
+    assert [n for _, n in timed] == [len(y) for _, y in loader(n=10)]
+    assert all(s > 0 for s, _ in timed)
+
+
 def test_evaluate_accuracy_is_exact() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
     with torch.no_grad():
