@@ -14,7 +14,6 @@ reads it; freezetune.record.rundir writes it through a temporary file and ``os.r
 
 from __future__ import annotations
 
-import io
 import pickle
 import random
 from pathlib import Path
@@ -96,11 +95,28 @@ def _unreadable(path: str | Path, what: str, exc: BaseException) -> str:
     )
 
 
+class _ByteCount:
+    """A write-only sink that keeps the count and drops the bytes."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self.n += size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
 def serialized_bytes(obj: Any) -> int:
-    """The size ``torch.save`` would write for ``obj``."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.tell()
+    """The size ``torch.save`` would write for ``obj``, to the byte: the same stream, counted and
+    dropped rather than held in memory (half the time of a BytesIO for resnet18's 47 MB, which a
+    run pays after its last epoch for the train.save choice it did not write)."""
+    sink = _ByteCount()
+    torch.save(obj, sink)  # type: ignore[arg-type]  # torch.save needs only write and flush
+    return sink.n
 
 
 # --------------------------------------------------------------------------- delta
