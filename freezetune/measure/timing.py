@@ -158,10 +158,17 @@ def device_clock(device: torch.device) -> float:
 
 
 def eval_speed(
-    model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, rounds: int = 3, precision: str = "fp32"
+    model: torch.nn.Module,
+    batches: list[torch.Tensor],
+    device: torch.device,
+    rounds: int = 3,
+    precision: str = "fp32",
+    warmup: bool = True,
 ) -> dict:
     """Forward throughput in eval mode under ``inference_mode`` versus the same
-    forward with autograd recording, interleaved over ``rounds``, both in ``precision``.
+    forward with autograd recording, interleaved over ``rounds``, both in ``precision``,
+    after one untimed pass each way unless ``warmup`` is False (a model that has just
+    trained and evaluated has its kernels chosen and its memory allocated already).
 
     The gap is what not tracking gradients saves: no graph nodes, no tensors
     saved for backward, no version counters."""
@@ -174,8 +181,9 @@ def eval_speed(
         return device_clock(device) - start
 
     with eval_mode(model):
-        timed(torch.inference_mode)  # warm-up: allocator, kernels, caches
-        timed(torch.enable_grad)
+        if warmup:  # allocator, kernels, caches
+            timed(torch.inference_mode)
+            timed(torch.enable_grad)
         no_grad_s, grad_s = [], []
         for _ in range(rounds):
             no_grad_s.append(timed(torch.inference_mode))

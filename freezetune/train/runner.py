@@ -65,8 +65,9 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 3  # first steps of a run: allocator growth, kernel selection, the saved-tensor count
 EVAL_SPEED_BATCHES = 3  # train.measure full: validation batches of the extra passes
 # train.measure quick: the autograd comparison's one sub-batch. The epochs' evaluation already
-# measured the throughput without autograd; this only asks what autograd would cost, at 16
-# forward samples against full's 288 (3 batches of 16, warm-up and 2 rounds, both modes).
+# measured the throughput without autograd; this only asks what autograd would cost, at 8
+# forward samples against full's 288 (3 batches of 16, warm-up and 2 rounds, both modes). No
+# warm-up: training and the last evaluation have just run both paths' kernels.
 QUICK_SAMPLES = 4
 CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
 BEST = "best.pt"  # the model after the best epoch by train.monitor, as model.pt is after the last
@@ -538,8 +539,8 @@ def _grad_comparison(
     net: nn.Module, val_loader: torch.utils.data.DataLoader, device: torch.device, cfg: Config
 ) -> dict[str, Any] | None:
     """Evaluation with and without autograd on the same inputs, alternated (measure.eval_speed):
-    full's 3 validation batches in 2 rounds, or quick's first batch cut to QUICK_SAMPLES in
-    one round. None when there is no validation batch."""
+    full's 3 validation batches in 2 rounds after a warm-up, or quick's first batch cut to
+    QUICK_SAMPLES in one round. None when there is no validation batch."""
     t = cfg.train
     if t.measure == "full":
         inputs, rounds = [x for x, _ in itertools.islice(val_loader, EVAL_SPEED_BATCHES)], 2
@@ -549,8 +550,10 @@ def _grad_comparison(
     if not inputs:
         return None
     batches = [to_device(x, device, t.channels_last) for x in inputs]
-    compared = eval_speed(net, batches, device, rounds=rounds, precision=t.precision)
-    return {"batches": len(batches), "samples": sum(x.shape[0] for x in batches), "rounds": rounds, **compared}
+    full = t.measure == "full"
+    compared = eval_speed(net, batches, device, rounds=rounds, precision=t.precision, warmup=full)
+    samples = sum(x.shape[0] for x in batches)
+    return {"batches": len(batches), "samples": samples, "rounds": rounds, "warmup": full, **compared}
 
 
 def _memory(

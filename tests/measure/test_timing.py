@@ -78,3 +78,14 @@ def test_batch_speed_leaves_out_the_first_batch_and_takes_the_median_batch() -> 
 def test_batch_speed_of_one_batch_uses_it_and_of_none_is_none() -> None:
     assert batch_speed([(0.5, 4)]) == {"eval_samples_per_s": 8.0, "eval_batch_s": 0.5, "eval_batches_timed": 1}
     assert batch_speed([]) is None
+
+
+def test_eval_speed_without_warmup_runs_each_batch_once_per_round_and_way() -> None:
+    calls: list[bool] = []
+    model = nn.Linear(4, 2)
+    model.register_forward_hook(lambda m, i, o: calls.append(torch.is_inference_mode_enabled()))
+    eval_speed(model, [torch.randn(3, 4)], torch.device("cpu"), rounds=1, warmup=False)
+    assert calls == [True, False]  # inference_mode, then autograd: no untimed passes before
+    calls.clear()
+    eval_speed(model, [torch.randn(3, 4)], torch.device("cpu"), rounds=1)
+    assert calls == [True, False, True, False]

@@ -39,7 +39,9 @@ def eval_speed_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     real = runner_mod.eval_speed
 
     def spy(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device, **kwargs: Any) -> dict:
-        calls.append({"shapes": [tuple(x.shape) for x in batches], "rounds": kwargs["rounds"]})
+        calls.append(
+            {"shapes": [tuple(x.shape) for x in batches], "rounds": kwargs["rounds"], "warmup": kwargs["warmup"]}
+        )
         return real(model, batches, device, **kwargs)
 
     monkeypatch.setattr(runner_mod, "eval_speed", spy)
@@ -61,12 +63,17 @@ def test_quick_compares_autograd_on_one_sub_batch_and_takes_throughput_from_the_
     # Validation: 6 images in batches of 4, so two batches; the first is cut to QUICK_SAMPLES (2 here).
     monkeypatch.setattr(runner_mod, "QUICK_SAMPLES", 2)
     speed = trained(tiny_config, tmp_path, "quick", **{"data.val_samples": 6})["speed"]
-    assert eval_speed_calls == [{"shapes": [(2, 3, 32, 32)], "rounds": 1}]  # not 3 batches x 2 rounds
+    assert eval_speed_calls == [{"shapes": [(2, 3, 32, 32)], "rounds": 1, "warmup": False}]  # not 3 batches x 2 rounds
     assert speed["measure"] == "quick" and speed["eval_from"] == "last epoch's evaluation"
     assert speed["eval_batches_timed"] == 1  # of the two evaluated, the first (cold) is left out
     assert speed["eval_samples_per_s"] == pytest.approx(2 / speed["eval_batch_s"])  # the second batch: 2 images
     comparison = speed["grad_comparison"]
-    assert (comparison["batches"], comparison["samples"], comparison["rounds"]) == (1, 2, 1)
+    assert (comparison["batches"], comparison["samples"], comparison["rounds"], comparison["warmup"]) == (
+        1,
+        2,
+        1,
+        False,
+    )
     assert speed["eval_speedup_no_grad"] == comparison["eval_speedup_no_grad"] > 0
     assert speed["eval_grad_samples_per_s"] == comparison["eval_grad_samples_per_s"] > 0
 
@@ -75,7 +82,9 @@ def test_full_runs_the_extra_passes_and_reports_their_throughput(
     tiny_config: Callable[..., Config], tmp_path: Path, eval_speed_calls: list[dict[str, Any]]
 ) -> None:
     speed = trained(tiny_config, tmp_path, "full")["speed"]
-    assert eval_speed_calls == [{"shapes": [(4, 3, 32, 32)], "rounds": 2}]  # the tiny run's one validation batch
+    assert eval_speed_calls == [
+        {"shapes": [(4, 3, 32, 32)], "rounds": 2, "warmup": True}
+    ]  # the tiny run's one validation batch
     assert speed["measure"] == "full" and speed["eval_from"] == "extra passes"
     assert speed["eval_samples_per_s"] == speed["grad_comparison"]["eval_samples_per_s"]
     assert speed["grad_comparison"]["samples"] == 4
