@@ -33,16 +33,18 @@ demo: data
 # complexity and parameter count): CI keeps the code clean.
 # The tests run in one process per core (pytest-xdist), each with one torch thread: on 2 cores
 # that is 81 s where one process with two threads takes 123 s (measured one after the other).
+# worksteal: a worker that runs out takes queued tests from the other, so the run does not end on
+# one worker's backlog (tests/conftest.py also starts the longest tests first).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist worksteal
 
 # Everything, the heavy checks included (every architecture; minutes, not for CI).
 test-all: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto -m "heavy or not heavy"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist worksteal -m "heavy or not heavy"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -27,6 +27,25 @@ from freezetune.config import Config, from_dict, set_key
 from freezetune.plan import ModelTree, describe
 from freezetune.train import StopRequest, Weighing
 
+# --------------------------------------------------------------------------- the order tests run in
+
+
+# Modules whose tests are long and cannot be split (torchrun launches: three interpreters each, half
+# a minute on 2 cores). Collected near the end (tests/train), they can be what one worker still runs
+# when the other has nothing left; run first, the short tests fill in around them. The order is the
+# same in every worker (xdist needs that), and no test depends on it.
+LONG_FIRST = ("train/test_distributed.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the tests of :data:`LONG_FIRST` to the front, keeping every other order."""
+    tests = Path(__file__).parent
+
+    def long(item: pytest.Item) -> bool:
+        return any(item.path == tests / name for name in LONG_FIRST)
+
+    items[:] = [i for i in items if long(i)] + [i for i in items if not long(i)]
+
 
 def _meta_model(arch: str, **kwargs: object) -> nn.Module:
     # Meta tensors have shapes but no storage: building vit_b_16 takes ~0.1 s.

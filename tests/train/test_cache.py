@@ -65,6 +65,14 @@ def cfg(tmp: Path, name: str, **edits: object):
     return from_dict(tree)
 
 
+# For the runs that compare cached with uncached training, to the bit: 24 px still leaves layer2's
+# output (until:layer3's cache) 3 x 3 maps, so a layout mistake (channels-last) still shows, and 24
+# images in batches of 8 still make three steps an epoch and an epoch boundary; about half the
+# convolutions and 60 % of the images of cfg's, which a CPU runs in bf16 slowly. Not 16 px: there
+# layer4 sees 1 x 1 maps, bf16 training diverged, and the channels-last pair no longer agreed.
+SMALL = {"data.image_size": 24, "data.train_samples": 24, "data.val_samples": 8}
+
+
 def metrics(tmp: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
 
@@ -75,8 +83,8 @@ def weights(tmp: Path, name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_cache_on_and_off_train_the_same_model(tmp_path: Path, preset: str) -> None:
-    on = run(cfg(tmp_path, "on", **{"freeze.preset": preset, "train.cache_features": "on"})).summary
-    off = run(cfg(tmp_path, "off", **{"freeze.preset": preset, "train.cache_features": "off"})).summary
+    on = run(cfg(tmp_path, "on", **SMALL, **{"freeze.preset": preset, "train.cache_features": "on"})).summary
+    off = run(cfg(tmp_path, "off", **SMALL, **{"freeze.preset": preset, "train.cache_features": "off"})).summary
     assert on.cache["used"] and not off.cache["used"]
     for a, b in zip(metrics(tmp_path, "on"), metrics(tmp_path, "off"), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
@@ -230,12 +238,11 @@ def feature_bytes(summary: Summary) -> int:
 
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_bf16_cache_trains_bitwise_the_uncached_model_in_half_the_bytes(tmp_path: Path, preset: str) -> None:
-    bf16 = {"freeze.preset": preset, "train.precision": "bf16"}
+    bf16 = {"freeze.preset": preset, "train.precision": "bf16", **SMALL}
     on = run(cfg(tmp_path, "on", **bf16, **{"train.cache_features": "on"})).summary
     off = run(cfg(tmp_path, "off", **bf16, **{"train.cache_features": "off"})).summary
-    fp32 = run(
-        cfg(tmp_path, "fp32", **{"freeze.preset": preset, **ONE_EPOCH_CACHED, "train.max_steps_per_epoch": 1})
-    ).summary
+    one_step = {"freeze.preset": preset, **ONE_EPOCH_CACHED, "train.max_steps_per_epoch": 1, **SMALL}
+    fp32 = run(cfg(tmp_path, "fp32", **one_step)).summary
     assert on.cache["dtype"] == "bfloat16" and fp32.cache["dtype"] == "float32"
     assert on.cache["train_shape"] == fp32.cache["train_shape"]
     assert 2 * feature_bytes(on) == feature_bytes(fp32)
@@ -295,7 +302,7 @@ def test_check_split_runs_in_the_runs_precision(channels_last: bool) -> None:
 # The linear probe's cached features are 2-D: the step must leave them out of channels-last.
 @pytest.mark.parametrize("preset", ["until:layer3", "linear_probe"])
 def test_bf16_channels_last_cache_trains_bitwise_the_uncached_model(tmp_path: Path, preset: str) -> None:
-    edits = {"freeze.preset": preset, "train.precision": "bf16", "train.channels_last": True, "train.epochs": 1}
+    edits = {"freeze.preset": preset, "train.precision": "bf16", "train.channels_last": True, "train.epochs": 1} | SMALL
     on = run(cfg(tmp_path, "on", **edits, **{"train.cache_features": "on"})).summary
     run(cfg(tmp_path, "off", **edits, **{"train.cache_features": "off"}))
     assert on.cache["used"] and on.cache["dtype"] == "bfloat16"
