@@ -29,16 +29,21 @@ from freezetune.record import read_checkpoint
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tree: Callable[..., dict]) -> Path:
     """A working directory with the user's own things in it, tiny.yaml (conftest's tiny run)
     among them, and a clean root logger (each command calls logging.basicConfig; what it
-    installs goes away with the test)."""
-    monkeypatch.chdir(tmp_path)
+    installs goes away with the test). It is a folder of the test's own tmp_path, so that
+    ``files(workdir.parent)`` also sees a write above it (name=../escape) but not the files
+    of the worker's earlier tests (tmp_path's parent holds them all: hashing those made each
+    test here take 2 s late in a run)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
     monkeypatch.setattr(root, "level", root.level)
-    (tmp_path / "notes.txt").write_text("the user's notes")
-    (tmp_path / "runs" / "mine").mkdir(parents=True)
-    (tmp_path / "runs" / "mine" / "keep.txt").write_text("not freezetune's")
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
-    return tmp_path
+    (work / "notes.txt").write_text("the user's notes")
+    (work / "runs" / "mine").mkdir(parents=True)
+    (work / "runs" / "mine" / "keep.txt").write_text("not freezetune's")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    return work
 
 
 def files(root: Path) -> dict[str, str]:
