@@ -56,11 +56,10 @@ from freezetune.config.schema import (
     SchedulerConfig,
     TrainConfig,
 )
-from freezetune.config.validate import event_problems, exception_line, semantic_problems
+from freezetune.config.validate import event_problems, semantic_problems
 from freezetune.config.values import finite_number, number
 
 __all__ = [
-    "exception_line",
     "AUGMENTS",
     "CONFIG",
     "Resolved",

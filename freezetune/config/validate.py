@@ -18,12 +18,10 @@ from typing import Any
 
 from freezetune.config.records import PRESETS, EventSpec
 from freezetune.config.schema import AutoFreezeConfig, Config
-from freezetune.utils.errors import exception_line
 
 __all__ = [
     "LOGGERS",
     "event_problems",
-    "exception_line",
     "semantic_problems",
 ]
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from freezetune.config import Config, ConfigError, exception_line
+from freezetune.config import Config, ConfigError
+from freezetune.utils import exception_line
 
 __all__ = [
     "TIMM_PREFIX",

@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from freezetune.config import ConfigError, ModelConfig, exception_line
+from freezetune.config import ConfigError, ModelConfig
 from freezetune.models.arch import arch_kind, load_callable, timm_name, timm_pretrained_cfg, weights_kind
 from freezetune.plan.rules import describe, find_head
 from freezetune.record.checkpoint import is_delta, load_payload, read_checkpoint
+from freezetune.utils import exception_line
 
 __all__ = ["LoadReport", "build_model", "load_state_dict_file"]
 
