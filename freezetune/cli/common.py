@@ -13,7 +13,6 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
-from freezetune.config import Config, load_config
 from freezetune.utils import RunFault, UserError, first_line
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "add_config_args",
     "add_debug_arg",
-    "config_from_args",
     "guarded",
     "progress_enabled",
     "setup_logging",
@@ -41,11 +39,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config edits, values parsed as YAML (train.epochs=2)"
     )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config the arguments name, with their edits."""
-    return load_config(args.config, args.overrides)
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
