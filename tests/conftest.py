@@ -65,6 +65,20 @@ def meta_tree() -> Callable[..., ModelTree]:
     return lambda arch, **kwargs: describe(_meta_model(arch, **kwargs))
 
 
+# --------------------------------------------------------------------------- the file system
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fsync() -> Iterator[None]:
+    """Writes stay atomic (a temporary, then a rename) but are not forced to the disk: durability
+    across a power cut is not what these tests check, and each run's fsyncs of its model files
+    (tens of MB) made the suite wait on the disk. tests/record/test_checkpoint.py patches os.fsync
+    itself where a failing fsync is the point."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", lambda fd: None)
+        yield
+
+
 # --------------------------------------------------------------------------- the tiny run
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,17 +130,26 @@ def delta_keys(model: nn.Module, frozen: set[str], pinned: set[str]) -> list[str
     return [k for k in model.state_dict() if k not in fixed]
 
 
-def base_hash(state: dict[str, torch.Tensor], excluded: list[str] | set[str]) -> str:
-    """SHA-256 over the names and bytes of every tensor of ``state`` not in ``excluded``."""
+def base_hash(
+    state: dict[str, torch.Tensor], excluded: list[str] | set[str], known: Mapping[str, str] | None = None
+) -> str:
+    """SHA-256 over the names and bytes of every tensor of ``state`` not in ``excluded``
+    (``known``: digests still true of some of them, see :func:`state_hash`)."""
     skip = set(excluded)
-    return state_hash({k: t for k, t in state.items() if k not in skip})
+    return state_hash({k: t for k, t in state.items() if k not in skip}, known)
 
 
 def model_payload(
-    model: nn.Module, save: str, frozen: set[str], pinned: set[str], base: dict[str, Any]
+    model: nn.Module,
+    save: str,
+    frozen: set[str],
+    pinned: set[str],
+    base: dict[str, Any],
+    known: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``{"model": state_dict}`` (full) or ``{"delta": ...}``; ``base`` says how to rebuild the
-    base model (its model config and class count) for a delta."""
+    base model (its model config and class count) for a delta; ``known``: digests still true of
+    some of the base's tensors (the ledger's), not hashed again."""
     state = model.state_dict()
     if save == "full":
         return {"model": state}
@@ -151,7 +161,7 @@ def model_payload(
         "delta": {
             "format": DELTA_FORMAT,
             "tensors": {k: state[k] for k in keys},
-            "base": {**base, "hash": base_hash(state, keys), "tensors": len(left_out), "dtypes": dtypes},
+            "base": {**base, "hash": base_hash(state, keys, known), "tensors": len(left_out), "dtypes": dtypes},
         }
     }
 

@@ -15,7 +15,7 @@ they are (freezetune.record.checkpoint).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +44,17 @@ class SharedFrozen:
     hash: str
 
     @classmethod
-    def of(cls, model: nn.Module, frozen: Iterable[str], pinned: Iterable[str]) -> SharedFrozen:
+    def of(
+        cls, model: nn.Module, frozen: Iterable[str], pinned: Iterable[str], known: Mapping[str, str] | None = None
+    ) -> SharedFrozen:
         """The ``frozen`` parameters and the buffers of the ``pinned`` BatchNorm modules of ``model``,
         as they are stored now (``freeze.frozen_dtype`` included): pass the sets that hold in every
-        phase of the run, so that the bytes hashed now are the bytes of every later save."""
+        phase of the run, so that the bytes hashed now are the bytes of every later save.
+        ``known``: digests already taken of these tensors as stored (the run's ledger), used
+        rather than hashed again."""
         state = model.state_dict()
         keys = tuple(sorted(k for k in ledger_tensors(model, frozen, pinned) if k in state))  # persistent ones
-        return cls(keys, state_hash({k: state[k] for k in keys}))
+        return cls(keys, state_hash({k: state[k] for k in keys}, known))
 
     def store(self, model: nn.Module) -> dict[str, Any]:
         """What ``frozen.pt`` holds: the shared tensors and their hash."""

@@ -6,6 +6,7 @@ refer to the run's frozen tensors, which ``frozen.pt`` keeps once (freezetune.re
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,18 @@ class ModelFiles:
     each output in order."""
 
     def __init__(
-        self, cfg: Config, model: torch.nn.Module, num_classes: int, classes: list[str], resolved: dict[str, Any]
+        self,
+        cfg: Config,
+        model: torch.nn.Module,
+        num_classes: int,
+        classes: list[str],
+        resolved: dict[str, Any],
+        known: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.cfg, self.model, self.num_classes, self.classes, self.resolved = cfg, model, num_classes, classes, resolved
+        # The ledger's digests of the frozen tensors (true of them while they stay frozen, which the
+        # run verifies): the hashes below reuse them rather than hash the frozen weights again.
+        self.known = known
         self._shared: SharedFrozen | None = None  # hashed on first use (freezetune.record.shared)
 
     def model_file(self, save: str, epoch: int, schedule: Schedule, shared: bool = False) -> dict[str, Any]:
@@ -59,7 +69,7 @@ class ModelFiles:
         # The seed rebuilds a random base (model.weights: null) bitwise: prepare_model seeds, then builds.
         base = {"model": model, "num_classes": self.num_classes, "seed": self.cfg.seed}
         return model_payload(
-            self.model, save, schedule.frozen_throughout(epoch), schedule.pinned_throughout(epoch), base
+            self.model, save, schedule.frozen_throughout(epoch), schedule.pinned_throughout(epoch), base, self.known()
         )
 
     def shared_frozen(self, schedule: Schedule) -> SharedFrozen:
@@ -69,7 +79,7 @@ class ModelFiles:
         if self._shared is None:
             last = self.cfg.train.epochs
             frozen, pinned = schedule.frozen_throughout(last), schedule.pinned_throughout(last)
-            self._shared = SharedFrozen.of(self.model, frozen, pinned)
+            self._shared = SharedFrozen.of(self.model, frozen, pinned, self.known())
         return self._shared
 
     def frozen_store(self, schedule: Schedule) -> dict[str, Any] | None:

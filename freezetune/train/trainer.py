@@ -115,7 +115,9 @@ class Trainer:
         check_optimizer(self.optimizer, self.model)
         self.phases = Phases(cfg, self.model, self.optimizer, p.schedule, p.settings, dist)
         self.resolved = resolved if resolved is not None else {}
-        self.files = ModelFiles(cfg, self.model, p.num_classes, self.classes, self.resolved)
+        self.files = ModelFiles(
+            cfg, self.model, p.num_classes, self.classes, self.resolved, lambda: self.phases.ledger.digests
+        )
         self.target = TrainTarget(cfg, self.model, loaders, self.device, folder, self.generator, dist)
         # freeze.preset auto: the policy that adds freeze events as training goes (freezetune.train.auto).
         self.auto = (
