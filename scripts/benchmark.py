@@ -1,8 +1,7 @@
 """``python scripts/benchmark.py ...``: the same as ``freezetune benchmark ...`` (freezetune/cli/benchmark.py)."""
 
-import sys
-
 from freezetune.cli.benchmark import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

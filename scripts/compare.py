@@ -1,8 +1,7 @@
 """``python scripts/compare.py ...``: the same as ``freezetune compare ...`` (freezetune/cli/compare.py)."""
 
-import sys
-
 from freezetune.cli.compare import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

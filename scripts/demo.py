@@ -1,8 +1,7 @@
 """``python scripts/demo.py ...``: the same as ``freezetune demo ...`` (freezetune/cli/demo.py)."""
 
-import sys
-
 from freezetune.cli.demo import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

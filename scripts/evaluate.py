@@ -1,8 +1,7 @@
 """``python scripts/evaluate.py ...``: the same as ``freezetune evaluate ...`` (freezetune/cli/evaluate.py)."""
 
-import sys
-
 from freezetune.cli.evaluate import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

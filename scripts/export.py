@@ -1,8 +1,7 @@
 """``python scripts/export.py ...``: the same as ``freezetune export ...`` (freezetune/cli/export.py)."""
 
-import sys
-
 from freezetune.cli.export import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

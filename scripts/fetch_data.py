@@ -1,8 +1,7 @@
 """``python scripts/fetch_data.py ...``: the same as ``freezetune fetch-data ...`` (freezetune/cli/fetch_data.py)."""
 
-import sys
-
 from freezetune.cli.fetch_data import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

@@ -1,8 +1,7 @@
 """``python scripts/plan.py ...``: the same as ``freezetune plan ...`` (freezetune/cli/plan.py)."""
 
-import sys
-
 from freezetune.cli.plan import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

@@ -1,8 +1,7 @@
 """``python scripts/predict.py ...``: the same as ``freezetune predict ...`` (freezetune/cli/predict.py)."""
 
-import sys
-
 from freezetune.cli.predict import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

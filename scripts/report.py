@@ -1,8 +1,7 @@
 """``python scripts/report.py ...``: the same as ``freezetune report ...`` (freezetune/cli/report.py)."""
 
-import sys
-
 from freezetune.cli.report import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

@@ -1,8 +1,7 @@
 """``python scripts/tour.py ...``: the same as ``freezetune tour ...`` (freezetune/cli/tour.py)."""
 
-import sys
-
 from freezetune.cli.tour import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

@@ -1,8 +1,7 @@
 """``python scripts/train.py ...``: the same as ``freezetune train ...`` (freezetune/cli/train.py)."""
 
-import sys
-
 from freezetune.cli.train import main
+from freezetune.utils.program import exit_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
-__all__ = ["COMMANDS", "main"]
+from freezetune.utils.program import exit_program
+
+__all__ = ["COMMANDS", "main", "program"]
 
 # command -> (module under freezetune.cli, one line of help). Modules are imported only
 # when their command runs: `freezetune plan` does not pay for the benchmark's imports.
@@ -47,3 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"freezetune.cli.{COMMANDS[name][0]}")
     return module.main(rest, prog=f"freezetune {name}")
+
+
+def program() -> NoReturn:
+    """The ``freezetune`` console command and ``python -m freezetune``: :func:`main`, then the
+    process's exit with its status (:func:`freezetune.utils.program.exit_program`)."""
+    exit_program(main())
