@@ -147,7 +147,8 @@ def _s(value: float | None, digits: int = 1) -> str:
 
 
 def model_table(runs: Sequence[ModelRun], plans: Sequence[PlanPrediction]) -> str:
-    """One row per run: the outside and in-run times, the folder, the cache's decision and its build."""
+    """One row per run: the outside and in-run times, the folder, the cache's decision and its build,
+    and the machine's load when the run started (its ``summary.json``'s ``threads.load_1min``)."""
     predicted = {p.round: p.predicted_build_s for p in plans}
     rows = [
         [
@@ -164,6 +165,7 @@ def model_table(runs: Sequence[ModelRun], plans: Sequence[PlanPrediction]) -> st
             _s(r.predicted_build_s, 2),
             _s(predicted.get(r.round) if r.cache != "off" else None, 2),
             _s(r.build_s, 2),
+            _s(r.threads.get("load_1min"), 2),
         ]
         for r in runs
     ]
@@ -181,8 +183,9 @@ def model_table(runs: Sequence[ModelRun], plans: Sequence[PlanPrediction]) -> st
         "build predicted (run) s",
         "build predicted (plan) s",
         "build spent s",
+        "1-min load at start",
     ]
-    return format_table(headers, rows, right=set(range(3, 13)))
+    return format_table(headers, rows, right=set(range(3, 14)))
 
 
 def goals_table(report: ModelsReport) -> str:

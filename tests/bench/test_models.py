@@ -128,6 +128,7 @@ def run(cache: str, train_s: float, after_s: float = 1.0, built: bool | None = N
         setup_s=0.8 if cache != "off" else None,
         reason=None,
         val_acc=0.25,
+        threads={"torch": 1, "from": "train.threads", "load_1min": 2.5},
     )
 
 
@@ -175,12 +176,12 @@ def test_tables_show_each_run_and_each_goal() -> None:
     table = model_table(report.runs, report.plans).splitlines()
     assert table[0].split()[:3] == ["round", "cache", "decision"] and len(table) == 5
     assert table[3].split()[:9] == ["1", "off", "off", "33.0", "4.0", "25.0", "3.30", "0.50", "78.5"]
-    assert table[2].split()[-4:] == ["0.80", "6.00", "6.00", "8.00"]
+    assert table[2].split()[-5:] == ["0.80", "6.00", "6.00", "8.00", "2.50"]
     summary = goals_table(report).splitlines()[2]
     assert summary.split() == ["resnet18", "1.10", "NOT", "met", "1.02", "met", "-25%", "met"]
     text = models_tables(report)
     assert "machine: 2 cores, 1-minute load 1.50 and 2.25 (start and end of the benchmark)" in text
-    assert "train.threads=1, the benchmark's default on a shared machine (--threads 0: torch's own)" in text
+    assert "threads per run: 1 (train.threads); train.threads=1, the benchmark's default on a shared machine" in text
     assert "resnet18: until:layer4, weights R18.V1" in text
 
 
