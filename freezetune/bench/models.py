@@ -392,7 +392,7 @@ class ModelsReport:
         }
 
 
-def machine() -> dict[str, Any]:
+def _machine() -> dict[str, Any]:
     """The cores and the load averages now (None where the platform has none)."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cores": os.cpu_count(), "load": list(load) if load is not None else None, "at": time.time()}
@@ -405,8 +405,9 @@ class _Bench:
         self.s, self.tmp, self.echo = s, tmp, echo
         self.env = os.environ | {"TORCH_HOME": str(tmp / "torch_home"), "PYTHONUNBUFFERED": "1"}
         self.report = ModelsReport(s)
+        self.configs: dict[str, Path] = {}
 
-    def config(self, arch: str) -> Path:
+    def _write_config(self, arch: str) -> Path:
         """The model's config file (cache mode and run folder are edits of each run)."""
         s, stage = self.s, self.report.stages[arch]
         tree = {
@@ -438,8 +439,9 @@ class _Bench:
             size = size_problem(arch, s.image_size)
             if size:
                 problems.append(size)
+            self.configs[arch] = self._write_config(arch)
             try:
-                checks.load(self.config(arch), [*s.overrides, "train.cache_features=on"])
+                checks.load(self.configs[arch], [*s.overrides, "train.cache_features=on"])
             except ConfigError as exc:
                 problems += [f"{arch}: {p}" for p in exc.problems]
         if problems:
@@ -447,7 +449,7 @@ class _Bench:
 
     def plan(self, arch: str, round_: int) -> PlanPrediction:
         out = self.tmp / f"plan_{arch}.json"
-        cmd = [sys.executable, "-m", "freezetune.bench.plan_worker", str(self.config(arch)), str(out)]
+        cmd = [sys.executable, "-m", "freezetune.bench.plan_worker", str(self.configs[arch]), str(out)]
         timed = run_timed([*cmd, *self.s.overrides, "train.cache_features=auto"], self.env, self.echo)
         if timed.returncode != 0:
             raise TrainingFailed(f"{arch}: the plan's prediction failed:\n{timed.tail()}")
@@ -459,7 +461,7 @@ class _Bench:
     def train(self, arch: str, round_: int, cache: str) -> ModelRun:
         run_dir = self.tmp / "runs" / f"{arch}_{cache}_{round_}"
         edits = [*self.s.overrides, f"train.cache_features={cache}", f"train.output_dir={run_dir}"]
-        cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(self.config(arch)), "--no-progress"]
+        cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(self.configs[arch]), "--no-progress"]
         timed = run_timed([*cmd, *edits], self.env, self.echo)
         if timed.returncode != 0:
             raise TrainingFailed(f"{arch} with train.cache_features={cache} failed:\n{timed.tail()}")
@@ -485,7 +487,7 @@ def benchmark_models(
         raise ConfigError(s.problems())
     with tempfile.TemporaryDirectory(prefix="freezetune-models-") as tmp:
         bench = _Bench(s, Path(tmp), echo)
-        bench.report.machine = {"start": machine()}
+        bench.report.machine = {"start": _machine()}
         bench.prepare()
         for r in range(s.rounds):
             for arch in s.models:
@@ -505,5 +507,5 @@ def benchmark_models(
                     bench.report.runs.append(run)
                     if on_run:
                         on_run(bench.report, run)
-        bench.report.machine["end"] = machine()
+        bench.report.machine["end"] = _machine()
     return bench.report
