@@ -5,6 +5,8 @@
                        [key=value ...]
   freezetune benchmark --cache [CONFIG ...] [--epochs 3] [key=value ...]
   freezetune benchmark --peer lightning [--repeats 3] [--pairs full linear_probe gradual] [key=value ...]
+  freezetune benchmark --models [M,M,...] [--rounds 1] [--epochs 2] [--train-images 128] [--val-images 64]
+                       [--image-size 224] [--batch-size 16] [--threads 1] [key=value ...]
   (also python scripts/benchmark.py ...)
 
 Prints, per preset, image size, precision and memory format, the median ms/step of
@@ -15,7 +17,14 @@ is timed too), all timed in the same interleaved rounds.
 With --peer lightning: the demo's full, linear_probe and gradual configs trained by freezetune
 and by Lightning (pip install 'freezetune[peers]'), each run a fresh process, alternated over
 --repeats; per run and pair the process, training and step time, peak RSS, accuracy and the
-first-step losses that show the work was the same (docs/lightning.md)."""
+first-step losses that show the work was the same (docs/lightning.md).
+
+With --models: each model (default: resnet18, mobilenet_v3_small, efficientnet_b0, convnext_tiny,
+vit_b_16) trained by `freezetune train` in a fresh process with its ImageNet weights' file (random
+values) in a temporary hub cache, on generated PNGs, its last stage and head trainable, the cache
+on, off and auto in rotated order per round; per run the start-up, training, the time after the
+last epoch, the run folder's size and the cache's decision beside `freezetune plan`'s prediction,
+and issue 25's goals as measured ratios (docs/speed-and-memory.md)."""
 
 from __future__ import annotations
 
@@ -26,13 +35,18 @@ from pathlib import Path
 
 from freezetune.apps.shipped import shipped_config
 from freezetune.bench import (
+    MODELS,
     PAIRS,
     BenchResult,
     CacheBenchResult,
+    ModelsReport,
+    ModelsSettings,
     benchmark_auto_signal,
     benchmark_cache,
     benchmark_configs,
+    benchmark_models,
     benchmark_peer,
+    models_tables,
     peer_tables,
     require_peer,
 )
@@ -45,8 +59,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = _parser(prog).parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
-    # Four benchmarks behind one command: --peer, --cache and --auto-signal each choose one instead of the step's.
-    if args.peer is not None:
+    # Five benchmarks behind one command: --peer, --cache, --auto-signal and --models each choose one instead of
+    # the step's.
+    if args.models is not None:
+        command = _models
+    elif args.peer is not None:
         command = _peer
     elif args.cache is not None:
         command = _cache
@@ -83,11 +100,12 @@ def _parser(prog: str | None) -> cli.Parser:
         help="the same as --memory-format channels_last",
     )
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 21; 1 with --models)")
     parser.add_argument(
         "--out",
         default=None,
-        help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json, runs/benchmark_peer.json)",
+        help="JSON results (default runs/benchmark.json, runs/benchmark_cache.json, runs/benchmark_peer.json, "
+        "runs/benchmark_models.json)",
     )
     parser.add_argument(
         "--cache",
@@ -97,7 +115,7 @@ def _parser(prog: str | None) -> cli.Parser:
         help="instead: epoch time with the feature cache vs without vs a hand-written loop, for these configs "
         "(default: the demo's linear probe and freeze_until_layer3)",
     )
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run with --cache")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run with --cache (3), --models (2)")
     parser.add_argument(
         "--auto-signal",
         action="store_true",
@@ -117,8 +135,36 @@ def _parser(prog: str | None) -> cli.Parser:
         default=[p.name for p in PAIRS],
         help="which pairs --peer runs",
     )
+    _models_args(parser)
     cli.add_debug_arg(parser)
     return parser
+
+
+def _models_args(parser: cli.Parser) -> None:
+    """The options of --models."""
+    parser.add_argument(
+        "--models",
+        nargs="?",
+        const=",".join(MODELS),
+        default=None,
+        metavar="M[,M...]",
+        help=f"instead: freezetune's own cost on these torchvision models (default {','.join(MODELS)})",
+    )
+    defaults = ModelsSettings()
+    for name, default, what in (
+        ("train-images", defaults.train_images, "training images with --models"),
+        ("val-images", defaults.val_images, "validation images with --models"),
+        ("image-size", defaults.image_size, "px with --models"),
+        ("batch-size", defaults.batch_size, "data.batch_size with --models"),
+        ("classes", defaults.classes, "image classes with --models"),
+    ):
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="train.threads of every run with --models (default 1: the machine may be shared; 0: torch's own)",
+    )
 
 
 def _step(args: argparse.Namespace) -> int:
@@ -132,7 +178,7 @@ def _step(args: argparse.Namespace) -> int:
             edits = [*args.overrides, f"freeze.preset={preset}", f"data.image_size={size}"]
             config = args.config or shipped_config("bench/resnet18_fake.yaml")
             cfgs = [load_config(config, [*edits, *_variant_edits(p, cl)]) for p in precisions for cl in formats]
-            for r in benchmark_configs(cfgs, args.steps, args.rounds):
+            for r in benchmark_configs(cfgs, args.steps, args.rounds or 21):
                 r.name = preset
                 results.append(r)
                 print(
@@ -152,7 +198,7 @@ def _step(args: argparse.Namespace) -> int:
 def _auto_signal(args: argparse.Namespace) -> int:
     """What freeze.preset auto's gradient-norm sample costs next to a step."""
     cfg = load_config(args.config or shipped_config("bench/resnet18_fake.yaml"), args.overrides)
-    r = benchmark_auto_signal(cfg, args.rounds)
+    r = benchmark_auto_signal(cfg, args.rounds or 21)
     print(
         f"{r.name}: step {r.step_ms:.1f} ms, one sample {r.sample_ms:.2f} ms "
         f"({100 * r.sample_ms / r.step_ms:.1f}% of a step); sampling every {r.sample_every} steps: "
@@ -171,7 +217,7 @@ def _cache(args: argparse.Namespace) -> int:
     ]
     results = []
     for config in configs:
-        r = benchmark_cache(config, overrides, args.epochs, Path("runs/benchmark_cache") / Path(config).stem)
+        r = benchmark_cache(config, overrides, args.epochs or 3, Path("runs/benchmark_cache") / Path(config).stem)
         results.append(r)
         print(
             f"{r.name}: cached {r.cached_epoch_s:.2f}s/epoch, uncached {r.uncached_epoch_s:.2f}s, "
@@ -182,6 +228,38 @@ def _cache(args: argparse.Namespace) -> int:
     print(_cache_table(results))
     out = _write_json(args.out or "runs/benchmark_cache.json", [r.to_json() for r in results])
     print(f"\nepoch times after the first; written to {out}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    """The ImageNet models trained as a user trains them, cache on, off and auto: issue 25's goals."""
+    if args.threads < 0:
+        raise ConfigError([f"--threads: at least 0 (0: torch's own count), got {args.threads}"])
+    settings = ModelsSettings(
+        models=tuple(m for m in args.models.split(",") if m),
+        train_images=args.train_images,
+        val_images=args.val_images,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs if args.epochs is not None else 2,
+        classes=args.classes,
+        threads=args.threads or None,
+        rounds=args.rounds if args.rounds is not None else 1,
+        overrides=tuple(args.overrides),
+    )
+    out = Path(args.out or "runs/benchmark_models.json")
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
+    def done(report: ModelsReport, _: object) -> None:
+        _write_json(str(out), report.to_json())  # a benchmark of many minutes keeps what it measured so far
+
+    report = benchmark_models(settings, echo, done)
+    print()
+    print(models_tables(report))
+    _write_json(str(out), report.to_json())
+    print(f"\nwritten to {out}")
     return 0
 
 
