@@ -140,3 +140,26 @@ def test_fashion_mnist_as_a_png_folder_in_imagefolder_layout(tmp_path: Path) -> 
     assert Image.open(first).tobytes() == images[index].numpy().tobytes()
     with pytest.raises(ConfigError, match="already exists"):
         export_png_folder(tmp_path, tmp_path / "png", per_class=4)
+
+
+def test_fake_images_are_torchvisions_fake_data_without_touching_the_global_generator() -> None:
+    """FakeImages draws from a generator of each image's own: the same images and labels as
+    torchvision's FakeData (so every fake run trains what it trained before), and torch's global
+    generator is left where it was, as FakeData leaves it by restoring it."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from freezetune.data.loaders import FakeImages
+
+    tf = v2.Compose([v2.PILToTensor()])
+    theirs = datasets.FakeData(12, (3, 10, 10), 5, transform=tf, random_offset=41)
+    ours = FakeImages(12, (3, 10, 10), 5, transform=tf, random_offset=41)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    for i in range(12):
+        (a, y), (b, z) = theirs[i], ours[i]
+        assert torch.equal(a, b) and y == z and isinstance(z, int)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert ours.targets == [theirs[i][1] for i in range(12)] and len(set(ours.targets)) > 1
+    with pytest.raises(IndexError):
+        ours[12]
