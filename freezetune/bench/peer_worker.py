@@ -23,6 +23,7 @@ from freezetune.bench.features import bn_state, head_input_norms
 from freezetune.config import load_config
 from freezetune.record import read_jsonl
 from freezetune.train import finished, prepare_model, run
+from freezetune.utils.files import write_file
 
 __all__ = ["main", "run_freezetune", "freezetune_features"]
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         result = fit_lightning(load_config(config, overrides), spec["variant"], bool(spec.get("features")))
     result["peak_rss_bytes"] = _peak_rss()
     result["pid"] = os.getpid()
-    Path(spec["out"]).write_text(json.dumps(result) + "\n")
+    write_file(Path(spec["out"]), (json.dumps(result) + "\n").encode())
     return 0
 
 

@@ -53,6 +53,7 @@ from freezetune.bench import (
 from freezetune.cli import common as cli
 from freezetune.config import ConfigError, load_config
 from freezetune.utils import format_table
+from freezetune.utils.files import write_file
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         command = _auto_signal
     else:
         command = _step
-    return cli.guarded(lambda: command(args), args.debug)
+    return cli.guarded(lambda: command(args), args.debug, output="--out")
 
 
 def _parser(prog: str | None) -> cli.Parser:
@@ -291,8 +292,7 @@ def _peer(args: argparse.Namespace) -> int:
 
 def _write_json(path: str, data: object) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    write_file(out, (json.dumps(data, indent=2) + "\n").encode(), make_folders=True)
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
 from freezetune.utils import RunFault, UserError, first_line
+from freezetune.utils.errors import os_error
 
 __all__ = [
     "EXIT_CONFIG",
@@ -68,16 +68,6 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also FREEZETUNE_DEBUG=1)")
 
 
-# errno -> what to do about it, for the failures of writing a run folder.
-_OS_HINTS = {
-    errno.ENOSPC: "free disk space; the last checkpoint is kept, so --resume continues from it",
-    errno.EDQUOT: "free disk space or raise the quota; the last checkpoint is kept, so --resume continues from it",
-    errno.EACCES: "choose a folder you can write (train.output_dir)",
-    errno.EPERM: "choose a folder you can write (train.output_dir)",
-    errno.EROFS: "the file system is read-only: choose another train.output_dir",
-}
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, with a mistake on the command line reported like every other: one ``error:``
     line naming the argument and where the usage is, exit status 2 (argparse prints the whole
@@ -88,29 +78,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"error: {message} (see {self.prog} --help)\n")
 
 
-def guarded(main: Callable[[], int], debug: bool = False) -> int:
+def guarded(main: Callable[[], int], debug: bool = False, output: str | None = None) -> int:
     """Run ``main`` and turn every failure into one ``error:`` message and an exit status:
     2 for a :class:`~freezetune.utils.UserError`, a mistake in the config, data or command line
     (nothing written); 1 for a :class:`~freezetune.utils.RunFault` or any other fault while
     running (diverged, disk full, a bug); 130 for Ctrl-C. A traceback only with ``debug`` or
-    FREEZETUNE_DEBUG=1."""
+    FREEZETUNE_DEBUG=1.
+
+    An OSError is mapped by :func:`freezetune.utils.errors.os_error`, whose hints name ``output``:
+    how the user of this command chooses where it writes (``--out``, ``train.output_dir``)."""
     debug = debug or os.environ.get("FREEZETUNE_DEBUG", "") not in ("", "0")
     try:
         return main()
-    except UserError as exc:  # before OSError: a RunExistsError is also a FileExistsError
-        return _error(str(exc), EXIT_CONFIG, debug)
-    except RunFault as exc:
-        return _error(str(exc), EXIT_FAULT, debug)
     except BrokenPipeError:
         # The reader went away (`freezetune tour | head`): it had what it wanted, so no error line.
         # stdout goes to devnull, or Python's flush at exit would raise the same error again.
         with contextlib.suppress(OSError, ValueError, AttributeError):  # a test's capture has no fd
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAULT
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        hint = _OS_HINTS.get(exc.errno or 0)
-        return _error(f"{where}{exc.strerror or exc}" + (f". HINT: {hint}" if hint else ""), EXIT_FAULT, debug)
+    except OSError as exc:  # a failed write is one of ours too, but its hint names this command's output
+        mapped = os_error(exc, output)
+        return _error(str(mapped), EXIT_CONFIG if isinstance(mapped, UserError) else EXIT_FAULT, debug)
+    except UserError as exc:
+        return _error(str(exc), EXIT_CONFIG, debug)
+    except RunFault as exc:
+        return _error(str(exc), EXIT_FAULT, debug)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

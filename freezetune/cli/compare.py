@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(summary_lines(*run_comparison(request)))
         return 0
 
-    return cli.guarded(body, args.debug)
+    return cli.guarded(body, args.debug, output="--out or train.output_dir")
 
 
 def _parser(prog: str | None) -> cli.Parser:

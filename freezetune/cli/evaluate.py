@@ -28,7 +28,7 @@ from freezetune.infer import (
     predict_files,
 )
 from freezetune.measure import resolve_device
-from freezetune.report import plot_confusion
+from freezetune.report import confusion_png
 from freezetune.utils.text import format_table
 
 __all__ = ["main"]
@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             **evaluation_report(result.targets, result.probs.argmax(dim=1), run.classes),
             "skipped": result.skipped,
         }
+        png, note = _plot(report, run, out[".png"])
         # Written before anything is printed: `evaluate ... | head` closing stdout early still leaves the files.
-        write_outputs({out[".json"]: (json.dumps(report, indent=2) + "\n").encode()})
-        note = _plot(report, run, out[".png"])
+        # Both or neither: a PNG drawn in memory, so a full disk leaves no table without its plot.
+        write_outputs({out[".json"]: (json.dumps(report, indent=2) + "\n").encode(), **png})
         print(f"model: {run.describe()}")
         print(f"data: {source}")
         print(_render(report))
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(note or f"wrote {out['.json']} and {out['.png']}")
         return 0
 
-    return cli.guarded(body, args.debug)
+    return cli.guarded(body, args.debug, output="--out")
 
 
 def _predict_folder(
@@ -144,14 +145,16 @@ def _render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(report: dict[str, Any], run: RunModel, path: Path) -> str | None:
-    """Draw the confusion matrix PNG; a note saying so instead when matplotlib is not installed."""
+def _plot(report: dict[str, Any], run: RunModel, path: Path) -> tuple[dict[Path, bytes], str | None]:
+    """``{path: the confusion matrix PNG}``; none, and a note saying why, when matplotlib is not installed."""
     title = f"{run.run_dir.name} ({run.path.name}): accuracy {report['accuracy']:.3f} on {report['samples']} images"
     try:
-        plot_confusion(report["confusion"]["matrix"], report["confusion"]["classes"], path, title)
+        return {path: confusion_png(report["confusion"]["matrix"], report["confusion"]["classes"], title)}, None
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("matplotlib"):
             raise
         json_path = path.with_suffix(".json")
-        return f"wrote {json_path}; note: matplotlib is not installed, so no {path} (pip install 'freezetune[report]')"
-    return None
+        return (
+            {},
+            f"wrote {json_path}; note: matplotlib is not installed, so no {path} (pip install 'freezetune[report]')",
+        )

@@ -66,4 +66,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("\n".join(f"  {line}" for line in load_snippet(result).splitlines()))
         return 0
 
-    return cli.guarded(body, args.debug)
+    return cli.guarded(body, args.debug, output="--out")

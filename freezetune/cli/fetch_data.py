@@ -37,4 +37,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"wrote {n['train']} training and {n['val']} validation PNGs to {where}")
         return 0
 
-    return cli.guarded(body, args.debug)
+    return cli.guarded(body, args.debug, output="--root or --imagefolder")

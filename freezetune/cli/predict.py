@@ -17,7 +17,7 @@ from freezetune.cli import common as cli
 from freezetune.config import ConfigError
 from freezetune.infer import Prediction, RunModel, find_images, load_run, predict_files, top_k
 from freezetune.measure import resolve_device
-from freezetune.record import atomic_write_bytes
+from freezetune.utils.files import check_writable, write_files
 from freezetune.utils.text import format_table
 
 __all__ = ["add_run_args", "check_counts", "main", "nothing_readable", "output_paths", "write_outputs"]
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{len(predictions) - len(bad)} image(s) predicted{note}; wrote {out['.csv']} and {out['.json']}")
         return 0
 
-    return cli.guarded(body, args.debug)
+    return cli.guarded(body, args.debug, output="--out")
 
 
 def _inputs(images: list[str], run: str, checkpoint: str) -> tuple[list[Path], RunModel]:
@@ -119,6 +119,7 @@ def output_paths(out: str | None, default: Path, suffixes: tuple[str, ...], over
 
     Raises:
         ConfigError: a file exists and ``overwrite`` is off, or the folder is a file.
+        CannotWrite: the folder cannot be written (read-only, no permission).
     """
     prefix = Path(out).expanduser() if out else default
     if prefix.is_dir():
@@ -141,14 +142,13 @@ def output_paths(out: str | None, default: Path, suffixes: tuple[str, ...], over
                 "HINT: --overwrite replaces, --out PREFIX writes elsewhere"
             ]
         )
+    check_writable(prefix.parent)  # before the work, as train checks its folder before training
     return paths
 
 
 def write_outputs(contents: dict[Path, bytes]) -> None:
-    """Write each file whole or not at all, making its folder if need be."""
-    for path, data in contents.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
+    """Write the files whole, all or none, making their folder if need be (freezetune.utils.files)."""
+    write_files(contents, make_folders=True)
 
 
 def _table(predictions: list[Prediction], k: int, classes: list[str]) -> str:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     launch = distributed.from_env()  # set by torchrun
     main_rank = launch is None or launch.rank == 0
     cli.setup_logging(quiet=not main_rank)  # other ranks log warnings only
-    return cli.guarded(lambda: _train(args, launch, prog), args.debug)
+    return cli.guarded(lambda: _train(args, launch, prog), args.debug, output="train.output_dir")
 
 
 def _train(args: argparse.Namespace, launch: Dist | None, prog: str | None) -> int:

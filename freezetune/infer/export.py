@@ -2,16 +2,22 @@
 (``torch.jit.load``), an ExportedProgram (``torch.export.load``) or ONNX (onnxruntime),
 with a JSON sidecar holding the class names and the preprocessing.
 
-An export is only kept once it is proven: the artifact is written under a temporary
-name in the target folder, loaded back the way a user without freezetune would load it,
-and run on a real batch and on batches of other sizes (the batch dimension is dynamic);
-only when every output is within ``atol`` of the eager model does ``os.replace`` put it
-in place. Any failure leaves nothing behind."""
+An export is only kept once it is proven: the artifact is serialised to memory, loaded
+back from those bytes the way a user without freezetune would load the file, and run on a
+real batch and on batches of other sizes (the batch dimension is dynamic); only when every
+output is within ``atol`` of the eager model are the artifact and its sidecar written, by
+the one writer (freezetune.utils.files: the bytes checked to fit, a temporary file, a
+rename). Any failure leaves nothing behind.
+
+The exporters never get a path: torch's C++ file writer aborts the whole process when the
+disk fills up (SIGABRT, a C++ stack trace, its half-written temporary left behind), and
+writing to a ``BytesIO`` cannot."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import re
@@ -28,8 +34,8 @@ import torch.nn as nn
 from freezetune.config import ConfigError
 from freezetune.data import build_loaders
 from freezetune.infer.runs import RunModel
-from freezetune.record import atomic_files
 from freezetune.utils.errors import RunFault
+from freezetune.utils.files import check_writable, write_files
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -52,6 +58,7 @@ DEFAULT_ATOL = 1e-5
 SIDECAR_FORMAT = "freezetune.export/1"  # the sidecar's own format tag
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"  # the ONNX graph's names, for session.run feeds
 _ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # pyproject's `onnx` extra
+_ONNX_MAX_BYTES = 2**31  # protobuf's limit on one message: an ONNX file with its weights inside
 # torch 2.14 deprecates torch.jit: trace warns once for itself and once per traced method
 # (trace_method, which the user never called). The deprecation is real, so it is said
 # once, in our own words, in ExportResult.notes; torch's copies are noise beside it.
@@ -138,26 +145,33 @@ def _first_line(exc: BaseException) -> str:
     return line[:300]
 
 
-# --- one writer and one loader per format -------------------------------------------
-# The writer saves ``model`` to ``path``, tracing/exporting with ``example``; the loader
-# reads ``path`` with plain torch/onnxruntime and returns a function batch -> logits.
+# --- one serialiser and one loader per format ---------------------------------------
+# The serialiser returns the file's bytes for ``model``, tracing/exporting with
+# ``example``; the loader reads those bytes with plain torch/onnxruntime, as the file
+# would be read, and returns a function batch -> logits.
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _to_bytes(save: Callable[[io.BytesIO], None]) -> bytes:
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
         # check_trace=False: torch's own check reruns the model on the same batch; ours
         # (in export_model) runs the saved file on several batch sizes instead.
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        return _to_bytes(lambda f: torch.jit.save(traced, f))
 
 
-def _load_torchscript(path: Path) -> Runner:
+def _load_torchscript(data: bytes) -> Runner:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu")
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
 
 def _batch_dim() -> Any:
@@ -166,16 +180,16 @@ def _batch_dim() -> Any:
     return torch.export.Dim("batch", min=1)
 
 
-def _write_exported_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_exported_program(model: nn.Module, example: torch.Tensor) -> bytes:
     program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
-    torch.export.save(program, str(path))
+    return _to_bytes(lambda f: torch.export.save(program, f))
 
 
-def _load_exported_program(path: Path) -> Runner:
-    return torch.export.load(str(path)).module()
+def _load_exported_program(data: bytes) -> Runner:
+    return torch.export.load(io.BytesIO(data)).module()
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     program = torch.onnx.export(
         model,
         (example,),
@@ -186,20 +200,24 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         verbose=False,  # else the exporter prints four progress lines per step
     )
     assert program is not None  # dynamo=True without f returns the program
-    # external_data=False: one self-contained file that can be renamed into place (an
-    # external .data file is referenced by its name); protobuf limits this to 2 GB.
-    program.save(str(path), external_data=False)
+    # One self-contained file (the weights inside, not in an external .data file referenced by
+    # its name), serialised as ONNXProgram.save does for a model under protobuf's 2 GB.
+    return program.model_proto.SerializeToString()
 
 
-def _load_onnx(path: Path) -> Runner:
+def _load_onnx(data: bytes) -> Runner:
     import onnxruntime  # the onnx extra; require_onnx() checked it is there
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
 
     return run
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 _WRITERS = {"torchscript": _write_torchscript, "exported_program": _write_exported_program, "onnx": _write_onnx}
@@ -295,44 +313,36 @@ def export_model(
         ExportFailed: the exporter cannot express the model, or the file it wrote fails to
             load or run. Nothing is written.
         ExportMismatch: the saved file's outputs differ by more than ``atol``. Nothing is written.
+        CannotWrite: the folder cannot be written (checked before exporting). Nothing is written.
+        WriteFailed: the files do not fit on its disk (checked before writing), or the disk
+            fails. Nothing is written.
     """
     path = Path(out_path).expanduser()
     sidecar = sidecar_path(path)
     _check_request(fmt, path, sidecar, overwrite, batch)
     model = run.model.eval()
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # The artifact renamed first: a crash between the two renames leaves a new file whose
-        # sidecar is missing or old, never a sidecar describing a file that is not there. Its
-        # temporary keeps the suffix: torch.export.save/load warn about a file not ending in .pt2.
-        with atomic_files(path, sidecar, keep_suffix=True) as (tmp, tmp_sidecar):
-            start = time.perf_counter()
-            _write(run, fmt, model, batch, tmp)
-            export_s = time.perf_counter() - start
-            start = time.perf_counter()
-            diffs, scale = _check_file(fmt, model, tmp, batch, atol)
-            check_s = time.perf_counter() - start
-            check = {
-                "max_abs_diff": max(diffs.values()),
-                "atol": atol,
-                "max_abs_output": scale,
-                "batch_sizes": {str(n): d for n, d in diffs.items()},
-                "batch": batch_source,
-            }
-            tmp_sidecar.write_text(json.dumps(_sidecar(run, fmt, path, check), indent=2) + "\n")
-    except BaseException:
-        for folder in created:  # the folders this call made, deepest first, if still empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
+    start = time.perf_counter()
+    data = _write(run, fmt, model, batch)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    diffs, scale = _check_file(fmt, model, data, batch, atol)
+    check_s = time.perf_counter() - start
+    check = {
+        "max_abs_diff": max(diffs.values()),
+        "atol": atol,
+        "max_abs_output": scale,
+        "batch_sizes": {str(n): d for n, d in diffs.items()},
+        "batch": batch_source,
+    }
+    side = (json.dumps(_sidecar(run, fmt, path, check), indent=2) + "\n").encode()
+    # The artifact renamed first: a crash between the two renames leaves a new file whose
+    # sidecar is missing or old, never a sidecar describing a file that is not there.
+    write_files({path: data, sidecar: side}, make_folders=True)
     return ExportResult(
         format=fmt,
         path=path,
         sidecar=sidecar,
-        bytes=path.stat().st_size,
+        bytes=len(data),
         max_abs_diff=check["max_abs_diff"],
         diffs=diffs,
         max_abs_output=scale,
@@ -353,6 +363,8 @@ def _check_request(fmt: str, path: Path, sidecar: Path, overwrite: bool, batch: 
     for p in (path, sidecar):
         if p.is_dir():
             raise ConfigError([f"--out: {p} is a folder. HINT: give a file path, e.g. {p / EXPORT_FORMATS[fmt]}"])
+    # Before the minutes an export may take: a folder that cannot be written is refused now.
+    check_writable(path.parent)
     if fmt == "exported_program" and path.suffix != ".pt2":
         raise ConfigError(
             [f"--out: {path}: torch.export.load expects a file ending in .pt2. HINT: --out {path.with_suffix('.pt2')}"]
@@ -369,12 +381,19 @@ def _check_request(fmt: str, path: Path, sidecar: Path, overwrite: bool, batch: 
         raise ValueError(f"batch: expected [N, 3, H, W] with N >= 1, got {list(batch.shape)}")
 
 
-def _write(run: RunModel, fmt: str, model: nn.Module, batch: torch.Tensor, tmp: Path) -> None:
-    """Export ``model`` as ``fmt`` to ``tmp``; the exporter's error becomes :class:`ExportFailed`."""
+def _write(run: RunModel, fmt: str, model: nn.Module, batch: torch.Tensor) -> bytes:
+    """``model`` exported as ``fmt``, the file's bytes; the exporter's error becomes :class:`ExportFailed`."""
+    if fmt == "onnx" and _weight_bytes(model) >= _ONNX_MAX_BYTES:
+        raise ExportFailed(
+            f"--format onnx: {run.config.model.arch}'s weights take {_weight_bytes(model) / 2**30:.1f} GiB, and one "
+            "ONNX file holds at most 2 GiB. HINT: --format exported_program"
+        )
     # Two or more rows: torch.export would fix a batch of one as a constant.
     example = _resize(batch, max(2, len(batch))).contiguous()
     try:
-        _WRITERS[fmt](model, example, tmp)
+        return _WRITERS[fmt](model, example)
+    except (OSError, MemoryError):
+        raise  # the machine's fault, not the model's: no advice to try another format
     except Exception as exc:
         raise ExportFailed(
             f"--format {fmt}: torch cannot export {run.config.model.arch}: {_first_line(exc)}. "
@@ -384,12 +403,14 @@ def _write(run: RunModel, fmt: str, model: nn.Module, batch: torch.Tensor, tmp: 
 
 
 def _check_file(
-    fmt: str, model: nn.Module, tmp: Path, batch: torch.Tensor, atol: float
+    fmt: str, model: nn.Module, data: bytes, batch: torch.Tensor, atol: float
 ) -> tuple[dict[int, float], float]:
-    """Load ``tmp`` back as ``fmt`` and compare it with ``model`` (:func:`_compare`): raise
+    """Load the file's ``data`` back as ``fmt`` and compare it with ``model`` (:func:`_compare`): raise
     :class:`ExportFailed` when it does not load or run, :class:`ExportMismatch` beyond ``atol``."""
     try:
-        diffs, scale = _compare(model, _LOADERS[fmt](tmp), batch)
+        diffs, scale = _compare(model, _LOADERS[fmt](data), batch)
+    except (OSError, MemoryError):
+        raise
     except Exception as exc:
         raise ExportFailed(
             f"--format {fmt}: the written file fails when loaded back and run: {_first_line(exc)}. "

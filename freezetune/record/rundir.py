@@ -1,7 +1,8 @@
 """The run folder: the on-disk contract of a run (docs/checkpoints.md, "The run record").
 
-Files are written whole through a temporary name and ``os.replace``, so a run
-killed mid-write leaves the previous version of a file, never half of one.
+Files are written whole through a temporary name and ``os.replace`` (freezetune.utils.files,
+the one writer of every command), so a run killed mid-write leaves the previous version of a
+file, never half of one.
 
 A run never replaces an earlier record before it has succeeded: with
 ``--overwrite``, the new run writes into the sibling folder ``NAME.overwriting``
@@ -11,12 +12,11 @@ to go on."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 
 from freezetune.record.shared import FROZEN_FILE
 from freezetune.utils.errors import UserError
+from freezetune.utils.files import write_file, writing
 
 __all__ = [
     "FAILED",
@@ -32,7 +33,6 @@ __all__ = [
     "RECORD_FILES",
     "RunDir",
     "RunExistsError",
-    "atomic_files",
     "atomic_write_bytes",
     "read_jsonl",
     "staging_for",
@@ -67,53 +67,9 @@ class RunExistsError(UserError, FileExistsError):
     """The output folder already holds a run record, and no one said to replace it."""
 
 
-def _temporary(path: Path, keep_suffix: bool) -> Path:
-    """The hidden sibling ``path`` is written under first (``keep_suffix``: still ending in its suffix)."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}" if keep_suffix else f".{path.name}.tmp")
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` to disk, whoever wrote it, before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_files(*paths: Path, keep_suffix: bool = False) -> Iterator[tuple[Path, ...]]:
-    """Temporary siblings of ``paths`` for the block to write, by name (``torch.save``, an
-    exporter) or by bytes. When the block ends without an error, each is flushed to disk, then
-    each is renamed onto its path in the order given: a crash leaves every file whole, either
-    the new or the previous version. The temporaries are removed whatever happens.
-
-    Args:
-        paths: the files to write.
-        keep_suffix: temporaries that still end in their path's suffix (``.model.tmp.pt2``),
-            for writers that read the suffix; otherwise ``.model.pt2.tmp``.
-    """
-    tmps = tuple(_temporary(p, keep_suffix) for p in paths)
-    try:
-        yield tmps
-        for tmp in tmps:
-            _fsync(tmp)
-        for tmp, path in zip(tmps, paths, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)  # only still there when the write failed
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (:func:`atomic_files`)."""
-    try:
-        with atomic_files(path) as (tmp,):
-            tmp.write_bytes(data)
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:  # a failed write() names no file: say which one
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
+    """Write ``data`` to ``path`` whole or not at all (:func:`freezetune.utils.files.write_files`)."""
+    write_file(path, data)
 
 
 def _check_writable(path: Path) -> None:
@@ -270,6 +226,15 @@ class RunDir:
         except OSError:
             pass  # the disk may be what failed; the error itself still reaches the user
 
+    def next_step(self) -> str:
+        """How to go on once the cause of a fault (a full disk) is fixed, as is true of this
+        folder now: ``--resume`` only where a checkpoint exists to continue from."""
+        if self.staged:
+            return f"rerun with --overwrite ({self.final}, the previous run, is unchanged)"
+        if (self.path / "checkpoint.pt").is_file():
+            return f"continue with --resume {self.path} (from its last checkpoint)"
+        return "rerun with --overwrite (no checkpoint was saved yet, so --resume has nothing to continue from)"
+
     def _put(self, name: str, data: bytes) -> None:
         """Every whole-file write goes through here: atomic, and only where this process writes."""
         if self.write:
@@ -287,7 +252,7 @@ class RunDir:
         """Append one row (None: only make sure the file exists)."""
         if not self.write:
             return
-        with open(self.path / name, "a") as f:
+        with writing(self.path / name), open(self.path / name, "a") as f:
             if row is not None:
                 f.write(json.dumps(row) + "\n")
 

@@ -18,7 +18,7 @@ from freezetune.report.plan_view import (
     render_plan,
     render_schedule,
 )
-from freezetune.report.plot import plot_confusion, plot_curves, plot_report, plot_tradeoff
+from freezetune.report.plot import confusion_png, plot_curves, plot_report, plot_tradeoff
 from freezetune.report.report import (
     DEFAULT_TARGET,
     MEMORY_KINDS,
@@ -74,7 +74,7 @@ __all__ = [
     "pareto_front",
     "parse_target",
     "param_rows",
-    "plot_confusion",
+    "confusion_png",
     "plot_curves",
     "plot_report",
     "plot_tradeoff",

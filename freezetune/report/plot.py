@@ -10,7 +10,7 @@ from typing import Any
 from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 
-__all__ = ["MiB", "plot_confusion", "plot_curves", "plot_report", "plot_run_curve", "plot_tradeoff"]
+__all__ = ["MiB", "confusion_png", "plot_curves", "plot_report", "plot_run_curve", "plot_tradeoff"]
 
 MiB = 1024 * 1024
 
@@ -80,15 +80,21 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Whole or not at all: a reader never finds half a PNG."""
+def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes (then closed): drawn in memory, so that the file is written
+    whole or not at all by the one writer."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     fig.clf()
     _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Whole or not at all: a reader never finds half a PNG."""
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, _png(fig))
     return path
 
 
@@ -245,12 +251,12 @@ def plot_run_curve(run: dict[str, Any], path: str | Path) -> Path:
 _ANNOTATE_MAX = 30  # classes up to which every cell gets its count written in
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> Path:
-    """Draw a confusion matrix (rows true class, columns predicted) as a heat map PNG at ``path``.
+def confusion_png(matrix: list[list[int]], classes: list[str], title: str = "") -> bytes:
+    """A confusion matrix (rows true class, columns predicted) as a heat map, the PNG's bytes.
 
     Cells are coloured by their share of the row (the recall of the true class), so that a
     rare class's mistakes show as clearly as a common one's; each cell is labelled with its
-    count. The file is written whole or not at all.
+    count.
     """
     plt = _pyplot()
     import numpy as np
@@ -278,4 +284,4 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or "confusion matrix", fontsize=10)
-    return _save(fig, path)
+    return _png(fig)

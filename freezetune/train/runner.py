@@ -57,6 +57,7 @@ from freezetune.train.monitor import Monitor
 from freezetune.train.outcome import Finished, Interrupted, Outcome
 from freezetune.train.setup import Prepared, prepare
 from freezetune.train.trainer import STATE_FORMAT, EpochHooks, Trainer
+from freezetune.utils.errors import UserError, os_error
 
 __all__ = ["BEST", "CHECKPOINT", "Finished", "Interrupted", "Outcome", "load_resume_state", "run"]
 
@@ -112,8 +113,9 @@ def run(
     trainer = Trainer(cfg, p, loaders, out.path, dist, resolved=resolved, preprocessing_from=preprocessing_from)
     trainer.check_cache_plan()  # may refuse the config: still nothing written
     _log_start(cfg, p, trainer, sources, out)
-    first = _start_record(out, p, resolved, overwrite) if state is None else _restore(out, trainer, state)
-    _store_frozen(out, trainer)
+    with _disk_faults_noted(out):  # the record's first files: frozen.pt alone may be the model's size
+        first = _start_record(out, p, resolved, overwrite) if state is None else _restore(out, trainer, state)
+        _store_frozen(out, trainer)
     training = _Training(cfg, p, loaders, trainer, out, dist)
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
@@ -182,6 +184,26 @@ def _startup() -> tuple[float, str] | None:
     return process_age_s()
 
 
+def _disk_fault(out: RunDir, exc: OSError) -> Exception:
+    """The error to raise for ``exc`` (a full disk, a folder made read-only), noted in FAILED: its
+    hint says what this folder allows now (--resume only where a checkpoint exists)."""
+    fault = os_error(exc, "train.output_dir", then=out.next_step())
+    out.fail(f"error: {' '.join(str(fault).split())}")
+    return fault
+
+
+@contextmanager
+def _disk_faults_noted(out: RunDir) -> Iterator[None]:
+    """An OSError of the block (not a refusal of the folder, which leaves it as it was) as
+    :func:`_failure_noted` has it."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise _disk_fault(out, exc) from exc
+
+
 @contextmanager
 def _failure_noted(out: RunDir) -> Iterator[None]:
     """The folder exists now: an error in the block leaves a FAILED file there saying why the
@@ -191,6 +213,11 @@ def _failure_noted(out: RunDir) -> Iterator[None]:
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, not after the step
         out.fail("error: interrupted at once by a second Ctrl-C")
         raise
+    except OSError as exc:
+        fault = _disk_fault(out, exc)
+        if fault is exc:
+            raise
+        raise fault from exc
     except Exception as exc:
         # One line, as the command prints it (a config error's problems joined).
         out.fail(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")

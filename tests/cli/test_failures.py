@@ -7,11 +7,15 @@ for each test; a few tiny resnet18 runs on FakeData or a folder of PNGs made her
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -540,3 +544,277 @@ def test_config_model_and_data_mistakes_are_reported_together(
     ]
     assert files(workdir.parent) == before
     assert not (workdir / "runs" / "tiny").exists()
+
+
+# --------------------------------------------------------------------------- writing files (issue 26): one writer,
+# whole files or none, and one mapping from an OS error to a line and a status whose hint names the command's flag
+
+# A net of a few hundred parameters (model.arch: MODULE:FUNCTION), so that an export takes a fraction of a second.
+TINY_NET = """
+import torch.nn as nn
+
+
+def build(num_classes):
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, num_classes),
+    )
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_net_run(tmp_path_factory: pytest.TempPathFactory, tiny_tree: Callable[..., dict]) -> Iterator[Path]:
+    """A finished one-epoch run of TINY_NET on FakeData (outside the test's working directory),
+    and a PNG to predict on beside it."""
+    from freezetune.config import from_dict
+    from freezetune.train import run as train_run
+
+    root = tmp_path_factory.mktemp("tiny_net")
+    (root / "ftwrite").mkdir()
+    (root / "ftwrite" / "__init__.py").write_text("")
+    (root / "ftwrite" / "nets.py").write_text(TINY_NET)
+    sys.path.insert(0, str(root))
+    edits = {"name": "net", "model.arch": "ftwrite.nets:build", "train.output_dir": str(root / "run")}
+    train_run(from_dict(tiny_tree(edits)))
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(root / "image.png")
+    yield root / "run"
+    sys.path.remove(str(root))
+    for name in [n for n in sys.modules if n == "ftwrite" or n.startswith("ftwrite.")]:
+        del sys.modules[name]
+
+
+def disk_with_free_bytes(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """The file system reports ``free`` bytes left (to this process, root or not)."""
+    real = os.statvfs
+
+    def statvfs(path: object) -> os.statvfs_result:
+        st = real(path)  # type: ignore[arg-type]
+        return os.statvfs_result((st.f_bsize, 1, st.f_blocks, free, free, *st[5:]))
+
+    monkeypatch.setattr("freezetune.utils.files.os.statvfs", statvfs)
+
+
+def disk_full_while_writing(monkeypatch: pytest.MonkeyPatch, after: int, fail_on: str = "") -> None:
+    """A disk that fills up mid-write: every file the writer opens (those whose name holds
+    ``fail_on``) takes ``after`` bytes, then ENOSPC; the bytes written stay on disk."""
+    import builtins
+
+    class Filling:
+        def __init__(self, path: object) -> None:
+            self.file = builtins.open(path, "wb")  # type: ignore[call-overload]
+            self.name = self.file.name
+
+        def write(self, data: bytes) -> int:
+            self.file.write(data[:after])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self) -> Filling:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    def opener(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode and fail_on in str(path):
+            return Filling(path)
+        return builtins.open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("freezetune.utils.files.open", opener, raising=False)
+
+
+def read_only(monkeypatch: pytest.MonkeyPatch, code: int = errno.EROFS) -> None:
+    """Every file the writer (or its probe) opens is refused, as on a read-only disk (root ignores modes)."""
+
+    def refuse(path: object, *args: object, **kwargs: object) -> object:
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr("freezetune.utils.files.open", refuse, raising=False)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit's deprecation
+@pytest.mark.parametrize("fmt", ["torchscript", "exported_program", pytest.param("onnx", marks=pytest.mark.heavy)])
+def test_export_to_a_full_disk_is_one_line_exit_1_and_leaves_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_net_run: Path, fmt: str
+) -> None:
+    # Not "torch cannot export ... try --format torchscript", as exported_program and onnx said of a full disk.
+    disk_with_free_bytes(monkeypatch, 0)
+    out = "exports/new/model.pt2"  # two folders to make, and removed again
+    before = files(workdir.parent)
+    rc, out_text, err = command(capsys, "export", "--run", str(tiny_net_run), "--format", fmt, "--out", out)
+    assert rc == 1 and out_text == ""
+    line = error_line(err)
+    assert line.startswith(f"error: {out}: No space left on device (") and " to write, 0 bytes free)" in line
+    assert line.endswith("HINT: free space on its disk, then run the command again")
+    assert files(workdir.parent) == before and not (workdir / "exports").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_torch_writer_that_would_abort_on_a_full_disk_never_writes_the_file_itself(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_net_run: Path
+) -> None:
+    # torch's C++ writer aborts the process on a full disk (SIGABRT, exit 134, its temporary left
+    # behind, no finally run). Here it "aborts" whenever it is given a path: an exception no
+    # handler catches. The export serialises to memory, so only freezetune's writer meets the
+    # disk, fills it mid-write, and takes its temporary away again.
+    class Aborted(BaseException):
+        pass
+
+    real_save = torch.jit.save
+
+    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if isinstance(f, str | os.PathLike):
+            Path(f).write_bytes(b"half a file")
+            raise Aborted(f"SIGABRT: torch wrote to {f} itself")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "save", save)
+    disk_full_while_writing(monkeypatch, after=100)
+    before = files(workdir.parent)
+    rc, _, err = command(capsys, "export", "--run", str(tiny_net_run), "--format", "torchscript", "--out", "m.pt")
+    assert rc == 1
+    assert error_line(err) == (
+        "error: m.pt: No space left on device. HINT: free space on its disk, then run the command again"
+    )
+    assert files(workdir.parent) == before  # no .m.pt.tmp: the 100 bytes written were removed
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize(
+    ("code", "reason", "hint"),
+    [
+        (errno.EROFS, "Read-only file system", "the file system is read-only: write elsewhere (--out)"),
+        (errno.EACCES, "Permission denied", "choose a folder you can write (--out)"),
+    ],
+    ids=["read-only", "permission"],
+)
+@pytest.mark.parametrize("cmd", ["export", "predict", "evaluate"])
+def test_an_out_that_cannot_be_written_is_exit_2_naming_out(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_net_run: Path,
+    cmd: str,
+    code: int,
+    reason: str,
+    hint: str,
+) -> None:
+    # Refused before the work, as train refuses its folder: a usage mistake, not training's key in the hint.
+    args = {
+        "export": ["--format", "torchscript", "--out", "ro/model.pt"],
+        "predict": [str(tiny_net_run.parent / "image.png"), "--out", "ro/preds"],
+        "evaluate": ["--out", "ro/eval"],
+    }[cmd]
+    (workdir / "ro").mkdir()
+    read_only(monkeypatch, code)
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, cmd, "--run", str(tiny_net_run), *args)
+    assert rc == 2 and out == ""
+    assert error_line(err) == f"error: ro: {reason}. HINT: {hint}"
+    assert files(workdir.parent) == before
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "written"),
+    [
+        ("predict", ["--out", "out/preds"], ["out/preds.csv", "out/preds.json"]),
+        ("evaluate", ["--out", "out/eval"], ["out/eval.json", "out/eval.png"]),
+    ],
+)
+def test_predict_and_evaluate_write_both_files_or_neither(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    tiny_net_run: Path,
+    cmd: str,
+    args: list[str],
+    written: list[str],
+) -> None:
+    # The disk fills up on the second file: the first, already whole in its temporary, is not
+    # left alone (a table without its plot), and no temporary stays.
+    image = [str(tiny_net_run.parent / "image.png")] if cmd == "predict" else []
+    before = files(workdir.parent)
+    with pytest.MonkeyPatch.context() as disk:
+        disk_full_while_writing(disk, after=10, fail_on=Path(written[1]).name)
+        rc, out, err = command(capsys, cmd, "--run", str(tiny_net_run), *image, *args)
+    assert rc == 1 and out == ""
+    assert error_line(err) == (
+        f"error: {written[1]}: No space left on device. HINT: free space on its disk, then run the command again"
+    )
+    assert files(workdir.parent) == before
+    assert command(capsys, cmd, "--run", str(tiny_net_run), *image, *args)[0] == 0
+    assert sorted(files(workdir.parent)) == sorted([*before, *(f"work/{w}" for w in written)])
+
+
+RECORD_START = ["FAILED", "config.yaml", "events.jsonl", "freeze_plan.json"]
+
+
+@pytest.mark.usefixtures("tiny_net_run")  # TINY_NET importable: two runs of it take a fraction of resnet18's time
+@pytest.mark.parametrize(
+    ("full_at", "left"),
+    [
+        ("frozen.pt", RECORD_START),  # the run's start: the frozen tensors, as large as the model
+        ("best.pt", [*RECORD_START, "frozen.pt", "metrics.jsonl", "steps.jsonl"]),  # epoch 1's end
+    ],
+)
+def test_disk_full_before_the_first_checkpoint_says_rerun_not_resume(
+    workdir: Path, capsys: pytest.CaptureFixture[str], full_at: str, left: list[str]
+) -> None:
+    # "the last checkpoint is kept, so --resume continues from it" was said with no checkpoint,
+    # and --resume then failed; a full disk at the start left no FAILED and said "run the command
+    # again", which the folder then refused. What is said now follows what the folder holds.
+    import freezetune.record.rundir as rundir
+
+    real = rundir.atomic_write_bytes
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name == full_at:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    edits = ["model.arch=ftwrite.nets:build", "train.epochs=2"]
+    with pytest.MonkeyPatch.context() as disk:
+        disk.setattr(rundir, "atomic_write_bytes", full_disk)
+        rc, _, err = command(capsys, "train", "--config", "tiny.yaml", *edits, "--no-progress")
+    assert rc == 1
+    assert error_line(err) == (
+        f"error: runs/tiny/{full_at}: No space left on device. HINT: free space on its disk, then rerun with "
+        "--overwrite (no checkpoint was saved yet, so --resume has nothing to continue from)"
+    )
+    run = workdir / "runs" / "tiny"
+    assert sorted(p.name for p in run.iterdir()) == sorted(left)
+    assert (run / "FAILED").read_text().splitlines() == [
+        error_line(err),
+        "fix the problem and rerun with --overwrite",
+    ]
+    # The rerun the hint names works once there is space.
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", *edits, "--overwrite", "--no-progress")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "hint"),
+    [
+        (errno.ENOSPC, 1, "free space on its disk, then run the command again"),
+        (errno.EDQUOT, 1, "free space or raise your disk quota, then run the command again"),
+        (errno.EROFS, 2, "the file system is read-only: write elsewhere (--out)"),
+        (errno.EACCES, 2, "choose a folder you can write (--out)"),
+        (errno.EPERM, 2, "choose a folder you can write (--out)"),
+        (errno.ENOENT, 2, "a folder on its path is gone (removed while the command ran?): write elsewhere (--out)"),
+        (errno.ENOTDIR, 2, "a part of its path is a file, not a folder: write elsewhere (--out)"),
+        (errno.EISDIR, 2, "it is a folder: give a file path (--out)"),
+        (errno.EFBIG, 1, "write to a file system that takes larger files (--out)"),
+    ],
+    ids=lambda v: errno.errorcode.get(v, str(v)) if isinstance(v, int) and v > 2 else None,
+)
+def test_every_os_error_of_a_write_is_one_line_with_its_status_and_the_commands_flag(
+    code: int, status: int, hint: str
+) -> None:
+    from freezetune.cli.common import guarded
+    from freezetune.utils.errors import write_error
+
+    def fails() -> int:
+        raise write_error(code, os.strerror(code), "out/model.pt")
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert guarded(fails, output="--out") == status
+    assert err.getvalue() == f"error: out/model.pt: {os.strerror(code)}. HINT: {hint}\n"

@@ -151,11 +151,10 @@ def test_cli_mismatch_exits_1_with_one_error_line(
 
 
 def test_an_exporter_failure_writes_nothing(runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def half_written(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-        path.write_bytes(b"partial")
+    def failing(model: torch.nn.Module, example: torch.Tensor) -> bytes:  # the exporters serialise to memory
         raise RuntimeError("Unsupported: aten::frobnicate has no ONNX translation\nmore detail")
 
-    monkeypatch.setitem(export_module._WRITERS, "onnx", half_written)
+    monkeypatch.setitem(export_module._WRITERS, "onnx", failing)
     run = load_run(runs("resnet18"))
     with pytest.raises(ExportFailed, match=r"^--format onnx: torch cannot export resnet18: Unsupported: aten::frob"):
         export_model(run, "onnx", check_batch(run)[0], tmp_path / "model.onnx")
