@@ -22,6 +22,7 @@ import torch
 
 from freezetune.config import ConfigError
 from freezetune.record.rundir import RunDir, atomic_write_bytes
+from freezetune.utils.files import writing
 
 __all__ = ["LOG_FILES", "SYNC_EVERY", "RunLogs", "check_logs"]
 
@@ -80,7 +81,8 @@ class RunLogs:
         # The checkpoint is the truth: whatever was logged after it is redone by this run.
         if "jsonl" in kinds:
             out.keep_jsonl_rows(STEPS_JSONL, lambda row: row["step"] <= steps_done)
-            self._steps_jsonl = open(folder / STEPS_JSONL, "a")  # closed in close()
+            with writing(folder / STEPS_JSONL):  # a failed open is a write's, named as one
+                self._steps_jsonl = open(folder / STEPS_JSONL, "a")  # closed in close()
         if "csv" in kinds:
             self._steps_csv = _Csv(folder / STEPS_CSV, lambda row: int(row["step"]) <= steps_done)
             self._metrics_csv = _Csv(folder / METRICS_CSV, lambda row: int(row["epoch"]) <= epochs_done)
@@ -209,5 +211,5 @@ class _Csv:
             self.columns += new
             self._rewrite([*old, *rows])
             return
-        with open(self.path, "a", newline="") as f:
+        with writing(self.path), open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.columns, lineterminator="\n").writerows(rows)

@@ -179,7 +179,8 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)  # an earlier, abandoned attempt at the same overwrite
         else:
             self.check_free(self.path, overwrite)
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
         for f in OWN_FILES:
             target = self.path / f
             if target.is_dir() and not target.is_symlink():

@@ -10,6 +10,7 @@ from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.plot import MiB, plot_run_curve
 from freezetune.report.report import run_curve
+from freezetune.utils.files import make_folder
 
 __all__ = ["RUN_REPORT_FILES", "write_run_report"]
 
@@ -26,7 +27,7 @@ def write_run_report(run: dict[str, Any], out_dir: str | Path | None = None) -> 
     """report.md and curve.png for ``run`` (freezetune.report.load_run), in its folder unless
     ``out_dir`` says otherwise; returns the files written."""
     out = Path(out_dir or run["run_dir"])
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     curve = run_curve(run)
     md = [*_heading(run), *_learning_curve(run.get("metrics", []), curve), *_cost(run, curve), *_schedule(run)]
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())

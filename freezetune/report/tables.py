@@ -11,6 +11,7 @@ from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.plot import MiB, plot_curves, plot_report, plot_tradeoff
 from freezetune.utils import format_table
+from freezetune.utils.files import make_folder
 
 __all__ = [
     "STATS_NOTE",
@@ -328,7 +329,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """report.md, report.json and three plots (report.png: step time and memory; tradeoff.png:
     accuracy against training time and memory; curves.png: learning curves) in ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     rows = report["rows"]
     runs = sum(len(r["seeds"]) for r in rows)
     md = [

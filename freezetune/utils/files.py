@@ -23,7 +23,7 @@ from pathlib import Path
 
 from freezetune.utils.errors import CannotWrite, WriteFailed, write_error
 
-__all__ = ["check_writable", "free_bytes", "temporary", "write_file", "write_files", "writing"]
+__all__ = ["check_writable", "free_bytes", "make_folder", "temporary", "write_file", "write_files", "writing"]
 
 
 def _size(n: int) -> str:
@@ -77,8 +77,9 @@ def check_writable(folder: Path) -> None:
         probe_path.unlink()
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Make ``folder`` and its missing parents; returns those made, deepest first."""
+def make_folder(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents (an error names ``folder`` as a failed write);
+    returns those made, deepest first."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -91,9 +92,10 @@ def _check_space(contents: Mapping[Path, bytes]) -> None:
     for path, data in contents.items():
         need[path.parent] = need.get(path.parent, 0) + len(data)
     for folder, size in need.items():
-        free = free_bytes(folder)
+        first = next(p for p in contents if p.parent == folder)
+        with writing(first):  # a folder that is gone: named as the file it was to hold
+            free = free_bytes(folder)
         if size > free:
-            first = next(p for p in contents if p.parent == folder)
             raise WriteFailed(
                 errno.ENOSPC, f"No space left on device ({_size(size)} to write, {_size(free)} free)", str(first)
             )
@@ -128,7 +130,7 @@ def write_files(contents: Mapping[Path, bytes], make_folders: bool = False) -> N
     tmps = {path: temporary(path) for path in paths}
     try:
         for folder in dict.fromkeys(p.parent for p in paths) if make_folders else ():
-            made += _make_folders(folder)
+            made += make_folder(folder)
         _check_space(data)
         for path, tmp in tmps.items():
             with writing(path):
