@@ -337,7 +337,9 @@ def export_model(
     side = (json.dumps(_sidecar(run, fmt, path, check), indent=2) + "\n").encode()
     # The artifact renamed first: a crash between the two renames leaves a new file whose
     # sidecar is missing or old, never a sidecar describing a file that is not there.
+    start = time.perf_counter()
     write_files({path: data, sidecar: side}, make_folders=True)
+    export_s += time.perf_counter() - start
     return ExportResult(
         format=fmt,
         path=path,
