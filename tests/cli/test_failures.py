@@ -540,3 +540,36 @@ def test_config_model_and_data_mistakes_are_reported_together(
     ]
     assert files(workdir.parent) == before
     assert not (workdir / "runs" / "tiny").exists()
+
+
+# ------------------------------------------------- issue 26 (i26-words): divergence, settings that cannot act, words
+
+
+@pytest.mark.parametrize(
+    ("lr", "what"),
+    [
+        # The weights and BatchNorm statistics stay finite (up to ~1e16), but in eval mode the model outputs NaN.
+        ("1.0e+8", "validation loss (nan) in epoch 1; the last finite loss was "),
+        # layer1's BatchNorm statistics overflow float32 (its running variance is inf); the validation loss is NaN too.
+        ("1.0e+9", "BatchNorm running statistics (layer1.0.bn1.running_var) in epoch 1; the last finite loss was "),
+    ],
+    ids=["nan-validation-loss", "inf-running-var"],
+)
+def test_a_run_whose_training_loss_stays_finite_but_whose_model_does_not_is_diverged(
+    workdir: Path, capsys: pytest.CaptureFixture[str], lr: str, what: str
+) -> None:
+    before = files(workdir.parent)
+    edits = ["freeze.preset=full", f"train.optimizer.lr={lr}", "--no-progress"]
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", *edits)
+    assert rc == 1 and out == ""
+    line = error_line(err)
+    assert line.startswith(f"error: training diverged: non-finite {what}")
+    assert line.endswith("HINT: lower train.optimizer.lr, or add warm-up (train.scheduler)")
+    run = workdir / "runs" / "tiny"
+    # Nothing of the epoch: no model.pt, no best.pt, no checkpoint.pt, no metrics row.
+    assert set(files(workdir.parent)) - set(before) == {
+        f"work/runs/tiny/{name}"
+        for name in ("FAILED", "config.yaml", "events.jsonl", "freeze_plan.json", "steps.jsonl")
+    }
+    assert (run / "FAILED").read_text().startswith(line)
+    assert "rerun with --overwrite" in (run / "FAILED").read_text()  # no checkpoint to resume from
