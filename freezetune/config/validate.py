@@ -120,7 +120,34 @@ def _freeze_problems(cfg: Config) -> list[str]:
         problems.append(f"freeze.auto: only used with freeze.preset: auto (the preset is {preset!r})")
     if preset == "auto" and (cfg.freeze.schedule or cfg.freeze.gradual):
         problems.append("freeze.schedule: preset 'auto' decides the schedule itself; give no freeze.schedule events")
+    if preset == "auto":
+        problems.extend(_auto_timing_problems(cfg.freeze.auto.warmup_epochs, cfg.train.epochs))
     return problems
+
+
+def _auto_timing_problems(warmup: Any, epochs: Any) -> list[str]:
+    """``freeze.preset: auto`` refused when it could never act, as a schedule event past the last
+    epoch is: its first decision comes after epoch max(warmup_epochs, 2) (a change rate needs two
+    epochs' gradient norms, freezetune.plan.auto.decide) and acts from the next epoch, which must
+    exist. ``warmup`` and ``epochs`` may be None or of a wrong type (reported before)."""
+    if not isinstance(warmup, int) or not isinstance(epochs, int) or epochs < 1:
+        return []
+    first = max(warmup, 2)
+    if first < epochs:
+        return []
+    if warmup > 2:
+        fix = f"freeze.auto.warmup_epochs: {epochs - 1} or less, or " if epochs > 2 else ""
+        return [
+            f"freeze.auto.warmup_epochs: {warmup}: auto decides first after epoch {warmup} and a decision acts from "
+            f"the next epoch, so with train.epochs {epochs} it could never freeze anything. HINT: {fix}train.epochs: "
+            f"{warmup + 1} or more"
+        ]
+    return [
+        f"train.epochs: {epochs} is too short for freeze.preset auto: it decides first after epoch 2 (a change rate "
+        "needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. HINT: "
+        "train.epochs: 3 or more, or a "
+        "fixed preset (e.g. freeze.preset: full)"
+    ]
 
 
 def _frozen_dtype_problems(frozen: Any, precision: Any) -> list[str]:

@@ -573,3 +573,36 @@ def test_a_run_whose_training_loss_stays_finite_but_whose_model_does_not_is_dive
     }
     assert (run / "FAILED").read_text().startswith(line)
     assert "rerun with --overwrite" in (run / "FAILED").read_text()  # no checkpoint to resume from
+
+
+AUTO_THAT_CANNOT_ACT = [
+    (
+        ["freeze.preset=auto", "freeze.auto.warmup_epochs=5", "train.epochs=3"],
+        "error: tiny.yaml: freeze.auto.warmup_epochs: 5: auto decides first after epoch 5 and a decision acts from "
+        "the next epoch, so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or "
+        "less, or train.epochs: 6 or more (set on the command line)",
+    ),
+    (
+        ["freeze.preset=auto"],  # tiny.yaml's one epoch
+        "error: tiny.yaml: train.epochs: 1 is too short for freeze.preset auto: it decides first after epoch 2 (a "
+        "change rate needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. "
+        "HINT: train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)",
+    ),
+    (
+        ["freeze.preset=auto", "freeze.auto.ceiling=conv1", "train.epochs=3"],
+        "error: freezing plan rejected: freeze.auto.ceiling: 'conv1' is the first stage, so auto has nothing to "
+        "freeze (stages from the ceiling on always train). HINT: a later stage (bn1, layer1, layer2, layer3, layer4), "
+        "or null to let auto freeze up to the head 'fc'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edits", "line"), AUTO_THAT_CANNOT_ACT, ids=["warmup-5-of-3", "epochs-1", "ceiling-conv1"])
+@pytest.mark.parametrize("cmd", ["train", "plan"])
+def test_an_auto_policy_that_could_never_act_is_a_config_error_in_train_and_plan(
+    workdir: Path, capsys: pytest.CaptureFixture[str], cmd: str, edits: list[str], line: str
+) -> None:
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, cmd, "--config", "tiny.yaml", *edits, *(["--no-probe"] if cmd == "plan" else []))
+    assert rc == 2 and out == "" and error_line(err) == line
+    assert files(workdir.parent) == before

@@ -691,6 +691,48 @@ def test_schedule_and_group_problems_need_no_model() -> None:
     assert any(p.startswith("train.param_groups[0].lr_scale: expected a finite number > 0") for p in problems)
 
 
+@pytest.mark.parametrize(
+    ("epochs", "auto", "problem"),
+    [
+        (
+            3,
+            {"warmup_epochs": 5},
+            "freeze.auto.warmup_epochs: 5: auto decides first after epoch 5 and a decision acts from the next epoch, "
+            "so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or less, or "
+            "train.epochs: 6 or more",
+        ),
+        (
+            3,
+            {"warmup_epochs": 3},
+            "freeze.auto.warmup_epochs: 3: auto decides first after epoch 3 and a decision acts from the next epoch, "
+            "so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or less, or "
+            "train.epochs: 4 or more",
+        ),
+        *(
+            (
+                epochs,
+                {},
+                f"train.epochs: {epochs} is too short for freeze.preset auto: it decides first after epoch 2 (a change "
+                "rate needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. "
+                "HINT: train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)",
+            )
+            for epochs in (1, 2)
+        ),
+    ],
+    ids=["warmup-past-the-end", "warmup-at-the-end", "default-epochs-1", "epochs-2"],
+)
+def test_an_auto_policy_that_could_never_act_is_refused_like_an_event_past_the_end(
+    epochs: int, auto: dict, problem: str
+) -> None:
+    tree = {"name": "s", "freeze": {"preset": "auto", "auto": auto}, "train": {"epochs": epochs}}
+    if epochs == 1:
+        del tree["train"]  # the default: one epoch
+    assert problems_of(tree) == [problem]
+    # One epoch more, and the first decision acts in the last epoch: accepted.
+    tree["train"] = {"epochs": max(auto.get("warmup_epochs", 2), 2) + 1}
+    assert from_dict(tree).freeze.preset == "auto"
+
+
 def test_a_config_knows_whether_its_trainable_set_changes() -> None:
     assert not from_dict({"name": "s"}).freeze.scheduled
     assert from_dict(
