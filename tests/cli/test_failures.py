@@ -606,3 +606,25 @@ def test_an_auto_policy_that_could_never_act_is_a_config_error_in_train_and_plan
     rc, out, err = command(capsys, cmd, "--config", "tiny.yaml", *edits, *(["--no-probe"] if cmd == "plan" else []))
     assert rc == 2 and out == "" and error_line(err) == line
     assert files(workdir.parent) == before
+
+
+def test_a_run_name_in_any_script_names_its_folder_and_one_that_is_not_nfc_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Decomposed 'é' (e + U+0301): macOS would find the composed name's folder under it, Linux would not.
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", "name=cafe\u0301", "--no-progress")
+    assert rc == 2 and out == ""
+    assert error_line(err) == (
+        "error: tiny.yaml: name: 'cafe\u0301' is not in Unicode NFC form, so it could name two folders on one system "
+        "and one on another. HINT: name: caf\u00e9 (the same letters, composed) (set on the command line)"
+    )
+    assert files(workdir.parent) == before
+    rc, out, err = command(
+        capsys, "train", "--config", "tiny.yaml", "name=модель_测试", "train.measure='off'", "--no-progress"
+    )
+    assert rc == 0, err
+    assert "модель_测试" in out
+    summary = json.loads((workdir / "runs" / "модель_测试" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["name"] == "модель_测试" and summary["run_dir"] == "runs/модель_测试"
+    assert {p.name for p in (workdir / "runs").iterdir()} == {"mine", "модель_测试"}

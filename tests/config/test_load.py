@@ -482,6 +482,32 @@ def test_numbers_that_cannot_work_are_refused() -> None:
     assert "train.optimizer.momentum: 5.0 must be <= 1.0" in problems
 
 
+@pytest.mark.parametrize("name", ["модель_测试", "café-2", "हिन्दी", "x1.v2", "Ünïcödé"])
+def test_a_run_name_may_be_letters_of_any_script(name: str) -> None:
+    cfg = from_dict({"name": name})
+    assert cfg.output_dir == Path("runs") / name
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a b", "name: 'a b' must be a non-empty run name of letters (of any script), digits"),
+        ("_x", "name: '_x' must be a non-empty run name of letters (of any script), digits"),
+        ("модель/测试", "name: 'модель/测试' must be a non-empty run name of letters (of any script), digits"),
+        ("测" * 34, "name: 34 characters, 102 bytes; at most 100 bytes in UTF-8 (it names the run folder)"),
+        (
+            "cafe\u0301",  # 'é' as e + a combining accent: on macOS the same folder as the composed 'é'
+            "name: 'cafe\u0301' is not in Unicode NFC form, so it could name two folders on one system and one on "
+            "another. HINT: name: caf\u00e9 (the same letters, composed)",
+        ),
+    ],
+    ids=["space", "underscore-first", "separator", "too-many-bytes", "not-nfc"],
+)
+def test_a_run_name_that_could_not_name_one_folder_everywhere_is_refused(name: str, problem: str) -> None:
+    problems = problems_of({"name": name})
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
 def test_yaml_booleans_and_mappings_where_a_choice_belongs_get_a_quoting_hint() -> None:
     problems = problems_of({"name": "exp", "freeze": {"frozen_modules": False, "preset": {"until": None}}})
     assert problems == [
