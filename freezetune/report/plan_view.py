@@ -141,13 +141,19 @@ def render_groups(rows: list[ParamRow]) -> str:
 def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> str:
     """The events, epoch by epoch, and the LR multiplier the schedule applies."""
     lines = []
-    for ev in (e for p in schedule.phases for e in p.events):
-        s = ev.spec
-        scale = f", lr x{s.lr_scale:g}" if not s.rule.freezes and s.lr_scale != 1.0 else ""
-        lines.append(
-            f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
-            f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable"
-        )
+    for before, phase in zip(schedule.phases, schedule.phases[1:]):
+        # Each event's params are those whose state it changes, given the events before it in
+        # the epoch (freezetune.plan.schedule): the count after each one follows by adding them up.
+        trainable = before.plan.numel_trainable
+        for ev in phase.events:
+            s = ev.spec
+            trainable += -ev.numel if s.rule.freezes else ev.numel
+            scale = f", lr x{s.lr_scale:g}" if not s.rule.freezes and s.lr_scale != 1.0 else ""
+            lines.append(
+                f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
+                f"[{s.origin}]; then {trainable:,} trainable"
+            )
+        assert trainable == phase.plan.numel_trainable, (trainable, phase.plan.numel_trainable)
     if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
         lines.append("LR schedule 'none': every group keeps its learning rate at every step")
         return "\n".join(lines)

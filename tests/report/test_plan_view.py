@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
-from freezetune.config import Rule
-from freezetune.plan import apply_plan, build_plan, describe
-from freezetune.report import module_rows, probe_autograd, render_plan
+from freezetune.config import Config, Rule
+from freezetune.plan import ModelTree, apply_plan, build_plan, build_schedule, describe
+from freezetune.report import module_rows, probe_autograd, render_plan, render_schedule
 
 
 def model_and_plan():
@@ -62,3 +64,29 @@ def test_render_plan_totals_and_start_of_graph() -> None:
     assert "1 module(s) pinned in eval" in text
     assert "the autograd graph starts at '2'" in text
     assert "None (no graph recorded)" in text
+
+
+def test_each_schedule_event_shows_the_trainable_count_after_it(
+    meta_tree: Callable[..., ModelTree], tiny_config: Callable[..., Config]
+) -> None:
+    cfg = tiny_config(
+        {
+            "train.epochs": 3,
+            "freeze.schedule": [
+                {"epoch": 2, "unfreeze": "layer4"},
+                {"epoch": 2, "unfreeze": "layer3", "lr_scale": 0.1},
+                {"epoch": 3, "freeze": "layer4"},
+            ],
+        }
+    )
+    tree = meta_tree("resnet18", num_classes=3)
+    under = {
+        m: sum(n for name, n in tree.numel.items() if name.startswith(m + ".")) for m in ("fc", "layer3", "layer4")
+    }
+    lines = render_schedule(build_schedule(tree, cfg.freeze), cfg, 2).splitlines()
+    counts = [int(line.rsplit("then ", 1)[1].removesuffix(" trainable").replace(",", "")) for line in lines[:3]]
+    fc, layer3, layer4 = under["fc"], under["layer3"], under["layer4"]
+    assert counts == [fc + layer4, fc + layer4 + layer3, fc + layer3]  # not the epoch's total on both epoch-2 lines
+    assert lines[1].startswith(
+        f"epoch 2: unfreeze layer3 (15 tensors, {layer3:,} params, lr x0.1) [freeze.schedule[1]]"
+    )
