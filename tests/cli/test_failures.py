@@ -628,3 +628,19 @@ def test_a_run_name_in_any_script_names_its_folder_and_one_that_is_not_nfc_is_re
     summary = json.loads((workdir / "runs" / "модель_测试" / "summary.json").read_text(encoding="utf-8"))
     assert summary["name"] == "модель_测试" and summary["run_dir"] == "runs/модель_测试"
     assert {p.name for p in (workdir / "runs").iterdir()} == {"mine", "модель_测试"}
+
+
+def test_the_tour_explains_the_plan_it_is_given_not_a_frozen_prefix_it_does_not_have(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, "tour", "--config", "tiny.yaml", "freeze.preset=bitfit", "--repeats", "1")
+    assert rc == 0, err
+    # BitFit: the biases of BatchNorms train all through the network, so its frozen convolutions are no prefix.
+    assert "the graph starts at 'bn1'" in out
+    assert "19 module(s) with frozen parameters run after it (the first: 'layer1.0.conv1')" in out
+    why = " ".join(out.split("why: ")[-1].split())
+    assert why.startswith("Here the frozen parameters are no prefix: 19 module(s) with frozen parameters run after")
+    assert "They still run backward, to pass the gradient on to the trainable parameters before them" in why
+    assert "record no nodes and save no tensors" not in out  # the prefix's explanation, which is not true here
+    assert files(workdir.parent) == before  # the tour writes nothing
