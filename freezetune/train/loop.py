@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "fit_epoch",
     "no_progress",
+    "nonfinite_buffers",
     "nonfinite_tensor",
     "steps_in",
     "to_device",
@@ -310,6 +311,13 @@ def nonfinite_tensor(model: nn.Module, skip: Container[str] = ()) -> tuple[str, 
     if kind == "buffer" and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
         kind = "BatchNorm running statistics"
     return kind, name
+
+
+def nonfinite_buffers(model: nn.Module) -> set[str]:
+    """The floating-point buffers of ``model`` that hold NaN or inf now: taken before training, these
+    are the model's by design (an attention mask of -inf), not a divergence, and are left out of
+    :func:`epoch_divergence`'s check."""
+    return {n for n, b in model.named_buffers() if b.is_floating_point() and not bool(torch.isfinite(b).all())}
 
 
 def epoch_divergence(

@@ -37,6 +37,7 @@ from freezetune.train.loop import (
     epoch_divergence,
     fit_epoch,
     no_progress,
+    nonfinite_buffers,
     steps_in,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
@@ -127,6 +128,7 @@ class Trainer:
             else None
         )
         self.epochs: list[EpochResult] = []
+        self._nonfinite_by_design = nonfinite_buffers(self.model)  # a mask of -inf: not a divergence
         # Cumulative training seconds (EpochResult.train_s), a stopped epoch's part included.
         self.train_s = 0.0
         # Kept across a resume: a run resumed from its own config.yaml would otherwise say
@@ -186,9 +188,11 @@ class Trainer:
     def _check_finite(self, epoch: int, result: EpochResult | None) -> None:
         """Raise :class:`Diverged` when ``epoch`` left a non-finite number the user would rely on
         (freezetune.train.loop.epoch_divergence), before anything of it is recorded or saved. The
-        tensors the ledger protects are left out: they are verified bitwise unchanged."""
+        tensors the ledger protects are left out (verified bitwise unchanged), and so are buffers
+        that were not finite before training began."""
         last = self.epochs[-1].train_loss if self.epochs else None
-        diverged = epoch_divergence(self.model, epoch, result, last, self.phases.ledger.digests)
+        skip = self._nonfinite_by_design | self.phases.ledger.digests.keys()
+        diverged = epoch_divergence(self.model, epoch, result, last, skip)
         # Each rank's BatchNorm statistics are its own between DDP's broadcasts: all ranks stop
         # together, or the others would wait for the stopped one at the next collective.
         if self.dist is not None and self.dist.any(diverged is not None, self.device) and diverged is None:

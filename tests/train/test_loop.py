@@ -13,7 +13,7 @@ from freezetune.config import OptimizerConfig, Rule
 from freezetune.plan import apply_plan, build_plan, describe, plan_from_config, trainable_parameters
 from freezetune.record import ledger_tensors_of
 from freezetune.train import Diverged, LoopOptions, evaluate, make_optimizer, train_one_epoch
-from freezetune.train.loop import epoch_divergence
+from freezetune.train.loop import epoch_divergence, nonfinite_buffers
 
 CPU = torch.device("cpu")
 
@@ -194,3 +194,15 @@ def test_a_non_finite_epoch_loss_is_divergence_with_finite_weights(
     assert isinstance(diverged, Diverged)
     assert (diverged.what, diverged.epoch, diverged.last_finite) == (what, 4, last)
     assert f"non-finite {what} ({train_loss if what == 'training loss' else val_loss}) in epoch 4" in str(diverged)
+
+
+def test_a_buffer_non_finite_before_training_is_the_models_design_not_a_divergence() -> None:
+    model = tiny_cnn()
+    model.register_buffer("mask", torch.tensor([0.0, float("-inf")]))  # as an attention mask holds
+    by_design = nonfinite_buffers(model)
+    assert by_design == {"mask"}
+    assert epoch_divergence(model, 1, None, None, skip=by_design) is None
+    with torch.no_grad():
+        model[1].running_mean[0] = float("nan")  # a statistic that went NaN in training is still caught
+    diverged = epoch_divergence(model, 1, None, None, skip=by_design)
+    assert diverged is not None and diverged.detail == "1.running_mean"
