@@ -509,7 +509,14 @@ def test_an_auto_ceiling_that_is_no_stage_is_refused_before_the_plan_prints(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, out, err = command(
-        capsys, "plan", "--config", "tiny.yaml", "freeze.preset=auto", "freeze.auto.ceiling=relu", "--no-probe"
+        capsys,
+        "plan",
+        "--config",
+        "tiny.yaml",
+        "freeze.preset=auto",
+        "freeze.auto.ceiling=relu",
+        "train.epochs=3",
+        "--no-probe",
     )
     assert rc == 2 and out == ""
     assert error_line(err) == (
