@@ -174,8 +174,7 @@ def _auto_timing_problems(warmup: Any, epochs: Any) -> list[str]:
     return [
         f"train.epochs: {epochs} is too short for freeze.preset auto: it decides first after epoch 2 (a change rate "
         "needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. HINT: "
-        "train.epochs: 3 or more, or a "
-        "fixed preset (e.g. freeze.preset: full)"
+        "train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)"
     ]
 
 
