@@ -253,6 +253,7 @@ def no_graph_step(seed: int = 0) -> TourStep:
         z_no_grad = torch.matmul(ex.x, ex.w) + ex.b
     with torch.inference_mode():
         z_inference = torch.matmul(ex.x, ex.w) + ex.b
+    modes = _modes_under_no_grad(seed)
     z_det = ex.z.detach()
     shares = z_det.data_ptr() == ex.z.data_ptr()
     version = ex.z._version
@@ -268,11 +269,15 @@ def no_graph_step(seed: int = 0) -> TourStep:
         f"  z_det.requires_grad: {z_det.requires_grad}, z_det.grad_fn: {z_det.grad_fn}, same storage as z: {shares}",
         f"  z_det[0] = 0 shows in z: {seen}; z._version {version} -> {ex.z._version} "
         "(autograd would refuse a backward that needs the old value)",
+        "bn = BatchNorm1d(3) and dropout = Dropout(0.5), both in train mode; with torch.no_grad():",
+        f"  bn(randn(4, 3)): bn.training {modes['bn_training']}, running_mean moved: {modes['bn_moved']}; "
+        f"dropout(ones(8)) zeroed {modes['dropped']} of 8",
+        f"bn.eval(), then with torch.no_grad(): bn(randn(4, 3)): running_mean moved: {modes['bn_moved_in_eval']}",
     ]
     return TourStep(
         4,
         "No graph at all: no_grad, inference_mode, detach",
-        ["torch.no_grad()", "torch.inference_mode()", "Tensor.detach()"],
+        ["torch.no_grad()", "torch.inference_mode()", "Tensor.detach()", "Module.eval()"],
         [
             _NOTES + "#locally-disabling-gradient-computation",
             "https://pytorch.org/docs/stable/generated/torch.Tensor.detach.html",
@@ -282,7 +287,9 @@ def no_graph_step(seed: int = 0) -> TourStep:
         "freezetune evaluates under inference_mode, which also skips autograd's version counting. "
         "detach() gives the same data without the graph and without a copy: the training loop adds up its "
         "losses from loss.detach(), so no step's graph stays alive, and the feature cache computes a frozen "
-        "prefix's output under no_grad.",
+        "prefix's output under no_grad. Neither changes a module's mode: in train mode BatchNorm still updates "
+        "its running statistics and Dropout still drops, under no_grad as without it. The mode is model.eval()'s "
+        "job (freezetune evaluates in eval mode, and pins frozen BatchNorm in eval while training).",
         {
             "no_grad_requires_grad": z_no_grad.requires_grad,
             "no_grad_grad_fn": z_no_grad.grad_fn,
@@ -292,8 +299,29 @@ def no_graph_step(seed: int = 0) -> TourStep:
             "detach_requires_grad": z_det.requires_grad,
             "edit_seen": seen,
             "version": (version, ex.z._version),
+            **modes,
         },
     )
+
+
+def _modes_under_no_grad(seed: int) -> dict[str, Any]:
+    """A BatchNorm and a Dropout in train mode, called under no_grad: whether the statistics moved
+    and how much was dropped; then the BatchNorm in eval mode. Seeded, the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        bn, dropout = nn.BatchNorm1d(3).train(), nn.Dropout(0.5).train()
+        x = torch.randn(4, 3)
+        with torch.no_grad():
+            bn(x)
+            dropped = int((dropout(torch.ones(8)) == 0).sum())
+        training = bn.training and dropout.training
+        moved = not torch.equal(bn.running_mean, torch.zeros(3))
+        after = bn.running_mean.clone()
+        bn.eval()
+        with torch.no_grad():
+            bn(x)
+        moved_in_eval = not torch.equal(bn.running_mean, after)
+    return {"bn_training": training, "bn_moved": moved, "dropped": dropped, "bn_moved_in_eval": moved_in_eval}
 
 
 def tutorial_steps(seed: int = 0) -> list[TourStep]:
@@ -327,11 +355,34 @@ def network_step(cfg: Config, source: str, repeats: int = 5) -> TourStep:
             "https://pytorch.org/docs/stable/autograd.html#torch.autograd.graph.saved_tensors_hooks",
         ],
         _network_lines(cfg, source, repeats, facts, seen),
-        "Freezing a prefix is step 3 at scale: its parameters are leaves that require no grad and its input "
-        "is the image, so its operations record no nodes and save no tensors for backward, and backward "
-        "stops where the graph starts. The optimizer holds only the trainable parameters, so the frozen ones "
-        "end the step bitwise as they were.",
+        _network_why(facts),
         facts,
+    )
+
+
+def _network_why(f: dict[str, Any]) -> str:
+    """Step 5's explanation, for the plan it was given: a frozen prefix, frozen layers the graph
+    runs through (BitFit, or a frozen layer after a trainable one), or nothing frozen."""
+    kept = "The optimizer holds only the trainable parameters, so the frozen ones end the step bitwise as they were."
+    if f["frozen"] == 0:
+        return (
+            "Nothing is frozen in this config: every operation records a node and saves what its backward needs, "
+            "so the step with and without the freeze is the same step."
+        )
+    if not f["frozen_in_graph"]:
+        return (
+            "Freezing a prefix is step 3 at scale: its parameters are leaves that require no grad and its input "
+            "is the image, so its operations record no nodes and save no tensors for backward, and backward "
+            f"stops where the graph starts. {kept}"
+        )
+    later = f["frozen_in_graph"]
+    return (
+        f"Here the frozen parameters are no prefix: {len(later)} module(s) with frozen parameters run after the "
+        f"graph starts at {f['graph_start']!r} (the first: {later[0]!r}). They still run backward, to pass the "
+        "gradient on to the trainable parameters before them, and save the tensors that needs; what they skip is "
+        "computing their own weight gradients (and the optimizer state for them). So autograd's saved memory "
+        "shrinks far less than behind a frozen prefix: "
+        f"x{f['saved'] / max(f['saved_unfrozen'], 1):.2f} of the unfrozen step's here. {kept}"
     )
 
 
@@ -374,8 +425,9 @@ def _network_facts(cfg: Config, repeats: int) -> tuple[dict[str, Any], dict[str,
         "buffers_unchanged": buffers_unchanged,
         "with_grad": with_grad,
         "in_optimizer": in_optimizer,
-        "graph_start": next((r.name for r in probe if r.grad_fn is not None), None),
-        "probe": probe,
+        "graph_start": probe.start,
+        "probe": probe.rows,
+        "frozen_in_graph": probe.frozen_in_graph,
         "saved": saved.activations,
         "saved_unfrozen": saved_unfrozen.activations,
         "step_s": t_frozen,
@@ -404,6 +456,14 @@ def _network_lines(cfg: Config, source: str, repeats: int, f: dict[str, Any], se
         f"the graph starts at {start!r}: the modules before it recorded nothing, as w did in step 3"
         if start
         else "no module recorded a graph: nothing trains",
+        *(
+            [
+                f"{len(later)} module(s) with frozen parameters run after it (the first: {later[0]!r}): backward "
+                "runs through them to reach the trainable parameters before them"
+            ]
+            if (later := f["frozen_in_graph"])
+            else []
+        ),
         "",
         "one real step (forward, loss.backward(), optimizer.step()):",
         f"  frozen parameters with .grad None: {seen['frozen_grads_none']} of {f['frozen']}",

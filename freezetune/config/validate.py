@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,7 @@ _NAMED_PRESETS = [p for p in PRESETS if not p.endswith("<module>")]  # all but u
 
 def semantic_problems(cfg: Config) -> list[str]:
     """Every problem with ``cfg`` that its types do not show, one line each (empty: none)."""
-    problems = []
-    if cfg.name == "":
-        problems.append("name: missing: every run needs a non-empty name (its folder is runs/<name>)")
-    elif isinstance(cfg.name, str) and len(cfg.name) > 100:
-        problems.append(f"name: {len(cfg.name)} characters; at most 100 (it names the run folder)")
-    elif not isinstance(cfg.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
-        # The run folder is runs/<name>: no path separators, no '.' or '..', no hidden folder.
-        problems.append(
-            f"name: {cfg.name!r} must be a non-empty run name of letters, digits, '_', '-' and '.', "
-            "starting with a letter or digit"
-        )
+    problems = _name_problems(cfg.name)
     problems.extend(_data_problems(cfg))
     if cfg.data.dataset != "fake" and isinstance(cfg.data.root, str) and isinstance(cfg.train.output_dir, str):
         out, root = Path(cfg.train.output_dir).expanduser().resolve(), Path(cfg.data.root).expanduser().resolve()
@@ -52,6 +42,45 @@ def semantic_problems(cfg: Config) -> list[str]:
     problems.extend(_freeze_problems(cfg))
     problems.extend(_train_problems(cfg))
     return problems
+
+
+# The run folder is runs/<name>, and compare's seed runs are runs/<name>-seed<i>, an --overwrite
+# stages in <name>.overwriting. Letters of any script are accepted (модель_测试 names a folder on
+# every file system freezetune runs on: ext4, APFS, NTFS, exFAT store Unicode names), and so are
+# digits and combining marks (Devanagari's vowel signs), '_', '-' and '.': never a path separator,
+# '.', '..', a hidden folder, a space or a shell character. Two rules keep one name one folder
+# everywhere: the name must be NFC (macOS keeps what it is given but compares names in a normalised
+# form, Linux compares bytes: 'é' typed two ways would be one folder there and two here), and its
+# UTF-8 bytes are capped (file systems limit a name to 255 bytes, not characters; 100 leaves room
+# for the suffixes).
+_NAME_BYTES = 100
+_NAME_PUNCTUATION = "_-."
+
+
+def _name_char(c: str, first: bool) -> bool:
+    category = unicodedata.category(c)[0]  # L: letter, N: digit or number, M: combining mark
+    return category in "LN" or (not first and (category == "M" or c in _NAME_PUNCTUATION))
+
+
+def _name_problems(name: Any) -> list[str]:
+    """What is wrong with ``name`` as a run name (see above), one line at most."""
+    if name == "":
+        return ["name: missing: every run needs a non-empty name (its folder is runs/<name>)"]
+    if isinstance(name, str) and len(name.encode()) > _NAME_BYTES:
+        size = f"{len(name)} characters" if name.isascii() else f"{len(name)} characters, {len(name.encode())} bytes"
+        unit = "" if name.isascii() else " bytes in UTF-8"
+        return [f"name: {size}; at most {_NAME_BYTES}{unit} (it names the run folder)"]
+    if not isinstance(name, str) or not all(_name_char(c, i == 0) for i, c in enumerate(name)):
+        return [
+            f"name: {name!r} must be a non-empty run name of letters (of any script), digits, '_', '-' and '.', "
+            "starting with a letter or digit"
+        ]
+    if not unicodedata.is_normalized("NFC", name):
+        return [
+            f"name: {name!r} is not in Unicode NFC form, so it could name two folders on one system and one on "
+            f"another. HINT: name: {unicodedata.normalize('NFC', name)} (the same letters, composed)"
+        ]
+    return []
 
 
 def _data_problems(cfg: Config) -> list[str]:
@@ -120,7 +149,33 @@ def _freeze_problems(cfg: Config) -> list[str]:
         problems.append(f"freeze.auto: only used with freeze.preset: auto (the preset is {preset!r})")
     if preset == "auto" and (cfg.freeze.schedule or cfg.freeze.gradual):
         problems.append("freeze.schedule: preset 'auto' decides the schedule itself; give no freeze.schedule events")
+    if preset == "auto":
+        problems.extend(_auto_timing_problems(cfg.freeze.auto.warmup_epochs, cfg.train.epochs))
     return problems
+
+
+def _auto_timing_problems(warmup: Any, epochs: Any) -> list[str]:
+    """``freeze.preset: auto`` refused when it could never act, as a schedule event past the last
+    epoch is: its first decision comes after epoch max(warmup_epochs, 2) (a change rate needs two
+    epochs' gradient norms, freezetune.plan.auto.decide) and acts from the next epoch, which must
+    exist. ``warmup`` and ``epochs`` may be None or of a wrong type (reported before)."""
+    if not isinstance(warmup, int) or not isinstance(epochs, int) or epochs < 1:
+        return []
+    first = max(warmup, 2)
+    if first < epochs:
+        return []
+    if warmup > 2:
+        fix = f"freeze.auto.warmup_epochs: {epochs - 1} or less, or " if epochs > 2 else ""
+        return [
+            f"freeze.auto.warmup_epochs: {warmup}: auto decides first after epoch {warmup} and a decision acts from "
+            f"the next epoch, so with train.epochs {epochs} it could never freeze anything. HINT: {fix}train.epochs: "
+            f"{warmup + 1} or more"
+        ]
+    return [
+        f"train.epochs: {epochs} is too short for freeze.preset auto: it decides first after epoch 2 (a change rate "
+        "needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. HINT: "
+        "train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)"
+    ]
 
 
 def _frozen_dtype_problems(frozen: Any, precision: Any) -> list[str]:

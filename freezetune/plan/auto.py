@@ -16,9 +16,9 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from freezetune.plan.rules import FreezeError, ModelTree
+from freezetune.plan.rules import FreezeError, FreezePlan, ModelTree
 
-__all__ = ["AutoDecision", "AutoSettings", "change_rates", "decide", "model_stages"]
+__all__ = ["AutoDecision", "AutoSettings", "change_rates", "decide", "model_stages", "stages_left"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,34 @@ def model_stages(tree: ModelTree, head: str, ceiling: str | None = None) -> list
         if owning.index(ceiling) > stop:
             raise FreezeError([f"freeze.auto.ceiling: {ceiling!r} comes after the head {head!r}, which never freezes"])
         stop = owning.index(ceiling)
+    if stop == 0:  # a policy that can never act is refused, as a schedule event past the last epoch is
+        later = ", ".join(owning[1 : owning.index(head_top)]) or "none"
+        if ceiling is None:
+            raise FreezeError(
+                [f"freeze.preset auto: the head {head!r} is the first stage: auto has nothing before it to freeze"]
+            )
+        raise FreezeError(
+            [
+                f"freeze.auto.ceiling: {ceiling!r} is the first stage, so auto has nothing to freeze (stages from the "
+                f"ceiling on always train). HINT: a later stage ({later}), or null to let auto freeze up to the "
+                f"head {head!r}"
+            ]
+        )
     return owning[:stop]
+
+
+def stages_left(stages: Sequence[str], plan: FreezePlan, ceiling: str | None) -> list[str]:
+    """The problem, as one line in a list, when the config's own rules already froze every stage
+    auto may freeze (``stages``, from :func:`model_stages`): such a policy can never act. Empty
+    when some stage still trains."""
+    trains = {name.split(".")[0] for name in plan.trainable}
+    if any(stage in trains for stage in stages):
+        return []
+    where = f"before the ceiling {ceiling!r}" if ceiling is not None else "before the head"
+    return [
+        f"freeze.auto: every stage {where} ({', '.join(stages)}) is frozen by freeze.rules already, so auto has "
+        "nothing left to freeze. HINT: a later freeze.auto.ceiling, or a fixed preset instead of auto"
+    ]
 
 
 def change_rates(previous: Mapping[str, float], current: Mapping[str, float]) -> dict[str, float | None]:

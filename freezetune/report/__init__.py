@@ -6,6 +6,7 @@ of an evaluation."""
 from freezetune.report.plan_view import (
     ModuleRow,
     ParamRow,
+    Probe,
     ProbeRow,
     module_rows,
     param_rows,
@@ -63,6 +64,7 @@ __all__ = [
     "Stat",
     "ModuleRow",
     "ParamRow",
+    "Probe",
     "ProbeRow",
     "build_report",
     "config_differences",

@@ -21,6 +21,7 @@ from freezetune.utils import first_tensor, format_table, train_mode
 __all__ = [
     "ModuleRow",
     "ParamRow",
+    "Probe",
     "ProbeRow",
     "module_rows",
     "param_rows",
@@ -141,13 +142,19 @@ def render_groups(rows: list[ParamRow]) -> str:
 def render_schedule(schedule: Schedule, cfg: Config, steps_per_epoch: int) -> str:
     """The events, epoch by epoch, and the LR multiplier the schedule applies."""
     lines = []
-    for ev in (e for p in schedule.phases for e in p.events):
-        s = ev.spec
-        scale = f", lr x{s.lr_scale:g}" if not s.rule.freezes and s.lr_scale != 1.0 else ""
-        lines.append(
-            f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
-            f"[{s.origin}]; then {schedule.plan_at(s.epoch).numel_trainable:,} trainable"
-        )
+    for before, phase in zip(schedule.phases, schedule.phases[1:]):
+        # Each event's params are those whose state it changes, given the events before it in
+        # the epoch (freezetune.plan.schedule): the count after each one follows by adding them up.
+        trainable = before.plan.numel_trainable
+        for ev in phase.events:
+            s = ev.spec
+            trainable += -ev.numel if s.rule.freezes else ev.numel
+            scale = f", lr x{s.lr_scale:g}" if not s.rule.freezes and s.lr_scale != 1.0 else ""
+            lines.append(
+                f"epoch {s.epoch}: {s.kind} {s.target} ({len(ev.params)} tensors, {ev.numel:,} params{scale}) "
+                f"[{s.origin}]; then {trainable:,} trainable"
+            )
+        assert trainable == phase.plan.numel_trainable, (trainable, phase.plan.numel_trainable)
     if cfg.train.scheduler.name == "none" and cfg.train.scheduler.warmup_epochs == 0:
         lines.append("LR schedule 'none': every group keeps its learning rate at every step")
         return "\n".join(lines)
@@ -249,39 +256,117 @@ def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> 
     return rows
 
 
-def probe_autograd(model: nn.Module, x: torch.Tensor) -> list[ProbeRow]:
-    """Run one forward pass in train mode and record, for every top-level module,
-    whether its output requires grad and which backward node produced it.
+@dataclass(frozen=True)
+class Probe:
+    """What one forward pass in train mode shows of autograd's graph (:func:`probe_autograd`)."""
+
+    rows: list[ProbeRow]  # each top-level module's output
+    # The module the graph starts at, named as deep as says something: the outermost module whose
+    # first operation is where the graph starts (mobilenet's 'features.6', not 'features'). None:
+    # nothing trains.
+    start: str | None
+    # Modules owning a frozen parameter that run after the graph has started: backward still runs
+    # through them to reach the trainable parameters before them, and they save tensors for it.
+    # Empty when the frozen parameters form a prefix.
+    frozen_in_graph: tuple[str, ...]
+
+
+@dataclass
+class _Call:
+    """One module's call in the probe's forward pass, in the order the calls started."""
+
+    name: str
+    input_grad: bool = False
+    output_grad: bool = False
+
+
+def probe_autograd(model: nn.Module, x: torch.Tensor) -> Probe:
+    """Run one forward pass in train mode and record, for every top-level module, whether its
+    output requires grad and which backward node produced it, and where inside the graph starts.
 
     A module whose output has ``grad_fn is None`` lies in the frozen prefix:
     autograd records nothing there, so backward never reaches it."""
     rows: list[ProbeRow] = []
+    calls: list[_Call] = []
     handles = []
+    modules = dict(model.named_modules())
 
-    def hook(name: str):
+    def before(name: str):
+        def record(module: nn.Module, args: tuple[object, ...]) -> None:
+            t = first_tensor(args)
+            calls.append(_Call(name, input_grad=t is not None and t.requires_grad))
+
+        return record
+
+    def after(name: str, top: bool):
         def record(module: nn.Module, args: object, output: object) -> None:
             t = first_tensor(output)
-            if t is not None:
+            if t is None:
+                return
+            call = next(c for c in reversed(calls) if c.name == name)
+            call.output_grad = t.requires_grad
+            if top:
                 fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
                 rows.append(ProbeRow(name, type(module).__name__, t.requires_grad, fn))
 
         return record
 
-    for name, child in model.named_children():
-        handles.append(child.register_forward_hook(hook(name)))
+    for name, module in modules.items():
+        if name:
+            handles.append(module.register_forward_pre_hook(before(name)))
+            handles.append(module.register_forward_hook(after(name, "." not in name)))
     try:
         with train_mode(model), torch.enable_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return rows
+    return Probe(rows, _graph_start(calls, modules), _frozen_in_graph(calls, modules))
+
+
+def _own_params(module: nn.Module) -> list[nn.Parameter]:
+    return list(module.parameters(recurse=False))
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def _graph_start(calls: list[_Call], modules: dict[str, nn.Module]) -> str | None:
+    """The module the graph starts at. Units of work are the calls of modules without children
+    and of modules using parameters of their own (ViT's encoder adds its pos_embedding); the first
+    unit whose own work made its output need grad starts the graph. It is widened to each
+    enclosing module whose first unit it is: features.6.conv.0.0 -> features.6, since features
+    ran frozen blocks before it."""
+    units = [c for c in calls if _is_leaf(modules[c.name]) or _own_params(modules[c.name])]
+
+    def starts(c: _Call) -> bool:
+        module = modules[c.name]
+        own = _is_leaf(module) or any(p.requires_grad for p in _own_params(module))
+        return c.output_grad and not c.input_grad and own
+
+    first = next((c.name for c in units if starts(c)), None)
+    if first is None:
+        return None
+    name = first
+    while "." in name:
+        parent = name.rsplit(".", 1)[0]
+        if next(c.name for c in units if c.name.startswith(parent + ".")) != first or _own_params(modules[parent]):
+            break  # the parent does other work before it: the graph starts inside the parent
+        name = parent
+    return name
+
+
+def _frozen_in_graph(calls: list[_Call], modules: dict[str, nn.Module]) -> tuple[str, ...]:
+    """Modules with a frozen parameter of their own that are called on an input needing grad."""
+    names = (c.name for c in calls if c.input_grad and any(not p.requires_grad for p in _own_params(modules[c.name])))
+    return tuple(dict.fromkeys(names))
 
 
 def render_plan(
     tree: ModelTree,
     plan: FreezePlan,
-    probe: list[ProbeRow] | None,
+    probe: Probe | None,
     depth: int | None = None,
     schedule: Schedule | None = None,
 ) -> str:
@@ -313,12 +398,11 @@ def render_plan(
             "autograd, from one forward pass in train mode (output of each top-level module):",
             format_table(
                 ["module", "type", "requires_grad", "grad_fn"],
-                [[r.name, r.type_name, r.requires_grad, r.grad_fn or "None (no graph recorded)"] for r in probe],
+                [[r.name, r.type_name, r.requires_grad, r.grad_fn or "None (no graph recorded)"] for r in probe.rows],
             ),
         ]
-        first = next((r.name for r in probe if r.requires_grad), None)
-        if first is not None:
-            parts.append(f"the autograd graph starts at '{first}'; backward() does no work before it.")
+        if probe.start is not None:
+            parts.append(f"the autograd graph starts at '{probe.start}'; backward() does no work before it.")
     return "\n".join(parts)
 
 

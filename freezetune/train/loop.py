@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,10 +37,12 @@ __all__ = [
     "Progress",
     "Reduce",
     "Resume",
-    "check_finite_weights",
+    "epoch_divergence",
     "evaluate",
     "fit_epoch",
     "no_progress",
+    "nonfinite_buffers",
+    "nonfinite_tensor",
     "steps_in",
     "to_device",
     "train_one_epoch",
@@ -82,21 +84,40 @@ class Resume:
 
 
 class Diverged(RunFault, RuntimeError):
-    """Training produced a non-finite loss or non-finite weights; the run stops rather than
-    train on, or save, them."""
+    """Training produced a non-finite number the user would rely on: a step's loss, or at an
+    epoch's end a trainable parameter, a moving buffer (BatchNorm's running statistics), the
+    epoch's training loss or its validation loss. The run stops rather than train on, or save,
+    such a model.
 
-    def __init__(self, step: int | None, last_finite: float | None, what: str = "loss", epoch: int | None = None):
-        self.step, self.last_finite, self.what, self.epoch = step, last_finite, what, epoch
+    Args:
+        step: the step whose loss was not finite (None for an epoch-end check).
+        last_finite: the last finite training loss seen, if any.
+        what: the number that is not finite ("loss", "weights", "validation loss", ...).
+        epoch: the epoch it happened in (set by the caller that knows it).
+        detail: which tensor, or the value itself, e.g. "layer1.0.bn1.running_var" or "nan".
+    """
+
+    def __init__(
+        self,
+        step: int | None,
+        last_finite: float | None,
+        what: str = "loss",
+        epoch: int | None = None,
+        detail: str | None = None,
+    ):
+        self.step, self.last_finite, self.what, self.epoch, self.detail = step, last_finite, what, epoch, detail
         super().__init__()
 
     def __str__(self) -> str:
         where = ", ".join(
             w for w in (f"epoch {self.epoch}" if self.epoch else "", f"step {self.step}" if self.step else "") if w
         )
+        detail = f" ({self.detail})" if self.detail else ""
         last = f"; the last finite loss was {self.last_finite:.4g}" if self.last_finite is not None else ""
         return (
-            f"training diverged: non-finite {self.what} in {where}{last}. Nothing non-finite was saved: the last "
-            "good checkpoint (if any) is kept. HINT: lower train.optimizer.lr, or add warm-up (train.scheduler)"
+            f"training diverged: non-finite {self.what}{detail} in {where}{last}. No model of that epoch was saved "
+            "(model.pt, best.pt, checkpoint.pt): the last good checkpoint (if any) is kept. HINT: lower "
+            "train.optimizer.lr, or add warm-up (train.scheduler)"
         )
 
 
@@ -272,13 +293,57 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]
         optimizer.step()
 
 
-def check_finite_weights(model: nn.Module, epoch: int, last_loss: float | None) -> None:
-    """Raise :class:`Diverged` when a trainable parameter of ``model`` holds NaN or inf after
-    ``epoch``: such weights are never checkpointed (under DDP, where steps are not checked
-    one by one, this is the check). ``last_loss``: the last finished epoch's training loss."""
-    for p in model.parameters():
-        if p.requires_grad and not bool(torch.isfinite(p).all()):
-            raise Diverged(None, last_loss, "weights", epoch)
+def nonfinite_tensor(model: nn.Module, skip: Container[str] = ()) -> tuple[str, str] | None:
+    """The first tensor of ``model`` that holds NaN or inf among its trainable parameters and its
+    floating-point buffers not named in ``skip``, as (kind, name); None when every one is finite.
+
+    Frozen parameters are left out (never stepped, verified bitwise by the ledger), and so are the
+    buffers in ``skip`` (pinned BatchNorm's, verified likewise). One host sync when all is finite."""
+    tensors = [("weights", n, p) for n, p in model.named_parameters() if p.requires_grad]
+    tensors += [("buffer", n, b) for n, b in model.named_buffers() if b.is_floating_point() and n not in skip]
+    if not tensors:
+        return None
+    device = tensors[0][2].device
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, _, t in tensors])
+    if bool(finite.all()):
+        return None
+    kind, name, _ = tensors[int((~finite).nonzero()[0, 0])]
+    if kind == "buffer" and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+        kind = "BatchNorm running statistics"
+    return kind, name
+
+
+def nonfinite_buffers(model: nn.Module) -> set[str]:
+    """The floating-point buffers of ``model`` that hold NaN or inf now: taken before training, these
+    are the model's by design (an attention mask of -inf), not a divergence, and are left out of
+    :func:`epoch_divergence`'s check."""
+    return {n for n, b in model.named_buffers() if b.is_floating_point() and not bool(torch.isfinite(b).all())}
+
+
+def epoch_divergence(
+    model: nn.Module,
+    epoch: int,
+    result: EpochResult | None,
+    last_loss: float | None,
+    skip: Container[str] = (),
+) -> Diverged | None:
+    """What diverged in ``epoch``, or None: a trainable parameter or moving buffer of ``model``
+    (:func:`nonfinite_tensor`), else the epoch's training loss or its validation loss (``result``;
+    None for a stopped epoch). A model whose weights are finite can still output NaN in eval mode
+    (running statistics grown past float32's range on the way): its validation loss says so.
+    ``last_loss``: the last finite training loss, for the message. Under DDP, where steps are not
+    checked one by one, this is what catches a NaN; such a model is never checkpointed."""
+    bad = nonfinite_tensor(model, skip)
+    if result is not None and math.isfinite(result.train_loss):
+        last_loss = result.train_loss
+    if bad is not None:
+        return Diverged(None, last_loss, bad[0], epoch, bad[1])
+    if result is None:
+        return None
+    for what, value in (("training loss", result.train_loss), ("validation loss", result.val_loss)):
+        if not math.isfinite(value):
+            return Diverged(None, last_loss, what, epoch, f"{value}")
+    return None
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (freezetune.distributed)

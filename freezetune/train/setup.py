@@ -28,7 +28,7 @@ from freezetune.plan import (
     describe,
     find_head,
 )
-from freezetune.plan.auto import model_stages
+from freezetune.plan.auto import model_stages, stages_left
 from freezetune.train.loop import steps_in
 from freezetune.train.threads import Threads, set_threads
 from freezetune.utils import eval_mode, precision_problem
@@ -93,8 +93,11 @@ def prepare_model(
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
         schedule = schedule_for(cfg, tree)
-        if cfg.freeze.preset == "auto":  # a ceiling auto cannot use is refused before anything runs
-            model_stages(tree, find_head(tree), cfg.freeze.auto.ceiling)
+        if cfg.freeze.preset == "auto":  # a policy that can never act is refused before anything runs
+            stages = model_stages(tree, find_head(tree), cfg.freeze.auto.ceiling)
+            left = stages_left(stages, schedule.initial, cfg.freeze.auto.ceiling)
+            if left:
+                raise FreezeError(left)
     except FreezeError as exc:
         if problems:  # report the groups' problems with the plan's, in one error
             raise ConfigError(exc.problems + problems) from None

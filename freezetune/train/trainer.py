@@ -28,14 +28,16 @@ from freezetune.train.auto import AutoFreezer
 from freezetune.train.distributed import Dist, shard_loaders
 from freezetune.train.files import ModelFiles
 from freezetune.train.loop import (
+    Diverged,
     EpochStats,
     Evaluation,
     LoopOptions,
     Progress,
     Resume,
-    check_finite_weights,
+    epoch_divergence,
     fit_epoch,
     no_progress,
+    nonfinite_buffers,
     steps_in,
 )
 from freezetune.train.lr_schedule import LRSchedule, set_lr
@@ -126,6 +128,7 @@ class Trainer:
             else None
         )
         self.epochs: list[EpochResult] = []
+        self._nonfinite_by_design = nonfinite_buffers(self.model)  # a mask of -inf: not a divergence
         # Cumulative training seconds (EpochResult.train_s), a stopped epoch's part included.
         self.train_s = 0.0
         # Kept across a resume: a run resumed from its own config.yaml would otherwise say
@@ -173,7 +176,7 @@ class Trainer:
         self.global_step = first + stats.steps
         self._stats = stats
         target.steps_done(stats.durations)  # train.compile: the first step after a compile is its cost
-        check_finite_weights(self.model, epoch, self.epochs[-1].train_loss if self.epochs else None)
+        self._check_finite(epoch, result)
         if result is not None:
             self.train_s += setup_s + result.epoch_time_s
             result.train_s = self.train_s
@@ -181,6 +184,21 @@ class Trainer:
         else:  # stopped part-way: the steps it took (fit_epoch times only whole epochs)
             self.train_s += setup_s + sum(sum(d) for d in stats.durations)
         return result, stats
+
+    def _check_finite(self, epoch: int, result: EpochResult | None) -> None:
+        """Raise :class:`Diverged` when ``epoch`` left a non-finite number the user would rely on
+        (freezetune.train.loop.epoch_divergence), before anything of it is recorded or saved. The
+        tensors the ledger protects are left out (verified bitwise unchanged), and so are buffers
+        that were not finite before training began."""
+        last = self.epochs[-1].train_loss if self.epochs else None
+        skip = self._nonfinite_by_design | self.phases.ledger.digests.keys()
+        diverged = epoch_divergence(self.model, epoch, result, last, skip)
+        # Each rank's BatchNorm statistics are its own between DDP's broadcasts: all ranks stop
+        # together, or the others would wait for the stopped one at the next collective.
+        if self.dist is not None and self.dist.any(diverged is not None, self.device) and diverged is None:
+            diverged = Diverged(None, last, "BatchNorm running statistics on another process", epoch)
+        if diverged is not None:
+            raise diverged
 
     def _loop_options(self, hooks: EpochHooks, count_saved: bool, resume: Resume | None) -> LoopOptions:
         t = self.cfg.train

@@ -109,6 +109,18 @@ def test_step4_no_grad_inference_mode_detach() -> None:
         z.detach()[0] = 0.0
     assert step.facts["version"] == (before, z._version)
     assert f"z._version {before} -> {z._version}" in render_step(step)
+    # no_grad leaves the mode alone: in train mode BatchNorm's statistics move and Dropout drops under it too.
+    bn, dropout = torch.nn.BatchNorm1d(3), torch.nn.Dropout(0.5)
+    with torch.no_grad():
+        bn(torch.randn(4, 3))
+        dropped = int((dropout(torch.ones(8)) == 0).sum())
+    assert bn.training and not torch.equal(bn.running_mean, torch.zeros(3)) and 0 < dropped < 8
+    assert step.facts["bn_training"] is True and step.facts["bn_moved"] is True
+    assert 0 < step.facts["dropped"] < 8 and step.facts["bn_moved_in_eval"] is False
+    text = render_step(step)
+    assert "running_mean moved: True" in text and f"zeroed {step.facts['dropped']} of 8" in text
+    why = " ".join(text.split("why: ")[1].split())  # the paragraph as one line, unwrapped
+    assert "Neither changes a module's mode" in why and "The mode is model.eval()'s job" in why
 
 
 def tiny(preset: str = "until:layer3", precision: str = "fp32"):
@@ -139,6 +151,9 @@ def test_step5_a_frozen_prefix_records_no_graph_and_stays_bitwise(precision: str
     assert f"{f['saved'] / 2**20:.2f} MiB frozen vs" in text
     assert f"frozen parameters with .grad None: {f['frozen']} of {f['frozen']}" in text
     assert "the graph starts at 'layer3'" in text
+    # A frozen prefix: nothing frozen runs after the start, and the explanation is the prefix's.
+    assert f["frozen_in_graph"] == () and "Freezing a prefix is step 3 at scale" in text
+    assert "still run backward" not in text
 
 
 def test_step5_without_freezing_the_graph_starts_at_the_stem() -> None:

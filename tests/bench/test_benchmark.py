@@ -111,6 +111,7 @@ def test_auto_signal_cost_is_measured_beside_the_step() -> None:
             "model": {"arch": "resnet18", "num_classes": 3},
             "data": {"dataset": "fake", "image_size": 16, "batch_size": 4},
             "freeze": {"preset": "auto", "auto": {"sample_every": 4}},
+            "train": {"epochs": 3},  # auto's first decision acts in epoch 3: fewer epochs are refused
         }
     )
     r = benchmark_auto_signal(cfg, rounds=3)

@@ -513,7 +513,14 @@ def test_an_auto_ceiling_that_is_no_stage_is_refused_before_the_plan_prints(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, out, err = command(
-        capsys, "plan", "--config", "tiny.yaml", "freeze.preset=auto", "freeze.auto.ceiling=relu", "--no-probe"
+        capsys,
+        "plan",
+        "--config",
+        "tiny.yaml",
+        "freeze.preset=auto",
+        "freeze.auto.ceiling=relu",
+        "train.epochs=3",
+        "--no-probe",
     )
     assert rc == 2 and out == ""
     assert error_line(err) == (
@@ -819,3 +826,107 @@ def test_every_os_error_of_a_write_is_one_line_with_its_status_and_the_commands_
     with contextlib.redirect_stderr(err):
         assert guarded(fails, output="--out") == status
     assert err.getvalue() == f"error: out/model.pt: {os.strerror(code)}. HINT: {hint}\n"
+
+
+# ------------------------------------------------- issue 26 (i26-words): divergence, settings that cannot act, words
+
+
+@pytest.mark.parametrize(
+    ("lr", "what"),
+    [
+        # The weights and BatchNorm statistics stay finite (up to ~1e16), but in eval mode the model outputs NaN.
+        ("1.0e+8", "validation loss (nan) in epoch 1; the last finite loss was "),
+        # layer1's BatchNorm statistics overflow float32 (its running variance is inf); the validation loss is NaN too.
+        ("1.0e+9", "BatchNorm running statistics (layer1.0.bn1.running_var) in epoch 1; the last finite loss was "),
+    ],
+    ids=["nan-validation-loss", "inf-running-var"],
+)
+def test_a_run_whose_training_loss_stays_finite_but_whose_model_does_not_is_diverged(
+    workdir: Path, capsys: pytest.CaptureFixture[str], lr: str, what: str
+) -> None:
+    before = files(workdir.parent)
+    edits = ["freeze.preset=full", f"train.optimizer.lr={lr}", "--no-progress"]
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", *edits)
+    assert rc == 1 and out == ""
+    line = error_line(err)
+    assert line.startswith(f"error: training diverged: non-finite {what}")
+    assert line.endswith("HINT: lower train.optimizer.lr, or add warm-up (train.scheduler)")
+    run = workdir / "runs" / "tiny"
+    # Nothing of the epoch: no model.pt, no best.pt, no checkpoint.pt, no metrics row.
+    assert set(files(workdir.parent)) - set(before) == {
+        f"work/runs/tiny/{name}"
+        for name in ("FAILED", "config.yaml", "events.jsonl", "freeze_plan.json", "steps.jsonl")
+    }
+    assert (run / "FAILED").read_text().startswith(line)
+    assert "rerun with --overwrite" in (run / "FAILED").read_text()  # no checkpoint to resume from
+
+
+AUTO_THAT_CANNOT_ACT = [
+    (
+        ["freeze.preset=auto", "freeze.auto.warmup_epochs=5", "train.epochs=3"],
+        "error: tiny.yaml: freeze.auto.warmup_epochs: 5: auto decides first after epoch 5 and a decision acts from "
+        "the next epoch, so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or "
+        "less, or train.epochs: 6 or more (set on the command line)",
+    ),
+    (
+        ["freeze.preset=auto"],  # tiny.yaml's one epoch
+        "error: tiny.yaml: train.epochs: 1 is too short for freeze.preset auto: it decides first after epoch 2 (a "
+        "change rate needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. "
+        "HINT: train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)",
+    ),
+    (
+        ["freeze.preset=auto", "freeze.auto.ceiling=conv1", "train.epochs=3"],
+        "error: freezing plan rejected: freeze.auto.ceiling: 'conv1' is the first stage, so auto has nothing to "
+        "freeze (stages from the ceiling on always train). HINT: a later stage (bn1, layer1, layer2, layer3, layer4), "
+        "or null to let auto freeze up to the head 'fc'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edits", "line"), AUTO_THAT_CANNOT_ACT, ids=["warmup-5-of-3", "epochs-1", "ceiling-conv1"])
+@pytest.mark.parametrize("cmd", ["train", "plan"])
+def test_an_auto_policy_that_could_never_act_is_a_config_error_in_train_and_plan(
+    workdir: Path, capsys: pytest.CaptureFixture[str], cmd: str, edits: list[str], line: str
+) -> None:
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, cmd, "--config", "tiny.yaml", *edits, *(["--no-probe"] if cmd == "plan" else []))
+    assert rc == 2 and out == "" and error_line(err) == line
+    assert files(workdir.parent) == before
+
+
+def test_a_run_name_in_any_script_names_its_folder_and_one_that_is_not_nfc_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Decomposed 'é' (e + U+0301): macOS would find the composed name's folder under it, Linux would not.
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", "name=cafe\u0301", "--no-progress")
+    assert rc == 2 and out == ""
+    assert error_line(err) == (
+        "error: tiny.yaml: name: 'cafe\u0301' is not in Unicode NFC form, so it could name two folders on one system "
+        "and one on another. HINT: name: caf\u00e9 (the same letters, composed) (set on the command line)"
+    )
+    assert files(workdir.parent) == before
+    rc, out, err = command(
+        capsys, "train", "--config", "tiny.yaml", "name=модель_测试", "train.measure='off'", "--no-progress"
+    )
+    assert rc == 0, err
+    assert "модель_测试" in out
+    summary = json.loads((workdir / "runs" / "модель_测试" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["name"] == "модель_测试" and summary["run_dir"] == "runs/модель_测试"
+    assert {p.name for p in (workdir / "runs").iterdir()} == {"mine", "модель_测试"}
+
+
+def test_the_tour_explains_the_plan_it_is_given_not_a_frozen_prefix_it_does_not_have(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = files(workdir.parent)
+    rc, out, err = command(capsys, "tour", "--config", "tiny.yaml", "freeze.preset=bitfit", "--repeats", "1")
+    assert rc == 0, err
+    # BitFit: the biases of BatchNorms train all through the network, so its frozen convolutions are no prefix.
+    assert "the graph starts at 'bn1'" in out
+    assert "19 module(s) with frozen parameters run after it (the first: 'layer1.0.conv1')" in out
+    why = " ".join(out.split("why: ")[-1].split())
+    assert why.startswith("Here the frozen parameters are no prefix: 19 module(s) with frozen parameters run after")
+    assert "They still run backward, to pass the gradient on to the trainable parameters before them" in why
+    assert "record no nodes and save no tensors" not in out  # the prefix's explanation, which is not true here
+    assert files(workdir.parent) == before  # the tour writes nothing

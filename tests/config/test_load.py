@@ -482,6 +482,32 @@ def test_numbers_that_cannot_work_are_refused() -> None:
     assert "train.optimizer.momentum: 5.0 must be <= 1.0" in problems
 
 
+@pytest.mark.parametrize("name", ["модель_测试", "café-2", "हिन्दी", "x1.v2", "Ünïcödé"])
+def test_a_run_name_may_be_letters_of_any_script(name: str) -> None:
+    cfg = from_dict({"name": name})
+    assert cfg.output_dir == Path("runs") / name
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a b", "name: 'a b' must be a non-empty run name of letters (of any script), digits"),
+        ("_x", "name: '_x' must be a non-empty run name of letters (of any script), digits"),
+        ("модель/测试", "name: 'модель/测试' must be a non-empty run name of letters (of any script), digits"),
+        ("测" * 34, "name: 34 characters, 102 bytes; at most 100 bytes in UTF-8 (it names the run folder)"),
+        (
+            "cafe\u0301",  # 'é' as e + a combining accent: on macOS the same folder as the composed 'é'
+            "name: 'cafe\u0301' is not in Unicode NFC form, so it could name two folders on one system and one on "
+            "another. HINT: name: caf\u00e9 (the same letters, composed)",
+        ),
+    ],
+    ids=["space", "underscore-first", "separator", "too-many-bytes", "not-nfc"],
+)
+def test_a_run_name_that_could_not_name_one_folder_everywhere_is_refused(name: str, problem: str) -> None:
+    problems = problems_of({"name": name})
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
 def test_yaml_booleans_and_mappings_where_a_choice_belongs_get_a_quoting_hint() -> None:
     problems = problems_of({"name": "exp", "freeze": {"frozen_modules": False, "preset": {"until": None}}})
     assert problems == [
@@ -689,6 +715,48 @@ def test_schedule_and_group_problems_need_no_model() -> None:
     assert "freeze.schedule[0]: epoch 5 is past the last epoch (train.epochs is 3): it would never happen" in problems
     assert any(p.startswith("freeze.schedule[1]: unknown key(s) freez") for p in problems)
     assert any(p.startswith("train.param_groups[0].lr_scale: expected a finite number > 0") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "auto", "problem"),
+    [
+        (
+            3,
+            {"warmup_epochs": 5},
+            "freeze.auto.warmup_epochs: 5: auto decides first after epoch 5 and a decision acts from the next epoch, "
+            "so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or less, or "
+            "train.epochs: 6 or more",
+        ),
+        (
+            3,
+            {"warmup_epochs": 3},
+            "freeze.auto.warmup_epochs: 3: auto decides first after epoch 3 and a decision acts from the next epoch, "
+            "so with train.epochs 3 it could never freeze anything. HINT: freeze.auto.warmup_epochs: 2 or less, or "
+            "train.epochs: 4 or more",
+        ),
+        *(
+            (
+                epochs,
+                {},
+                f"train.epochs: {epochs} is too short for freeze.preset auto: it decides first after epoch 2 (a change "
+                "rate needs two epochs) and a decision acts from the next epoch, so it could never freeze anything. "
+                "HINT: train.epochs: 3 or more, or a fixed preset (e.g. freeze.preset: full)",
+            )
+            for epochs in (1, 2)
+        ),
+    ],
+    ids=["warmup-past-the-end", "warmup-at-the-end", "default-epochs-1", "epochs-2"],
+)
+def test_an_auto_policy_that_could_never_act_is_refused_like_an_event_past_the_end(
+    epochs: int, auto: dict, problem: str
+) -> None:
+    tree = {"name": "s", "freeze": {"preset": "auto", "auto": auto}, "train": {"epochs": epochs}}
+    if epochs == 1:
+        del tree["train"]  # the default: one epoch
+    assert problems_of(tree) == [problem]
+    # One epoch more, and the first decision acts in the last epoch: accepted.
+    tree["train"] = {"epochs": max(auto.get("warmup_epochs", 2), 2) + 1}
+    assert from_dict(tree).freeze.preset == "auto"
 
 
 def test_a_config_knows_whether_its_trainable_set_changes() -> None:

@@ -32,6 +32,30 @@ def test_stages_are_the_top_level_modules_with_parameters_before_the_head() -> N
         model_stages(describe(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))), "0", ceiling="1")
 
 
+def test_a_ceiling_or_rules_that_leave_auto_nothing_to_freeze_are_refused(meta_tree) -> None:
+    from freezetune.config import Rule
+    from freezetune.plan import build_plan
+    from freezetune.plan.auto import stages_left
+
+    resnet = meta_tree("resnet18", num_classes=3)
+    with pytest.raises(FreezeError) as info:
+        model_stages(resnet, "fc", ceiling="conv1")
+    assert info.value.problems == [
+        "freeze.auto.ceiling: 'conv1' is the first stage, so auto has nothing to freeze (stages from the ceiling on "
+        "always train). HINT: a later stage (bn1, layer1, layer2, layer3, layer4), or null to let auto freeze up to "
+        "the head 'fc'"
+    ]
+    with pytest.raises(FreezeError, match="the head '0' is the first stage: auto has nothing before it to freeze"):
+        model_stages(describe(nn.Sequential(nn.Linear(2, 2))), "0")
+    stages = model_stages(resnet, "fc", ceiling="layer1")
+    assert stages == ["conv1", "bn1"] and stages_left(stages, build_plan(resnet, []), "layer1") == []
+    frozen = build_plan(resnet, [Rule("freeze", "conv1", "freeze.rules[0]"), Rule("freeze", "bn1", "freeze.rules[1]")])
+    assert stages_left(stages, frozen, "layer1") == [
+        "freeze.auto: every stage before the ceiling 'layer1' (conv1, bn1) is frozen by freeze.rules already, so "
+        "auto has nothing left to freeze. HINT: a later freeze.auto.ceiling, or a fixed preset instead of auto"
+    ]
+
+
 def test_change_rates_are_relative_and_none_without_a_signal() -> None:
     rates = change_rates({"a": 2.0, "b": 0.0, "c": 1.0}, {"a": 1.5, "b": 1.0, "c": float("nan"), "d": 3.0})
     assert rates == {"a": 0.25, "b": None, "c": None, "d": None}

@@ -13,7 +13,7 @@ from freezetune.config import OptimizerConfig, Rule
 from freezetune.plan import apply_plan, build_plan, describe, plan_from_config, trainable_parameters
 from freezetune.record import ledger_tensors_of
 from freezetune.train import Diverged, LoopOptions, evaluate, make_optimizer, train_one_epoch
-from freezetune.train.loop import check_finite_weights
+from freezetune.train.loop import epoch_divergence, nonfinite_buffers
 
 CPU = torch.device("cpu")
 
@@ -159,9 +159,50 @@ def test_non_finite_weights_are_refused_only_where_they_train() -> None:
     model[0].requires_grad_(False)
     with torch.no_grad():
         model[0].weight[0, 0, 0, 0] = float("nan")  # frozen: never stepped, not this check's business
-    check_finite_weights(model, 3, 0.5)
+    assert epoch_divergence(model, 3, None, 0.5) is None
     with torch.no_grad():
         model[8].bias[1] = float("inf")
-    with pytest.raises(Diverged) as info:
-        check_finite_weights(model, 3, 0.5)
-    assert (info.value.what, info.value.epoch, info.value.last_finite, info.value.step) == ("weights", 3, 0.5, None)
+    diverged = epoch_divergence(model, 3, None, 0.5)
+    assert isinstance(diverged, Diverged)
+    assert (diverged.what, diverged.epoch, diverged.last_finite, diverged.step) == ("weights", 3, 0.5, None)
+    assert diverged.detail == "8.bias" and "non-finite weights (8.bias) in epoch 3" in str(diverged)
+
+
+def test_non_finite_running_statistics_are_refused_unless_the_ledger_protects_them() -> None:
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[4].running_var[2] = float("inf")
+    diverged = epoch_divergence(model, 2, None, None)
+    assert isinstance(diverged, Diverged) and diverged.detail == "4.running_var"
+    assert str(diverged).startswith("training diverged: non-finite BatchNorm running statistics (4.running_var) in")
+    # A pinned BatchNorm's buffers are the ledger's (verified bitwise unchanged), not checked twice.
+    assert epoch_divergence(model, 2, None, None, skip={"4.running_mean", "4.running_var"}) is None
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "val_loss", "what", "last"),
+    [(2.3e15, float("nan"), "validation loss", 2.3e15), (float("inf"), 1.0, "training loss", 0.5)],
+)
+def test_a_non_finite_epoch_loss_is_divergence_with_finite_weights(
+    train_loss: float, val_loss: float, what: str, last: float
+) -> None:
+    from freezetune.record import EpochResult
+
+    result = EpochResult(4, train_loss, val_loss, 0.25, 1.0, 8.0, 2)
+    assert epoch_divergence(tiny_cnn(), 4, EpochResult(4, 1.0, 1.0, 0.25, 1.0, 8.0, 2), 0.5) is None
+    diverged = epoch_divergence(tiny_cnn(), 4, result, 0.5)
+    assert isinstance(diverged, Diverged)
+    assert (diverged.what, diverged.epoch, diverged.last_finite) == (what, 4, last)
+    assert f"non-finite {what} ({train_loss if what == 'training loss' else val_loss}) in epoch 4" in str(diverged)
+
+
+def test_a_buffer_non_finite_before_training_is_the_models_design_not_a_divergence() -> None:
+    model = tiny_cnn()
+    model.register_buffer("mask", torch.tensor([0.0, float("-inf")]))  # as an attention mask holds
+    by_design = nonfinite_buffers(model)
+    assert by_design == {"mask"}
+    assert epoch_divergence(model, 1, None, None, skip=by_design) is None
+    with torch.no_grad():
+        model[1].running_mean[0] = float("nan")  # a statistic that went NaN in training is still caught
+    diverged = epoch_divergence(model, 1, None, None, skip=by_design)
+    assert diverged is not None and diverged.detail == "1.running_mean"
