@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import random
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -277,19 +276,33 @@ def freezetune_cli() -> Callable[..., CliResult]:
 def compare_trains_here(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """``freezetune compare --configs`` trains each run in a fresh interpreter by design (its
     peak memory is its own). Here that command (``python -m freezetune train ...``) runs in this
-    process instead, printing where the child's output would go; returns the commands it ran."""
+    process instead, printing where the child's output would go; returns the commands it ran.
+    A signal raised during its training reaches the run's own handler, as compare forwards it."""
     import freezetune.apps.compare as compare
 
     ran: list[list[str]] = []
 
-    def run_here(cmd: list[str], check: bool = False) -> subprocess.CompletedProcess:
-        assert cmd[:3] == [sys.executable, "-m", "freezetune"], cmd
-        ran.append(cmd[3:])
-        from freezetune.cli.main import main
+    class RunHere:
+        """subprocess.Popen's part that compare uses: the command runs as wait() is called."""
 
-        with _process_state_kept():
-            rc = main(cmd[3:])
-        return subprocess.CompletedProcess(cmd, rc)
+        def __init__(self, cmd: list[str], start_new_session: bool = False) -> None:
+            assert cmd[:3] == [sys.executable, "-m", "freezetune"], cmd
+            assert start_new_session  # the terminal's Ctrl-C reaches compare alone, which passes it on
+            self.cmd, self.returncode = cmd, None
 
-    monkeypatch.setattr(compare, "subprocess", SimpleNamespace(run=run_here))
+        def wait(self) -> int:
+            ran.append(self.cmd[3:])
+            from freezetune.cli.main import main
+
+            with _process_state_kept():
+                self.returncode = main(self.cmd[3:])
+            return self.returncode
+
+        def poll(self) -> int | None:
+            return self.returncode
+
+        def send_signal(self, signum: int) -> None:
+            raise AssertionError("in this process the run's own handler gets the signal")
+
+    monkeypatch.setattr(compare, "subprocess", SimpleNamespace(Popen=RunHere))
     return ran

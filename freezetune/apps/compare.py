@@ -8,10 +8,13 @@ folder inside a run) is found before anything trains."""
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 
 import yaml
 
@@ -20,7 +23,7 @@ from freezetune.checks import resolve
 from freezetune.config import Config, ConfigError, load_config, to_dict
 from freezetune.data import build_loaders
 from freezetune.models import weights_kind
-from freezetune.record import OWN_FILES, RunExistsError
+from freezetune.record import FAILED, OWN_FILES, RunExistsError, staging_for
 from freezetune.report import (
     DEFAULT_TARGET,
     build_report,
@@ -38,6 +41,7 @@ from freezetune.utils import TrainingFailed
 
 __all__ = [
     "Comparison",
+    "ComparisonStopped",
     "SeedRun",
     "TrainingFailed",
     "check_runnable",
@@ -51,6 +55,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+STOPPED = 130  # what `freezetune train` exits with after a stop (Ctrl-C, SIGTERM): the shell's code for SIGINT
+CHECKPOINT = "checkpoint.pt"  # freezetune.train.CHECKPOINT: an unfinished run's state, which --resume continues
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,9 @@ def check_runnable(cfg: Config) -> None:
 
 def run_action(cfg: Config, overwrite: bool) -> str:
     """What compare does with ``cfg``'s run folder: ``reuse`` a finished run of this very
-    config, ``train`` into an empty folder, or ``replace`` another run (only with
+    config, ``train`` into an empty folder, ``resume`` this config's run that stopped or
+    failed after a checkpoint (from :func:`unfinished_run`'s folder), ``restart`` this
+    config's run that stopped or failed before one, or ``replace`` another run (only with
     ``overwrite``; without it, RunExistsError names the run, before anything trains).
 
     A run is not reused when its ``model.weights`` file changed after it finished (a
@@ -106,14 +115,13 @@ def run_action(cfg: Config, overwrite: bool) -> str:
     folder = cfg.output_dir
     stale = ""
     if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
-        try:
-            saved = yaml.safe_load((folder / "config.yaml").read_text())
-        except yaml.YAMLError:
-            saved = None
-        if saved == to_dict(resolve(cfg)[0]):  # config.yaml holds the resolved preprocessing
+        if _saved_config(folder) == to_dict(resolve(cfg)[0]):  # config.yaml holds the resolved preprocessing
             stale = _weights_newer(cfg, folder / "summary.json")
             if not stale:
                 return "reuse"
+    unfinished = unfinished_run(cfg, overwrite)
+    if unfinished is not None:
+        return "resume" if (unfinished / CHECKPOINT).is_file() else "restart"
     if not any((folder / f).exists() for f in OWN_FILES):
         return "train"
     if overwrite:
@@ -125,19 +133,39 @@ def run_action(cfg: Config, overwrite: bool) -> str:
     )
 
 
+def unfinished_run(cfg: Config, overwrite: bool) -> Path | None:
+    """The folder holding this very config's run that has not finished (stopped by Ctrl-C, or
+    failed): ``cfg.output_dir``, or with ``overwrite`` its staging folder, where a replacing
+    run writes until it succeeds (freezetune.record.staging_for). None if there is none."""
+    folders = [cfg.output_dir, staging_for(cfg.output_dir)] if overwrite else [cfg.output_dir]
+    for folder in folders:
+        if (folder / "config.yaml").is_file() and not (folder / "summary.json").is_file():
+            if _saved_config(folder) == to_dict(resolve(cfg)[0]):
+                return folder
+    return None
+
+
+def _saved_config(folder: Path) -> object:
+    """The config a run folder records (None if unreadable)."""
+    try:
+        return yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def _what_differs(folder: Path, cfg: Config) -> str:
     """Why a run folder does not hold this config's run, as the keys that differ."""
-    if not (folder / "summary.json").is_file():
-        return "an unfinished run"
-    try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return "a run without a readable config.yaml"
-    keys = config_differences({"run": saved or {}, "config": to_dict(resolve(cfg)[0])})
+    run = "a run" if (folder / "summary.json").is_file() else "an unfinished run"
+    saved = _saved_config(folder)
+    if not isinstance(saved, dict):
+        return f"{run} without a readable config.yaml"
+    keys = config_differences({"run": saved, "config": to_dict(resolve(cfg)[0])})
     if not keys:
-        return "a different config"
+        return f"{run} of a different config"
     shown = [f"{k}: {v['run']!r} there, {v['config']!r} now" for k, v in list(keys.items())[:3]]
-    return "its config differs in " + "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    whose = "its" if run == "a run" else f"{run} whose"
+    return f"{whose} config differs in " + "; ".join(shown) + more
 
 
 def _weights_newer(cfg: Config, finished: Path) -> str:
@@ -151,18 +179,118 @@ def _weights_newer(cfg: Config, finished: Path) -> str:
     return ""
 
 
-def train_in_subprocess(config: str | Path, overrides: list[str], overwrite: bool = False) -> Path:
+class RunStopped(Exception):
+    """A seed run that exited as stopped (Ctrl-C, SIGTERM): the comparison starts no other."""
+
+
+def train_in_subprocess(
+    config: str | Path,
+    overrides: list[str],
+    overwrite: bool = False,
+    resume: Path | None = None,
+    signals: SignalsToRun | None = None,
+) -> Path:
     """``python -m freezetune train --config ...`` in a fresh interpreter (the installed
-    package, wherever it runs from), so each run's peak memory is its own; returns the run folder."""
+    package, wherever it runs from), so each run's peak memory is its own; returns the run folder.
+
+    Args:
+        config: the config file.
+        overrides: its key=value edits.
+        overwrite: replace another run's record (``--overwrite``).
+        resume: continue the run in this folder from its checkpoint (``--resume``).
+        signals: where compare's SIGINT and SIGTERM go while the run trains (:class:`SignalsToRun`).
+
+    Raises:
+        RunStopped: the run stopped (exit status 130).
+        TrainingFailed: any other failure (its error is printed above).
+    """
     cfg = checks.load(config, overrides).cfg  # fail here, with the message, before spawning
     cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--no-progress"]
-    if overwrite:
-        cmd.append("--overwrite")
+    cmd += ["--overwrite"] if overwrite else []
+    cmd += ["--resume", str(resume)] if resume is not None else []
     log.info("training %s: %s", cfg.name, " ".join([Path(sys.executable).name, *cmd[1:]]))
-    done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        raise TrainingFailed(f"training {config} failed with exit status {done.returncode} (its error is above)")
+    # Its own session: a terminal's Ctrl-C reaches compare alone, which passes it on once (SignalsToRun);
+    # else the run would get it twice, from the terminal and from compare, and abort at once.
+    child = subprocess.Popen([*cmd, "--part-of-compare"], start_new_session=True)
+    if signals is not None:
+        signals.child = child
+    try:
+        code = child.wait()
+    finally:
+        if signals is not None:
+            signals.child = None
+    # Killed by the signal itself: it came before the run's handlers were in place (Python's start).
+    if code in (STOPPED, -signal.SIGINT, -signal.SIGTERM):
+        raise RunStopped(str(cfg.output_dir))
+    if code != 0:
+        raise TrainingFailed(f"training {config} failed with exit status {code} (its error is above)")
     return cfg.output_dir
+
+
+class SignalsToRun:
+    """``with SignalsToRun() as signals:`` compare's SIGINT and SIGTERM go to the seed run
+    training now (``signals.child``), which finishes its step, saves a checkpoint and exits as
+    stopped; ``signals.count`` says how many came, so that no further run starts. With no run
+    training, the first says so and the second aborts at once."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.count = 0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)  # the run says what it does (freezetune.train.StopRequest)
+            return
+        if self.count > 1:
+            raise KeyboardInterrupt
+        log.warning("interrupt: no run is training; the comparison stops before its next run (Ctrl-C again to abort)")
+
+    def __enter__(self) -> SignalsToRun:
+        if threading.current_thread() is threading.main_thread():  # handlers: the main thread only
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+
+
+class ComparisonStopped(KeyboardInterrupt):
+    """A stop (Ctrl-C, SIGTERM) that ended a comparison before all its runs finished: the runs
+    ``finished`` (trained or reused), the one ``stopped`` (None: the stop came between runs, or
+    as one finished), and those ``not_started``. A caller that does not know it sees the
+    interrupt it was."""
+
+    def __init__(self, finished: list[SeedRun], stopped: SeedRun | None, not_started: list[SeedRun]) -> None:
+        self.finished, self.stopped, self.not_started = finished, stopped, not_started
+        super().__init__(self.lines())
+
+    def lines(self, command: str | None = None) -> str:
+        """What compare says once: the runs' state, and ``command``, which continues."""
+        finished = ", ".join(f"{_label(r)} ({r.cfg.output_dir})" for r in self.finished) or "none"
+        stopped = f"{_label(self.stopped)} ({_where_it_stands(self.stopped)})" if self.stopped else "none"
+        waiting = ", ".join(_label(r) for r in self.not_started) or "none"
+        text = f"compare stopped: finished {finished}; stopped {stopped}; not started {waiting}."
+        if command:
+            text += f"\nContinue with: {command} (finished runs are reused, the stopped one continues)"
+        return text
+
+
+def _label(r: SeedRun) -> str:
+    seed = f" seed {r.cfg.seed}" if r.cfg.output_dir.name.endswith(f"-seed{r.cfg.seed}") else ""
+    return f"{r.cfg.name}{seed}"
+
+
+def _where_it_stands(r: SeedRun) -> str:
+    """What a stopped run left: a checkpoint to continue from, or nothing (it starts again)."""
+    folder = unfinished_run(r.cfg, overwrite=True)
+    if folder is not None and (folder / CHECKPOINT).is_file():
+        return f"{folder / CHECKPOINT} continues it"
+    failed = f"; {folder / FAILED} says why" if folder is not None and (folder / FAILED).is_file() else ""
+    return f"no checkpoint yet: it starts again{failed}"
 
 
 @dataclass(frozen=True)
@@ -240,7 +368,16 @@ def _train_configs(request: Comparison) -> tuple[list[Path], list[Config]]:
     for plan in plans:  # the model, weights, plan and data of each config that will train
         if any(actions[order.index(r)] != "reuse" for r in plan):
             check_runnable(plan[0].cfg)
-    return [_train_or_reuse(r, action) for r, action in zip(order, actions)], configs
+    done: list[Path] = []
+    with SignalsToRun() as signals:
+        for i, (r, action) in enumerate(zip(order, actions)):
+            if signals.count:  # a stop that came between runs, or while one finished
+                raise ComparisonStopped(order[:i], None, order[i:])
+            try:
+                done.append(_train_or_reuse(r, action, request.overwrite, signals))
+            except RunStopped:
+                raise ComparisonStopped(order[:i], r, order[i + 1 :]) from None
+    return done, configs
 
 
 def _finished_runs(request: Comparison) -> tuple[list[Path], list[Config]]:
@@ -259,14 +396,31 @@ def _finished_runs(request: Comparison) -> tuple[list[Path], list[Config]]:
     return run_dirs, configs
 
 
-def _train_or_reuse(r: SeedRun, action: str) -> Path:
-    seed = f" seed {r.cfg.seed}" if r.cfg.output_dir.name.endswith(f"-seed{r.cfg.seed}") else ""
+def _train_or_reuse(r: SeedRun, action: str, overwrite: bool, signals: SignalsToRun) -> Path:
+    label, folder = _label(r), r.cfg.output_dir
     if action == "reuse":
-        print(f"{r.cfg.name}{seed}: reusing {r.cfg.output_dir} (finished, same config)", flush=True)
-        return r.cfg.output_dir
-    verb = "replacing the run in" if action == "replace" else "training into"
-    print(f"{r.cfg.name}{seed}: {verb} {r.cfg.output_dir}", flush=True)
-    return train_in_subprocess(r.file, r.overrides, overwrite=action == "replace")
+        print(f"{label}: reusing {folder} (finished, same config)", flush=True)
+        return folder
+    if action == "resume":
+        unfinished = unfinished_run(r.cfg, overwrite)
+        assert unfinished is not None  # run_action found it
+        failed = unfinished / FAILED
+        why = f"; it failed: {_first_line(failed)}" if failed.is_file() else ""
+        print(f"{label}: continuing {unfinished} from its checkpoint (same config{why})", flush=True)
+        return train_in_subprocess(r.file, r.overrides, resume=unfinished, signals=signals)
+    verb = {
+        "replace": "replacing the run in",
+        "restart": "starting again (its run of this config stopped before a checkpoint) in",
+    }.get(action, "training into")
+    print(f"{label}: {verb} {folder}", flush=True)
+    return train_in_subprocess(r.file, r.overrides, overwrite=action in ("replace", "restart"), signals=signals)
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "(no reason recorded)"
 
 
 def _out_not_in(out: Path, run_dirs: list[Path]) -> None:

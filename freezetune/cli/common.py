@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from freezetune.utils import RunFault, UserError, first_line
 from freezetune.utils.errors import os_error
@@ -22,6 +24,7 @@ __all__ = [
     "add_config_args",
     "add_debug_arg",
     "guarded",
+    "outlive_the_reader",
     "progress_enabled",
     "setup_logging",
     "tqdm_progress",
@@ -42,9 +45,69 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Log lines (no timestamps) to stderr; ``quiet``: warnings only."""
+    """Log lines (no timestamps) to stderr; ``quiet``: warnings only. Output to a reader that
+    went away is dropped from now on (:func:`outlive_the_reader`)."""
+    outlive_the_reader()
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+class _Outliving:
+    """A text stream (stdout, stderr) whose writes cannot fail for want of a reader: once the
+    pipe is closed (`freezetune train ... | head -5` after head exits) or the terminal is gone
+    (EIO), the stream's file descriptor is pointed at /dev/null and the output is dropped. The run
+    goes on, and its record (the run folder) is what it was going to be."""
+
+    _GONE = (errno.EPIPE, errno.EIO)
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def _drop(self, exc: OSError) -> None:
+        if exc.errno not in self._GONE:
+            raise exc
+        self._gone = True
+        # Whatever is still buffered is written to /dev/null (by the next flush, or at exit),
+        # where Python's flush at exit would otherwise raise the same error and print it.
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        """Write ``text``, or drop it when the reader went away."""
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._drop(exc)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write(text)  # to /dev/null now: keeps the stream's buffer draining
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush, or drop what is buffered when the reader went away."""
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            if self._gone and exc.errno in self._GONE:
+                return
+            self._drop(exc)
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)  # isatty, fileno, encoding, buffer, ...
+
+
+def outlive_the_reader() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` drop output once their reader is gone (a closed
+    pipe or terminal) instead of raising BrokenPipeError into a run. Safe to call twice."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Outliving):
+            setattr(sys, name, _Outliving(stream))
 
 
 def progress_enabled(flag: bool) -> bool:
@@ -103,10 +166,12 @@ def guarded(main: Callable[[], int], debug: bool = False, output: str | None = N
         return _error(str(exc), EXIT_CONFIG, debug)
     except RunFault as exc:
         return _error(str(exc), EXIT_FAULT, debug)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        print("interrupted at once; a run folder's FAILED file says how to go on", file=sys.stderr)
+        # Only what is known: a run aborted in its training loop says what it left there
+        # (freezetune.train.runner), a stopped run its caller needed whole where to resume it.
+        print(str(exc) or "interrupted at once", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         text = str(exc)

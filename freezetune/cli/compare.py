@@ -8,6 +8,9 @@
 With --seeds N (or a config's own `seeds:`) each config trains with seeds seed..seed+N-1, each
 in its own folder <output_dir>-seed<S>, seed by seed across the configs (A B A B: drift in the
 machine's speed hits all configs alike); finished runs of the same config are reused.
+
+Ctrl-C finishes the running seed run's step, saves its checkpoint and stops the comparison (130);
+the same command again reuses the finished runs and continues the stopped one.
 Differences to the reference (--reference NAME; default: the config that trains every
 parameter) are paired by seed, and marked resolved when their 95% interval excludes 0.
 
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 
-from freezetune.apps.compare import Comparison, run_comparison, summary_lines
+from freezetune.apps.compare import Comparison, ComparisonStopped, run_comparison, summary_lines
 from freezetune.cli import common as cli
 from freezetune.report import DEFAULT_TARGET, parse_target
 
@@ -27,6 +32,7 @@ from freezetune.report import DEFAULT_TARGET, parse_target
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = _parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     cli.setup_logging()
     request = Comparison(
@@ -52,7 +58,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         request = dataclasses.replace(request, run_dirs=[Path(p) for p in args.items])
 
     def body() -> int:
-        print(summary_lines(*run_comparison(request)))
+        try:
+            print(summary_lines(*run_comparison(request)))
+        except ComparisonStopped as stopped:
+            # The same command continues: it reuses what finished and resumes what stopped.
+            print(stopped.lines(" ".join([prog or f"python {sys.argv[0]}", shlex.join(argv)])), flush=True)
+            return cli.EXIT_INTERRUPTED
         return 0
 
     return cli.guarded(body, args.debug, output="--out or train.output_dir")

@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; one of {', '.join(COMMANDS)} (freezetune --help)", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"freezetune.cli.{COMMANDS[name][0]}")
+    try:
+        module = importlib.import_module(f"freezetune.cli.{COMMANDS[name][0]}")  # torch: seconds
+    except KeyboardInterrupt:  # Ctrl-C before the command began: nothing was done, and no traceback
+        print("interrupted at once", file=sys.stderr)
+        return 130  # freezetune.cli.common.EXIT_INTERRUPTED, which imports what is being interrupted here
     return module.main(rest, prog=f"freezetune {name}")
 
 

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run folder from its last checkpoint")
+    # A seed run of `freezetune compare` (freezetune.apps.compare): compare says how to go on
+    # after a stop, with its own command, so this run does not offer train's.
+    parser.add_argument("--part-of-compare", action="store_true", help=argparse.SUPPRESS)
     cli.add_debug_arg(parser)
     args = parser.parse_intermixed_args(argv)  # key=value edits may follow the flags too
     if args.resume and args.overwrite:
@@ -84,10 +87,8 @@ def _print_interrupted(
     # With key=value edits the original file alone is another config: the run's own config.yaml
     # (the resolved one it was trained with) resumes it as it was.
     config = f"{stopped.run_dir}/config.yaml" if args.overrides else args.config
-    print(
-        f"{cfg.name}: stopped in epoch {stopped.epoch} after {stopped.steps} steps; checkpoint saved. "
-        f"Continue with: {command} --config {config} --resume {stopped.run_dir}"
-    )
+    how = "" if args.part_of_compare else f" Continue with: {command} --config {config} --resume {stopped.run_dir}"
+    print(f"{cfg.name}: stopped in epoch {stopped.epoch} after {stopped.steps} steps; checkpoint saved.{how}")
 
 
 def _print_finished(cfg: Config, summary: Summary) -> None:

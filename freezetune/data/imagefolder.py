@@ -87,7 +87,8 @@ def checked_image_folder(
             load_image(path)
         except Exception as exc:  # PIL raises several kinds for files that are no (whole) image
             bad.append({"path": path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
-    log.info("checked %d images in %s in %.1fs", len(checked), root, time.perf_counter() - start)
+    if checked:  # not when nothing was decoded (counting samples only: plan, compare's checks before training)
+        log.info("checked %d images in %s in %.1fs", len(checked), root, time.perf_counter() - start)
     if bad and on_bad_image == "error":
         shown = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""

@@ -426,9 +426,12 @@ def fit_epoch(
         options.channels_last,
         stats.eval_batches,
     )
-    loss, samples = stats.loss, stats.samples
+    # The throughput counts the samples this process trained on in `elapsed`: a resumed epoch's
+    # samples before the stop were trained (and timed) by an earlier process.
+    loss, trained = stats.loss, stats.samples - (options.resume.samples if options.resume is not None else 0)
     if reduce is not None:  # the epoch's loss and throughput over every process
-        sums = reduce(torch.tensor([stats.loss_sum, float(stats.samples)], dtype=torch.float64, device=device))
-        loss, samples = (sums[0] / sums[1]).item(), int(sums[1].item())
-    result = EpochResult(epoch, loss, val_loss, val_acc, elapsed, samples / elapsed if elapsed else 0.0, stats.steps)
+        totals = [stats.loss_sum, float(stats.samples), float(trained)]
+        sums = reduce(torch.tensor(totals, dtype=torch.float64, device=device))
+        loss, trained = (sums[0] / sums[1]).item(), int(sums[2].item())
+    result = EpochResult(epoch, loss, val_loss, val_acc, elapsed, trained / elapsed if elapsed else 0.0, stats.steps)
     return result, stats

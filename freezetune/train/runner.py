@@ -51,7 +51,7 @@ from freezetune.record import (
     serialized_bytes,
 )
 from freezetune.train.distributed import Dist, parameter_digest
-from freezetune.train.interrupt import StopRequest
+from freezetune.train.interrupt import FINISHING, STOPPING, StopRequest
 from freezetune.train.loop import EpochStats, Progress, no_progress, to_device
 from freezetune.train.monitor import Monitor
 from freezetune.train.outcome import Finished, Interrupted, Outcome
@@ -116,18 +116,19 @@ def run(
     with _disk_faults_noted(out):  # the record's first files: frozen.pt alone may be the model's size
         first = _start_record(out, p, resolved, overwrite) if state is None else _restore(out, trainer, state)
         _store_frozen(out, trainer)
-    training = _Training(cfg, p, loaders, trainer, out, dist)
     stop = stop or StopRequest()
     # Under DDP all ranks must stop at the same step: a Ctrl-C seen by one is agreed by all.
     should_stop = stop if dist is None else (lambda: dist.any(stop(), p.device))
-    with (
-        _failure_noted(out),
-        stop,
-        # train.log's writers; rows past a resumed checkpoint are dropped, as _restore drops metrics rows.
-        RunLogs(out, cfg.train.log, trainer.steps_per_epoch, trainer.global_step, first - 1) as logs,
-    ):
-        hooks = EpochHooks(progress, should_stop, logs.step if out.write else None)
-        return training.epochs(first, logs, hooks, on_epoch)
+    with _failure_noted(out, stop):
+        training = _Training(cfg, p, loaders, trainer, out, dist)
+        stop.describe = training.on_stop  # what a Ctrl-C does now: stop after the step, or finish
+        with (
+            stop,
+            # train.log's writers; rows past a resumed checkpoint are dropped, as _restore drops metrics rows.
+            RunLogs(out, cfg.train.log, trainer.steps_per_epoch, trainer.global_step, first - 1) as logs,
+        ):
+            hooks = EpochHooks(progress, should_stop, logs.step if out.write else None)
+            return training.epochs(first, logs, hooks, on_epoch)
 
 
 def _open_folder(
@@ -205,14 +206,15 @@ def _disk_faults_noted(out: RunDir) -> Iterator[None]:
 
 
 @contextmanager
-def _failure_noted(out: RunDir) -> Iterator[None]:
+def _failure_noted(out: RunDir, stop: StopRequest) -> Iterator[None]:
     """The folder exists now: an error in the block leaves a FAILED file there saying why the
     run stopped and how to go on (freezetune.record.rundir), then goes on up."""
     try:
         yield
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, not after the step
-        out.fail("error: interrupted at once by a second Ctrl-C")
-        raise
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the first step): stopped at once, not after a step
+        how = "interrupted at once by " + ("a second Ctrl-C" if stop.requested else "Ctrl-C")
+        out.fail(f"error: {how}")
+        raise KeyboardInterrupt(_aborted(out, how)) from None
     except OSError as exc:
         fault = _disk_fault(out, exc)
         if fault is exc:
@@ -222,6 +224,17 @@ def _failure_noted(out: RunDir) -> Iterator[None]:
         # One line, as the command prints it (a config error's problems joined).
         out.fail(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
         raise
+
+
+def _aborted(out: RunDir, how: str) -> str:
+    """What a run aborted at once left to go on with, as the command says it: the FAILED file,
+    else the checkpoint, else that there is none (the disk may have refused the FAILED file)."""
+    failed, checkpoint = out.path / FAILED, out.path / CHECKPOINT
+    if failed.is_file():
+        return f"{how}; {failed} says how to go on"
+    if checkpoint.is_file():
+        return f"{how}; --resume {out.path} continues from {checkpoint}"
+    return f"{how}; {out.path} holds no checkpoint to resume from"
 
 
 @dataclass
@@ -339,6 +352,13 @@ class _Training:
         reset_peak_memory(p.device)
         self.last_phase = _LastPhase()
         self.monitor = Monitor.of(cfg.train)
+        self.finishing = False  # the epochs are over (or early stopping ended them): a Ctrl-C finishes the run
+
+    def on_stop(self) -> str:
+        """What a Ctrl-C does now: the last epoch's last step does not look at a stop (the run
+        has nothing left to checkpoint for), nor does what follows it."""
+        last_epoch = self.trainer.epoch == self.cfg.train.epochs and self.trainer.asks_over()
+        return FINISHING if self.finishing or last_epoch else STOPPING
 
     def epochs(
         self, first: int, logs: RunLogs, hooks: EpochHooks, on_epoch: Callable[[EpochResult], None] | None
@@ -357,6 +377,7 @@ class _Training:
             if result is None or (epoch < last and not stop_early and hooks.stop()):
                 return self._stopped(epoch, stats)  # stopped mid-epoch, or between
             if stop_early:
+                self.finishing = True
                 log.info(
                     "%s: early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
                     cfg.name,
@@ -367,6 +388,7 @@ class _Training:
                 )
                 break
         # Still inside `with stop`: a Ctrl-C now only sets the flag, so the record is finished whole.
+        self.finishing = True
         wall = time.perf_counter() - self.started
         logs.close()  # before finish may rename a staged folder
         return Finished(self.finish(wall))
@@ -395,12 +417,8 @@ class _Training:
             out.append_jsonl("events.jsonl", decided)
 
     def _stopped(self, epoch: int, stats: EpochStats) -> Interrupted:
-        name, out = self.cfg.name, self.out
-        if out.write:
-            log.warning(
-                "%s: stopped in epoch %d after %d steps; continue with --resume %s", name, epoch, stats.steps, out.path
-            )
-        return Interrupted(name, epoch, stats.steps, out.path)
+        # No line here: the caller says how to go on, in its own words (train's --resume, compare's rerun).
+        return Interrupted(self.cfg.name, epoch, stats.steps, self.out.path)
 
     def finish(self, wall: float) -> Summary:
         """Verify, measure, save the model and write summary.json."""

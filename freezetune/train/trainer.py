@@ -141,6 +141,7 @@ class Trainer:
         self._start_state: torch.Tensor | None = None
         self._partial: Partial | None = None  # a stopped epoch resumed: the next fit continues it
         self._first_step = 0
+        self._asked_after = 0  # the epoch in hand's steps after which the loop last asked whether to stop
 
     def check_cache_plan(self) -> None:
         """With cache_features: on, refuse up front if any phase's prefix cannot be cached."""
@@ -167,6 +168,7 @@ class Trainer:
             resume = Resume(partial.steps, partial.loss_sum, partial.samples, lambda: set_rng_state(partial.rng))
         self.epoch, self._start_state = epoch, self.generator.get_state()
         self._first_step = first = (epoch - 1) * self.steps_per_epoch
+        self._asked_after = partial.steps if partial is not None else 0
         options = self._loop_options(hooks, count_saved, resume)
         reduce = self.dist.sum_ if self.dist is not None else None
         evaluation = Evaluation(target.val_loader, target.eval_net, reduce)
@@ -200,12 +202,21 @@ class Trainer:
         if diverged is not None:
             raise diverged
 
+    def asks_over(self) -> bool:
+        """Whether the epoch in hand will not ask again whether to stop: the loop asks after
+        each step but its last, so a Ctrl-C from then on is seen only once the epoch is over."""
+        return self._asked_after >= self.steps_per_epoch - 1
+
     def _loop_options(self, hooks: EpochHooks, count_saved: bool, resume: Resume | None) -> LoopOptions:
         t = self.cfg.train
 
         def before_step(i: int) -> None:
             self.global_step = self._first_step + i
             set_lr(self.optimizer, self.lr.factor(self.global_step))
+
+        def stop() -> bool:
+            self._asked_after = self.global_step - self._first_step + 1  # after step i + 1 (before_step's i)
+            return hooks.stop()
 
         def on_step(step: int, loss: torch.Tensor) -> None:
             assert hooks.on_step is not None
@@ -217,7 +228,7 @@ class Trainer:
             hooks.progress,
             count_saved,
             before_step,
-            hooks.stop,
+            stop,
             resume,
             check_finite=self.dist is None,
             max_nonfinite=t.max_nonfinite,

@@ -67,7 +67,7 @@ def test_finished_seed_runs_are_reused_and_only_the_missing_seed_trains(
     stamps = {d.name: (d / "summary.json").stat().st_mtime_ns for d in (tmp_path / "runs").iterdir()}
     trained: list[list[str]] = []
 
-    def train_here(config: str, overrides: list[str], overwrite: bool = False) -> Path:
+    def train_here(config: str, overrides: list[str], overwrite: bool = False, **how: object) -> Path:
         trained.append(overrides)
         cfg = load_config(config, overrides)
         run(cfg)

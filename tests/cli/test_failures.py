@@ -930,3 +930,285 @@ def test_the_tour_explains_the_plan_it_is_given_not_a_frozen_prefix_it_does_not_
     assert "They still run backward, to pass the gradient on to the trainable parameters before them" in why
     assert "record no nodes and save no tensors" not in out  # the prefix's explanation, which is not true here
     assert files(workdir.parent) == before  # the tour writes nothing
+
+
+# -------------------------------------------------- issue 26: Ctrl-C, resuming, the terminal (part i26-compare)
+
+# A finished run's folder: no checkpoint.pt, no frozen.pt (model.pt holds the frozen tensors now).
+FINISHED_RUN = sorted(["best.pt", "config.yaml", "events.jsonl", "freeze_plan.json", "metrics.jsonl", "model.pt"])
+FINISHED_RUN += ["steps.jsonl", "summary.json"]
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def ctrl_c_at(monkeypatch: pytest.MonkeyPatch, *steps: int) -> list[int]:
+    """SIGINT, as a terminal's Ctrl-C, right after the given optimizer steps, counted across every
+    run of this process (one signal per entry: a step given twice is Ctrl-C pressed twice). The
+    runs' per-step log (RunLogs.step) is the hook; returns the count so far."""
+    import signal
+
+    from freezetune.record import RunLogs
+
+    real, seen = RunLogs.step, [0]
+
+    def step(self: RunLogs, *args: object) -> None:
+        real(self, *args)
+        seen[0] += 1
+        for _ in range(steps.count(seen[0])):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(RunLogs, "step", step)
+    return seen
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
+    """The log lines holding ``words`` (pytest's log capture holds them: the command's
+    logging.basicConfig finds its handler installed and adds none for stderr)."""
+    lines = [r.getMessage() for r in caplog.records if words in r.getMessage()]
+    caplog.clear()
+    return lines
+
+
+def tensors(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A finished run's model.pt: (frozen, trainable) tensors by name, as its freeze plan says."""
+    model = read_checkpoint(run / "model.pt", "test")["model"]
+    trainable = {p["name"] for p in json.loads((run / "freeze_plan.json").read_text())["parameters"] if p["trainable"]}
+    return {k: v for k, v in model.items() if k not in trainable}, {k: v for k, v in model.items() if k in trainable}
+
+
+def assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys() and a
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+@pytest.mark.usefixtures("compare_trains_here")
+def test_ctrl_c_stops_a_comparison_after_a_step_and_the_same_command_continues_it(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_tree: Callable[..., dict],
+) -> None:
+    (workdir / "bitfit.yaml").write_text(yaml.safe_dump(tiny_tree({"name": "bitfit", "freeze.preset": "bitfit"})))
+    argv = ["compare", "--configs", "tiny.yaml", "bitfit.yaml", "--seeds", "2", "--no-estimate"]
+    monkeypatch.setattr("freezetune.apps.compare.write_report", lambda report, out: [])  # its plots: seconds
+    ctrl_c_at(monkeypatch, 3)  # two steps a run: bitfit seed 0's first step (tiny 0, bitfit 0, tiny 1, bitfit 1)
+    rc, out, err = command(capsys, *argv)
+    assert rc == 130
+    assert logged(caplog, "interrupt") == [
+        "interrupt: finishing this step, then saving a checkpoint and stopping (Ctrl-C again to abort at once)"
+    ]
+    assert out.count("Continue with") == 1 and "--resume" not in out  # compare's one command, not train's
+    assert out.splitlines()[-2:] == [
+        "compare stopped: finished tiny seed 0 (runs/tiny-seed0); stopped bitfit seed 0 "
+        "(runs/bitfit-seed0/checkpoint.pt continues it); not started tiny seed 1, bitfit seed 1.",
+        "Continue with: freezetune compare --configs tiny.yaml bitfit.yaml --seeds 2 --no-estimate "
+        "(finished runs are reused, the stopped one continues)",
+    ]
+    runs = workdir / "runs"
+    assert names(runs) == ["bitfit-seed0", "mine", "tiny-seed0"]  # no further run started
+    assert names(runs / "tiny-seed0") == FINISHED_RUN
+    stopped = runs / "bitfit-seed0"
+    assert names(stopped) == ["checkpoint.pt", "config.yaml", "events.jsonl", "freeze_plan.json", "frozen.pt"] + [
+        "steps.jsonl"
+    ]
+    state = read_checkpoint(stopped / "checkpoint.pt", "test")
+    assert (state["epoch"], state["partial"]["steps"]) == (1, 1)  # after the step it was in
+
+    rc, out, err = command(capsys, *argv)  # the same command, uninterrupted now (its 4th step is past)
+    assert rc == 0, err
+    assert "tiny seed 0: reusing runs/tiny-seed0" in out
+    assert "bitfit seed 0: continuing runs/bitfit-seed0 from its checkpoint (same config)" in out
+    assert names(runs) == ["bitfit-seed0", "bitfit-seed1", "mine", "tiny-seed0", "tiny-seed1"]
+    assert all(names(runs / d) == FINISHED_RUN for d in names(runs) if "seed" in d)
+    # The stopped run, trained uninterrupted (the others ran as in any comparison): the same tensors,
+    # bit for bit, frozen and trainable alike.
+    monkeypatch.undo()  # no more Ctrl-C
+    monkeypatch.chdir(workdir)
+    edits = ["seed=0", "seeds=1", "train.output_dir=runs/uninterrupted", "--no-progress"]
+    assert command(capsys, "train", "--config", "bitfit.yaml", *edits)[0] == 0
+    (frozen, trained), (frozen_ref, trained_ref) = tensors(stopped), tensors(runs / "uninterrupted")
+    assert_bitwise(frozen, frozen_ref)
+    assert_bitwise(trained, trained_ref)
+
+
+def test_one_ctrl_c_in_train_is_said_once_and_the_resumed_epoch_counts_only_its_own_samples(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctrl_c_at(monkeypatch, 1)
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 130 and err == ""
+    assert logged(caplog, "interrupt") == [
+        "interrupt: finishing this step, then saving a checkpoint and stopping (Ctrl-C again to abort at once)"
+    ]
+    assert out.splitlines() == [
+        "tiny: stopped in epoch 1 after 1 steps; checkpoint saved. "
+        "Continue with: freezetune train --config tiny.yaml --resume runs/tiny"
+    ]
+    assert logged(caplog, "continue") == []  # the command's line is the only one
+    run = workdir / "runs" / "tiny"
+    assert names(run) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "events.jsonl",
+        "freeze_plan.json",
+        "frozen.pt",
+        "steps.jsonl",
+    ]
+    rc, out, _ = command(capsys, "train", "--config", "tiny.yaml", "--resume", "runs/tiny", "--no-progress")
+    assert rc == 0 and names(run) == FINISHED_RUN
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # This process trained one step of 4 samples in epoch_time_s; the first step's 4 were the earlier one's.
+    assert row["samples_per_s"] == pytest.approx(4 / row["epoch_time_s"])
+
+
+def test_a_forked_dataloader_worker_leaves_the_ctrl_c_to_the_trainer() -> None:
+    import os
+    import signal
+
+    from freezetune.train import StopRequest
+
+    # A terminal's Ctrl-C reaches the workers too; each used to say the interrupt line again.
+    with StopRequest() as stop:
+        pid = os.fork()
+        if pid == 0:  # the worker: the trainer's handler, inherited
+            signal.raise_signal(signal.SIGINT)
+            os._exit(1 if stop.requested else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and not stop.requested
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_names_what_it_left(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctrl_c_at(monkeypatch, 3, 3)  # pressed twice in epoch 2's first step
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", "train.epochs=2", "--no-progress")
+    assert rc == 130 and [line.split(":")[0] for line in out.splitlines()] == ["epoch 1"]
+    assert err.splitlines() == ["interrupted at once by a second Ctrl-C; runs/tiny/FAILED says how to go on"]
+    assert len(logged(caplog, "interrupt")) == 1
+    run = workdir / "runs" / "tiny"
+    assert names(run) == [
+        "FAILED",
+        "best.pt",
+        "checkpoint.pt",  # epoch 1's
+        "config.yaml",
+        "events.jsonl",
+        "freeze_plan.json",
+        "frozen.pt",
+        "metrics.jsonl",
+        "steps.jsonl",
+    ]
+    assert (run / "FAILED").read_text().splitlines() == [
+        "error: interrupted at once by a second Ctrl-C",
+        "continue with --resume runs/tiny (from its last checkpoint), or rerun with --overwrite",
+    ]
+    assert read_checkpoint(run / "checkpoint.pt", "test")["epoch"] == 1
+
+
+def test_ctrl_c_while_the_finished_run_is_saved_lets_it_finish_and_says_so(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from freezetune.record import RunDir
+
+    real = RunDir.save_checkpoint
+
+    def save(self: RunDir, name: str, state: dict) -> int:
+        if name == "model.pt":
+            signal.raise_signal(signal.SIGINT)
+        return real(self, name, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    rc, out, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 0 and err == "" and "frozen tensors bitwise unchanged: yes" in out
+    assert logged(caplog, "interrupt") == [
+        "interrupt: the run has begun its last step or is past it, so it finishes instead: model.pt and summary.json "
+        "as usual (Ctrl-C again to abort at once)"
+    ]
+    assert names(workdir / "runs" / "tiny") == FINISHED_RUN
+
+
+def test_a_closed_pipe_does_not_end_the_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+    import sys
+
+    # `freezetune train ... 2>&1 | head -5` once head has exited: every write meets a closed pipe.
+    read, write = os.pipe()
+    os.close(read)
+    closed = io.TextIOWrapper(io.FileIO(write, "w"), line_buffering=True)
+    monkeypatch.setattr(sys, "stdout", closed)
+    monkeypatch.setattr(sys, "stderr", closed)
+    try:
+        rc = main(["train", "--config", "tiny.yaml", "--no-progress"])
+    finally:
+        monkeypatch.undo()
+        closed.close()  # its fd is /dev/null's now: what was buffered goes there
+    assert rc == 0
+    run = workdir / "runs" / "tiny"
+    assert names(run) == FINISHED_RUN
+    assert json.loads((run / "summary.json").read_text())["frozen_unchanged"] is True
+    assert len((run / "steps.jsonl").read_text().splitlines()) == 2  # the run's own record is whole
+
+
+@pytest.mark.usefixtures("compare_trains_here")
+def test_compare_checks_its_data_without_a_line_per_config_and_each_run_says_its_check_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png_folder(workdir / "images", {"cat": 0, "dog": 1})
+    imagefolder_config(workdir)
+    monkeypatch.setattr("freezetune.apps.compare.write_report", lambda report, out: [])  # its plots: seconds
+    caplog.set_level(logging.INFO)
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "--no-estimate")
+    assert rc == 0, err
+    # The checks before training decode no image (so say nothing); the run decodes each folder once.
+    checked = [" ".join(line.split()[:5]) for line in logged(caplog, "checked ")]
+    assert checked == ["checked 8 images in images/train", "checked 4 images in images/val"]
+
+
+@pytest.mark.usefixtures("compare_trains_here")
+def test_compare_continues_this_configs_failed_run_and_names_another_configs_unfinished_one(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failed in epoch 2, after epoch 1's checkpoint: the same command continues it (and it fails again).
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", *DIVERGING, "--no-estimate")
+    assert rc == 1 and "training tiny.yaml failed with exit status 1" in err.splitlines()[-1]
+    run = workdir / "runs" / "tiny"
+    before = names(run)
+    assert "checkpoint.pt" in before and "FAILED" in before
+    rc, out, err = command(capsys, "compare", "--configs", "tiny.yaml", *DIVERGING, "--no-estimate")
+    assert rc == 1 and "holds another run" not in err
+    (line,) = [line for line in out.splitlines() if line.startswith("tiny:")]
+    assert line.startswith(
+        "tiny: continuing runs/tiny from its checkpoint (same config; it failed: error: training diverged: "
+        "non-finite loss in epoch 2, step "
+    )
+    assert names(run) == before
+    # Another config's unfinished run is refused, saying so, and nothing is touched.
+    stamp = files(workdir / "runs")
+    rc, _, err = command(capsys, "compare", "--configs", "tiny.yaml", "--no-estimate")
+    assert rc == 2
+    line = error_line(err)
+    assert line.startswith(
+        "error: runs/tiny holds another run than tiny's config asks for (an unfinished run whose config differs in "
+        "freeze.schedule: "
+    )
+    assert "; train.epochs: 2 there, 1 now). HINT: pass --overwrite to replace it" in line
+    assert files(workdir / "runs") == stamp
+
+    # Failed before its first checkpoint (a fault in epoch 1): the same command starts it again.
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("freezetune.train.runner.epoch_row", bug)
+        assert command(capsys, "compare", "--configs", "tiny.yaml", "name=early", "--no-estimate")[0] == 1
+    early = workdir / "runs" / "early"
+    assert "FAILED" in names(early) and "checkpoint.pt" not in names(early)
+    monkeypatch.setattr("freezetune.apps.compare.write_report", lambda report, out: [])  # its plots: seconds
+    rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "name=early", "--no-estimate")
+    assert rc == 0 and names(early) == FINISHED_RUN
+    assert "early: starting again (its run of this config stopped before a checkpoint) in runs/early" in out
