@@ -378,6 +378,8 @@ class _Training:
                 return self._stopped(epoch, stats)  # stopped mid-epoch, or between
             if stop_early:
                 self.finishing = True
+                if hooks.stop():  # asked to stop in this epoch's evaluation: the run is over anyway
+                    log.warning("%s: early stopping ends the run here, so it finishes rather than stops", cfg.name)
                 log.info(
                     "%s: early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
                     cfg.name,
