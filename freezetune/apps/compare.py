@@ -231,7 +231,8 @@ class SignalsToRun:
     """``with SignalsToRun() as signals:`` compare's SIGINT and SIGTERM go to the seed run
     training now (``signals.child``), which finishes its step, saves a checkpoint and exits as
     stopped; ``signals.count`` says how many came, so that no further run starts. With no run
-    training, the first says so and the second aborts at once."""
+    training, the first says so and the second aborts at once. A closed terminal (SIGHUP) does
+    not end the comparison, as it does not end a run (freezetune.train.StopRequest)."""
 
     def __init__(self) -> None:
         self.child: subprocess.Popen | None = None
@@ -251,6 +252,7 @@ class SignalsToRun:
     def __enter__(self) -> SignalsToRun:
         if threading.current_thread() is threading.main_thread():  # handlers: the main thread only
             self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

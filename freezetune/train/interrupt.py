@@ -8,6 +8,9 @@ between steps, then checkpoints and stops. A second Ctrl-C interrupts at once.
 A terminal's Ctrl-C reaches every process of its foreground group, the DataLoader's
 workers too. They are forked from the trainer with its handler installed: the handler
 acts only in the process that installed it, so the request is made (and said) once.
+
+A closed terminal (SIGHUP) does not end a run: it is ignored while training, and what
+the run would print is dropped (freezetune.cli.common); the run folder is the record.
 """
 
 from __future__ import annotations
@@ -37,8 +40,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self.describe: Callable[[], str] = lambda: STOPPING
-        self._previous: object = None
-        self._previous_term: object = None
+        self._previous: dict[int, object] = {}
         self._pid = os.getpid()
 
     def __call__(self) -> bool:
@@ -62,11 +64,11 @@ class StopRequest:
         # SIGTERM (a scheduler's or `timeout`'s stop) is asked to stop the same way.
         self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._previous_term = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
-            signal.signal(signal.SIGTERM, self._previous_term)  # type: ignore[arg-type]
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+        self._previous = {}

@@ -1080,6 +1080,19 @@ def test_a_forked_dataloader_worker_leaves_the_ctrl_c_to_the_trainer() -> None:
         assert os.waitstatus_to_exitcode(status) == 0 and not stop.requested
 
 
+def test_a_closed_terminal_does_not_stop_training_and_its_handlers_are_put_back() -> None:
+    import os
+    import signal
+
+    from freezetune.train import StopRequest
+
+    before = signal.getsignal(signal.SIGHUP)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)  # the terminal closed: this process is still here
+        assert not stop()
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
 def test_a_second_ctrl_c_aborts_at_once_and_names_what_it_left(
     workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
