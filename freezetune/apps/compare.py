@@ -36,7 +36,7 @@ from freezetune.report import (
     unresolved_line,
     write_report,
 )
-from freezetune.train import estimate_config, prepare_model
+from freezetune.train import CHECKPOINT, estimate_config, prepare_model
 from freezetune.utils import TrainingFailed
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STOPPED = 130  # what `freezetune train` exits with after a stop (Ctrl-C, SIGTERM): the shell's code for SIGINT
-CHECKPOINT = "checkpoint.pt"  # freezetune.train.CHECKPOINT: an unfinished run's state, which --resume continues
 
 
 @dataclass(frozen=True)
@@ -412,9 +411,10 @@ def _train_or_reuse(r: SeedRun, action: str, overwrite: bool, signals: SignalsTo
         return train_in_subprocess(r.file, r.overrides, resume=unfinished, signals=signals)
     verb = {
         "replace": "replacing the run in",
-        "restart": "starting again (its run of this config stopped before a checkpoint) in",
+        "restart": "starting again in",
     }.get(action, "training into")
-    print(f"{label}: {verb} {folder}", flush=True)
+    why = " (this config's run there failed or stopped before its first checkpoint)" if action == "restart" else ""
+    print(f"{label}: {verb} {folder}{why}", flush=True)
     return train_in_subprocess(r.file, r.overrides, overwrite=action in ("replace", "restart"), signals=signals)
 
 

@@ -8,11 +8,11 @@
 With --seeds N (or a config's own `seeds:`) each config trains with seeds seed..seed+N-1, each
 in its own folder <output_dir>-seed<S>, seed by seed across the configs (A B A B: drift in the
 machine's speed hits all configs alike); finished runs of the same config are reused.
-
-Ctrl-C finishes the running seed run's step, saves its checkpoint and stops the comparison (130);
-the same command again reuses the finished runs and continues the stopped one.
 Differences to the reference (--reference NAME; default: the config that trains every
 parameter) are paired by seed, and marked resolved when their 95% interval excludes 0.
+
+Ctrl-C finishes the running seed run's step, saves its checkpoint and stops the comparison (130);
+the same command again reuses the finished runs and continues the stopped (or failed) one.
 
 Writes report.md, report.json, report.png, tradeoff.png and curves.png to --out (default runs/report)."""
 

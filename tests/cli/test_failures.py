@@ -1224,4 +1224,7 @@ def test_compare_continues_this_configs_failed_run_and_names_another_configs_unf
     monkeypatch.setattr("freezetune.apps.compare.write_report", lambda report, out: [])  # its plots: seconds
     rc, out, _ = command(capsys, "compare", "--configs", "tiny.yaml", "name=early", "--no-estimate")
     assert rc == 0 and names(early) == FINISHED_RUN
-    assert "early: starting again (its run of this config stopped before a checkpoint) in runs/early" in out
+    assert (
+        "early: starting again in runs/early (this config's run there failed or stopped before its first checkpoint)"
+        in out.splitlines()
+    )
