@@ -5,6 +5,7 @@ saves, and the shipped configs they start from. The developer benchmarks live in
 
 from freezetune.apps.compare import (
     Comparison,
+    ComparisonStopped,
     SeedRun,
     predict_costs,
     run_action,
@@ -18,6 +19,7 @@ from freezetune.apps.shipped import shipped_config, shipped_configs_dir
 
 __all__ = [
     "Comparison",
+    "ComparisonStopped",
     "SeedRun",
     "demo_report",
     "predict_costs",

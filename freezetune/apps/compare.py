@@ -178,19 +178,16 @@ def _weights_newer(cfg: Config, finished: Path) -> str:
     return ""
 
 
-class RunStopped(Exception):
-    """A seed run that exited as stopped (Ctrl-C, SIGTERM): the comparison starts no other."""
-
-
 def train_in_subprocess(
     config: str | Path,
     overrides: list[str],
     overwrite: bool = False,
     resume: Path | None = None,
     signals: SignalsToRun | None = None,
-) -> Path:
+) -> Path | None:
     """``python -m freezetune train --config ...`` in a fresh interpreter (the installed
-    package, wherever it runs from), so each run's peak memory is its own; returns the run folder.
+    package, wherever it runs from), so each run's peak memory is its own; returns the run
+    folder, or None when the run stopped (Ctrl-C, SIGTERM: exit status 130).
 
     Args:
         config: the config file.
@@ -200,8 +197,7 @@ def train_in_subprocess(
         signals: where compare's SIGINT and SIGTERM go while the run trains (:class:`SignalsToRun`).
 
     Raises:
-        RunStopped: the run stopped (exit status 130).
-        TrainingFailed: any other failure (its error is printed above).
+        TrainingFailed: the run failed (its error is printed above).
     """
     cfg = checks.load(config, overrides).cfg  # fail here, with the message, before spawning
     cmd = [sys.executable, "-m", "freezetune", "train", "--config", str(config), *overrides, "--no-progress"]
@@ -220,7 +216,7 @@ def train_in_subprocess(
             signals.child = None
     # Killed by the signal itself: it came before the run's handlers were in place (Python's start).
     if code in (STOPPED, -signal.SIGINT, -signal.SIGTERM):
-        raise RunStopped(str(cfg.output_dir))
+        return None
     if code != 0:
         raise TrainingFailed(f"training {config} failed with exit status {code} (its error is above)")
     return cfg.output_dir
@@ -259,25 +255,25 @@ class SignalsToRun:
             signal.signal(sig, previous)  # type: ignore[arg-type]
 
 
-class ComparisonStopped(KeyboardInterrupt):
-    """A stop (Ctrl-C, SIGTERM) that ended a comparison before all its runs finished: the runs
-    ``finished`` (trained or reused), the one ``stopped`` (None: the stop came between runs, or
-    as one finished), and those ``not_started``. A caller that does not know it sees the
-    interrupt it was."""
+@dataclass(frozen=True)
+class ComparisonStopped:
+    """What :func:`run_comparison` returns when a stop (Ctrl-C, SIGTERM) ended the comparison
+    before all its runs finished: the runs ``finished`` (trained or reused), the one ``stopped``
+    (None: the stop came between runs, or as one finished), and those ``not_started``."""
 
-    def __init__(self, finished: list[SeedRun], stopped: SeedRun | None, not_started: list[SeedRun]) -> None:
-        self.finished, self.stopped, self.not_started = finished, stopped, not_started
-        super().__init__(self.lines())
+    finished: list[SeedRun]
+    stopped: SeedRun | None
+    not_started: list[SeedRun]
 
-    def lines(self, command: str | None = None) -> str:
+    def lines(self, command: str) -> str:
         """What compare says once: the runs' state, and ``command``, which continues."""
         finished = ", ".join(f"{_label(r)} ({r.cfg.output_dir})" for r in self.finished) or "none"
         stopped = f"{_label(self.stopped)} ({_where_it_stands(self.stopped)})" if self.stopped else "none"
         waiting = ", ".join(_label(r) for r in self.not_started) or "none"
-        text = f"compare stopped: finished {finished}; stopped {stopped}; not started {waiting}."
-        if command:
-            text += f"\nContinue with: {command} (finished runs are reused, the stopped one continues)"
-        return text
+        return (
+            f"compare stopped: finished {finished}; stopped {stopped}; not started {waiting}.\n"
+            f"Continue with: {command} (finished runs are reused, the stopped one continues)"
+        )
 
 
 def _label(r: SeedRun) -> str:
@@ -311,16 +307,20 @@ class Comparison:
     estimate: bool = True
 
 
-def run_comparison(request: Comparison) -> tuple[dict, list[Path]]:
+def run_comparison(request: Comparison) -> tuple[dict, list[Path]] | ComparisonStopped:
     """Train (or reuse) the runs of ``request.files``, or take ``request.run_dirs`` as they are,
-    and write the comparison report to ``request.out``; returns the report and the files written.
+    and write the comparison report to ``request.out``; returns the report and the files written,
+    or, when a stop ended the training, where it left the runs (:class:`ComparisonStopped`).
     Every refusal comes before anything trains."""
     out = request.out
     if out.exists() and (not out.is_dir() or (out / "summary.json").is_file()):
         raise ConfigError(
             [f"--out {out}: {'a file' if not out.is_dir() else 'a run folder'}; choose a folder for the report"]
         )
-    run_dirs, configs = _train_configs(request) if request.files else _finished_runs(request)
+    trained = _train_configs(request) if request.files else _finished_runs(request)
+    if isinstance(trained, ComparisonStopped):
+        return trained
+    run_dirs, configs = trained
     runs = [load_run(d) for d in run_dirs]
     estimates = predict_costs(configs) if request.estimate else {}
     report = build_report(runs, estimates, reference=request.reference, target=request.target)
@@ -344,7 +344,7 @@ def summary_lines(report: dict, paths: list[Path]) -> str:
     return "\n".join(lines) + "\n\nreport: " + ", ".join(str(p) for p in paths)
 
 
-def _train_configs(request: Comparison) -> tuple[list[Path], list[Config]]:
+def _train_configs(request: Comparison) -> tuple[list[Path], list[Config]] | ComparisonStopped:
     """Check every config and every run folder, then train (or reuse) seed by seed across them."""
     files = request.files
     _distinct([str(Path(f).resolve()) for f in files], files, "the same file given twice", "give it once")
@@ -373,11 +373,11 @@ def _train_configs(request: Comparison) -> tuple[list[Path], list[Config]]:
     with SignalsToRun() as signals:
         for i, (r, action) in enumerate(zip(order, actions)):
             if signals.count:  # a stop that came between runs, or while one finished
-                raise ComparisonStopped(order[:i], None, order[i:])
-            try:
-                done.append(_train_or_reuse(r, action, request.overwrite, signals))
-            except RunStopped:
-                raise ComparisonStopped(order[:i], r, order[i + 1 :]) from None
+                return ComparisonStopped(order[:i], None, order[i:])
+            folder = _train_or_reuse(r, action, request.overwrite, signals)
+            if folder is None:
+                return ComparisonStopped(order[:i], r, order[i + 1 :])
+            done.append(folder)
     return done, configs
 
 
@@ -397,7 +397,7 @@ def _finished_runs(request: Comparison) -> tuple[list[Path], list[Config]]:
     return run_dirs, configs
 
 
-def _train_or_reuse(r: SeedRun, action: str, overwrite: bool, signals: SignalsToRun) -> Path:
+def _train_or_reuse(r: SeedRun, action: str, overwrite: bool, signals: SignalsToRun) -> Path | None:
     label, folder = _label(r), r.cfg.output_dir
     if action == "reuse":
         print(f"{label}: reusing {folder} (finished, same config)", flush=True)

@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         request = dataclasses.replace(request, run_dirs=[Path(p) for p in args.items])
 
     def body() -> int:
-        try:
-            print(summary_lines(*run_comparison(request)))
-        except ComparisonStopped as stopped:
+        compared = run_comparison(request)
+        if isinstance(compared, ComparisonStopped):
             # The same command continues: it reuses what finished and resumes what stopped.
-            print(stopped.lines(" ".join([prog or f"python {sys.argv[0]}", shlex.join(argv)])), flush=True)
+            print(compared.lines(" ".join([prog or f"python {sys.argv[0]}", shlex.join(argv)])), flush=True)
             return cli.EXIT_INTERRUPTED
+        print(summary_lines(*compared))
         return 0
 
     return cli.guarded(body, args.debug, output="--out or train.output_dir")
