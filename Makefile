@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,report,timm,onnx,tensorboard]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,report,timm,onnx,tensorboard,lora]'
 	@touch $@
 
 # Debian's dataset-fashion-mnist when we are root with apt; otherwise

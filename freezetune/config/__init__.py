@@ -45,6 +45,8 @@ from freezetune.config.records import (
     parse_rules,
 )
 from freezetune.config.schema import (
+    ADAPTER_KINDS,
+    AdapterConfig,
     AutoFreezeConfig,
     Config,
     ConfigError,
@@ -79,6 +81,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EventSpec",
+    "ADAPTER_KINDS",
+    "AdapterConfig",
     "AutoFreezeConfig",
     "FreezeConfig",
     "GroupRule",

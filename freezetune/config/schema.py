@@ -14,6 +14,8 @@ from freezetune.config.records import EVENTS, GROUPS, RULES, EventSpec, GroupRul
 from freezetune.utils.errors import UserError
 
 __all__ = [
+    "ADAPTER_KINDS",
+    "AdapterConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -115,6 +117,31 @@ class AutoFreezeConfig:
     sample_every: int = field(default=5, metadata={"min": 1})
 
 
+ADAPTER_KINDS = ("lora",)
+
+
+@dataclass
+class AdapterConfig:
+    """One ``freeze.adapters`` entry: low-rank adapters beside every adaptable layer (Linear,
+    Conv2d) inside the selected modules, whose own weights are then frozen (docs/adapters.md)."""
+
+    # A module name (that module and everything under it), a glob over module or parameter names,
+    # or a class name (BatchNorm2d, Linear), as in freeze.rules; or a list of them.
+    modules: Any = None
+    # The adapter's inner size r: each adapted layer gains r * (inputs + outputs) parameters.
+    rank: int = field(default=8, metadata={"min": 1})
+    # The update B.A is scaled by alpha / rank (LoRA's convention: alpha = 2 * rank is common).
+    alpha: float = field(default=16.0, metadata={"min_exclusive": 0.0})
+    # Dropout on the adapter's input (not on the frozen path).
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.99})
+    kind: str = field(default="lora", metadata=_choice(*ADAPTER_KINDS))
+
+    @property
+    def selectors(self) -> list[str]:
+        """``modules`` as a list (a single name stands for a list of one)."""
+        return [self.modules] if isinstance(self.modules, str) else list(self.modules or [])
+
+
 @dataclass
 class FreezeConfig:
     """``freeze``: what is frozen (preset, rules), BatchNorm's policy, and the schedule of events."""
@@ -142,6 +169,8 @@ class FreezeConfig:
     gradual: list[str] = field(default_factory=list)
     # preset auto: when the policy freezes the next stages (AutoFreezeConfig).
     auto: AutoFreezeConfig = field(default_factory=AutoFreezeConfig)
+    # Low-rank adapters (AdapterConfig): the adapted layers' weights frozen, the adapters trained.
+    adapters: list[AdapterConfig] = field(default_factory=list)
 
     @property
     def scheduled(self) -> bool:

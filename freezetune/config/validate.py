@@ -151,6 +151,24 @@ def _freeze_problems(cfg: Config) -> list[str]:
         problems.append("freeze.schedule: preset 'auto' decides the schedule itself; give no freeze.schedule events")
     if preset == "auto":
         problems.extend(_auto_timing_problems(cfg.freeze.auto.warmup_epochs, cfg.train.epochs))
+    problems.extend(_adapter_problems(cfg.freeze.adapters))
+    return problems
+
+
+def _adapter_problems(adapters: Any) -> list[str]:
+    """``freeze.adapters[i].modules``: a name, glob or class name, or a non-empty list of them
+    (whether they match a layer is checked once the model exists, freezetune.plan.adapters)."""
+    problems = []
+    for i, entry in enumerate(adapters or []):
+        modules = getattr(entry, "modules", None)
+        items = [modules] if isinstance(modules, str) else modules
+        if modules is None:
+            problems.append(f"freeze.adapters[{i}].modules: missing: which modules get adapters (e.g. modules: layer4)")
+        elif not isinstance(items, list) or not items or not all(isinstance(m, str) and m for m in items):
+            problems.append(
+                f"freeze.adapters[{i}].modules: expected a module name, glob or class name, or a list of them "
+                f"(e.g. modules: layer4), got {modules!r}"
+            )
     return problems
 
 

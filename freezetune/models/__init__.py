@@ -3,6 +3,7 @@ head size and its pretrained weights loaded (torchvision's weights API, timm's, 
 state_dict file or a freezetune checkpoint); what ``model.arch`` and ``model.weights`` may
 name, and the preprocessing the weights were trained with."""
 
+from freezetune.models.adapters import has_adapters, inject_adapters, merged_copy, write_peft
 from freezetune.models.arch import (
     TIMM_PREFIX,
     arch_kind,
@@ -22,6 +23,9 @@ __all__ = [
     "LoadReport",
     "arch_kind",
     "build_model",
+    "has_adapters",
+    "inject_adapters",
+    "merged_copy",
     "classification_models",
     "load_callable",
     "load_state_dict_file",
@@ -31,4 +35,5 @@ __all__ = [
     "weight_names",
     "weights_kind",
     "weights_preprocessing",
+    "write_peft",
 ]

@@ -132,6 +132,8 @@ class FreezePlan:
     # ones (Dropout, stochastic depth) inside a frozen module or feeding one.
     pinned_other: tuple[str, ...] = ()
     frozen_modules: str = "train"
+    # freeze.adapters resolved (freezetune.plan.adapters.AdapterPlan): their rules are among `rules`.
+    adapters: tuple = ()
 
     @property
     def pinned(self) -> tuple[str, ...]:
@@ -177,6 +179,7 @@ class FreezePlan:
             "pinned_bn": list(self.pinned_bn),
             "frozen_modules": self.frozen_modules,
             "pinned_other": list(self.pinned_other),
+            **({"adapters": [a.to_json() for a in self.adapters]} if self.adapters else {}),
         }
 
 

@@ -13,12 +13,14 @@ start of the next epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from freezetune.config.records import EventSpec, gradual_events
 from freezetune.config.schema import FreezeConfig
+from freezetune.plan.adapters import adapter_rules, resolve_adapters
 from freezetune.plan.rules import (
     FreezeError,
     FreezePlan,
@@ -135,11 +137,13 @@ def build_schedule(tree: ModelTree, freeze: FreezeConfig, decided: Sequence[Even
     """Resolve ``freeze``'s preset, rules and events (as the config loader read them) into one
     plan per phase; raise FreezeError listing every event that matches nothing or changes
     nothing. ``decided``: freeze events that ``freeze.preset: auto`` took during the run (named
-    ``freeze.auto[i]``)."""
-    base = preset_rules(freeze.preset, tree) + list(freeze.rules)
+    ``freeze.auto[i]``). Adapters' rules follow the config's rules: an adapted layer's own
+    weights stay frozen whatever the preset and rules say of them (freezetune.plan.adapters)."""
+    adapters = resolve_adapters(tree, freeze.adapters)
+    base = preset_rules(freeze.preset, tree) + list(freeze.rules) + adapter_rules(adapters)
     # Gradual events first: an explicit schedule event in the same epoch can refine them.
     specs = sorted([*gradual_events(freeze.gradual), *freeze.schedule, *decided], key=lambda e: e.epoch)  # stable
-    plan = build_plan(tree, base, freeze.batchnorm, freeze.frozen_modules)
+    plan = dataclasses.replace(build_plan(tree, base, freeze.batchnorm, freeze.frozen_modules), adapters=adapters)
     phases = [Phase(1, plan, ())]
     trainable = {p.name: p.trainable for p in plan.params}
     rules_so_far = list(base)
@@ -154,6 +158,7 @@ def build_schedule(tree: ModelTree, freeze: FreezeConfig, decided: Sequence[Even
         try:
             # build_plan reports a pattern that matches nothing, with the nearest names.
             plan = build_plan(tree, rules_so_far, freeze.batchnorm, freeze.frozen_modules)
+            plan = dataclasses.replace(plan, adapters=adapters)
         except FreezeError as exc:
             problems.extend(f"{p} (at epoch {epoch})" for p in exc.problems)
             continue

@@ -27,6 +27,7 @@ __all__ = [
     "param_rows",
     "probe_autograd",
     "render_estimate",
+    "render_adapters",
     "render_auto",
     "render_cache",
     "render_groups",
@@ -392,6 +393,8 @@ def render_plan(
         f"modes:      frozen_modules '{plan.frozen_modules}', {len(plan.pinned_other)} other module(s) pinned in eval "
         "(Dropout and stochastic depth off where nothing trains)",
     ]
+    if plan.adapters:
+        parts += ["", *render_adapters(plan)]
     if probe is not None:
         parts += [
             "",
@@ -404,6 +407,43 @@ def render_plan(
         if probe.start is not None:
             parts.append(f"the autograd graph starts at '{probe.start}'; backward() does no work before it.")
     return "\n".join(parts)
+
+
+def _share(trainable: int, total: int) -> str:
+    return f"{100.0 * trainable / total:.2f}%" if total else "-"
+
+
+def render_adapters(plan: FreezePlan) -> list[str]:
+    """``freeze.adapters`` in the plan: per entry the modules, kind, rank, the layers it adapts and
+    the parameters it adds, and the trainable share with and without it."""
+    total, train = plan.numel_total, plan.numel_trainable
+    cells = [
+        [
+            a.origin,
+            ", ".join(a.selectors),
+            a.kind,
+            str(a.rank),
+            f"{a.alpha:g}",
+            f"{len(a.layers)} ({a.layers[0]}{', ...' if len(a.layers) > 1 else ''})",
+            f"{a.numel:,}",
+            _share(train, total),
+            _share(train - a.numel, total - a.numel),
+        ]
+        for a in plan.adapters
+    ]
+    added = sum(a.numel for a in plan.adapters)
+    table = format_table(
+        ["adapter", "modules", "kind", "rank", "alpha", "layers", "params added", "trainable", "without it"],
+        cells,
+        right={3, 4, 6, 7, 8},
+    )
+    return [
+        "adapters (freeze.adapters): each adapted layer's own weights are frozen (its base_layer above) and verified "
+        "bitwise; the adapters train",
+        table,
+        f"trainable with the adapters: {train:,} of {total:,} ({_share(train, total)}); without them: "
+        f"{train - added:,} of {total - added:,} ({_share(train - added, total - added)})",
+    ]
 
 
 def _trains_from(tree: ModelTree, module: str, first: dict[str, int], depth: int | None) -> str:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from freezetune.measure.timing import device_clock
+from freezetune.plan.adapters import ADAPTER_PARTS
 from freezetune.plan.apply import is_pinned_eval
 from freezetune.utils.errors import RunFault
 from freezetune.utils.modules import eval_mode, first_tensor
@@ -93,10 +94,13 @@ class Split:
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping torchvision's StochasticDepth a module: traced through, it
-    would become a call of ``stochastic_depth`` with ``self.training`` fixed at trace time."""
+    would become a call of ``stochastic_depth`` with ``self.training`` fixed at trace time.
+    A layer with a low-rank adapter (freeze.adapters) stays one module too: peft's forward
+    branches on its own state, which fx cannot trace, and the layer trains or not as a whole."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, StochasticDepth) or super().is_leaf_module(m, module_qualified_name)
+        adapted = any(part in m._modules for part in ADAPTER_PARTS)
+        return adapted or isinstance(m, StochasticDepth) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _trains_or_varies(node: fx.Node, modules: dict[str, nn.Module], params: dict[str, nn.Parameter]) -> str | None:

@@ -15,7 +15,7 @@ from freezetune.checks import as_resolved
 from freezetune.config import Config, ConfigError, EventSpec, Resolved
 from freezetune.data import Loaders, build_loaders, num_classes_of
 from freezetune.measure import resolve_device
-from freezetune.models import LoadReport, arch_kind, build_model
+from freezetune.models import LoadReport, arch_kind, build_model, inject_adapters
 from freezetune.plan import (
     FreezeError,
     FreezePlan,
@@ -89,6 +89,7 @@ def prepare_model(
     seed_everything(cfg.seed)  # the fresh head's initialisation depends on it
     k = num_classes or num_outputs(cfg)
     model, load = build_model(cfg.model, k)
+    inject_adapters(model, cfg.freeze.adapters)  # before the plan, which decides their parameters too
     tree = describe(model)
     settings, problems = assign_settings(tree, cfg.train.param_groups, cfg.train.layer_decay)
     try:
