@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--checkpoint",
         choices=list(CHECKPOINT_FILES),
         default="best",
-        help="best (best.pt, the default) or last (model.pt)",
+        help="best (best.pt, the default) or last (model.pt); a run with adapters also has merged (merged.pt) "
+        "and adapters (adapters.pt)",
     )
     parser.add_argument("--out", default=None, help="the file to write (default RUN/export/model.<ext>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file and its sidecar")

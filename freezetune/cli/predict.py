@@ -29,8 +29,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         default="best",
-        metavar="best|last",
-        help="best: best.pt, the epoch best by train.monitor (default); last: model.pt, the last epoch",
+        metavar="best|last|merged|adapters",
+        help="best: best.pt, the epoch best by train.monitor (default); last: model.pt, the last epoch; a run with "
+        "adapters also has merged (merged.pt, the last epoch's adapters folded in) and adapters (adapters.pt)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")

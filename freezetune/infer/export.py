@@ -34,6 +34,7 @@ import torch.nn as nn
 from freezetune.config import ConfigError
 from freezetune.data import build_loaders
 from freezetune.infer.runs import RunModel
+from freezetune.models import has_adapters, merged_copy
 from freezetune.utils.errors import RunFault
 from freezetune.utils.files import check_writable, write_files
 
@@ -321,8 +322,11 @@ def export_model(
     sidecar = sidecar_path(path)
     _check_request(fmt, path, sidecar, overwrite, batch)
     model = run.model.eval()
+    # A model with adapters (freeze.adapters) is written merged, one weight per layer and no peft
+    # code in the file, and checked against the model as trained, adapters and all.
+    written = merged_copy(model).eval() if has_adapters(model) else model
     start = time.perf_counter()
-    data = _write(run, fmt, model, batch)
+    data = _write(run, fmt, written, batch)
     export_s = time.perf_counter() - start
     start = time.perf_counter()
     diffs, scale = _check_file(fmt, model, data, batch, atol)

@@ -14,13 +14,15 @@ from torchvision.transforms import v2
 
 from freezetune.config import Config, ConfigError, Preprocessing, from_dict
 from freezetune.data import eval_transform
-from freezetune.models import build_model, load_state_dict_file
+from freezetune.models import build_model, inject_adapters, load_state_dict_file
 from freezetune.record import FAILED, MODEL_FORMAT, read_checkpoint
 from freezetune.utils.errors import first_line
 
 __all__ = ["CHECKPOINT_FILES", "MODEL_FORMAT", "RunModel", "load_run"]
 
-CHECKPOINT_FILES = {"best": "best.pt", "last": "model.pt"}
+# merged and adapters: a run with freeze.adapters also saves its model merged (the plain
+# architecture) and its adapters alone (a delta over the base weights), freezetune.train.files.
+CHECKPOINT_FILES = {"best": "best.pt", "last": "model.pt", "merged": "merged.pt", "adapters": "adapters.pt"}
 
 
 @dataclass
@@ -72,12 +74,8 @@ def _finished_model(run: Path, checkpoint: str) -> Path:
         raise ConfigError([f"--run: {run} has no finished model (no model.pt and summary.json): is it a run folder?"])
     path = run / CHECKPOINT_FILES[checkpoint]
     if not path.is_file():
-        raise ConfigError(
-            [
-                f"--checkpoint {checkpoint}: {run} has no {path.name} (a run from before best.pt). "
-                "HINT: --checkpoint last"
-            ]
-        )
+        why = "a run without freeze.adapters" if checkpoint in ("merged", "adapters") else "a run from before best.pt"
+        raise ConfigError([f"--checkpoint {checkpoint}: {run} has no {path.name} ({why}). HINT: --checkpoint last"])
     return path
 
 
@@ -115,9 +113,10 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     cfg.data.root = _data_root(cfg.data.root, obj.get("cwd"))
     # The architecture alone: the trained tensors (a delta is applied to its base) replace every weight.
     model, _ = build_model(dataclasses.replace(cfg.model, weights=None), int(obj["num_classes"]))
+    inject_adapters(model, cfg.freeze.adapters)  # a run with adapters is used with them (merged.pt has none)
     # A full save's weights are read already (best.pt's frozen tensors resolved from its run,
     # freezetune.record.shared); a delta is rebuilt on its base.
-    state = obj["model"] if isinstance(obj.get("model"), dict) else load_state_dict_file(path)
+    state = obj["model"] if isinstance(obj.get("model"), dict) else load_state_dict_file(path, merge=False)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -158,6 +158,9 @@ def write_peft(
     peft.set_peft_model_state_dict(wrapped, _peft_keys(ours), adapter_name=_ADAPTER)
     folder.mkdir(parents=True, exist_ok=True)
     wrapped.save_pretrained(str(folder), safe_serialization=True)
+    # peft adds a model card template of the Hugging Face hub's ("More information needed"): not
+    # ours to fill in, and docs/adapters.md says how to load the two files that matter.
+    (folder / "README.md").unlink(missing_ok=True)
     return [folder / PEFT_CONFIG, folder / PEFT_WEIGHTS]
 
 

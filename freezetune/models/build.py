@@ -20,6 +20,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from freezetune.config import ConfigError, ModelConfig
+from freezetune.models.adapters import adapter_configs, inject_adapters, merged_copy
 from freezetune.models.arch import arch_kind, load_callable, timm_name, timm_pretrained_cfg, weights_kind
 from freezetune.plan.rules import describe, find_head
 from freezetune.record.checkpoint import is_delta, load_payload, read_checkpoint
@@ -39,13 +40,22 @@ class LoadReport:
     head: str = ""
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | Path, merge: bool = True) -> dict[str, torch.Tensor]:
     """A raw state_dict, the ``model`` entry of a freezetune checkpoint, or a delta
-    checkpoint applied to the base weights it names (their hash checked)."""
+    checkpoint applied to the base weights it names (their hash checked).
+
+    Args:
+        merge: a checkpoint of a model with adapters (freeze.adapters) comes back merged, as the
+            plain architecture's state_dict (what ``model.weights`` starts a new run from);
+            ``False``: with its adapters, as trained (what a run's own model is rebuilt from)."""
     # weights_only=True: a checkpoint is data, never code to run.
     obj = read_checkpoint(path, "model.weights")
     if is_delta(obj):
-        return _materialize(obj, str(path))
+        model = _materialize(obj, str(path))
+        return merged_copy(model).state_dict() if merge and obj["delta"]["base"].get("adapters") else model.state_dict()
+    adapters = _recorded_adapters(obj)
+    if merge and adapters:
+        return _merged_state(obj, adapters, str(path))
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -53,7 +63,27 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _materialize(obj: dict, where: str) -> dict[str, torch.Tensor]:
+def _recorded_adapters(obj: object) -> list:
+    """The adapters a freezetune model file records in its config (none for a raw state_dict)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or not isinstance(obj.get("config"), dict):
+        return []
+    return list((obj["config"].get("freeze") or {}).get("adapters") or [])
+
+
+def _merged_state(obj: dict, adapters: list, where: str) -> dict[str, torch.Tensor]:
+    """A full model file of a run with adapters, rebuilt as trained and merged."""
+    model, _ = build_model(ModelConfig(**{**obj["config"]["model"], "weights": None}), int(obj["num_classes"]))
+    inject_adapters(model, adapter_configs(adapters))
+    try:
+        model.load_state_dict(obj["model"])
+    except RuntimeError as exc:
+        raise ConfigError(
+            [f"model.weights: {where} does not fit its own config's model: {exception_line(exc)}"]
+        ) from None
+    return merged_copy(model).state_dict()
+
+
+def _materialize(obj: dict, where: str) -> nn.Module:
     base = obj["delta"]["base"]
     weights = base["model"].get("weights")
     if weights_kind(base["model"]["arch"], weights) == "file" and not Path(weights).expanduser().is_file():
@@ -70,8 +100,10 @@ def _materialize(obj: dict, where: str) -> dict[str, torch.Tensor]:
             )
         torch.manual_seed(base["seed"])
     model, _ = build_model(ModelConfig(**base["model"]), base["num_classes"])
+    # The adapters' own tensors are in the delta; only their places are rebuilt here.
+    inject_adapters(model, adapter_configs(base.get("adapters") or []))
     load_payload(model, obj, where)  # raises BaseMismatch when the base is not the one trained from
-    return model.state_dict()
+    return model
 
 
 def _source_state_dict(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str | None]:

@@ -29,6 +29,7 @@ from freezetune.record.integrity import (
 )
 from freezetune.record.logs import LOG_FILES, SYNC_EVERY, RunLogs, check_logs
 from freezetune.record.rundir import (
+    ADAPTER_FILES,
     FAILED,
     OWN_FILES,
     RECORD_FILES,
@@ -42,6 +43,7 @@ from freezetune.record.shared import FROZEN_FILE, SharedFrozen, is_shared, resol
 from freezetune.record.summary import TIMING_KEYS, EpochResult, RunFacts, Summary, epoch_row
 
 __all__ = [
+    "ADAPTER_FILES",
     "TIMING_KEYS",
     "MODEL_FORMAT",
     "FAILED",

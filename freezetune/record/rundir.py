@@ -28,6 +28,7 @@ from freezetune.utils.errors import UserError
 from freezetune.utils.files import write_file, writing
 
 __all__ = [
+    "ADAPTER_FILES",
     "FAILED",
     "OWN_FILES",
     "RECORD_FILES",
@@ -53,7 +54,19 @@ FAILED = "FAILED"  # a run that stopped on an error: the error line and how to g
 # Everything freezetune itself may leave in a run folder: the cache spills to .npy files;
 # train.log: csv and tensorboard add metrics.csv, steps.csv and the folder tb/ (freezetune.record.logs).
 # frozen.pt: the run's frozen tensors until model.pt holds them (freezetune.record.shared).
-OWN_FILES = (*RECORD_FILES, FAILED, FROZEN_FILE, "cache_train.npy", "cache_val.npy", "metrics.csv", "steps.csv", "tb")
+# A run with freeze.adapters: the model merged, its adapters alone, and them in peft's format (a folder).
+ADAPTER_FILES = ("merged.pt", "adapters.pt", "adapters")
+OWN_FILES = (
+    *RECORD_FILES,
+    FAILED,
+    FROZEN_FILE,
+    "cache_train.npy",
+    "cache_val.npy",
+    "metrics.csv",
+    "steps.csv",
+    "tb",
+    *ADAPTER_FILES,
+)
 STAGING_SUFFIX = ".overwriting"  # where an --overwrite run writes until it succeeds
 _ASIDE_SUFFIX = ".replaced"  # the previous record, for the moment of the swap
 

@@ -5,6 +5,7 @@ refer to the run's frozen tensors, which ``frozen.pt`` keeps once (freezetune.re
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 import torch
 
 from freezetune.config import Config, Preprocessing
-from freezetune.models import weights_kind
+from freezetune.models import merged_copy, weights_kind
 from freezetune.plan import Schedule
+from freezetune.plan.adapters import ADAPTER_PARTS
 from freezetune.record import MODEL_FORMAT, SharedFrozen, model_payload
 
 __all__ = ["ModelFiles"]
@@ -43,10 +45,36 @@ class ModelFiles:
         """``model.pt`` or ``best.pt``: the weights after ``epoch`` (``save``: full or delta;
         ``shared``: see :meth:`payload`), the resolved config, the class names in output order
         and the preprocessing."""
+        return self._described(self.payload(save, epoch, schedule, shared), self.resolved, epoch)
+
+    def merged_file(self, epoch: int) -> dict[str, Any]:
+        """``merged.pt`` of a run with adapters: a full save of the model with every adapter folded
+        into its layer's weight (freezetune.models.merged_copy), recorded with the config less its
+        adapters, so that it loads as the plain architecture (its adapters in ``merged_from``)."""
+        resolved = copy.deepcopy(self.resolved)
+        adapters = resolved["freeze"]["adapters"]
+        resolved["freeze"]["adapters"] = []
+        merged = {"model": merged_copy(self.model).state_dict(), "merged_from": adapters}
+        return self._described(merged, resolved, epoch)
+
+    def trained_modules(self, delta: dict[str, Any]) -> list[str]:
+        """The modules whose tensors a ``delta`` payload holds, less the adapters: what a peft user
+        needs beside them (``modules_to_save``: the head, and whatever else trained)."""
+        names = [n for n, _ in self.model.named_modules() if n]
+        owners = []
+        for key in delta["delta"]["tensors"]:
+            if any(f".{part}." in key for part in ADAPTER_PARTS):
+                continue
+            owner = max((n for n in names if key.startswith(n + ".")), key=len)
+            if owner not in owners:
+                owners.append(owner)
+        return owners
+
+    def _described(self, payload: dict[str, Any], resolved: dict[str, Any], epoch: int) -> dict[str, Any]:
         return {
-            **self.payload(save, epoch, schedule, shared),
+            **payload,
             "format": MODEL_FORMAT,
-            "config": self.resolved,
+            "config": resolved,
             "epoch": epoch,
             "num_classes": self.num_classes,
             "classes": self.classes,
@@ -68,6 +96,8 @@ class ModelFiles:
             model["weights"] = str(Path(model["weights"]).expanduser().resolve())
         # The seed rebuilds a random base (model.weights: null) bitwise: prepare_model seeds, then builds.
         base = {"model": model, "num_classes": self.num_classes, "seed": self.cfg.seed}
+        if self.cfg.freeze.adapters:  # the base is rebuilt with them (zero-initialised B: the base's outputs)
+            base["adapters"] = copy.deepcopy(self.resolved["freeze"]["adapters"])
         return model_payload(
             self.model, save, schedule.frozen_throughout(epoch), schedule.pinned_throughout(epoch), base, self.known()
         )

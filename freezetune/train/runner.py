@@ -36,7 +36,9 @@ from freezetune.measure import (
     process_age_s,
     reset_peak_memory,
 )
+from freezetune.models import write_peft
 from freezetune.record import (
+    ADAPTER_FILES,
     FAILED,
     FROZEN_FILE,
     EpochResult,
@@ -71,6 +73,7 @@ EVAL_SPEED_BATCHES = 3  # train.measure full: validation batches of the extra pa
 # warm-up: training and the last evaluation have just run both paths' kernels.
 QUICK_SAMPLES = 4
 CHECKPOINT = "checkpoint.pt"  # an unfinished run's state after its last epoch (or the interrupt), for --resume
+MERGED, ADAPTERS, PEFT_FOLDER = ADAPTER_FILES  # runs with freeze.adapters
 BEST = "best.pt"  # the model after the best epoch by train.monitor, as model.pt is after the last
 
 
@@ -460,14 +463,28 @@ class _Training:
     def _save_model(self) -> dict[str, Any]:
         """model.pt as train.save chose; summary.json's ``checkpoint``, with both choices' sizes."""
         save = self.cfg.train.save
-        sizes = {}
+        sizes, files = {}, {}
         for mode in ("full", "delta"):
-            content = self.trainer.model_file(mode)
+            files[mode] = self.trainer.model_file(mode)
             if mode == save:
-                sizes[mode] = self.out.save_checkpoint("model.pt", content)
+                sizes[mode] = self.out.save_checkpoint("model.pt", files[mode])
             else:
-                sizes[mode] = serialized_bytes(content)  # what the other choice would have written
-        return {"save": save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"]}
+                sizes[mode] = serialized_bytes(files[mode])  # what the other choice would have written
+        adapters = self._save_adapters(files["delta"]) if self.cfg.freeze.adapters else {}
+        return {"save": save, "full_bytes": sizes["full"], "delta_bytes": sizes["delta"], **adapters}
+
+    def _save_adapters(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """A run with adapters also saves them alone (``adapters.pt``: the delta over the base
+        weights, whatever train.save says), the model merged (``merged.pt``), and the adapters in
+        peft's format (``adapters/``); summary.json's ``checkpoint`` gets their sizes."""
+        files = self.trainer.files
+        merged = self.out.save_checkpoint(MERGED, files.merged_file(self.trainer.epoch))
+        alone = self.out.save_checkpoint(ADAPTERS, delta)
+        if self.out.write:
+            write_peft(
+                self.p.model, self.cfg.freeze.adapters, files.trained_modules(delta), self.out.path / PEFT_FOLDER
+            )
+        return {"adapters_bytes": alone, "merged_bytes": merged}
 
     def _facts(
         self, check: FrozenCheck, wall: float, speed: dict[str, Any], memory: dict[str, Any], checkpoint: dict[str, Any]
