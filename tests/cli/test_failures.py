@@ -1228,3 +1228,27 @@ def test_compare_continues_this_configs_failed_run_and_names_another_configs_unf
         "early: starting again in runs/early (this config's run there failed or stopped before its first checkpoint)"
         in out.splitlines()
     )
+
+
+# --------------------------------------------------------------------------- freeze.adapters (issue 27)
+
+
+def test_an_adapter_selector_that_matches_no_layer_is_one_line_and_writes_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("peft")
+    before = files(workdir.parent)
+    rc, out, err = command(
+        capsys,
+        "train",
+        "--config",
+        "tiny.yaml",
+        "freeze.adapters=[{modules: layer5, rank: 4, alpha: 8}]",
+        "--no-progress",
+    )
+    assert rc == 2 and out == ""
+    assert error_line(err) == (
+        "error: freezing plan rejected: freeze.adapters[0].modules 'layer5': matches no module; "
+        "nearest names: layer4, layer3, layer2"
+    )
+    assert files(workdir.parent) == before
