@@ -251,6 +251,10 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     as the YAML they were read from."""
     out = _plain(cfg)
     out["train"]["output_dir"] = str(cfg.output_dir)
+    if not cfg.freeze.adapters:
+        # Absent when there are none, as before the key existed: a run recorded then still
+        # resumes, and compare still finds it finished, under a config that has none either.
+        del out["freeze"]["adapters"]
     return out
 
 

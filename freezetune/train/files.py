@@ -52,8 +52,7 @@ class ModelFiles:
         into its layer's weight (freezetune.models.merged_copy), recorded with the config less its
         adapters, so that it loads as the plain architecture (its adapters in ``merged_from``)."""
         resolved = copy.deepcopy(self.resolved)
-        adapters = resolved["freeze"]["adapters"]
-        resolved["freeze"]["adapters"] = []
+        adapters = resolved["freeze"].pop("adapters")
         merged = {"model": merged_copy(self.model).state_dict(), "merged_from": adapters}
         return self._described(merged, resolved, epoch)
 

@@ -15,6 +15,8 @@ def test_the_config_key_is_strict() -> None:
     assert to_dict(cfg)["freeze"]["adapters"] == [
         {"modules": "layer4", "rank": 8, "alpha": 16.0, "dropout": 0.0, "kind": "lora"}
     ]
+    # Without adapters the key is left out of the resolved config, which runs from before it record.
+    assert "adapters" not in to_dict(from_dict({"name": "x"}))["freeze"]
     with pytest.raises(ConfigError) as err:
         from_dict({"name": "x", "freeze": {"adapters": [{"modules": [], "rank": 0, "kind": "dora", "alpah": 2}]}})
     assert err.value.problems == [
