@@ -8,6 +8,8 @@ Models are resnet18 and a small torchvision ViT on the meta device, adapters inj
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn as nn
@@ -19,7 +21,9 @@ from freezetune.models import inject_adapters
 from freezetune.plan import FreezeError, build_schedule, describe
 from freezetune.plan.adapters import resolve_adapters
 
-pytest.importorskip("peft")
+# Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
+# at collection would cost every test worker, not only the one that runs these tests.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 
 LAYER4 = ("layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv1", "layer4.1.conv2")
 

@@ -11,6 +11,7 @@ one; a stopped run resumes bitwise. One 2-epoch run of 16 fake 32 px images serv
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from freezetune.infer import check_batch, export_model, load_run
 from freezetune.models import load_state_dict_file
 from freezetune.train import CHECKPOINT, Interrupted, StopRequest, prepare_model, run
 
-peft = pytest.importorskip("peft")
+# Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
+# at collection would cost every test worker, not only the one that runs these tests.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 
 ADAPTED = ("features.12.0", "classifier.0")  # a 1x1 Conv2d (96 -> 576) and a Linear (576 -> 1024)
 HEAD = "classifier.3"
@@ -98,7 +101,9 @@ def test_merged_and_peft_loaded_models_compute_what_the_adapted_model_does(lora:
     torch.testing.assert_close(merged.model(batch), want, rtol=1e-5, atol=1e-5)
     # A peft user: the base model (here the run's own start, which model.weights would give) and the folder.
     base = prepare_model(config(folder.parent, "base", **{"freeze.adapters": []})).model
-    peft_model = peft.PeftModel.from_pretrained(base, str(folder / "adapters")).eval()
+    from peft import PeftModel  # here: the one test that needs it itself
+
+    peft_model = PeftModel.from_pretrained(base, str(folder / "adapters")).eval()
     torch.testing.assert_close(peft_model(batch), want, rtol=1e-5, atol=1e-5)
 
 
@@ -136,3 +141,17 @@ def test_a_stopped_and_resumed_run_ends_bitwise_equal(
     mine = torch.load(tmp_path / "lora" / "model.pt", weights_only=True)["model"]
     theirs = torch.load(folder / "model.pt", weights_only=True)["model"]
     assert [k for k in theirs if not torch.equal(mine[k], theirs[k])] == []
+
+
+def test_bf16_base_weights_beside_fp32_adapters(tmp_path: Path) -> None:
+    # freeze.frozen_dtype: bf16 stores the adapted layers' own weights in bf16 with every frozen
+    # tensor; the adapters and the head train in fp32, under bf16 autocast.
+    cfg = config(tmp_path, "bf16", **{"freeze.frozen_dtype": "bf16", "train.precision": "bf16", "train.epochs": 1})
+    summary = run(cfg).summary
+    state = torch.load(tmp_path / "bf16" / "model.pt", weights_only=True)["model"]
+    assert state["features.12.0.base_layer.weight"].dtype == torch.bfloat16
+    assert {state[k].dtype for k in adapter_tensors(state)} == {torch.float32}
+    assert state[f"{HEAD}.weight"].dtype == torch.float32
+    assert summary.frozen_unchanged
+    merged = torch.load(tmp_path / "bf16" / "merged.pt", weights_only=True)["model"]
+    assert merged["features.12.0.weight"].dtype == torch.float32  # merged in fp32
