@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 
 from freezetune.config import from_dict
 from freezetune.train import run
+from freezetune.train.distributed import Dist
 
 # Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
 # at collection would cost every test worker, not only the one that runs these tests.
@@ -52,12 +54,18 @@ def test_two_processes_train_the_adapters_one_process_trains(tmp_path: Path) -> 
         [*cmd, "--config", str(config), "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    one = run(from_dict(tree(tmp_path / "one", 8))).summary
+    # One process in a process group of its own: the same sharded sampler, so the same batches.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        one = run(from_dict(tree(tmp_path / "one", 8)), dist=Dist(0, 1, 0, "gloo", torch.device("cpu"))).summary
+    finally:
+        dist.destroy_process_group()
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["distributed"]["replicas_identical"] is True and two["frozen_unchanged"] is True
     assert one.frozen_unchanged
     w1 = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"]
     w2 = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["model"]
+    assert w1["layer4.1.conv2.lora_B.default.weight"].abs().max() > 0  # B starts at zero: the adapters trained
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-6)
     assert {"adapters.pt", "merged.pt", "adapters"} <= {p.name for p in (tmp_path / "two").iterdir()}
