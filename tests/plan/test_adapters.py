@@ -21,7 +21,7 @@ from freezetune.models import inject_adapters
 from freezetune.plan import FreezeError, build_schedule, describe
 from freezetune.plan.adapters import resolve_adapters
 
-# Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
+# Skipped without peft, found rather than imported: importing peft (with transformers, 3 to 5 s)
 # at collection would cost every test worker, not only the one that runs these tests.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 

@@ -24,7 +24,7 @@ from freezetune.infer import check_batch, export_model, load_run
 from freezetune.models import load_state_dict_file
 from freezetune.train import CHECKPOINT, Interrupted, StopRequest, prepare_model, run
 
-# Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
+# Skipped without peft, found rather than imported: importing peft (with transformers, 3 to 5 s)
 # at collection would cost every test worker, not only the one that runs these tests.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed")
 

@@ -23,7 +23,7 @@ from freezetune.config import from_dict
 from freezetune.train import run
 from freezetune.train.distributed import Dist
 
-# Skipped without peft, found rather than imported: importing peft (with transformers, about 5 s)
+# Skipped without peft, found rather than imported: importing peft (with transformers, 3 to 5 s)
 # at collection would cost every test worker, not only the one that runs these tests.
 pytestmark = [
     pytest.mark.heavy,
