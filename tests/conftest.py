@@ -78,6 +78,51 @@ def _no_fsync() -> Iterator[None]:
         yield
 
 
+# --------------------------------------------------------------------------- building torchvision models
+
+
+class _BuiltModels:
+    """torchvision architectures as freezetune builds them, remembered by everything their
+    weights depend on: the architecture, the class count, the default dtype and torch's RNG state
+    before the build. A build found again is a copy of the first, and leaves the RNG where that
+    build left it: bitwise what building again gives, without the initialisation's random draws
+    (a tenth of the suite's time: every tiny run builds resnet18's 11M parameters). The few most
+    recent are kept (each holds a model's weights)."""
+
+    KEEP = 4
+
+    def __init__(self, build: Callable[..., nn.Module]) -> None:
+        self.build = build
+        self.kept: dict[tuple, tuple[nn.Module, torch.Tensor]] = {}
+
+    def __call__(self, cfg: Any, num_classes: int) -> nn.Module:
+        from freezetune.models.arch import arch_kind
+
+        if arch_kind(cfg.arch) != "torchvision" or torch.empty(0).device.type != "cpu":
+            return self.build(cfg, num_classes)
+        state = torch.get_rng_state()
+        key = (cfg.arch, num_classes, torch.get_default_dtype(), hash(state.numpy().tobytes()))
+        if key not in self.kept:
+            model = self.build(cfg, num_classes)
+            self.kept[key] = (copy.deepcopy(model), torch.get_rng_state())
+            while len(self.kept) > self.KEEP:
+                self.kept.pop(next(iter(self.kept)))
+            return model
+        self.kept[key] = self.kept.pop(key)  # most recently used last
+        model, after = self.kept[key]
+        torch.set_rng_state(after)
+        return copy.deepcopy(model)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _built_models_kept() -> Iterator[None]:
+    import freezetune.models.build as build
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "_architecture", _BuiltModels(build._architecture))
+        yield
+
+
 # --------------------------------------------------------------------------- the tiny run
 
 

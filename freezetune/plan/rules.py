@@ -363,8 +363,13 @@ def _frozen_modules_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple
     parameters is all frozen, or when the next parameter after it in registration order is
     frozen: it feeds the frozen part (ViT's ``encoder.dropout``). A head's Dropout feeds the
     trainable head, so it keeps training, as a regulariser of what trains."""
-    names = tree.param_names
-    under = {m.name: [n for n in names if _under(n, m.name)] for m in tree.modules}
+    under: dict[str, list[str]] = {m.name: [] for m in tree.modules}
+    for n in tree.param_names:  # each parameter to every module above it: linear, not modules x parameters
+        parts = n.split(".")
+        for depth in range(len(parts)):
+            owner = ".".join(parts[:depth])
+            if owner in under:
+                under[owner].append(n)
     next_param: dict[str, str | None] = {}
     upcoming = None
     for m in reversed(tree.modules):  # the first parameter registered after each module

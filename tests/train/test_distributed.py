@@ -233,6 +233,9 @@ def prepared_base() -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- freeze.preset auto
 
 
+# Three interpreters (11 s of a 2-core run, a tenth of `make test`): under `make test-all`. The rule it
+# checks end to end, deciding on the sums of every rank, is checked in process by the next test.
+@pytest.mark.heavy
 def test_auto_decides_the_same_prefix_on_both_ranks(tmp_path: Path) -> None:
     """Each rank samples its own gradients' norms; the decision is taken on their all-reduced
     sums, so both freeze the same stages at the same step (else DDP's rebuild would hang or the
