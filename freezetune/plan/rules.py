@@ -355,6 +355,20 @@ def build_plan(
     return FreezePlan(params, pinned_bn, batchnorm, tuple(rules), pinned_other, frozen_modules)
 
 
+def _params_under(tree: ModelTree) -> dict[str, list[str]]:
+    """Each module's parameters, its submodules' included, in model order: each parameter is
+    added to every module above it (linear, where asking each module about each parameter took
+    a tenth of a second per plan on resnet18)."""
+    under: dict[str, list[str]] = {m.name: [] for m in tree.modules}
+    for n in tree.param_names:
+        parts = n.split(".")
+        for depth in range(len(parts)):
+            owner = ".".join(parts[:depth])
+            if owner in under:
+                under[owner].append(n)
+    return under
+
+
 def _frozen_modules_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple[str, ...]:
     """Modules other than BatchNorm (the batchnorm policy decides those) that stay in eval.
 
@@ -363,13 +377,7 @@ def _frozen_modules_to_pin(tree: ModelTree, trainable: dict[str, bool]) -> tuple
     parameters is all frozen, or when the next parameter after it in registration order is
     frozen: it feeds the frozen part (ViT's ``encoder.dropout``). A head's Dropout feeds the
     trainable head, so it keeps training, as a regulariser of what trains."""
-    under: dict[str, list[str]] = {m.name: [] for m in tree.modules}
-    for n in tree.param_names:  # each parameter to every module above it: linear, not modules x parameters
-        parts = n.split(".")
-        for depth in range(len(parts)):
-            owner = ".".join(parts[:depth])
-            if owner in under:
-                under[owner].append(n)
+    under = _params_under(tree)
     next_param: dict[str, str | None] = {}
     upcoming = None
     for m in reversed(tree.modules):  # the first parameter registered after each module
