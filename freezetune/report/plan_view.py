@@ -202,6 +202,8 @@ def _cache_line(d: CacheDecision) -> str:
     assert d.split is not None
     if d.action is CacheAction.KEEP and d.held is not None:
         kept = d.held.split.frontier
+        if d.weighed is None and d.reason:  # decided by the batch counts, nothing traced
+            return f"used: the cache of '{kept}' is kept, its prefix still frozen; a new one is {d.reason}"
         if kept == d.split.frontier:
             return f"used: the cache of '{kept}' is kept (the plan changes after it)"
         return f"used: the cache of '{kept}' is kept, its prefix still frozen; one at '{d.split.frontier}' {d.reason}"

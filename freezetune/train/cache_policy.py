@@ -327,7 +327,7 @@ class CachePolicy:
         Raises:
             ConfigError: under ``cache_features: on``, when the prefix cannot be cached.
         """
-        off = self.unavailable()
+        off = self.unavailable() or self._never_pays(model, previous, epochs_left)
         if off is not None:
             return off
         start = device_clock(self.compute.device)
@@ -371,6 +371,32 @@ class CachePolicy:
             weighed=weighed,
             setup_s=setup_s,
         )
+
+    def _never_pays(
+        self, model: nn.Module, previous: HeldCache | None, epochs_left: int | None
+    ) -> CacheDecision | None:
+        """``auto`` with too few epochs left for any build to pay (one, at most sizes: a build runs
+        the prefix over every batch an epoch runs it over): decided from the batch counts alone,
+        before anything is traced, checked or timed, which would be set-up spent for nothing
+        (seconds on a large model; a tenth of a tiny run). The earlier cache, while its prefix is
+        still frozen, still holds that prefix's output and is kept; else nothing is cached.
+        None (look, as before) when a reason that says more applies: a problem with the data
+        (augmentation), or a first parameter that trains (most likely no frozen prefix at all,
+        which the trace says)."""
+        if self.mode != "auto" or epochs_left is None or self.problem:
+            return None
+        first = next(model.parameters(), None)
+        if first is None or first.requires_grad:
+            return None
+        if cache_pays(epochs_left, self.batches_per_epoch, self.build_batches):
+            return None
+        reason = (
+            f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build does, "
+            "so no build could pay for itself (decided from the batch counts, nothing traced)"
+        )
+        if previous is not None and prefix_still_frozen(previous.split):
+            return CacheDecision(CacheAction.KEEP, reason, split=previous.split, held=previous)
+        return CacheDecision(CacheAction.SKIP, reason)
 
     def _new_cache(
         self,

@@ -110,6 +110,10 @@ class CacheLifecycle:
         elif d.action is CacheAction.REFUSED:
             log.info("%s: feature cache not used: %s", self.cfg.name, d.reason)
             self.record.update(used=False, reason=d.reason)
+        elif d.weighed is None and d.action in (CacheAction.SKIP, CacheAction.KEEP):  # decided by the counts alone
+            log.info("%s: feature cache %s: %s", self.cfg.name, "kept" if d.used else "not used", d.reason)
+            if not d.used:
+                self.record.update(used=False, reason=d.reason)
         if d.weighed is not None:
             self._note_weighed(d)
 
