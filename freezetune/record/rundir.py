@@ -222,8 +222,9 @@ class RunDir:
         shutil.rmtree(aside)
         self.path = self.final
 
-    def fail(self, message: str) -> None:
-        """Mark the folder as a failed run: ``FAILED`` holds the error and how to go on."""
+    def fail(self, message: str, interrupted: bool = False) -> None:
+        """Mark the folder as a failed run: ``FAILED`` holds the error and how to go on
+        (``interrupted``: the user stopped it, so there is no problem to fix first)."""
         if not self.write or not self.path.is_dir():
             return
         if self.staged:
@@ -233,6 +234,8 @@ class RunDir:
             )
         elif (self.path / "checkpoint.pt").is_file():
             hint = f"continue with --resume {self.path} (from its last checkpoint), or rerun with --overwrite"
+        elif interrupted:
+            hint = "no checkpoint was saved yet, so there is nothing to continue from: rerun with --overwrite"
         else:
             hint = "fix the problem and rerun with --overwrite"
         try:

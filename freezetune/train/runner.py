@@ -216,7 +216,7 @@ def _failure_noted(out: RunDir, stop: StopRequest) -> Iterator[None]:
         yield
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the first step): stopped at once, not after a step
         how = "interrupted at once by " + ("a second Ctrl-C" if stop.requested else "Ctrl-C")
-        out.fail(f"error: {how}")
+        out.fail(f"error: {how}", interrupted=True)
         raise KeyboardInterrupt(_aborted(out, how)) from None
     except OSError as exc:
         fault = _disk_fault(out, exc)

@@ -1254,3 +1254,18 @@ def test_an_adapter_selector_that_matches_no_layer_is_one_line_and_writes_nothin
         "nearest names: layer4, layer3, layer2"
     )
     assert files(workdir.parent) == before
+
+
+def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_continue_from(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctrl_c_at(monkeypatch, 1, 1)  # pressed twice in the first step: aborted before any checkpoint
+    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "--no-progress")
+    assert rc == 130
+    assert err.splitlines() == ["interrupted at once by a second Ctrl-C; runs/tiny/FAILED says how to go on"]
+    run = workdir / "runs" / "tiny"
+    assert not (run / "checkpoint.pt").exists() and not (run / "model.pt").exists()
+    assert (run / "FAILED").read_text().splitlines() == [
+        "error: interrupted at once by a second Ctrl-C",
+        "no checkpoint was saved yet, so there is nothing to continue from: rerun with --overwrite",
+    ]
