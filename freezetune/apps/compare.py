@@ -11,7 +11,6 @@ import logging
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -37,6 +36,7 @@ from freezetune.report import (
     write_report,
 )
 from freezetune.train import CHECKPOINT, estimate_config, prepare_model
+from freezetune.train.interrupt import handle_stops, restore_handlers
 from freezetune.utils import TrainingFailed
 
 __all__ = [
@@ -245,14 +245,11 @@ class SignalsToRun:
         log.warning("interrupt: no run is training; the comparison stops before its next run (Ctrl-C again to abort)")
 
     def __enter__(self) -> SignalsToRun:
-        if threading.current_thread() is threading.main_thread():  # handlers: the main thread only
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._previous = handle_stops(self._handle)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)  # type: ignore[arg-type]
+        restore_handlers(self._previous)
 
 
 @dataclass(frozen=True)

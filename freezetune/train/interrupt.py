@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
-__all__ = ["FINISHING", "STOPPING", "StopRequest"]
+__all__ = ["FINISHING", "STOPPING", "StopRequest", "handle_stops", "restore_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,26 @@ class StopRequest:
         # Signal handlers can only be installed from the main thread.
         # SIGTERM (a scheduler's or `timeout`'s stop) is asked to stop the same way.
         self._pid = os.getpid()
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._previous = handle_stops(self._handle)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)  # type: ignore[arg-type]
+        restore_handlers(self._previous)
         self._previous = {}
+
+
+def handle_stops(handler: Callable[[int, FrameType | None], None]) -> dict[int, object]:
+    """Send SIGINT and SIGTERM (a scheduler's or `timeout`'s stop) to ``handler`` and ignore SIGHUP,
+    so a closed terminal does not end the work; returns the handlers they replace, for
+    :func:`restore_handlers`. Nothing changes outside the main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, object] = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return previous
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    """Put back the handlers :func:`handle_stops` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
