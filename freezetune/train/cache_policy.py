@@ -80,13 +80,18 @@ def cache_pays(epochs_left: int, batches_per_epoch: int, batches_to_build: int, 
     return epochs_left * batches_per_epoch > batches_to_build + setup_batches
 
 
+def _no_build_pays(epochs_left: int) -> str:
+    """Why no build can pay, whatever it costs: the epochs left run the prefix over no more batches than it."""
+    return (
+        f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build "
+        "does, so it would not pay for itself"
+    )
+
+
 def cache_skip_reason(w: Weighing) -> str:
     """Why a build that :func:`cache_pays` turns down is not made (train's record, plan's preview)."""
     if not cache_pays(w.epochs_left, w.batches_per_epoch, w.build_batches):
-        return (
-            f"not built: {w.epochs_left} epoch(s) left would run the prefix over no more batches than a build "
-            "does, so it would not pay for itself"
-        )
+        return _no_build_pays(w.epochs_left)
     return (
         f"not built: {w.epochs_left} epoch(s) left would save ~{w.prefix_s - w.build_s:.2f}s of prefix work over "
         f"a ~{w.build_s:.2f}s build, no more than its ~{w.setup_s:.2f}s set-up (tracing, checking the cut, timing), "
@@ -390,10 +395,7 @@ class CachePolicy:
             return None
         if cache_pays(epochs_left, self.batches_per_epoch, self.build_batches):
             return None
-        reason = (
-            f"not built: {epochs_left} epoch(s) left would run the prefix over no more batches than a build does, "
-            "so no build could pay for itself (decided from the batch counts, nothing traced)"
-        )
+        reason = f"{_no_build_pays(epochs_left)} (decided from the batch counts, nothing traced)"
         if previous is not None and prefix_still_frozen(previous.split):
             return CacheDecision(CacheAction.KEEP, reason, split=previous.split, held=previous)
         return CacheDecision(CacheAction.SKIP, reason)
