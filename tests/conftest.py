@@ -64,6 +64,21 @@ def meta_tree() -> Callable[..., ModelTree]:
     return lambda arch, **kwargs: describe(_meta_model(arch, **kwargs))
 
 
+# --------------------------------------------------------------------------- the tests' own networks
+
+SUPPORT = Path(__file__).parent / "support"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _testnets_importable() -> Iterator[None]:
+    """tests/support (freezetune_testnets: the tiny run's network) importable here and in every
+    subprocess a test starts (torchrun, the scripts), as a user's own model package would be."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(SUPPORT))
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])))
+        yield
+
+
 # --------------------------------------------------------------------------- the file system
 
 
@@ -97,8 +112,9 @@ class _BuiltModels:
     weights depend on: the architecture, the class count, the default dtype and torch's RNG state
     before the build. A build found again is a copy of the first, and leaves the RNG where that
     build left it: bitwise what building again gives, without the initialisation's random draws
-    (a tenth of the suite's time: every tiny run builds resnet18's 11M parameters). The few most
-    recent are kept (each holds a model's weights)."""
+    (0.09 s for each build of resnet18's 11M parameters, which the tests of torchvision's weights,
+    exports and architectures make again and again). The few most recent are kept (each holds a
+    model's weights)."""
 
     KEEP = 4
 
@@ -137,12 +153,13 @@ def _built_models_kept() -> Iterator[None]:
 # --------------------------------------------------------------------------- the tiny run
 
 
-# The run most tests train or refuse: resnet18 with 3 classes on 32 px FakeData, 8 training and
+# The run most tests train or refuse: resnet18 at an eighth of its width (tests/support/freezetune_testnets.py)
+# with 3 classes on 32 px FakeData, 8 training and
 # 4 validation images in batches of 4 (two steps an epoch), one epoch on the CPU, linear probe.
 # A test states only what it changes, as dotted keys (freezetune.config.set_key).
 TINY_RUN: dict[str, Any] = {
     "name": "tiny",
-    "model": {"arch": "resnet18", "num_classes": 3},
+    "model": {"arch": "freezetune_testnets:resnet18_narrow", "num_classes": 3},
     "data": {"dataset": "fake", "image_size": 32, "batch_size": 4, "train_samples": 8, "val_samples": 4},
     "freeze": {"preset": "linear_probe"},
     "train": {"epochs": 1, "device": "cpu"},

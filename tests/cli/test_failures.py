@@ -432,7 +432,9 @@ def test_torchvision_weights_that_cannot_be_fetched_name_the_cache_path(
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch_home"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     before = files(workdir.parent)
-    rc, _, err = command(capsys, "train", "--config", "tiny.yaml", "model.weights=DEFAULT", "--no-progress")
+    rc, _, err = command(
+        capsys, "train", "--config", "tiny.yaml", "model.arch=resnet18", "model.weights=DEFAULT", "--no-progress"
+    )
     line = error_line(err)
     assert rc == 2 and "model.weights: ResNet18_Weights.IMAGENET1K_V1 is not in the torch hub cache" in line
     assert f"{workdir}/torch_home/hub/checkpoints/resnet18-f37072fd.pth" in line and "HINT: download https://" in line
@@ -537,7 +539,7 @@ def test_config_model_and_data_mistakes_are_reported_together(
     # run reports all three, and another only after fixing the first would be a round trip too many.
     cfg = tiny_tree()
     cfg["train"]["epochz"] = 3
-    cfg["model"]["weights"] = "IMAGENET_V9"
+    cfg["model"].update(arch="resnet18", weights="IMAGENET_V9")
     cfg["data"] = {"dataset": "imagefolder", "root": "no_images"}
     (workdir / "bad.yaml").write_text(yaml.safe_dump(cfg))
     before = files(workdir.parent)

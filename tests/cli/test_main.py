@@ -48,12 +48,12 @@ def test_plan_train_and_compare_from_an_unrelated_folder(
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
     planned = freezetune_cli(["plan", "--config", "tiny.yaml", "--depth", "1", "--no-estimate"], cwd=tmp_path)
     assert planned.rc == 0, planned.stderr
-    assert "parameters: 11,178,051 total, 1,539 trainable" in planned.stdout
+    assert "parameters: 176,907 total, 195 trainable" in planned.stdout
 
     compared = freezetune_cli(["compare", "--configs", "tiny.yaml", "--no-estimate", "--out", "report"], cwd=tmp_path)
     assert compared.rc == 0, compared.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
-    assert summary["params_trainable"] == 1539 and summary["frozen_unchanged"] is True
+    assert summary["params_trainable"] == 195 and summary["frozen_unchanged"] is True
     # Its own process (compare launches one per run): the start, imports included, is measured.
     assert summary["startup_s"] > 0.3 and summary["startup_from"] == "process start"
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
