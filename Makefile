@@ -11,9 +11,15 @@ FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
 install: $(STAMP)
 
+# Bytecode is compiled once here, on every core: pip compiles each wheel's files one at a time on one
+# core (a third of the install: 6,000 files of torch, transformers and sympy), and without bytecode
+# every process compiles torch again (PYTHONDONTWRITEBYTECODE=1 on these machines: 3 s a start).
+# compileall's status is 1 when a file is not Python 3.11 (torch's py312_intrinsics.py): pip skips
+# those the same way, and they are never imported here.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,report,timm,onnx,tensorboard,lora]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test,report,timm,onnx,tensorboard,lora]'
+	$(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || true
 	@touch $@
 
 # Debian's dataset-fashion-mnist when we are root with apt; otherwise
