@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch.nn as nn
 from freezetune.config import AdapterConfig, ConfigError
 from freezetune.plan.adapters import ADAPTER_PARTS, AdapterPlan, resolve_adapters
 from freezetune.plan.rules import describe
+from freezetune.utils.files import write_files
 
 __all__ = [
     "PEFT_CONFIG",
@@ -156,12 +158,15 @@ def write_peft(
     for module in modules_to_save:
         ours.update({f"{module}.{k}": t for k, t in model.get_submodule(module).state_dict().items()})
     peft.set_peft_model_state_dict(wrapped, _peft_keys(ours), adapter_name=_ADAPTER)
-    folder.mkdir(parents=True, exist_ok=True)
-    wrapped.save_pretrained(str(folder), safe_serialization=True)
-    # peft adds a model card template of the Hugging Face hub's ("More information needed"): not
-    # ours to fill in, and docs/adapters.md says how to load the two files that matter.
-    (folder / "README.md").unlink(missing_ok=True)
-    return [folder / PEFT_CONFIG, folder / PEFT_WEIGHTS]
+    # peft writes the files itself, in place and with safetensors' private mode (0600): it saves to
+    # a scratch folder, and freezetune's one writer puts both files in ``folder`` whole or not at
+    # all, readable as every other file of the run. The model card template peft adds there ("More
+    # information needed") is not ours to fill in; docs/adapters.md says how to load the two files.
+    with tempfile.TemporaryDirectory(prefix="freezetune-peft-") as scratch:
+        wrapped.save_pretrained(scratch, safe_serialization=True)
+        files = {folder / name: (Path(scratch) / name).read_bytes() for name in (PEFT_CONFIG, PEFT_WEIGHTS)}
+    write_files(files, make_folders=True)
+    return list(files)
 
 
 def _peft_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -105,6 +105,12 @@ def test_merged_and_peft_loaded_models_compute_what_the_adapted_model_does(lora:
 
     peft_model = PeftModel.from_pretrained(base, str(folder / "adapters")).eval()
     torch.testing.assert_close(peft_model(batch), want, rtol=1e-5, atol=1e-5)
+    # The two files alone (no model card, no temporaries), readable as the run's other files: safetensors
+    # itself writes 0600.
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (folder / "adapters").iterdir()}
+    assert modes == dict.fromkeys(
+        ["adapter_config.json", "adapter_model.safetensors"], (folder / "model.pt").stat().st_mode & 0o777
+    )
 
 
 def test_adapters_pt_is_small_rebuilds_the_run_and_starts_another_merged(lora: tuple[Config, Path]) -> None:
