@@ -17,7 +17,7 @@ from typing import Any
 
 from freezetune.config.records import Rule
 from freezetune.config.schema import AdapterConfig
-from freezetune.plan.rules import FreezeError, ModelTree, ModuleInfo, find_head
+from freezetune.plan.rules import ADAPTED_BASE, FreezeError, ModelTree, ModuleInfo, find_head
 
 __all__ = [
     "ADAPTABLE_TYPES",
@@ -29,7 +29,6 @@ __all__ = [
 
 ADAPTABLE_TYPES = ("Linear", "Conv2d")  # what peft's LoRA adds to here (and what the docs promise)
 ADAPTER_PARTS = ("lora_A", "lora_B")  # peft's names for an adapted layer's trained parts
-_BASE = "base_layer"  # where peft keeps the adapted layer's own (frozen) weights
 _LORA_LAYER = "LoraLayer"  # the base class of every layer peft has given an adapter
 _MHA = "MultiheadAttention"
 _GLOB_CHARS = set("*?[")
@@ -174,6 +173,6 @@ def adapter_rules(plans: Sequence[AdapterPlan]) -> list[Rule]:
     rules = []
     for plan in plans:
         for layer in plan.layers:
-            rules.append(Rule("freeze", f"{layer}.{_BASE}", plan.origin))
+            rules.append(Rule("freeze", f"{layer}.{ADAPTED_BASE}", plan.origin))
             rules.extend(Rule("unfreeze", f"{layer}.{part}", plan.origin) for part in ADAPTER_PARTS)
     return rules

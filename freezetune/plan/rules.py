@@ -28,7 +28,11 @@ import torch.nn as nn
 from freezetune.config.records import PRESETS, Rule
 from freezetune.utils.errors import UserError
 
+# peft keeps an adapted layer's own tensors under <layer>.base_layer (freezetune.plan.adapters).
+ADAPTED_BASE = "base_layer"
+
 __all__ = [
+    "ADAPTED_BASE",
     "FreezeError",
     "FreezePlan",
     "ModelTree",
@@ -302,13 +306,31 @@ def suggest_names(rule: Rule, tree: ModelTree) -> str:
     return f"; nearest names: {', '.join(near)}" if near else ""
 
 
+def _moved_by_adapter(rule: Rule, tree: ModelTree) -> str | None:
+    """The problem with a rule naming an adapted layer's weight by its name before the adapter:
+    peft keeps the layer's own tensors under ``<layer>.base_layer``, so ``layer4.0.conv1.weight``
+    is ``layer4.0.conv1.base_layer.weight`` once the layer has an adapter."""
+    if rule.kind.endswith("_type") or rule.kind == "until":
+        return None
+    part = f".{ADAPTED_BASE}."
+    moved = {n.replace(part, "."): n for n in tree.param_names if part in n}
+    old = next((o for o in moved if o == rule.target or fnmatch.fnmatchcase(o, rule.target)), None)
+    if old is None:
+        return None
+    layer = old.rsplit(".", 1)[0]
+    return (
+        f"{rule.origin} {rule}: {layer} has an adapter (freeze.adapters), so its own weight is {moved[old]}, "
+        f"frozen beside the adapter. HINT: to train {layer} whole, leave it out of freeze.adapters' modules"
+    )
+
+
 def unmatched(rule: Rule, tree: ModelTree) -> str:
     """The problem with a rule (or schedule event) that selects no parameter, and what is near."""
     if rule.kind == "until" and tree.module(rule.target) is not None:
         return f"{rule.origin} {rule}: nothing is registered before {rule.target!r}"
     if rule.kind.endswith("_type") and any(rule.target in m.type_names for m in tree.modules):
         return f"{rule.origin} {rule}: modules of class {rule.target} exist but hold no parameters"
-    return f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}"
+    return _moved_by_adapter(rule, tree) or f"{rule.origin} {rule}: matches no parameter{suggest_names(rule, tree)}"
 
 
 def build_plan(

@@ -17,6 +17,7 @@ import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 from freezetune.config import AdapterConfig, FreezeConfig
+from freezetune.config.records import Rule
 from freezetune.models import inject_adapters
 from freezetune.plan import FreezeError, build_schedule, describe
 from freezetune.plan.adapters import resolve_adapters
@@ -87,6 +88,25 @@ def test_the_plan_freezes_adapted_weights_and_trains_adapters_and_head_under_any
     decided = {p.name: p.decided_by for p in full.params}
     assert decided["layer4.1.conv1.base_layer.weight"] == "freeze.adapters[0] {freeze: layer4.1.conv1.base_layer}"
     assert full.to_json()["adapters"][0]["layers"] == ["layer4.1.conv1", "layer4.1.conv2"]
+
+
+@pytest.mark.parametrize(
+    ("target", "layer"),
+    [("layer4.1.conv1.weight", "layer4.1.conv1"), ("layer4.*.conv1.weight", "layer4.0.conv1")],  # a glob: the first
+)
+def test_a_rule_naming_an_adapted_weight_by_its_old_name_says_where_it_moved(target: str, layer: str) -> None:
+    # peft moves the layer's own weight under base_layer: "matches no parameter" would send the user looking.
+    model = resnet()
+    entries = [lora("layer4")]
+    inject_adapters(model, entries)
+    freeze = FreezeConfig(preset="linear_probe", rules=[Rule("unfreeze", target, "freeze.rules[0]")], adapters=entries)
+    with pytest.raises(FreezeError) as err:
+        build_schedule(describe(model), freeze)
+    assert err.value.problems == [
+        f"freeze.rules[0] {{unfreeze: {target}}}: {layer} has an adapter (freeze.adapters), so its own weight is "
+        f"{layer}.base_layer.weight, frozen beside the adapter. HINT: to train {layer} whole, leave it out of "
+        "freeze.adapters' modules"
+    ]
 
 
 @pytest.mark.parametrize(
