@@ -141,19 +141,27 @@ def test_after_goal_takes_the_run_furthest_over_its_bound() -> None:
     assert after_goal([run("on", 60.0, after_s=5.0)]).met is True
 
 
-def test_auto_goal_compares_with_the_better_mode_and_says_whether_it_chose_alike() -> None:
+def test_auto_goal_compares_medians_with_the_better_mode_and_says_whether_it_chose_alike() -> None:
     alike = auto_goal([run("on", 20.0), run("off", 25.0), run("auto", 20.5, built=True)])
     assert alike.ratio == pytest.approx(20.5 / 20.0) and alike.met is True
-    assert (
-        "round 1: auto 20.5 s against on 20.0 s (the other 25.0 s): 1.025x; auto built, as the faster mode (on) does"
-        in (alike.text)
+    assert alike.text.endswith(
+        "auto 20.5 s against on 20.0 s (the other 25.0 s) over 1 round(s): 1.025x; auto decided as the faster mode "
+        "(on) in 1 of 1; round by round over the better of that round: 1.025: met"
     )
     unlike = auto_goal([run("on", 20.0), run("off", 25.0), run("auto", 25.5, built=False)])
-    assert unlike.met is False and "auto did not build, unlike the faster mode (on)" in unlike.text
-    # The worst round decides.
-    two = [run("on", 10.0), run("off", 12.0), run("auto", 10.0, built=True)]
-    two += [run("on", 10.0, round_=1), run("off", 12.0, round_=1), run("auto", 11.0, round_=1)]
-    assert auto_goal(two).ratio == pytest.approx(1.1)
+    assert unlike.met is False and "auto decided as the faster mode (on) in 0 of 1" in unlike.text
+    # The medians decide: one round's 1.25 (a slow auto process) among three is the machine, not the choice.
+    rounds = [(10.0, 12.0, 10.1), (10.4, 12.5, 13.0), (9.8, 11.9, 10.0)]
+    three = [
+        run(mode, t, round_=i, built=mode != "off")
+        for i, ts in enumerate(rounds)
+        for mode, t in zip(("on", "off", "auto"), ts, strict=True)
+    ]
+    goal = auto_goal(three)
+    assert goal.ratio == pytest.approx(10.1 / 10.0) and goal.met is True
+    assert "in 3 of 3; round by round over the better of that round: 1.010, 1.250, 1.020: met" in goal.text
+    # A round without all three modes is left out; none at all is not measured.
+    assert auto_goal([*three, run("on", 50.0, round_=3)]).ratio == goal.ratio
     assert auto_goal([run("on", 20.0), run("off", 25.0)]).met is None
 
 
