@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
@@ -89,6 +90,32 @@ def _data_root(root: str, trained_in: str | None) -> str:
     return str(there) if there.exists() else root  # else as it is: the error names it
 
 
+def _architecture(cfg: Config, num_classes: int) -> nn.Module:
+    """The run's architecture alone (the trained tensors replace every weight), with its adapters: a
+    run with adapters is used with them (merged.pt's config has none)."""
+    model, _ = build_model(dataclasses.replace(cfg.model, weights=None), num_classes)
+    inject_adapters(model, cfg.freeze.adapters)
+    return model
+
+
+def _uninitialised(cfg: Config, num_classes: int, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The architecture built on the meta device and given the saved tensors themselves: every
+    weight is replaced anyway, and initialising vit_b_16's 86M parameters first took 1-2 s of every
+    predict, evaluate and export. None when that cannot stand for a real build: a tensor the file
+    does not hold or holds in another dtype (a copy into the built model casts: frozen_dtype bf16
+    saves the frozen tensors so), a buffer the model computes in its constructor and does not save,
+    or an architecture that cannot be built without storage (a model of the user's own)."""
+    try:
+        with torch.device("meta"):
+            model = _architecture(cfg, num_classes)
+        if any(k not in state or state[k].dtype != t.dtype for k, t in model.state_dict().items()):
+            return None
+        model.load_state_dict(state, assign=True)
+    except Exception:  # noqa: BLE001 - whatever fails here, the ordinary build below runs and reports it
+        return None
+    return None if any(t.is_meta for t in [*model.parameters(), *model.buffers()]) else model
+
+
 def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     """The model of a finished run, as trained, with its class names and preprocessing.
 
@@ -111,13 +138,12 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
         )
     cfg = from_dict(obj["config"], source=f"{path} (its config)")
     cfg.data.root = _data_root(cfg.data.root, obj.get("cwd"))
-    # The architecture alone: the trained tensors (a delta is applied to its base) replace every weight.
-    model, _ = build_model(dataclasses.replace(cfg.model, weights=None), int(obj["num_classes"]))
-    inject_adapters(model, cfg.freeze.adapters)  # a run with adapters is used with them (merged.pt has none)
     # A full save's weights are read already (best.pt's frozen tensors resolved from its run,
     # freezetune.record.shared); a delta is rebuilt on its base.
     state = obj["model"] if isinstance(obj.get("model"), dict) else load_state_dict_file(path, merge=False)
     try:
+        num_classes = int(obj["num_classes"])
+        model = _uninitialised(cfg, num_classes, state) or _architecture(cfg, num_classes)
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = first_line(exc)
