@@ -3,6 +3,7 @@ Fashion-MNIST fine-tunes freeze exactly what their names promise."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,22 @@ def test_bitfit_trains_biases_batchnorm_affine_and_the_head_weight() -> None:
     assert biases == {n for n in bn_affine if n.endswith(".bias")} | {"fc.bias"}
     assert all(n.endswith(".weight") and ("conv" in n or "downsample.0" in n) for n in p.plan.frozen)
     assert p.plan.pinned_bn == ()  # every BatchNorm has trainable parameters: none is pinned
+
+
+# --------------------------------------------------------------------------- the small ViT (#27: LoRA on a ViT)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None or importlib.util.find_spec("peft") is None,
+    reason="the ViT configs need timm and peft",
+)
+def test_vit_lora_r4_adapts_every_linear_of_the_last_two_blocks_and_trains_them_and_the_head() -> None:
+    cfg = load_config(ROOT / "configs/fmnist/vit/lora_r4.yaml", ["model.weights=null", "train.device=cpu"])
+    p = prepare_model(cfg)
+    layers = tuple(f"blocks.{b}.{m}" for b in (4, 5) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    assert p.plan.adapters[0].layers == layers
+    adapters = {f"{layer}.lora_{ab}.default.weight" for layer in layers for ab in "AB"}
+    assert set(p.plan.trainable) == adapters | {"head.weight", "head.bias"}
+    # width 128, rank 4: qkv 128 -> 384, proj 128 -> 128, fc1 128 -> 512, fc2 512 -> 128, twice.
+    assert p.plan.numel_trainable == 2 * 4 * (512 + 256 + 640 + 640) + 128 * 5 + 5
+    assert {f"{layer}.base_layer.weight" for layer in layers} <= set(p.plan.frozen)
