@@ -20,9 +20,11 @@ features an uncached step computes."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,12 +141,24 @@ def _baked_mode(node: fx.Node) -> bool:
     return False
 
 
+def _defaulted_inputs(model: nn.Module) -> dict[str, Any]:
+    """The forward's arguments after the images that have defaults, at those defaults: freezetune
+    calls a model with the images alone, so they are constants. Traced as inputs, they would be
+    values the frozen part hands on beside its output (timm's ViT: ``attn_mask=None``,
+    ``is_causal=False``), and no cut would end in one tensor."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # a forward without a readable signature: traced as it is
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.kind != p.VAR_KEYWORD}
+
+
 def split_model(model: nn.Module) -> Split:
     """Cut ``model`` after its frozen prefix: the last value before the first operation that
     trains, is random in train mode or depends on the batch. Raise :class:`CacheRefused`
     when there is no such prefix or it does not end in one tensor."""
     try:
-        traced = fx.GraphModule(model, _Tracer().trace(model))
+        traced = fx.GraphModule(model, _Tracer().trace(model, concrete_args=_defaulted_inputs(model)))
     except Exception as exc:  # fx raises many kinds on data-dependent control flow
         raise CacheRefused(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}), so it cannot be cut "

@@ -7,13 +7,14 @@ Two architectures run in ``make test``; the rest are marked ``heavy`` and run in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from freezetune.config import from_dict
+from freezetune.config import from_dict, to_dict
 from freezetune.train import prepare_model, run
 
 # arch -> (image size, an until: prefix, the linear probe's frontier, the prefix's frontier)
@@ -80,6 +81,29 @@ def test_the_cache_cuts_where_it_belongs_and_changes_nothing_but_time(tmp_path: 
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, weights[1][key], atol=1e-5, rtol=1e-4, msg=key)
     assert cached.frozen_unchanged and uncached.frozen_unchanged
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+def test_a_timm_vit_caches_its_frozen_blocks_and_trains_as_uncached(tmp_path: Path) -> None:
+    # timm's VisionTransformer.forward(x, attn_mask=None, is_causal=False) hands both on to every block:
+    # traced as inputs they were two more values beside the features at every cut, and the cache refused.
+    # configs/fmnist/vit's small ViT, narrower, 4 blocks at 28 px.
+    def vit(cache: str):
+        tree = to_dict(config(tmp_path, "resnet18", "until:blocks.3", cache))
+        tree["model"] = {
+            "arch": "timm/vit_tiny_patch16_224",
+            "num_classes": 3,
+            "kwargs": {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 4, "num_heads": 2},
+        }
+        tree["data"]["image_size"] = 28
+        return from_dict(tree)
+
+    cached = run(vit("on")).summary
+    assert cached.cache["used"] is True and cached.cache["frontier"] == "add_6"  # blocks.2: its second residual add
+    run(vit("off"))
+    for a, b in zip(rows(tmp_path / "on"), rows(tmp_path / "off"), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
 
 
 # The Dropout that feeds each head under the linear probe: it trains with the head.
