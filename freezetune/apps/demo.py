@@ -16,7 +16,7 @@ from freezetune.checks import resolve
 from freezetune.config import Config, load_config, to_dict
 from freezetune.record import EpochResult
 from freezetune.report import build_report, load_run, write_report
-from freezetune.train import Progress, estimate_config, no_progress, run
+from freezetune.train import Interrupted, Progress, estimate_config, no_progress, run
 from freezetune.utils import format_table
 
 __all__ = [
@@ -76,7 +76,7 @@ def run_demo(
         log.info("pretraining: %s is current for %s, reusing it", pre.output_dir / "model.pt", PRETRAIN_CONFIG)
     else:
         log.info("pretraining %s on classes %s", pre.name, pre.data.classes)
-        run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch))
+        _stopped(run(pre, overwrite=True, progress=progress, on_epoch=_tagged(pre.name, on_epoch)), "pretraining")
     order = interleave(plans)
     done = {}
     for r in order:
@@ -88,7 +88,7 @@ def run_demo(
         else:
             log.info("fine-tuning %s into %s", label, cfg.output_dir)
             # In-process: run() resets the peak-memory mark, so each run still gets its own peak.
-            run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(label, on_epoch))
+            _stopped(run(cfg, overwrite=True, progress=progress, on_epoch=_tagged(label, on_epoch)), label)
         done[(cfg.name, cfg.seed)] = load_run(cfg.output_dir)
     # Config by config, each one's seeds in order: how the tables read.
     return [done[(p.cfg.name, p.cfg.seed)] for plan in plans for p in plan]
@@ -107,6 +107,16 @@ def demo_report(
         estimates[cfg.name] = estimate_config(cfg, cache=cache).to_json()
     report = build_report(runs, estimates)
     return report, write_report(report, out_dir)
+
+
+def _stopped(outcome: object, label: str) -> None:
+    """A run stopped by Ctrl-C (or SIGTERM) stops the demo, saying what a rerun does: the runs
+    after it are not started, and the tables are not written from a run that has no result."""
+    if isinstance(outcome, Interrupted):
+        raise KeyboardInterrupt(
+            f"demo stopped: {label} was interrupted in epoch {outcome.epoch}. Run the demo again to go on: "
+            "finished runs are reused, this one trains again"
+        )
 
 
 def _tagged(name: str, cb: Callable[[str, EpochResult], None] | None) -> Callable[[EpochResult], None] | None:

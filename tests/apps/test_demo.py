@@ -7,12 +7,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from freezetune.apps import pretrain_is_current, results_table
 from freezetune.checks import resolve
 from freezetune.config import Config, from_dict, to_dict
-from freezetune.train import run
+from freezetune.train import Interrupted, run
 
 # Not conftest's tiny run: the shape of the demo's pretraining run (every parameter trains, FakeData's
 # 10 classes), which pretrain_is_current compares configs against.
@@ -205,3 +206,31 @@ def test_results_table_right_aligns_the_numbers() -> None:
 
 def test_results_table_of_no_summaries_is_just_the_header() -> None:
     assert len(results_table([]).splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- a stopped run stops the demo
+
+
+def test_an_interrupted_run_stops_the_demo_with_what_a_rerun_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C (or SIGTERM) in a fine-tune: the demo used to go on to read that run's result and ended
+    # in "no finished run there". It stops there, starts no later run, and says what a rerun does.
+    import freezetune.apps.demo as demo
+
+    started: list[str] = []
+
+    def stopped(cfg: Config, **kwargs: object) -> Interrupted:
+        started.append(cfg.name)
+        return Interrupted(cfg.name, 2, 5, cfg.output_dir)
+
+    monkeypatch.setattr(demo, "run", stopped)
+    monkeypatch.setattr(demo, "pretrain_is_current", lambda cfg: True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        demo.run_demo()
+    assert started == ["fmnist_full"]
+    assert str(stop.value) == (
+        "demo stopped: fmnist_full seed 0 was interrupted in epoch 2. Run the demo again to go on: finished runs "
+        "are reused, this one trains again"
+    )
