@@ -20,7 +20,7 @@ from freezetune.train import Interrupted, run
 TINY = {
     "name": "tiny_pretrain",
     "seed": 0,
-    "model": {"arch": "resnet18", "weights": None},
+    "model": {"arch": "freezetune_testnets:resnet18_narrow", "weights": None},
     "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 8, "val_samples": 8},
     "freeze": {"preset": "full"},
     "train": {"epochs": 1, "device": "cpu"},

@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = freezetune.config.from_dict(
         {
             "name": "t",
-            "model": {"arch": "resnet18"},
+            "model": {"arch": "freezetune_testnets:resnet18_narrow"},
             "data": {"dataset": "imagefolder", "root": str(tmp / "images"), "image_size": 32, "batch_size": 8},
             "train": {"epochs": 1, "output_dir": str(tmp / "run"), "device": "cpu"},
         }
@@ -357,7 +357,7 @@ def probed(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     cfg = freezetune.config.from_dict(
         {
             "name": "probe",
-            "model": {"arch": "resnet18"},
+            "model": {"arch": "freezetune_testnets:resnet18_narrow"},
             "data": {"dataset": "imagefolder", "root": str(trained["images"]), "image_size": 32, "batch_size": 8},
             "freeze": {"preset": "linear_probe"},
             "train": {"epochs": 1, "output_dir": str(out), "device": "cpu"},

@@ -38,7 +38,7 @@ def tree(folder: Path, batch: int) -> dict[str, Any]:
     return {
         "name": "ddp_lora",
         "seed": 7,
-        "model": {"arch": "resnet18", "num_classes": 3},
+        "model": {"arch": "freezetune_testnets:resnet18_narrow", "num_classes": 3},
         "data": {"dataset": "fake", "image_size": 16, "train_samples": 32, "val_samples": 10, "batch_size": batch},
         "freeze": {"preset": "linear_probe", "adapters": [{"modules": "layer4", "rank": 2, "alpha": 4}]},
         "train": {"epochs": 1, "output_dir": str(folder), "optimizer": {"name": "sgd", "lr": 0.05}},

@@ -23,7 +23,7 @@ def tree(out: Path, **auto: Any) -> dict[str, Any]:
     return {
         "name": "auto",
         "seed": 3,
-        "model": {"arch": "resnet18", "num_classes": 3},
+        "model": {"arch": "freezetune_testnets:resnet18_narrow", "num_classes": 3},
         "data": {"dataset": "fake", "image_size": 16, "batch_size": 8, "train_samples": 32, "val_samples": 8},
         # Every stage before layer3 converges as soon as a rate exists (after epoch 2): a known decision.
         "freeze": {"preset": "auto", "auto": {"threshold": 1e9, "ceiling": "layer3", "sample_every": 1, **auto}},

@@ -11,7 +11,7 @@ def tiny(preset: str, precision: str = "fp32", channels_last: bool = False) -> C
     return from_dict(
         {
             "name": f"est_{preset.replace(':', '_')}_{precision}",
-            "model": {"arch": "resnet18", "num_classes": 3},
+            "model": {"arch": "freezetune_testnets:resnet18_narrow", "num_classes": 3},
             "data": {"dataset": "fake", "image_size": 32, "batch_size": 16},
             "freeze": {"preset": preset},
             "train": {"precision": precision, "channels_last": channels_last},

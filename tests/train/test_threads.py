@@ -134,7 +134,7 @@ def tiny(out: Path, threads: int | None = None, epochs: int = 1):  # noqa: ANN20
     return from_dict(
         {
             "name": "tiny",
-            "model": {"arch": "resnet18", "num_classes": 2},
+            "model": {"arch": "freezetune_testnets:resnet18_narrow", "num_classes": 2},
             "data": {"dataset": "fake", "image_size": 32, "batch_size": 8, "train_samples": 8, "val_samples": 8},
             "freeze": {"preset": "linear_probe"},
             "train": {"epochs": epochs, "device": "cpu", "output_dir": str(out), "threads": threads},
