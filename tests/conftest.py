@@ -150,6 +150,24 @@ def _built_models_kept() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def run_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The device of each architecture ``freezetune.infer.load_run`` builds, in order: ``meta`` (no
+    storage, the saved tensors assigned) or ``cpu`` (an ordinary build they are copied into)."""
+    import freezetune.infer.runs as runs
+
+    devices: list[str] = []
+    build = runs._architecture
+
+    def recorded(*args: Any) -> nn.Module:
+        model = build(*args)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(runs, "_architecture", recorded)
+    return devices
+
+
 # --------------------------------------------------------------------------- the tiny run
 
 
