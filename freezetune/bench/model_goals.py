@@ -80,10 +80,6 @@ def after_goal(runs: Sequence[ModelRun]) -> Goal:
     )
 
 
-def _said(built: bool) -> str:
-    return "built" if built else "did not build"
-
-
 def auto_goal(runs: Sequence[ModelRun]) -> Goal:
     """auto's median training time over the better mode's (the lower median of on's and off's),
     over the rounds that ran all three, each round's ratio listed. On a shared 2-core machine the

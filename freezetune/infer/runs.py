@@ -143,8 +143,10 @@ def load_run(run: str | Path, checkpoint: str = "best") -> RunModel:
     state = obj["model"] if isinstance(obj.get("model"), dict) else load_state_dict_file(path, merge=False)
     try:
         num_classes = int(obj["num_classes"])
-        model = _uninitialised(cfg, num_classes, state) or _architecture(cfg, num_classes)
-        model.load_state_dict(state)
+        model = _uninitialised(cfg, num_classes, state)  # the saved tensors assigned already
+        if model is None:
+            model = _architecture(cfg, num_classes)
+            model.load_state_dict(state)
     except RuntimeError as exc:
         first = first_line(exc)
         raise ConfigError([f"--run: {path} does not fit {cfg.model.arch}: {first[:200]}"]) from None

@@ -150,7 +150,7 @@ def _defaulted_inputs(model: nn.Module) -> dict[str, Any]:
         params = list(inspect.signature(model.forward).parameters.values())[1:]
     except (TypeError, ValueError):  # a forward without a readable signature: traced as it is
         return {}
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.kind != p.VAR_KEYWORD}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def split_model(model: nn.Module) -> Split:
