@@ -16,7 +16,7 @@ from freezetune.plan.auto import model_stages
 from freezetune.train.cache_policy import CacheAction, CacheDecision
 from freezetune.train.lr_schedule import LRSchedule
 from freezetune.train.optim import group_label
-from freezetune.utils import first_tensor, format_table, train_mode
+from freezetune.utils import first_tensor, format_bytes, format_table, train_mode
 
 __all__ = [
     "ModuleRow",
@@ -215,14 +215,14 @@ def _cache_line(d: CacheDecision) -> str:
     if d.action is CacheAction.EXTEND and d.held is not None:
         how = f"extended from the features cached at '{d.held.split.frontier}'"
     setup = f" after about {d.setup_s:.1f} s of set-up" if d.setup_s is not None else ""
+    if d.load_s > 0 and d.build_s is not None and d.batch_s is not None:
+        reading = d.build_s * d.load_s / (d.batch_s + d.load_s)
+        setup = f" ({reading:.1f} s of it reading the images)" + setup
     return (
         f"used: the prefix's output '{d.split.frontier}' ({shape} per image) is computed once, "
-        f"before '{d.split.first_trainable}'; {_size(d.bytes)} in {d.storage}, {how} in about {d.build_s:.1f} s" + setup
+        f"before '{d.split.first_trainable}'; {format_bytes(d.bytes)} in {d.storage}, "
+        f"{how} in about {d.build_s:.1f} s" + setup
     )
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def module_rows(tree: ModelTree, plan: FreezePlan, depth: int | None = None) -> list[ModuleRow]:

@@ -10,6 +10,7 @@ from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.plot import MiB, plot_run_curve
 from freezetune.report.report import run_curve
+from freezetune.utils import format_bytes
 from freezetune.utils.files import make_folder
 
 __all__ = ["RUN_REPORT_FILES", "write_run_report"]
@@ -130,7 +131,7 @@ def _cost(run: dict[str, Any], curve: list[tuple[float, float]]) -> list[str]:
         + f"; peak {m['peak_bytes'] / MiB:.1f} MiB ({m['peak_kind']}).",
         "- Feature cache: "
         + (
-            f"{cache.get('bytes', 0) / MiB:.1f} MiB, built in {cache.get('build_s', 0.0):.1f} s."
+            f"{format_bytes(cache.get('bytes', 0))}, built in {cache.get('build_s', 0.0):.1f} s."
             if cache.get("used")
             else f"not used ({cache.get('reason') or 'off'})."
         ),

@@ -10,7 +10,7 @@ from typing import Any
 from freezetune.record import atomic_write_bytes
 from freezetune.record.summary import MEMORY_KINDS
 from freezetune.report.plot import MiB, plot_curves, plot_report, plot_tradeoff
-from freezetune.utils import format_table
+from freezetune.utils import format_bytes, format_table
 from freezetune.utils.files import make_folder
 
 __all__ = [
@@ -196,7 +196,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         line = [
             r["config"],
             f"{r['params_trainable']:,} ({_share(r)})",
-            f"{r['cache_bytes'] / MiB:.1f} MiB, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
+            f"{format_bytes(r['cache_bytes'])}, built in {r['cache_build_s']:.1f} s" if r["cached"] else "-",
             _precision(r),
             f"{r['val_acc']:.4f}",
             f"{1000 * r['step_time_s']:.1f}",

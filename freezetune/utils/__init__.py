@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from freezetune.utils.errors import RunFault, TrainingFailed, UserError, exception_line, first_line
-from freezetune.utils.text import format_table
+from freezetune.utils.text import format_bytes, format_table
 
 if TYPE_CHECKING:
     from freezetune.utils.modules import eval_mode, first_tensor, train_mode
@@ -28,6 +28,7 @@ __all__ = [
     "exception_line",
     "first_line",
     "first_tensor",
+    "format_bytes",
     "format_table",
     "precision_problem",
     "train_mode",

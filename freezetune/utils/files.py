@@ -22,15 +22,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from freezetune.utils.errors import CannotWrite, WriteFailed, write_error
+from freezetune.utils.text import format_bytes
 
 __all__ = ["check_writable", "free_bytes", "make_folder", "temporary", "write_file", "write_files", "writing"]
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
 
 
 def temporary(path: Path) -> Path:
@@ -97,7 +91,9 @@ def _check_space(contents: Mapping[Path, bytes]) -> None:
             free = free_bytes(folder)
         if size > free:
             raise WriteFailed(
-                errno.ENOSPC, f"No space left on device ({_size(size)} to write, {_size(free)} free)", str(first)
+                errno.ENOSPC,
+                f"No space left on device ({format_bytes(size)} to write, {format_bytes(free)} free)",
+                str(first),
             )
 
 

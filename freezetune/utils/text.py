@@ -1,8 +1,8 @@
-"""Plain-text tables for terminals and logs."""
+"""Plain text for terminals and logs: tables and sizes."""
 
 from __future__ import annotations
 
-__all__ = ["format_table"]
+__all__ = ["format_bytes", "format_table"]
 
 
 def format_table(headers: list[str], rows: list[list[object]], right: set[int] | None = None) -> str:
@@ -21,3 +21,14 @@ def format_table(headers: list[str], rows: list[list[object]], right: set[int] |
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit it reaches, one decimal: '36.8 MiB', '1.17 GiB' (two
+    decimals from a GiB up), '176.0 KiB', '900 bytes'. A small cache or file must not read '0.0 MiB'."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{int(n)} bytes"
