@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "cached_loaders",
     "check_and_time_split",
     "check_split",
+    "in_order",
     "prefix_problem",
     "split_model",
 ]
@@ -306,6 +308,7 @@ class FeatureCache:
     bytes: int
     storage: str  # "memory" or "memmap"
     build_s: float
+    load_s: float = 0.0  # of build_s, the seconds spent waiting for the loader (reading, decoding, transforms)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -319,6 +322,7 @@ class FeatureCache:
             "dtype": str(self.dtype).removeprefix("torch."),
             "storage": self.storage,
             "build_s": self.build_s,
+            "load_s": self.load_s,
             "train_shape": list(self.train.tensors[0].shape),
             "val_shape": list(self.val.tensors[0].shape),
         }
@@ -338,23 +342,38 @@ def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> to
     return torch.from_numpy(mm).view(dtype)  # same item size: a reinterpretation, not a copy
 
 
-def _features(prefix: nn.Module, ds: Dataset, batch: int, compute: Compute, budget: int, path: Path) -> tuple:
-    loader = DataLoader(ds, batch_size=batch, shuffle=False)
+def _batches(loader: DataLoader, waited: list[float]) -> Any:
+    """``loader``'s batches, adding the seconds each took to arrive to ``waited``: the build's
+    time splits into reading the images and running the prefix, which alone is predicted."""
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()  # the loader's work is the host's, whatever the device
+        batch = next(it, None)
+        waited.append(time.perf_counter() - start)
+        if batch is None:
+            return
+        yield batch
+
+
+def _features(
+    prefix: nn.Module, loader: DataLoader, compute: Compute, budget: int, path: Path, waited: list[float]
+) -> tuple:
+    n = len(loader.dataset)  # type: ignore[arg-type]
     out = labels = None
     mapped = False
     start = 0
-    for x, y in loader:
+    for x, y in _batches(loader, waited):
         with compute.autocast():
             # Kept in the dtype it comes out in: casting it would change what the suffix sees.
             f = prefix(compute.input(x)).to("cpu")
         if out is None:
-            shape = (len(ds), *f.shape[1:])  # type: ignore[arg-type]
+            shape = (n, *f.shape[1:])
             nbytes = int(np.prod(shape)) * f.element_size()
             if nbytes <= budget:
                 out = torch.empty(shape, dtype=f.dtype)
             else:  # beyond the memory budget: a file in the run folder, paged in by the OS
                 out, mapped = _memmap_tensor(path, shape, f.dtype), True
-            labels = torch.empty(len(ds), dtype=torch.long)  # type: ignore[arg-type]
+            labels = torch.empty(n, dtype=torch.long)
         # A copy by value: channels-last features are stored in the default layout, and the
         # training step puts them into its memory format as it does images.
         out[start : start + f.shape[0]] = f
@@ -363,29 +382,38 @@ def _features(prefix: nn.Module, ds: Dataset, batch: int, compute: Compute, budg
     return out, labels, mapped
 
 
+def in_order(datasets: tuple[Dataset, Dataset], batch: int, workers: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Loaders over ``datasets`` (training, validation) in order, as a build reads them;
+    ``workers``: their worker processes (``data.num_workers``, reading ahead as the epochs'
+    loaders do)."""
+    return tuple(DataLoader(ds, batch_size=batch, shuffle=False, num_workers=workers) for ds in datasets)  # type: ignore[return-value]
+
+
 @torch.inference_mode()
 def build_cache(
     model: nn.Module,
     split: Split,
-    datasets: tuple[Dataset, Dataset],
-    batch: int,
+    loaders: tuple[DataLoader, DataLoader],
     compute: Compute,
     max_bytes: int,
     folder: Path,
 ) -> FeatureCache:
-    """Run the prefix once over both ``datasets`` (training, validation), in eval mode, with no
-    autograd state, under the step's autocast and memory format (``compute``); features beyond
-    ``max_bytes`` go to ``.npy`` files in ``folder``."""
-    train_ds, val_ds = datasets
+    """Run the prefix once over both ``loaders``' batches (training, validation; :func:`in_order`),
+    in eval mode, with no autograd state, under the step's autocast and memory format
+    (``compute``); features beyond ``max_bytes`` go to ``.npy`` files in ``folder``. The build's
+    seconds and, of them, those spent waiting for the loaders are kept apart."""
+    train, val = loaders
+    waited: list[float] = []
     start = device_clock(compute.device)
     with eval_mode(model):
-        tx, ty, t_mapped = _features(split.prefix, train_ds, batch, compute, max_bytes, folder / "cache_train.npy")
+        tx, ty, t_mapped = _features(split.prefix, train, compute, max_bytes, folder / "cache_train.npy", waited)
         left = max_bytes - (0 if t_mapped else tx.numel() * tx.element_size())
-        vx, vy, v_mapped = _features(split.prefix, val_ds, batch, compute, left, folder / "cache_val.npy")
+        vx, vy, v_mapped = _features(split.prefix, val, compute, left, folder / "cache_val.npy", waited)
     build_s = device_clock(compute.device) - start
     total = sum(t.numel() * t.element_size() for t in (tx, ty, vx, vy))
     storage = "memmap" if t_mapped or v_mapped else "memory"
-    return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, build_s)
+    load_s = min(sum(waited), build_s)
+    return FeatureCache(TensorDataset(tx, ty), TensorDataset(vx, vy), total, storage, build_s, load_s)
 
 
 def cached_loaders(cache: FeatureCache, batch: int, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import enum
 import math
 import statistics
+import time
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset, default_collate
 
 from freezetune.config import Config, ConfigError
 from freezetune.measure import device_clock
@@ -43,6 +45,7 @@ __all__ = [
     "cache_pays",
     "cache_skip_reason",
     "compute_of",
+    "first_batch",
     "preview_cache",
     "prefix_still_frozen",
     "probe_images",
@@ -93,10 +96,30 @@ def cache_skip_reason(w: Weighing) -> str:
     if not cache_pays(w.epochs_left, w.batches_per_epoch, w.build_batches):
         return _no_build_pays(w.epochs_left)
     return (
-        f"not built: {w.epochs_left} epoch(s) left would save ~{w.prefix_s - w.build_s:.2f}s of prefix work over "
+        f"not built: {w.epochs_left} epoch(s) left would save ~{w.prefix_s - w.build_s:.2f}s of prefix work "
+        f"{'and reading images ' if w.load_s > 0 else ''}over "
         f"a ~{w.build_s:.2f}s build, no more than its ~{w.setup_s:.2f}s set-up (tracing, checking the cut, timing), "
         "so it would not pay for itself"
     )
+
+
+def first_batch(ds: Dataset, batch_size: int) -> tuple[torch.Tensor, float]:
+    """The first ``batch_size`` images of ``ds`` (the validation set: training's first validation
+    batch, unshuffled), read as a build reads every batch (in this process, no workers), and the
+    seconds reading a batch takes: what a build, and an uncached epoch, wait for per batch before
+    the prefix runs: the median image's seconds, times the batch size. The first image is read
+    untimed, as it pays one-time costs (lazy imports, the first decode), and the median leaves
+    out a pause that is not the reading's: one image of resnet18's FakeData batch at 224 px
+    took 269 ms against 2-4 ms for the others (the collector or another thread), and a sum
+    predicted 2.0 s of reading for a build that read for 0.3 s."""
+    n = min(batch_size, len(ds))  # type: ignore[arg-type]
+    items, times = [ds[0]], []
+    for i in range(1, n):
+        start = time.perf_counter()
+        items.append(ds[i])
+        times.append(time.perf_counter() - start)
+    per_image = statistics.median(times) if times else 0.0
+    return default_collate(items)[0], per_image * batch_size
 
 
 def probe_images(batch_size: int, image_size: int) -> int:
@@ -149,21 +172,30 @@ class HeldCache:
 @dataclass(frozen=True)
 class Weighing:
     """``cache_features: auto``'s comparison for a new cache: prefix batches the epochs left
-    would run against the batches a build runs, the prefix's timed seconds per batch, and the
-    seconds the decision spent setting the cache up (tracing, checking the cut, timing)."""
+    would run against the batches a build runs, the prefix's timed seconds per batch, the
+    seconds reading a batch of images takes (``load_s``: a build reads every image once, and so
+    does every uncached epoch, while a cached epoch reads none; 0 when the loader's workers read
+    ahead, or for an extension, which starts from features already in memory), and the seconds
+    the decision spent setting the cache up (tracing, checking the cut, timing)."""
 
     epochs_left: int
     batches_per_epoch: int
     build_batches: int
     batch_s: float
     setup_s: float = 0.0
+    load_s: float = 0.0
+
+    @property
+    def unit_s(self) -> float:
+        """One batch read and run through the prefix: the same on both sides of the comparison."""
+        return self.batch_s + self.load_s
 
     @property
     def setup_batches(self) -> float:
-        """The set-up in prefix batches, the unit :func:`cache_pays` weighs in."""
+        """The set-up in batches, the unit :func:`cache_pays` weighs in."""
         if self.setup_s <= 0:
             return 0.0
-        return self.setup_s / self.batch_s if self.batch_s > 0 else math.inf
+        return self.setup_s / self.unit_s if self.unit_s > 0 else math.inf
 
     @property
     def pays(self) -> bool:
@@ -172,13 +204,13 @@ class Weighing:
 
     @property
     def prefix_s(self) -> float:
-        """The prefix seconds the epochs left would spend without a cache."""
-        return self.batch_s * self.batches_per_epoch * self.epochs_left
+        """The seconds the epochs left would spend without a cache reading images and running the prefix."""
+        return self.unit_s * self.batches_per_epoch * self.epochs_left
 
     @property
     def build_s(self) -> float:
-        """The build's predicted seconds."""
-        return self.batch_s * self.build_batches
+        """The build's predicted seconds, the reading of the images included."""
+        return self.unit_s * self.build_batches
 
     @property
     def predicted_saving_s(self) -> float:
@@ -195,8 +227,9 @@ class CacheDecision:
     cache kept or extended; ``extension`` the newly frozen part an extension runs (set whenever
     the cache could be extended, also when it is then skipped). For a new cache (BUILD, EXTEND,
     SKIP, and KEEP instead of one) ``feature_shape`` and ``feature_dtype`` describe one image's
-    prefix output, ``batch_s`` is the prefix's timed seconds per batch, ``build_s`` the build's
-    predicted seconds, ``bytes`` and ``storage`` its size for every image and where it would be
+    prefix output, ``batch_s`` is the prefix's timed seconds per batch, ``load_s`` the seconds
+    reading a batch takes where they are counted (:class:`Weighing`), ``build_s`` the build's
+    predicted seconds (both together), ``bytes`` and ``storage`` its size for every image and where it would be
     kept; ``weighed`` is auto's comparison when it was made. ``setup_s``: the seconds the
     decision itself spent (tracing, checking the cut, timing; plan's extra timing passes left out).
     """
@@ -210,6 +243,7 @@ class CacheDecision:
     feature_shape: tuple[int, ...] | None = None
     feature_dtype: torch.dtype | None = None
     batch_s: float | None = None
+    load_s: float = 0.0
     build_s: float | None = None
     bytes: int | None = None
     storage: str | None = None
@@ -247,6 +281,7 @@ class CacheDecision:
             "predicted_saving_s": w.predicted_saving_s,
             "built": w.pays,
             "batch_s": w.batch_s,
+            "load_s": w.load_s,
             "predicted_prefix_s": w.prefix_s,
             "setup_s": w.setup_s,
         }
@@ -256,7 +291,8 @@ class CacheDecision:
 class CachePolicy:
     """The cache rules of one run: ``train.cache_features`` (``mode``), how a step computes
     (``compute``), the batch counts that decide whether a build pays, the memory budget, and
-    whether the run is distributed (DDP: never cached). Made by :meth:`of`."""
+    whether the run is distributed (DDP: never cached); ``workers``: the loaders' worker
+    processes (reading images is counted in the decision only without them). Made by :meth:`of`."""
 
     mode: str
     compute: Compute
@@ -268,6 +304,7 @@ class CachePolicy:
     problem: str | None = None  # why the data rules the cache out (prefix_problem), if it does
     distributed: bool = False
     repeats: int = 1  # timed prefix forwards, the check's included (plan's preview: PREVIEW_REPEATS)
+    workers: int = 0
 
     @classmethod
     def of(cls, cfg: Config, n_train: int, n_val: int, device: torch.device, distributed: bool = False) -> CachePolicy:
@@ -283,6 +320,7 @@ class CachePolicy:
             cfg.train.cache_max_bytes,
             prefix_problem(cfg.data.augment),
             distributed,
+            workers=cfg.data.num_workers,
         )
 
     def unavailable(self) -> CacheDecision | None:
@@ -318,6 +356,7 @@ class CachePolicy:
         previous: HeldCache | None,
         epochs_left: int | None,
         epoch: int | None = None,
+        read_s: float = 0.0,
     ) -> CacheDecision:
         """What the phase whose plan ``model`` has now trains on.
 
@@ -328,6 +367,8 @@ class CachePolicy:
             previous: the cache in use until now, if any.
             epochs_left: the epochs from the phase's start to the run's end (None: not weighed).
             epoch: the phase's first epoch, for the error under ``on`` (None: not named).
+            read_s: the seconds reading ``x``'s batch took (:func:`first_batch`; 0: not known),
+                counted per batch on both sides when the loaders have no workers.
 
         Raises:
             ConfigError: under ``cache_features: on``, when the prefix cannot be cached.
@@ -354,13 +395,15 @@ class CachePolicy:
             extension, timed = extended[0], extended[1:]
         else:
             extension = None
-        new = self._new_cache(split, len(x), *timed, previous if extension is not None else None, extension)
+        # An extension starts from features in memory, and the epochs without it read those too.
+        load_s = read_s if extension is None and self.workers == 0 else 0.0
+        new = self._new_cache(split, len(x), *timed, previous if extension is not None else None, extension, load_s)
         # Plan's extra timing passes are not a cost training pays: its set-up is what training's would be.
         extra = sum(checked.prefix_s[1:]) + (sum(extended[2][1:]) if extended is not None else 0.0)
         setup_s = device_clock(self.compute.device) - start - extra
         weighed = None
         if self.mode == "auto" and epochs_left is not None:
-            weighed = Weighing(epochs_left, self.batches_per_epoch, self.build_batches, new.batch_s, setup_s)
+            weighed = Weighing(epochs_left, self.batches_per_epoch, self.build_batches, new.batch_s, setup_s, load_s)
         if weighed is None or weighed.pays:
             action = CacheAction.EXTEND if extension is not None else CacheAction.BUILD
             return replace(new, action=action, check_max_abs_diff=diff, weighed=weighed, setup_s=setup_s)
@@ -408,10 +451,12 @@ class CachePolicy:
         times: list[float],
         extended: HeldCache | None,
         extension: Split | None,
+        load_s: float = 0.0,
     ) -> CacheDecision:
         """A new cache at ``split`` (from ``extended``'s features through ``extension``, or from the
-        images) predicted from its prefix's ``features`` for ``n`` images and the seconds ``times``
-        of its timed forwards: one image's features, the build's seconds, its bytes and storage."""
+        images) predicted from its prefix's ``features`` for ``n`` images, the seconds ``times``
+        of its timed forwards and ``load_s`` of reading a batch: one image's features, the
+        build's seconds, its bytes and storage."""
         batch_s = statistics.median(times) * self.batch_size / n  # a whole batch's seconds (fewer images timed)
         total = (features[0].numel() * features.element_size() + 8) * self.n_images  # and the int64 labels
         return CacheDecision(
@@ -422,7 +467,8 @@ class CachePolicy:
             feature_shape=tuple(features.shape[1:]),
             feature_dtype=features.dtype,
             batch_s=batch_s,
-            build_s=batch_s * self.build_batches,
+            load_s=load_s,
+            build_s=(batch_s + load_s) * self.build_batches,
             bytes=total,
             storage="memory" if total <= self.max_bytes else "memmap",
         )
@@ -465,25 +511,32 @@ def _extension(
 
 
 def preview_cache(
-    cfg: Config, model: nn.Module, schedule: Schedule, device: torch.device, counts: tuple[int, int]
+    cfg: Config,
+    model: nn.Module,
+    schedule: Schedule,
+    device: torch.device,
+    counts: tuple[int, int],
+    images: tuple[torch.Tensor, float] | None = None,
 ) -> list[tuple[int, CacheDecision]]:
-    """What training decides at each phase's start, from the same :meth:`CachePolicy.decide`,
-    with random images of the configured size in place of the data: each phase's plan applied
-    to ``model`` in turn, the first one again at the end. ``counts``: the training and
-    validation images. Returns (the phase's first epoch, the decision) per phase.
+    """What training decides at each phase's start, from the same :meth:`CachePolicy.decide`:
+    each phase's plan applied to ``model`` in turn, the first one again at the end. ``counts``:
+    the training and validation images; ``images``: the first validation batch and the seconds
+    reading it took (:func:`first_batch`), as training times them; without it, random images
+    of the configured size, and no reading counted. Returns (the phase's first epoch, the
+    decision) per phase.
 
     Raises:
         ConfigError: under ``cache_features: on``, a phase whose prefix cannot be cached (as
             training refuses it).
     """
     policy = replace(CachePolicy.of(cfg, *counts, device), repeats=PREVIEW_REPEATS)
-    x = policy.probe_batch(cfg.data.image_size)
+    x, read_s = images if images is not None else (policy.probe_batch(cfg.data.image_size), 0.0)
     decisions, held = [], None
     try:
         for phase in schedule.phases:
             apply_plan(model, phase.plan)
             epochs_left = cfg.train.epochs - phase.start + 1
-            d = policy.decide(model, x, held, epochs_left, phase.start if schedule.changes else None)
+            d = policy.decide(model, x, held, epochs_left, phase.start if schedule.changes else None, read_s)
             if d.builds:
                 held = HeldCache(d.split, d.storage == "memory")  # type: ignore[arg-type]
             elif not d.used:

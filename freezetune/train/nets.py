@@ -24,10 +24,18 @@ from torch.utils.data import DataLoader
 from freezetune.config import Config, ConfigError
 from freezetune.data import Loaders
 from freezetune.plan import FreezePlan, Schedule, apply_plan
-from freezetune.train.cache import CacheRefused, FeatureCache, Split, build_cache, cached_loaders
-from freezetune.train.cache_policy import CacheAction, CacheDecision, CachePolicy, HeldCache, cache_on_refused
+from freezetune.train.cache import CacheRefused, FeatureCache, Split, build_cache, cached_loaders, in_order
+from freezetune.train.cache_policy import (
+    CacheAction,
+    CacheDecision,
+    CachePolicy,
+    HeldCache,
+    cache_on_refused,
+    first_batch,
+)
 from freezetune.train.compiled import PhaseCompiler
 from freezetune.train.distributed import Dist
+from freezetune.utils import format_bytes
 
 __all__ = ["CacheLifecycle", "TrainTarget"]
 
@@ -66,7 +74,7 @@ class CacheLifecycle:
             for phase in schedule.phases:
                 apply_plan(self.model, phase.plan)
                 with self._rng_untouched():
-                    self.record["check_max_abs_diff"] = self.policy.split(self.model, self._images())[1]
+                    self.record["check_max_abs_diff"] = self.policy.split(self.model, self._images()[0])[1]
         except CacheRefused as exc:
             raise cache_on_refused(str(exc), phase.start if schedule.changes else None) from None
         finally:
@@ -83,7 +91,8 @@ class CacheLifecycle:
             return None
         with self._rng_untouched():
             held = HeldCache(previous[0], previous[1].storage == "memory") if previous is not None else None
-            d = self.policy.decide(self.model, self._images(), held, epochs_left)
+            x, read_s = self._images()
+            d = self.policy.decide(self.model, x, held, epochs_left, read_s=read_s)
             self._note(d)
             if d.builds:
                 self._build(d, previous)
@@ -123,13 +132,14 @@ class CacheLifecycle:
         assert w is not None
         self.record.setdefault("decisions", []).append(row)
         log.info(
-            "%s: feature cache at '%s' from %s: %s (a build is ~%.2fs after %.2fs of set-up; %d epoch%s left would "
+            "%s: feature cache at '%s' from %s: %s (a build is ~%.2fs%s after %.2fs of set-up; %d epoch%s left would "
             "run the prefix over %d batches, ~%.2fs, the build over %d)",
             self.cfg.name,
             row["frontier"],
             row["from"],
             "built" if w.pays else "skipped, it would not pay for itself",
             row["predicted_build_s"],
+            f" ({w.load_s * w.build_batches:.2f}s of it reading the images)" if w.load_s > 0 else "",
             w.setup_s,
             w.epochs_left,
             "" if w.epochs_left == 1 else "s",
@@ -146,13 +156,14 @@ class CacheLifecycle:
         split, extend = d.split, d.action is CacheAction.EXTEND
         assert split is not None
         source = previous[1] if extend and previous is not None else None
+        datasets = (
+            (source.train, source.val) if source is not None else (self.loaders.train.dataset, self.loaders.val.dataset)
+        )
         cache = build_cache(
             self.model,
             d.extension if extend else split,  # type: ignore[arg-type]
-            (source.train, source.val)
-            if source is not None
-            else (self.loaders.train.dataset, self.loaders.val.dataset),
-            self.cfg.data.batch_size,
+            # Cached features are in memory already: workers would only copy them between processes.
+            in_order(datasets, self.cfg.data.batch_size, 0 if source is not None else self.cfg.data.num_workers),
             self.policy.compute,
             self.cfg.train.cache_max_bytes,
             self.folder,
@@ -176,23 +187,27 @@ class CacheLifecycle:
         )
         self.record["build_s"] = sum(b["build_s"] for b in builds)
         log.info(
-            "%s: cached the frozen prefix's output (%s, %.1f MiB of %s, %s): built in %.1fs (predicted %.1fs, "
-            "set-up %.1fs)%s",
+            "%s: cached the frozen prefix's output (%s, %s of %s, %s): built in %.1fs, predicted %.1fs (reading the "
+            "%s %.1fs, predicted %.1fs; set-up %.1fs)%s",
             self.cfg.name,
             split.frontier,
-            cache.bytes / 2**20,
+            format_bytes(cache.bytes),
             cache.to_json()["dtype"],
             cache.storage,
             cache.build_s,
             d.build_s or 0.0,
+            "cached features" if extend else "images",
+            cache.load_s,
+            d.load_s * self.policy.build_batches,
             d.setup_s or 0.0,
             ", extended from the cached features" if extend else "",
         )
         self._held = (split, cache)
 
-    def _images(self) -> torch.Tensor:
-        """The first validation batch: what the split is checked and the prefix timed on."""
-        return next(iter(self.loaders.val))[0]
+    def _images(self) -> tuple[torch.Tensor, float]:
+        """The first validation batch, what the split is checked and the prefix timed on, and the
+        seconds reading it took (:func:`first_batch`)."""
+        return first_batch(self.loaders.val.dataset, self.cfg.data.batch_size)
 
     def _rng_untouched(self) -> contextlib.AbstractContextManager:
         """Checking the cut and building the cache iterate DataLoaders, and each iteration of one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from freezetune.train import (
     cache_policy,
     cache_skip_reason,
     check_split,
+    in_order,
     prefix_problem,
     prepare_model,
     preview_cache,
@@ -273,8 +275,8 @@ def test_build_cache_under_autocast_stores_what_the_prefix_produces(tmp_path: Pa
     with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
         expected = split.prefix(images.tensors[0].to(memory_format=torch.channels_last))
     assert expected.dtype == torch.bfloat16 and expected.is_contiguous(memory_format=torch.channels_last)
-    in_memory = build_cache(model, split, (images, images), 4, compute, 2**30, tmp_path)
-    spilled = build_cache(model, split, (images, images), 4, compute, 0, tmp_path)
+    in_memory = build_cache(model, split, in_order((images, images), 4), compute, 2**30, tmp_path)
+    spilled = build_cache(model, split, in_order((images, images), 4), compute, 0, tmp_path)
     assert (in_memory.storage, spilled.storage) == ("memory", "memmap")
     for cache in (in_memory, spilled):
         assert cache.dtype == torch.bfloat16 and cache.to_json()["dtype"] == "bfloat16"
@@ -284,6 +286,32 @@ def test_build_cache_under_autocast_stores_what_the_prefix_produces(tmp_path: Pa
     on_disk = np.load(tmp_path / "cache_train.npy")
     assert on_disk.dtype == np.int16 and on_disk.shape == tuple(expected.shape)
     assert torch.equal(torch.from_numpy(on_disk).view(torch.bfloat16), expected)
+
+
+class _SlowImages(torch.utils.data.Dataset):
+    """Images that take ``delay`` seconds each to arrive, as decoding a large PNG does."""
+
+    def __init__(self, x: torch.Tensor, delay: float) -> None:
+        self.x, self.delay = x, delay
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.delay)
+        return self.x[i], i
+
+
+def test_build_cache_says_how_much_of_its_time_went_to_reading_the_images(tmp_path: Path) -> None:
+    # What plan and auto predict is the prefix's work; the loader's share of a build is shown beside it.
+    model = planned("resnet18", "until:layer3")
+    split = split_model(model)
+    x = torch.randn(6, 3, 32, 32)
+    slow, quick = _SlowImages(x, 0.05), _SlowImages(x, 0.0)
+    cache = build_cache(model, split, in_order((slow, slow), 4), Compute(torch.device("cpu")), 2**30, tmp_path)
+    assert 0.6 <= cache.load_s <= cache.build_s and cache.to_json()["load_s"] == cache.load_s
+    fast = build_cache(model, split, in_order((quick, quick), 4), Compute(torch.device("cpu")), 2**30, tmp_path)
+    assert fast.load_s < 0.3 and torch.equal(fast.train.tensors[0], cache.train.tensors[0])
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -345,6 +373,25 @@ def test_a_build_pays_only_for_more_than_its_build_and_set_up_and_a_tie_is_no_bu
     assert not Weighing(2, 6, 6, batch_s=0.0, setup_s=0.1).pays  # an untimeable prefix saves nothing
     assert Weighing(2, 6, 6, batch_s=0.0).pays  # no set-up: the batch counts decide, as before
     assert "no more batches than a build" in cache_skip_reason(Weighing(1, 6, 6, batch_s=1.0))
+
+
+def test_reading_the_images_counts_on_both_sides_of_the_weighing() -> None:
+    # A build reads every image once; every uncached epoch reads them again; a cached one reads none.
+    # 7 s of set-up sinks a 1 s/batch prefix alone (above); with 1 s/batch of reading it pays.
+    read = Weighing(2, 6, 6, batch_s=1.0, setup_s=7.0, load_s=1.0)
+    assert (read.prefix_s, read.build_s, read.predicted_saving_s) == (24.0, 12.0, 5.0) and read.pays
+    assert "of prefix work and reading images over" in cache_skip_reason(Weighing(2, 6, 6, 1.0, 13.0, 1.0))
+    assert "of prefix work over" in cache_skip_reason(Weighing(2, 6, 6, 1.0, 7.0))
+
+
+@pytest.mark.parametrize(("workers", "counted"), [(0, True), (2, False)])
+def test_a_decision_counts_the_reading_it_timed_unless_workers_read_ahead(workers: int, counted: bool) -> None:
+    c = cfg(Path("unused"), "read", **{"data.num_workers": workers})
+    policy = CachePolicy.of(c, 24, 8, torch.device("cpu"))
+    d = policy.decide(planned("resnet18", "until:layer3"), torch.randn(8, 3, 32, 32), None, 3, read_s=0.5)
+    assert d.weighed is not None and d.load_s == d.weighed.load_s == (0.5 if counted else 0.0)
+    assert d.build_s == pytest.approx((d.batch_s + d.load_s) * policy.build_batches)
+    assert d.to_json()["load_s"] == d.load_s
 
 
 def test_the_cut_is_checked_and_the_prefix_timed_on_a_few_images_where_they_are_large() -> None:
@@ -471,7 +518,8 @@ def test_plan_previews_the_decisions_training_makes(
         if planned.weighed is not None:  # one formula: the prediction plan shows is the one training weighs
             for d in (planned, done):
                 assert d.weighed is not None and d.setup_s == d.weighed.setup_s > 0
-                assert d.build_s == d.weighed.build_s == d.weighed.batch_s * d.weighed.build_batches
+                w = d.weighed
+                assert d.build_s == w.build_s == pytest.approx((w.batch_s + w.load_s) * w.build_batches)
             assert (planned.feature_shape, planned.bytes, planned.storage) == (
                 done.feature_shape,
                 done.bytes,
@@ -482,8 +530,10 @@ def test_plan_previews_the_decisions_training_makes(
             row["predicted_prefix_s"] - row["predicted_build_s"] - row["setup_s"]
         )
         assert row["predicted_prefix_s"] == pytest.approx(
-            row["batch_s"] * row["batches_per_epoch"] * row["epochs_left"]
+            (row["batch_s"] + row["load_s"]) * row["batches_per_epoch"] * row["epochs_left"]
         )
+    # Training times reading its first batch; an extension reads features already in memory.
+    assert all((d.load_s > 0) == (d.action is CacheAction.BUILD) for d in trained if d.builds)
     for built, d in zip(summary.cache["builds"], [d for d in trained if d.builds]):
         assert (built["predicted_build_s"], built["setup_s"]) == (d.build_s, d.setup_s) and built["build_s"] > 0
     assert [d["built"] for d in summary.cache["decisions"]] == [d.builds for d in trained if d.weighed]
