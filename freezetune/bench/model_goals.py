@@ -167,6 +167,7 @@ def model_table(runs: Sequence[ModelRun], plans: Sequence[PlanPrediction]) -> st
             _s(r.predicted_build_s, 2),
             _s(predicted.get(r.round) if r.cache != "off" else None, 2),
             _s(r.build_s, 2),
+            _s(r.load_s, 2),
             _s(r.threads.get("load_1min"), 2),
         ]
         for r in runs
@@ -185,9 +186,10 @@ def model_table(runs: Sequence[ModelRun], plans: Sequence[PlanPrediction]) -> st
         "build predicted (run) s",
         "build predicted (plan) s",
         "build spent s",
+        "of it reading s",
         "1-min load at start",
     ]
-    return format_table(headers, rows, right=set(range(3, 14)))
+    return format_table(headers, rows, right=set(range(3, 15)))
 
 
 def goals_table(report: ModelsReport) -> str:

@@ -295,6 +295,7 @@ class ModelRun:
     val_acc: float
     threads: dict[str, Any] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
+    load_s: float | None = None  # of build_s, the seconds the build waited for the loader
 
     @property
     def decision(self) -> str:
@@ -308,7 +309,8 @@ class ModelRun:
         startup = f"{self.startup_s:.1f}s" if self.startup_s is not None else "-"
         cache = self.decision
         if self.built and self.build_s is not None and self.predicted_build_s is not None:
-            cache += f" in {self.build_s:.2f}s (predicted {self.predicted_build_s:.2f}s)"
+            reading = f"; reading the images {self.load_s:.2f}s of it" if self.load_s is not None else ""
+            cache += f" in {self.build_s:.2f}s (predicted {self.predicted_build_s:.2f}s{reading})"
         return (
             f"{self.arch} cache {self.cache}: process {self.process_s:.1f}s, start-up {startup}, "
             f"train {self.train_s:.1f}s, after the last epoch {after}{finish}, run folder "
@@ -343,6 +345,7 @@ class ModelRun:
             val_acc=s["final_val_acc"],
             threads=s.get("threads") or {},
             files=files,
+            load_s=builds[0].get("load_s") if builds else None,
         )
 
 

@@ -94,7 +94,7 @@ def test_a_run_is_read_from_its_output_times_and_record(tmp_path: Path) -> None:
         "mode": "on",
         "used": True,
         "reason": None,
-        "builds": [{"build_s": 4.0, "predicted_build_s": 5.0, "setup_s": 0.5}],
+        "builds": [{"build_s": 4.0, "load_s": 0.75, "predicted_build_s": 5.0, "setup_s": 0.5}],
     }
     summary = {"startup_s": 3.5, "train_time_s": 20.0, "finish_s": 1.25, "final_val_acc": 0.5, "cache": cache}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
@@ -106,7 +106,8 @@ def test_a_run_is_read_from_its_output_times_and_record(tmp_path: Path) -> None:
     assert run.files == {"model.pt": 5000, "summary.json": len(json.dumps(summary))}
     assert run.folder_bytes == folder_bytes(tmp_path)[0] >= 5000
     assert (
-        "after the last epoch 3.50s (finish_s 1.25s)" in run.line() and "built in 4.00s (predicted 5.00s)" in run.line()
+        "after the last epoch 3.50s (finish_s 1.25s)" in run.line()
+        and "built in 4.00s (predicted 5.00s; reading the images 0.75s of it)" in run.line()
     )
 
 
@@ -184,7 +185,7 @@ def test_tables_show_each_run_and_each_goal() -> None:
     table = model_table(report.runs, report.plans).splitlines()
     assert table[0].split()[:3] == ["round", "cache", "decision"] and len(table) == 5
     assert table[3].split()[:9] == ["1", "off", "off", "33.0", "4.0", "25.0", "3.30", "0.50", "78.5"]
-    assert table[2].split()[-5:] == ["0.80", "6.00", "6.00", "8.00", "2.50"]
+    assert table[2].split()[-6:] == ["0.80", "6.00", "6.00", "8.00", "-", "2.50"]  # no reading recorded
     summary = goals_table(report).splitlines()[2]
     assert summary.split() == ["resnet18", "1.10", "NOT", "met", "1.02", "met", "-25%", "met"]
     text = models_tables(report)
