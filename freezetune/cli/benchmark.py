@@ -22,9 +22,10 @@ first-step losses that show the work was the same (docs/lightning.md).
 With --models: each model (default: resnet18, mobilenet_v3_small, efficientnet_b0, convnext_tiny,
 vit_b_16) trained by `freezetune train` in a fresh process with its ImageNet weights' file (random
 values) in a temporary hub cache, on generated PNGs, its last stage and head trainable, the cache
-on, off and auto in rotated order per round; per run the start-up, training, the time after the
-last epoch, the run folder's size and the cache's decision beside `freezetune plan`'s prediction,
-and issue 25's goals as measured ratios (docs/speed-and-memory.md)."""
+on, off and auto in an order that changes every round (six rounds balance it); per run the
+start-up, training, the time after the last epoch, the run folder's size and the cache's decision
+beside `freezetune plan`'s prediction, and issue 25's goals as measured ratios
+(docs/speed-and-memory.md)."""
 
 from __future__ import annotations
 

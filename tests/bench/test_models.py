@@ -6,6 +6,7 @@ from given numbers. The benchmark itself trains for many minutes and is run by h
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torchvision
 
 from freezetune.bench.model_goals import after_goal, auto_goal, goals_table, model_table, models_tables, plan_goal
 from freezetune.bench.models import (
+    CACHE_MODES,
     MODELS,
     ModelRun,
     ModelsReport,
@@ -80,13 +82,14 @@ def test_placed_weights_load_as_torchvisions_without_a_download(
     assert place_weights(tmp_path, "mobilenet_v3_small") == path and path.stat().st_mtime_ns == mtime  # kept
 
 
-def test_modes_rotate_every_round() -> None:
-    assert [mode_order(r) for r in range(4)] == [
-        ("on", "off", "auto"),
-        ("off", "auto", "on"),
-        ("auto", "on", "off"),
-        ("on", "off", "auto"),
-    ]
+def test_six_rounds_run_every_mode_in_every_place_and_after_every_other_mode_alike() -> None:
+    orders = [mode_order(r) for r in range(6)]
+    assert all(sorted(o) == sorted(CACHE_MODES) for o in orders) and mode_order(6) == orders[0]
+    places = Counter((i, m) for o in orders for i, m in enumerate(o))
+    after = Counter(pair for o in orders for pair in zip(o, o[1:]))
+    assert set(places.values()) == {2} and len(places) == 9
+    assert set(after.values()) == {2} and len(after) == 6  # a rotation kept auto after off every round
+    assert mode_order(1) == tuple(reversed(mode_order(0)))
 
 
 def test_a_run_is_read_from_its_output_times_and_record(tmp_path: Path) -> None:
