@@ -18,7 +18,7 @@ from typing import Any
 
 from freezetune import checks
 from freezetune.data import build_loaders
-from freezetune.train import first_batch, prepare_model, preview_cache
+from freezetune.train import prepare_model, preview_cache
 from freezetune.utils import UserError
 
 __all__ = ["main", "predict_build"]
@@ -33,9 +33,7 @@ def predict_build(config: str, overrides: list[str]) -> dict[str, Any]:
     # As plan.py counts the images: the same loaders, without decoding every image first.
     loaders = build_loaders(cfg.data, cfg.seed, p.num_classes, check_images=False)
     counts = len(loaders.train.dataset), len(loaders.val.dataset)  # type: ignore[arg-type]
-    # The first validation batch, read as training reads it: plan times the reading too.
-    images = first_batch(loaders.val.dataset, cfg.data.batch_size)
-    _, d = preview_cache(cfg, p.model, p.schedule, p.device, counts, images)[0]
+    _, d = preview_cache(cfg, p.model, p.schedule, p.device, counts, loaders.val.dataset)[0]
     return {
         "action": d.action.value,
         "predicted_build_s": d.build_s,

@@ -23,7 +23,7 @@ from freezetune.report import (
     render_plan,
     render_schedule,
 )
-from freezetune.train import Prepared, first_batch, prepare_model, preview_cache, steps_per_epoch
+from freezetune.train import Prepared, prepare_model, preview_cache, steps_per_epoch
 from freezetune.train.estimate import estimate_config
 from freezetune.utils import autocast
 
@@ -120,7 +120,5 @@ def _cache(cfg: Config, p: Prepared) -> str:
     (freezetune.train.preview_cache); under ``on``, what training refuses, plan refuses too."""
     loaders = build_loaders(cfg.data, cfg.seed, p.num_classes, check_images=False)
     counts = len(loaders.train.dataset), len(loaders.val.dataset)  # type: ignore[arg-type]
-    # The first validation batch, read as training reads it: plan times the reading too.
-    images = first_batch(loaders.val.dataset, cfg.data.batch_size)
-    previews = preview_cache(cfg, p.model, p.schedule, p.device, counts, images)
+    previews = preview_cache(cfg, p.model, p.schedule, p.device, counts, loaders.val.dataset)
     return render_cache(previews, cfg.train.cache_features, sum(counts))

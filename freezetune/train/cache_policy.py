@@ -510,27 +510,39 @@ def _extension(
     return None
 
 
+def _preview_images(policy: CachePolicy, cfg: Config, val: Dataset | None) -> tuple[torch.Tensor, float]:
+    """The images plan's preview decides on, and the seconds reading a batch of them takes."""
+    if val is not None and policy.unavailable() is None and policy.problem is None:
+        try:
+            return first_batch(val, cfg.data.batch_size)
+        except (OSError, SyntaxError, ValueError):
+            # A file that cannot be read as an image (PIL raises these): training's image check
+            # names it with the fix; plan still shows the plan, without the reading.
+            pass
+    return policy.probe_batch(cfg.data.image_size), 0.0
+
+
 def preview_cache(
     cfg: Config,
     model: nn.Module,
     schedule: Schedule,
     device: torch.device,
     counts: tuple[int, int],
-    images: tuple[torch.Tensor, float] | None = None,
+    val: Dataset | None = None,
 ) -> list[tuple[int, CacheDecision]]:
     """What training decides at each phase's start, from the same :meth:`CachePolicy.decide`:
     each phase's plan applied to ``model`` in turn, the first one again at the end. ``counts``:
-    the training and validation images; ``images``: the first validation batch and the seconds
-    reading it took (:func:`first_batch`), as training times them; without it, random images
-    of the configured size, and no reading counted. Returns (the phase's first epoch, the
-    decision) per phase.
+    the training and validation images; ``val``: the validation set, whose first batch is read
+    and timed as training reads it (:func:`first_batch`), when a decision will look at images;
+    without it, or when that batch cannot be read, random images of the configured size and no
+    reading counted. Returns (the phase's first epoch, the decision) per phase.
 
     Raises:
         ConfigError: under ``cache_features: on``, a phase whose prefix cannot be cached (as
             training refuses it).
     """
     policy = replace(CachePolicy.of(cfg, *counts, device), repeats=PREVIEW_REPEATS)
-    x, read_s = images if images is not None else (policy.probe_batch(cfg.data.image_size), 0.0)
+    x, read_s = _preview_images(policy, cfg, val)
     decisions, held = [], None
     try:
         for phase in schedule.phases:

@@ -384,6 +384,27 @@ def test_reading_the_images_counts_on_both_sides_of_the_weighing() -> None:
     assert "of prefix work over" in cache_skip_reason(Weighing(2, 6, 6, 1.0, 7.0))
 
 
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        raise OSError(f"cannot identify image file 'val/a/{i}.png'")
+
+
+def test_plan_reads_and_times_the_first_validation_batch_and_still_previews_when_it_cannot(
+    setup_free: None,
+) -> None:
+    c = cfg(Path("unused"), "preview", **{"freeze.preset": "until:layer3", "train.cache_features": "auto"})
+    p = prepare_model(c)
+    readable = _SlowImages(torch.randn(8, 3, 32, 32), 0.01)
+    (_, read), *_ = preview_cache(c, p.model, p.schedule, p.device, (40, 16), readable)
+    assert read.action is CacheAction.BUILD and read.load_s == pytest.approx(0.08, rel=0.5)
+    # An image training's check would refuse (with the fix) does not stop plan: no reading counted.
+    (_, unread), *_ = preview_cache(c, p.model, p.schedule, p.device, (40, 16), _Unreadable())
+    assert unread.action is CacheAction.BUILD and unread.load_s == 0.0
+
+
 @pytest.mark.parametrize(("workers", "counted"), [(0, True), (2, False)])
 def test_a_decision_counts_the_reading_it_timed_unless_workers_read_ahead(workers: int, counted: bool) -> None:
     c = cfg(Path("unused"), "read", **{"data.num_workers": workers})
