@@ -215,9 +215,8 @@ def _cache_line(d: CacheDecision) -> str:
     if d.action is CacheAction.EXTEND and d.held is not None:
         how = f"extended from the features cached at '{d.held.split.frontier}'"
     setup = f" after about {d.setup_s:.1f} s of set-up" if d.setup_s is not None else ""
-    if d.load_s > 0 and d.build_s is not None and d.batch_s is not None:
-        reading = d.build_s * d.load_s / (d.batch_s + d.load_s)
-        setup = f" ({reading:.1f} s of it reading the images)" + setup
+    if d.reading_s > 0:
+        setup = f" ({d.reading_s:.1f} s of it reading the images)" + setup
     return (
         f"used: the prefix's output '{d.split.frontier}' ({shape} per image) is computed once, "
         f"before '{d.split.first_trainable}'; {format_bytes(d.bytes)} in {d.storage}, "

@@ -344,7 +344,7 @@ def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> to
 
 def _batches(loader: DataLoader, waited: list[float]) -> Any:
     """``loader``'s batches, adding the seconds each took to arrive to ``waited``: the build's
-    time splits into reading the images and running the prefix, which alone is predicted."""
+    time splits into reading the images and running the prefix, each shown beside its prediction."""
     it = iter(loader)
     while True:
         start = time.perf_counter()  # the loader's work is the host's, whatever the device

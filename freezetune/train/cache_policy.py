@@ -251,6 +251,13 @@ class CacheDecision:
     setup_s: float | None = None
 
     @property
+    def reading_s(self) -> float:
+        """Of ``build_s``, the predicted seconds reading the images (0 where reading is not counted)."""
+        if self.load_s <= 0 or self.build_s is None or self.batch_s is None:
+            return 0.0
+        return self.build_s * self.load_s / (self.batch_s + self.load_s)
+
+    @property
     def used(self) -> bool:
         """Whether the phase trains on a cache."""
         return self.action in (CacheAction.BUILD, CacheAction.EXTEND, CacheAction.KEEP)

@@ -139,7 +139,7 @@ class CacheLifecycle:
             row["from"],
             "built" if w.pays else "skipped, it would not pay for itself",
             row["predicted_build_s"],
-            f" ({w.load_s * w.build_batches:.2f}s of it reading the images)" if w.load_s > 0 else "",
+            f" ({d.reading_s:.2f}s of it reading the images)" if d.reading_s > 0 else "",
             w.setup_s,
             w.epochs_left,
             "" if w.epochs_left == 1 else "s",
@@ -198,7 +198,7 @@ class CacheLifecycle:
             d.build_s or 0.0,
             "cached features" if extend else "images",
             cache.load_s,
-            d.load_s * self.policy.build_batches,
+            d.reading_s,
             d.setup_s or 0.0,
             ", extended from the cached features" if extend else "",
         )

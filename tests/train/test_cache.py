@@ -412,6 +412,7 @@ def test_a_decision_counts_the_reading_it_timed_unless_workers_read_ahead(worker
     d = policy.decide(planned("resnet18", "until:layer3"), torch.randn(8, 3, 32, 32), None, 3, read_s=0.5)
     assert d.weighed is not None and d.load_s == d.weighed.load_s == (0.5 if counted else 0.0)
     assert d.build_s == pytest.approx((d.batch_s + d.load_s) * policy.build_batches)
+    assert d.reading_s == pytest.approx(d.load_s * policy.build_batches)  # what plan and the build's log show
     assert d.to_json()["load_s"] == d.load_s
 
 
